@@ -1,0 +1,138 @@
+"""Per-user session state, bounded in size and age.
+
+A session is the user's recent interactions (product index, event type, event time) since the
+website's session id last changed or since 30 minutes of inactivity. The store keeps at most
+``max_users`` users (least recently active evicted first) and forgets users idle for longer than
+``idle_ttl_ms`` of event time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+SESSION_GAP_MS = 30 * 60 * 1000
+
+
+@dataclass(slots=True)
+class Session:
+    """One user's current session. Lists hold the last ``history`` interactions, oldest first."""
+
+    session_id: str
+    start_ms: int
+    last_ms: int
+    n_events: int = 0
+    n_carts: int = 0
+    items: list[int] = field(default_factory=list)
+    types: list[int] = field(default_factory=list)
+    times_ms: list[int] = field(default_factory=list)
+    prev_ms: int = -1  # time of the event before the last one, -1 if none
+    partition: int = -1  # input partition of the user's events (to drop them on revocation)
+
+
+@dataclass(slots=True)
+class SessionStoreStats:
+    users: int
+    evicted_lru: int
+    expired_idle: int
+
+
+class SessionStore:
+    """Sessions by user id, LRU-ordered by activity.
+
+    Args:
+        history: how many recent interactions a session keeps.
+        max_users: the most users held; the least recently active is evicted beyond it.
+        idle_ttl_ms: users without events for this long (event time) are forgotten.
+        session_gap_ms: inactivity that starts a new session even with the same session id.
+    """
+
+    def __init__(
+        self,
+        *,
+        history: int = 20,
+        max_users: int = 2_000_000,
+        idle_ttl_ms: int = 2 * SESSION_GAP_MS,
+        session_gap_ms: int = SESSION_GAP_MS,
+    ) -> None:
+        self.history = history
+        self.max_users = max_users
+        self.idle_ttl_ms = idle_ttl_ms
+        self.session_gap_ms = session_gap_ms
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._evicted_lru = 0
+        self._expired_idle = 0
+        self._watermark_ms = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __contains__(self, user_id: str) -> bool:
+        return user_id in self._sessions
+
+    def get(self, user_id: str) -> Session | None:
+        return self._sessions.get(user_id)
+
+    def record(
+        self,
+        user_id: str,
+        session_id: str,
+        item: int,
+        event_type: int,
+        time_ms: int,
+        is_cart: bool,
+        partition: int = -1,
+    ) -> Session:
+        """Add one interaction to the user's session (starting a new one if due) and return it."""
+        session = self._sessions.get(user_id)
+        if (
+            session is None
+            or session.session_id != session_id
+            or time_ms - session.last_ms > self.session_gap_ms
+        ):
+            session = Session(session_id=session_id, start_ms=time_ms, last_ms=time_ms)
+            self._sessions[user_id] = session
+        else:
+            self._sessions.move_to_end(user_id)
+        session.partition = partition
+        session.prev_ms = session.last_ms if session.n_events else -1
+        session.last_ms = max(session.last_ms, time_ms)
+        session.n_events += 1
+        session.n_carts += is_cart
+        session.items.append(item)
+        session.types.append(event_type)
+        session.times_ms.append(time_ms)
+        if len(session.items) > self.history:
+            del session.items[0], session.types[0], session.times_ms[0]
+        if time_ms > self._watermark_ms:
+            self._watermark_ms = time_ms
+        if len(self._sessions) > self.max_users:
+            self._sessions.popitem(last=False)
+            self._evicted_lru += 1
+        return session
+
+    def expire_idle(self) -> int:
+        """Forget users idle for longer than ``idle_ttl_ms`` before the newest event seen."""
+        horizon = self._watermark_ms - self.idle_ttl_ms
+        expired = 0
+        while self._sessions:
+            user_id, oldest = next(iter(self._sessions.items()))
+            if oldest.last_ms >= horizon:
+                break
+            del self._sessions[user_id]
+            expired += 1
+        self._expired_idle += expired
+        return expired
+
+    def drop_partitions(self, partitions: set[int]) -> int:
+        """Forget the users whose events came from the given input partitions."""
+        gone = [u for u, s in self._sessions.items() if s.partition in partitions]
+        for user_id in gone:
+            del self._sessions[user_id]
+        return len(gone)
+
+    def users(self) -> list[str]:
+        return list(self._sessions)
+
+    def stats(self) -> SessionStoreStats:
+        return SessionStoreStats(len(self._sessions), self._evicted_lru, self._expired_idle)
