@@ -39,8 +39,10 @@ def make_producer(settings: KafkaSettings, log: Any, **overrides: Any) -> Produc
             **overrides,
         }
     )
-    # Correctness settings go last: pass-through may not weaken them.
-    config.update({"enable.idempotence": True, "acks": "all", "error_cb": _error_cb(log)})
+    # Correctness settings go last: pass-through may not weaken them. murmur2_random is the Java
+    # client's default partitioner: producers in any language put a user on the same partition.
+    config.update({"enable.idempotence": True, "acks": "all", "partitioner": "murmur2_random",
+                   "error_cb": _error_cb(log)})
     try:
         return Producer(config)
     except Exception as exc:  # KafkaException for invalid configuration

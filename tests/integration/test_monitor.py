@@ -1,0 +1,139 @@
+"""The monitor over the real broker: its per-window figures equal a direct computation over the
+same suggestion and purchase records."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+
+import pytest
+
+from worker.codec import codec_for
+from worker.config import KafkaSettings
+from worker.kafka.admin import ensure_topics
+from worker.model import read_metadata
+
+from helpers import cli_args, produce, read_all, spawn  # type: ignore[import-not-found]
+
+pytestmark = pytest.mark.kafka
+
+K = 10
+WINDOW_MS = 60_000
+ATTRIBUTION_MS = 300_000
+
+
+class _Log:
+    def info(self, *a, **k):
+        pass
+
+
+def synthetic_stream(baseline: list[str], seed: int = 11):
+    """Suggestions and purchases of 40 users over 20 minutes ending 10 s ago. Some purchases
+    follow a suggestion of their product, some only the popular list, some nothing in time."""
+    rng = random.Random(seed)
+    products = [f"p{i:06d}" for i in range(300)]
+    end = time.time_ns() // 1_000_000 - 10_000
+    start = end - 20 * 60_000
+    suggestions, purchases = [], []
+    for u in range(40):
+        user = f"user-{u}"
+        times = sorted(rng.sample(range(start, end), 12))
+        for i, t in enumerate(times):
+            shown = rng.sample(products, K)
+            suggestions.append({
+                "suggestion_id": f"s/{u}/{i}", "user_id": user, "session_id": f"sess-{u}",
+                "event_id": f"e-{u}-{i}", "source_topic": "events", "source_partition": 0,
+                "source_offset": i, "model_version": "m1",
+                "products": [{"product_id": p, "rank": r + 1, "score": 1.0 - r / 100}
+                             for r, p in enumerate(shown)],
+                "event_time": t, "produced_time": t + 5,
+            })
+            if rng.random() < 0.5:
+                pick = rng.random()
+                if pick < 0.4:
+                    product = rng.choice(shown)
+                elif pick < 0.6:
+                    product = rng.choice(baseline[:K])
+                else:
+                    product = rng.choice(products)
+                delay = rng.choice([1_000, 60_000, 200_000, 400_000])  # the last one is too late
+                purchases.append({"order_id": f"o-{u}-{i}", "user_id": user, "session_id": None,
+                                  "product_id": product, "quantity": 1, "price": None,
+                                  "event_time": min(t + delay, end)})
+    return suggestions, purchases
+
+
+def direct_computation(suggestions, purchases, baseline):
+    """The metric definitions of the README, computed by brute force."""
+    by_user = defaultdict(list)
+    for s in suggestions:
+        by_user[s["user_id"]].append(s)
+    windows: dict[int, dict] = {}
+    for p in purchases:
+        t = p["event_time"]
+        w = windows.setdefault(t - t % WINDOW_MS, {"purchases": 0, "attributed": 0, "hits": 0,
+                                                    "baseline_hits": 0, "rr": 0.0, "by_s": {}})
+        w["purchases"] += 1
+        eligible = [s for s in by_user[p["user_id"]] if t - ATTRIBUTION_MS <= s["event_time"] <= t]
+        if not eligible:
+            continue
+        s = max(eligible, key=lambda s: s["event_time"])
+        top = [x["product_id"] for x in s["products"]][:K]
+        w["attributed"] += 1
+        if p["product_id"] in top:
+            w["hits"] += 1
+            w["rr"] += 1 / (top.index(p["product_id"]) + 1)
+        w["baseline_hits"] += p["product_id"] in baseline[:K]
+        w["by_s"].setdefault(s["suggestion_id"], (set(top), set()))[1].add(p["product_id"])
+    out = {}
+    for start, w in windows.items():
+        n = w["attributed"]
+        out[start] = {
+            "purchases": w["purchases"], "attributed": n, "hits": w["hits"],
+            "baseline_hits": w["baseline_hits"],
+            "hit_rate_at_k": w["hits"] / n if n else None,
+            "mrr_at_k": w["rr"] / n if n else None,
+            "precision_at_k": (sum(len(top & bought) / K for top, bought in w["by_s"].values())
+                               / len(w["by_s"])) if w["by_s"] else None,
+        }
+    return out
+
+
+def test_monitor_reports_equal_a_direct_computation(kafka_bootstrap, topics, trained_models_dir, tmp_path):
+    ensure_topics(KafkaSettings(kafka_bootstrap), topics, _Log())
+    baseline = read_metadata(trained_models_dir)["popular_top"]
+    suggestions, purchases = synthetic_stream(baseline)
+    s_codec, p_codec = codec_for("ProductSuggestion"), codec_for("PurchaseOutcome")
+    # Purchases first: the monitor must wait for the suggestions, not race past them.
+    produce(kafka_bootstrap, [(topics.purchases, p["user_id"].encode(), p_codec.encode(p)) for p in purchases])
+    produce(kafka_bootstrap, [(topics.suggestions, s["user_id"].encode(), s_codec.encode(s))
+                              for s in sorted(suggestions, key=lambda s: s["event_time"])])
+    # A redelivered duplicate must not count twice.
+    produce(kafka_bootstrap, [(topics.suggestions, s["user_id"].encode(), s_codec.encode(s))
+                              for s in suggestions[:20]])
+    monitor = spawn(["monitor", *cli_args(kafka_bootstrap, topics), "--models-dir", str(trained_models_dir),
+                     "--group-id", "m", "--k", str(K), "--window-s", str(WINDOW_MS // 1000),
+                     "--attribution-window-s", str(ATTRIBUTION_MS // 1000), "--metrics-port", "0",
+                     "--exit-at-end"], tmp_path / "monitor.log")
+    assert monitor.wait(timeout=120) == 0, (tmp_path / "monitor.log").read_text()[-3000:]
+    codec = codec_for("AccuracyReport")
+    reports = [codec.decode(m.value()) for m in read_all(kafka_bootstrap, topics.accuracy, 1)]
+    expected = direct_computation(suggestions, purchases, baseline)
+    assert sum(e["attributed"] for e in expected.values()) > 20, "the stream must exercise attribution"
+    assert {r["window_start"] for r in reports} == set(expected)
+    assert len(reports) == len(expected), "each window is reported once"
+    for r in reports:
+        e = expected[r["window_start"]]
+        assert r["window_end"] - r["window_start"] == WINDOW_MS
+        for key in ("purchases", "attributed", "hits", "baseline_hits"):
+            assert r[key] == e[key], (key, r, e)
+        for key in ("hit_rate_at_k", "mrr_at_k", "precision_at_k"):
+            assert (r[key] is None) == (e[key] is None)
+            if e[key] is not None:
+                assert r[key] == pytest.approx(e[key], abs=1e-12), (key, r, e)
+    cumulative = sorted(reports, key=lambda r: r["window_start"])[-1]
+    total_attr = sum(e["attributed"] for e in expected.values())
+    assert cumulative["cumulative_attributed"] == total_attr
+    assert cumulative["cumulative_hit_rate_at_k"] == pytest.approx(
+        sum(e["hits"] for e in expected.values()) / total_attr)
