@@ -34,8 +34,9 @@ def trained_models_dir(tmp_path_factory, simulator_settings) -> Path:
 
     root = tmp_path_factory.mktemp("model")
     write_history(root / "history", simulator_settings, days=0.5)
-    settings = replace(TrainSettings(), num_trees=30, num_leaves=15, max_train_queries=3000,
-                       min_data_in_leaf=20)
+    settings = replace(
+        TrainSettings(), num_trees=30, num_leaves=15, max_train_queries=3000, min_data_in_leaf=20
+    )
     train(root / "history", root / "models", settings)
     return root / "models"
 

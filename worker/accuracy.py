@@ -145,9 +145,15 @@ class AccuracyTracker:
         times = self._times[user_id]
         at = bisect.bisect_right(times, suggestion.event_time_ms)
         times.insert(at, suggestion.event_time_ms)
-        cut = suggestion if len(suggestion.products) <= self.k else ShownSuggestion(
-            suggestion.event_time_ms, suggestion.suggestion_id, suggestion.model_version,
-            suggestion.products[: self.k],
+        cut = (
+            suggestion
+            if len(suggestion.products) <= self.k
+            else ShownSuggestion(
+                suggestion.event_time_ms,
+                suggestion.suggestion_id,
+                suggestion.model_version,
+                suggestion.products[: self.k],
+            )
         )
         self._shown[user_id].insert(at, cut)
         return True
@@ -248,7 +254,9 @@ class AccuracyTracker:
             tally.reciprocal_rank_sum += 1.0 / (shown.products.index(line.product_id) + 1)
         if line.product_id in self._baseline:
             tally.baseline_hits += 1
-        entry = tally.attributed_suggestions.setdefault(shown.suggestion_id, (shown.products, set()))
+        entry = tally.attributed_suggestions.setdefault(
+            shown.suggestion_id, (shown.products, set())
+        )
         entry[1].add(line.product_id)
 
     def _close(self, start: int) -> WindowReport:

@@ -60,7 +60,7 @@ SCHEMA_FILES = {
 
 
 def schemas_dir() -> Path:
-    """Directory of the ``.avsc`` files: ``$WORKER_SCHEMAS_DIR`` or the repository's ``schemas/``."""
+    """Where the ``.avsc`` files are: ``$WORKER_SCHEMAS_DIR`` or the repository's ``schemas/``."""
     override = os.environ.get("WORKER_SCHEMAS_DIR")
     if override:
         return Path(override)

@@ -46,7 +46,9 @@ def _read_value(key: str, value: str) -> str:
         raise ConfigError(f"cannot read the value of {key} from {path}: {exc.strerror}") from None
 
 
-def kafka_properties(cli_pairs: list[str] | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def kafka_properties(
+    cli_pairs: list[str] | None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """librdkafka pass-through properties from the environment, then ``-X key=value`` pairs.
 
     Raises:
@@ -56,7 +58,7 @@ def kafka_properties(cli_pairs: list[str] | None, environ: Mapping[str, str] | N
     props: dict[str, str] = {}
     for name, value in environ.items():
         if name.startswith(_ENV_KAFKA_PREFIX) and value:
-            key = name[len(_ENV_KAFKA_PREFIX):].lower().replace("_", ".")
+            key = name[len(_ENV_KAFKA_PREFIX) :].lower().replace("_", ".")
             props[key] = _read_value(key, value)
     for pair in cli_pairs or []:
         key, sep, value = pair.partition("=")
@@ -85,7 +87,8 @@ class KafkaSettings:
         return config
 
     def __repr__(self) -> str:
-        return f"KafkaSettings(bootstrap_servers={self.bootstrap_servers!r}, properties={mask(self.properties)!r})"
+        masked = mask(self.properties)
+        return f"KafkaSettings(bootstrap_servers={self.bootstrap_servers!r}, properties={masked!r})"
 
 
 @dataclass(frozen=True)

@@ -59,24 +59,34 @@ class KafkaObserver:
 
     def __init__(self, kafka: KafkaSettings, topics: TopicSettings, worker_group: str) -> None:
         self.topics = topics
-        self._offsets = Consumer(kafka.client_config(**{"group.id": worker_group,
-                                                        "enable.auto.commit": False}))
-        self._reports = Consumer(kafka.client_config(**{"group.id": f"demo-observer-{uuid.uuid4().hex}",
-                                                        "enable.auto.commit": False,
-                                                        "auto.offset.reset": "earliest"}))
+        self._offsets = Consumer(
+            kafka.client_config(**{"group.id": worker_group, "enable.auto.commit": False})
+        )
+        self._reports = Consumer(
+            kafka.client_config(
+                **{
+                    "group.id": f"demo-observer-{uuid.uuid4().hex}",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                }
+            )
+        )
         self._reports.assign([TopicPartition(topics.accuracy, 0, 0)])
         self._codec = codec_for("AccuracyReport")
         self.progress = Progress()
 
     def _high(self, topic: str, partitions: int) -> list[int]:
-        return [self._offsets.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
-                for p in range(partitions)]
+        return [
+            self._offsets.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
+            for p in range(partitions)
+        ]
 
     def poll(self) -> Progress:
         t = self.topics
         events_high = self._high(t.events, t.partitions)
         committed = self._offsets.committed(
-            [TopicPartition(t.events, p) for p in range(t.partitions)], timeout=5)
+            [TopicPartition(t.events, p) for p in range(t.partitions)], timeout=5
+        )
         lag = sum(h - max(c.offset, 0) for h, c in zip(events_high, committed, strict=True))
         p = self.progress
         p.events_in = sum(events_high)
@@ -96,9 +106,15 @@ class KafkaObserver:
 
 def latency_summary(kafka: KafkaSettings, topics: TopicSettings) -> dict[str, Any]:
     """Read every suggestion of the run: count, distinct events, latency percentiles (ms)."""
-    consumer = Consumer(kafka.client_config(**{"group.id": f"demo-reader-{uuid.uuid4().hex}",
-                                               "enable.auto.commit": False,
-                                               "enable.partition.eof": True}))
+    consumer = Consumer(
+        kafka.client_config(
+            **{
+                "group.id": f"demo-reader-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
+    )
     consumer.assign([TopicPartition(topics.suggestions, p, 0) for p in range(topics.partitions)])
     codec = codec_for("ProductSuggestion")
     latencies: list[int] = []
@@ -116,15 +132,24 @@ def latency_summary(kafka: KafkaSettings, topics: TopicSettings) -> dict[str, An
             latencies.append(record["produced_time"] - record["event_time"])
     consumer.close()
     arr = np.asarray(latencies or [0])
-    return {"suggestions": len(latencies), "distinct_events": len(event_ids),
-            "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99)),
-            "max_ms": float(arr.max())}
+    return {
+        "suggestions": len(latencies),
+        "distinct_events": len(event_ids),
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "max_ms": float(arr.max()),
+    }
 
 
 def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
     log_file = open(log_path, "ab")  # noqa: SIM115 (closed when the process ends)
-    return subprocess.Popen([sys.executable, "-m", "worker.cli", *args], stdout=log_file,
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", *args],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def _ensure_model(models_dir: Path, work_dir: Path, log: Any) -> None:
@@ -139,11 +164,16 @@ def _ensure_model(models_dir: Path, work_dir: Path, log: Any) -> None:
     from worker.train import TrainSettings, format_evaluation, train
 
     dataset_dir = work_dir / "history"
-    print(f"no model in {models_dir}: simulating {simulate.DEFAULT_HISTORY_DAYS:g} days of history "
-          f"into {dataset_dir} and training one (about a minute or two) ...", flush=True)
+    print(
+        f"no model in {models_dir}: simulating {simulate.DEFAULT_HISTORY_DAYS:g} days of history "
+        f"into {dataset_dir} and training one (about a minute or two) ...",
+        flush=True,
+    )
     summary = simulate.write_history(dataset_dir, simulate.SimulatorSettings())
-    print(f"  history: {summary['n_events']:,} events, {summary['n_purchases']:,} purchase lines",
-          flush=True)
+    print(
+        f"  history: {summary['n_events']:,} events, {summary['n_purchases']:,} purchase lines",
+        flush=True,
+    )
     path, metadata = train(dataset_dir, models_dir, TrainSettings(), log=log)
     print(f"  model {metadata['version']} -> {path}")
     print("  " + format_evaluation(metadata).replace("\n", "\n  "), flush=True)
@@ -162,12 +192,18 @@ def _table(progress: Progress, elapsed_s: float, duration_s: float, alive: dict[
     table.add_row("worker lag (events)", f"{progress.lag:,}")
     report = progress.last_report
     if report:
-        table.add_row(f"hit rate@{report['k']} model (cumulative)", _pct(report["cumulative_hit_rate_at_k"]))
-        table.add_row(f"hit rate@{report['k']} popularity", _pct(report["cumulative_baseline_hit_rate_at_k"]))
+        table.add_row(
+            f"hit rate@{report['k']} model (cumulative)", _pct(report["cumulative_hit_rate_at_k"])
+        )
+        table.add_row(
+            f"hit rate@{report['k']} popularity", _pct(report["cumulative_baseline_hit_rate_at_k"])
+        )
         table.add_row("attributed purchases", f"{report['cumulative_attributed']:,}")
     else:
         table.add_row("hit rate", "waiting for the first closed window")
-    table.add_row("processes", "  ".join(f"{n}:{'up' if up else 'DOWN'}" for n, up in alive.items()))
+    table.add_row(
+        "processes", "  ".join(f"{n}:{'up' if up else 'DOWN'}" for n, up in alive.items())
+    )
     return table
 
 
@@ -185,7 +221,8 @@ def run_demo(args: argparse.Namespace, log: Any) -> int:
     broker_cfg = localkafka.LocalKafkaConfig()
     if not bootstrap:
         was_running = localkafka.status(broker_cfg).get("running", False)
-        print("starting the local Apache Kafka (first run resolves it from Maven Central) ...", flush=True)
+        if not was_running:
+            print("starting the local Apache Kafka (the first run fetches it from Maven Central)")
         bootstrap = localkafka.start(broker_cfg)
         started_broker = not was_running
     print(f"broker: {bootstrap}", flush=True)
@@ -201,8 +238,12 @@ def _run(args: argparse.Namespace, log: Any, bootstrap: str, work_dir: Path) -> 
     kafka = KafkaSettings(bootstrap)
     wait_for_cluster(kafka)
     run_id = time.strftime("%Y%m%d%H%M%S")
-    topics = TopicSettings(events=f"browsing-events-{run_id}", suggestions=f"product-suggestions-{run_id}",
-                           purchases=f"purchases-{run_id}", accuracy=f"recommendation-accuracy-{run_id}")
+    topics = TopicSettings(
+        events=f"browsing-events-{run_id}",
+        suggestions=f"product-suggestions-{run_id}",
+        purchases=f"purchases-{run_id}",
+        accuracy=f"recommendation-accuracy-{run_id}",
+    )
     ensure_topics(kafka, topics, log)
     _ensure_model(args.models_dir, work_dir, log)
 
@@ -210,29 +251,81 @@ def _run(args: argparse.Namespace, log: Any, bootstrap: str, work_dir: Path) -> 
     users = max(1000, int(args.rate * 86400 / (speedup * EVENTS_PER_USER_DAY)))
     attribution_s = ATTRIBUTION_WINDOW_SIM_S / speedup
     group = f"recommender-workers-{run_id}"
-    common = ["--bootstrap-servers", bootstrap, "--events-topic", topics.events,
-              "--suggestions-topic", topics.suggestions, "--purchases-topic", topics.purchases,
-              "--accuracy-topic", topics.accuracy]
+    common = [
+        "--bootstrap-servers",
+        bootstrap,
+        "--events-topic",
+        topics.events,
+        "--suggestions-topic",
+        topics.suggestions,
+        "--purchases-topic",
+        topics.purchases,
+        "--accuracy-topic",
+        topics.accuracy,
+    ]
     env = {**os.environ, "WORKER_LOG_FORMAT": "json"}
     logs = work_dir / f"logs-{run_id}"
     logs.mkdir(parents=True, exist_ok=True)
     procs: dict[str, subprocess.Popen] = {}
     for i in range(args.workers):
         procs[f"worker{i + 1}"] = _spawn(
-            ["run", *common, "--models-dir", str(args.models_dir), "--group-id", group,
-             "--metrics-port", "0"], logs / f"worker{i + 1}.log", env)
+            [
+                "run",
+                *common,
+                "--models-dir",
+                str(args.models_dir),
+                "--group-id",
+                group,
+                "--metrics-port",
+                "0",
+            ],
+            logs / f"worker{i + 1}.log",
+            env,
+        )
     procs["monitor"] = _spawn(
-        ["monitor", *common, "--models-dir", str(args.models_dir), "--group-id", f"monitor-{run_id}",
-         "--attribution-window-s", f"{attribution_s:g}", "--window-s", "10", "--metrics-port", "0"],
-        logs / "monitor.log", env)
+        [
+            "monitor",
+            *common,
+            "--models-dir",
+            str(args.models_dir),
+            "--group-id",
+            f"monitor-{run_id}",
+            "--attribution-window-s",
+            f"{attribution_s:g}",
+            "--window-s",
+            "10",
+            "--metrics-port",
+            "0",
+        ],
+        logs / "monitor.log",
+        env,
+    )
     time.sleep(2.0)  # let the group form before traffic starts
     procs["simulator"] = _spawn(
-        ["simulate", "--produce", *common, "--users", str(users), "--speedup", f"{speedup:g}",
-         "--max-rate", f"{args.rate:g}", "--duration-s", f"{args.duration_s:g}",
-         "--corrupt-every", "2000"], logs / "simulator.log", env)
-    print(f"run {run_id}: {args.workers} workers, monitor, simulator ({users:,} users, "
-          f"{speedup:g}x time, <= {args.rate:g} events/s, attribution window {attribution_s:g} s); "
-          f"logs in {logs}", flush=True)
+        [
+            "simulate",
+            "--produce",
+            *common,
+            "--users",
+            str(users),
+            "--speedup",
+            f"{speedup:g}",
+            "--max-rate",
+            f"{args.rate:g}",
+            "--duration-s",
+            f"{args.duration_s:g}",
+            "--corrupt-every",
+            "2000",
+        ],
+        logs / "simulator.log",
+        env,
+    )
+    print(
+        f"run {run_id}: {args.workers} workers, monitor, simulator ({users:,} users, "
+        f"{speedup:g}x time, <= {args.rate:g} events/s, attribution window {attribution_s:g} s); "
+        f"logs in {logs}",
+        flush=True,
+    )
 
     observer = KafkaObserver(kafka, topics, group)
     t0 = time.monotonic()
@@ -248,7 +341,9 @@ def _run(args: argparse.Namespace, log: Any, bootstrap: str, work_dir: Path) -> 
     return 1 if failed or progress.suggestions_out == 0 else 0
 
 
-def _watch(observer: KafkaObserver, procs: dict[str, subprocess.Popen], t0: float, duration_s: float) -> None:
+def _watch(
+    observer: KafkaObserver, procs: dict[str, subprocess.Popen], t0: float, duration_s: float
+) -> None:
     from rich.console import Console
     from rich.live import Live
 
@@ -256,7 +351,11 @@ def _watch(observer: KafkaObserver, procs: dict[str, subprocess.Popen], t0: floa
     interactive = console.is_terminal
     last_print = 0.0
     sim = procs["simulator"]
-    with Live(console=console, auto_refresh=False, transient=False) if interactive else _Null() as live:
+    with (
+        Live(console=console, auto_refresh=False, transient=False)
+        if interactive
+        else _Null() as live
+    ):
         drain_started: float | None = None
         while True:
             progress = observer.poll()
@@ -267,10 +366,14 @@ def _watch(observer: KafkaObserver, procs: dict[str, subprocess.Popen], t0: floa
             elif elapsed - last_print >= 5:
                 last_print = elapsed
                 report = progress.last_report or {}
-                print(f"[{elapsed:5.0f} s] events in {progress.events_in:,}  suggestions out "
-                      f"{progress.suggestions_out:,}  dead-lettered {progress.dead_lettered:,}  lag "
-                      f"{progress.lag:,}  hit rate@K model {_pct(report.get('cumulative_hit_rate_at_k'))} "
-                      f"popularity {_pct(report.get('cumulative_baseline_hit_rate_at_k'))}", flush=True)
+                model = _pct(report.get("cumulative_hit_rate_at_k"))
+                popular = _pct(report.get("cumulative_baseline_hit_rate_at_k"))
+                print(
+                    f"[{elapsed:5.0f} s] events in {progress.events_in:,}  suggestions out "
+                    f"{progress.suggestions_out:,}  dead-lettered {progress.dead_lettered:,}  "
+                    f"lag {progress.lag:,}  hit rate@K model {model} popularity {popular}",
+                    flush=True,
+                )
             if not all(alive[n] for n in procs if n.startswith("worker")):
                 print("a worker process exited early; see its log", flush=True)
                 return
@@ -278,8 +381,9 @@ def _watch(observer: KafkaObserver, procs: dict[str, subprocess.Popen], t0: floa
                 drain_started = drain_started or time.monotonic()
                 caught_up = progress.suggestions_out + progress.dead_lettered >= progress.events_in
                 # Give the monitor one report window past the end to close what it can.
-                if (caught_up and time.monotonic() - drain_started > 12) or \
-                        time.monotonic() - drain_started > DRAIN_TIMEOUT_S:
+                if (
+                    caught_up and time.monotonic() - drain_started > 12
+                ) or time.monotonic() - drain_started > DRAIN_TIMEOUT_S:
                     return
             time.sleep(1.0)
 
@@ -305,28 +409,40 @@ def _stop_all(procs: dict[str, subprocess.Popen]) -> None:
             proc.wait()
 
 
-def _print_summary(progress: Progress, lat: dict[str, Any], procs: dict[str, subprocess.Popen],
-                   args: argparse.Namespace, topics: TopicSettings) -> None:
+def _print_summary(
+    progress: Progress,
+    lat: dict[str, Any],
+    procs: dict[str, subprocess.Popen],
+    args: argparse.Namespace,
+    topics: TopicSettings,
+) -> None:
     report = progress.last_report or {}
-    answered_or_dlq = progress.suggestions_out + progress.dead_lettered
-    lines = [
-        "",
-        "=== demo summary ===",
-        f"events in            {progress.events_in:>10,}",
-        f"suggestions out      {progress.suggestions_out:>10,}   ({lat['distinct_events']:,} distinct events)",
-        f"dead-lettered        {progress.dead_lettered:>10,}   (topic {topics.dead_letter(topics.events)})",
-        f"unanswered           {max(0, progress.events_in - answered_or_dlq):>10,}",
-        f"purchase lines       {progress.purchases:>10,}",
-        f"latency event->suggestion  p50 {lat['p50_ms']:.0f} ms   p99 {lat['p99_ms']:.0f} ms   max {lat['max_ms']:.0f} ms",
+    unanswered = max(0, progress.events_in - progress.suggestions_out - progress.dead_lettered)
+    rows = [
+        ("events in", f"{progress.events_in:,}"),
+        ("suggestions out", f"{progress.suggestions_out:,} ({lat['distinct_events']:,} events)"),
+        ("dead-lettered", f"{progress.dead_lettered:,} ({topics.dead_letter(topics.events)})"),
+        ("unanswered", f"{unanswered:,}"),
+        ("purchase lines", f"{progress.purchases:,}"),
+        (
+            "latency event->suggestion",
+            f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms",
+        ),
     ]
     if report:
         k = report["k"]
-        lines += [
-            f"hit rate@{k}  model {_pct(report['cumulative_hit_rate_at_k'])}   popularity baseline "
-            f"{_pct(report['cumulative_baseline_hit_rate_at_k'])}   over {report['cumulative_attributed']:,} "
-            f"attributed purchase lines ({len(progress.reports)} windows)",
+        rows += [
+            (f"hit rate@{k} model", _pct(report["cumulative_hit_rate_at_k"])),
+            (f"hit rate@{k} popularity", _pct(report["cumulative_baseline_hit_rate_at_k"])),
+            (
+                "attributed purchase lines",
+                f"{report['cumulative_attributed']:,} in {len(progress.reports)} windows",
+            ),
         ]
     else:
-        lines.append("hit rate: no accuracy window closed (run longer with --duration-s)")
-    lines.append("exit codes: " + "  ".join(f"{n}={p.returncode}" for n, p in procs.items()))
-    print("\n".join(lines), flush=True)
+        rows.append(("hit rate", "no accuracy window closed (run longer with --duration-s)"))
+    rows.append(("exit codes", "  ".join(f"{n}={p.returncode}" for n, p in procs.items())))
+    print("\n=== demo summary ===")
+    for name, value in rows:
+        print(f"{name:<28}{value}")
+    sys.stdout.flush()

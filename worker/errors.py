@@ -76,7 +76,7 @@ class SchemaRegistryError(InfrastructureError):
 
 
 class BrokerError(InfrastructureError):
-    """The Kafka cluster is unreachable, refused the credentials, or a fatal client error occurred."""
+    """The cluster is unreachable, refused the credentials, or a fatal client error occurred."""
 
 
 class LocalKafkaError(InfrastructureError):

@@ -66,7 +66,9 @@ class SessionBatch:
 
     def take(self, rows: np.ndarray) -> SessionBatch:
         """The sub-batch of the given rows."""
-        return SessionBatch(**{name: getattr(self, name)[rows] for name in self.__dataclass_fields__})
+        return SessionBatch(
+            **{name: getattr(self, name)[rows] for name in self.__dataclass_fields__}
+        )
 
 
 def build_features(
@@ -128,7 +130,9 @@ def build_features(
     return out.reshape(n_events * n_cands, N_FEATURES)
 
 
-def _covis_scores(tables: CatalogueTables, sources: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+def _covis_scores(
+    tables: CatalogueTables, sources: np.ndarray, candidates: np.ndarray
+) -> np.ndarray:
     """Sum over source products (``(B, S)``, -1 padded) of covis score source -> candidate."""
     safe = np.maximum(sources, 0)
     neighbours = tables.covis_items[safe]  # (B, S, M)

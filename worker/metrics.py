@@ -45,8 +45,11 @@ class Health:
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         live, detail = self.live()
-        detail.update(model_loaded=self.model_loaded, assigned_partitions=self.assigned_partitions,
-                      stopping=self.stopping)
+        detail.update(
+            model_loaded=self.model_loaded,
+            assigned_partitions=self.assigned_partitions,
+            stopping=self.stopping,
+        )
         ok = live and self.model_loaded and self.assigned_partitions > 0 and not self.stopping
         return ok, detail
 
@@ -57,51 +60,94 @@ class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.events_in = Counter("worker_events_consumed_total", "Browsing events consumed", registry=r)
+        self.events_in = Counter(
+            "worker_events_consumed_total", "Browsing events consumed", registry=r
+        )
         self.suggestions_out = Counter(
-            "worker_suggestions_produced_total", "Suggestions acknowledged by the broker", registry=r)
+            "worker_suggestions_produced_total",
+            "Suggestions acknowledged by the broker",
+            registry=r,
+        )
         self.dead_letters = Counter(
-            "worker_dead_letters_total", "Records sent to the dead-letter topic", ["error_class"], registry=r)
+            "worker_dead_letters_total",
+            "Records sent to the dead-letter topic",
+            ["error_class"],
+            registry=r,
+        )
         self.batches = Counter("worker_batches_total", "Micro-batches processed", registry=r)
         self.batch_size = Histogram(
-            "worker_batch_size_events", "Events per micro-batch",
-            buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500), registry=r)
+            "worker_batch_size_events",
+            "Events per micro-batch",
+            buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+            registry=r,
+        )
         self.stage_seconds = Histogram(
-            "worker_stage_seconds", "Seconds per micro-batch and stage", ["stage"],
-            buckets=STAGE_BUCKETS_S, registry=r)
+            "worker_stage_seconds",
+            "Seconds per micro-batch and stage",
+            ["stage"],
+            buckets=STAGE_BUCKETS_S,
+            registry=r,
+        )
         self.latency = Histogram(
             "worker_event_to_suggestion_seconds",
-            "Event time to suggestion acknowledged by the broker", buckets=LATENCY_BUCKETS_S, registry=r)
+            "Event time to suggestion acknowledged by the broker",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.sessions = Gauge("worker_active_sessions", "Users held in session state", registry=r)
-        self.lag = Gauge("worker_consumer_lag_messages", "Consumer lag summed over assigned partitions",
-                         registry=r)
+        self.lag = Gauge(
+            "worker_consumer_lag_messages",
+            "Consumer lag summed over assigned partitions",
+            registry=r,
+        )
         self.assigned = Gauge("worker_assigned_partitions", "Partitions assigned", registry=r)
-        self.model_info = Gauge("worker_model_info", "Loaded model version", ["version"], registry=r)
+        self.model_info = Gauge(
+            "worker_model_info", "Loaded model version", ["version"], registry=r
+        )
 
 
 class MonitorMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.suggestions_in = Counter("monitor_suggestions_consumed_total", "Suggestions consumed", registry=r)
-        self.purchases_in = Counter("monitor_purchases_consumed_total", "Purchase lines consumed", registry=r)
-        self.duplicates = Counter("monitor_duplicate_suggestions_total", "Suggestions seen twice", registry=r)
-        self.dead_letters = Counter("monitor_dead_letters_total", "Records dead-lettered", ["error_class"],
-                                    registry=r)
-        self.late = Counter("monitor_late_purchases_total", "Purchases after their window closed", registry=r)
+        self.suggestions_in = Counter(
+            "monitor_suggestions_consumed_total", "Suggestions consumed", registry=r
+        )
+        self.purchases_in = Counter(
+            "monitor_purchases_consumed_total", "Purchase lines consumed", registry=r
+        )
+        self.duplicates = Counter(
+            "monitor_duplicate_suggestions_total", "Suggestions seen twice", registry=r
+        )
+        self.dead_letters = Counter(
+            "monitor_dead_letters_total", "Records dead-lettered", ["error_class"], registry=r
+        )
+        self.late = Counter(
+            "monitor_late_purchases_total", "Purchases after their window closed", registry=r
+        )
         self.reports = Counter("monitor_reports_total", "Window reports emitted", registry=r)
-        self.hit_rate = Gauge("monitor_hit_rate_at_k", "Hit rate@K of the last closed window", registry=r)
+        self.hit_rate = Gauge(
+            "monitor_hit_rate_at_k", "Hit rate@K of the last closed window", registry=r
+        )
         self.baseline_hit_rate = Gauge(
-            "monitor_baseline_hit_rate_at_k", "Popularity baseline hit rate@K of the last closed window",
-            registry=r)
-        self.precision = Gauge("monitor_precision_at_k", "Precision@K of the last closed window", registry=r)
-        self.cumulative_hit_rate = Gauge("monitor_cumulative_hit_rate_at_k", "Hit rate@K since start",
-                                         registry=r)
-        self.pending = Gauge("monitor_pending_purchases", "Purchases waiting for their suggestions",
-                             registry=r)
+            "monitor_baseline_hit_rate_at_k",
+            "Popularity baseline hit rate@K of the last closed window",
+            registry=r,
+        )
+        self.precision = Gauge(
+            "monitor_precision_at_k", "Precision@K of the last closed window", registry=r
+        )
+        self.cumulative_hit_rate = Gauge(
+            "monitor_cumulative_hit_rate_at_k", "Hit rate@K since start", registry=r
+        )
+        self.pending = Gauge(
+            "monitor_pending_purchases", "Purchases waiting for their suggestions", registry=r
+        )
 
 
-def serve_http(port: int, registry: CollectorRegistry, health: Health) -> ThreadingHTTPServer | None:
+def serve_http(
+    port: int, registry: CollectorRegistry, health: Health
+) -> ThreadingHTTPServer | None:
     """Start the metrics/health server in a daemon thread; None when ``port`` is 0."""
     if port == 0:
         return None

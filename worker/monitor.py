@@ -55,11 +55,17 @@ class Monitor:
             baseline=self.baseline,
         )
         registry = (
-            HttpSchemaRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
+            HttpSchemaRegistry(settings.schema_registry_url)
+            if settings.schema_registry_url
+            else None
         )
         topics = settings.topics
-        self.suggestion_codec = codec_for("ProductSuggestion", registry=registry, topic=topics.suggestions)
-        self.purchase_codec = codec_for("PurchaseOutcome", registry=registry, topic=topics.purchases)
+        self.suggestion_codec = codec_for(
+            "ProductSuggestion", registry=registry, topic=topics.suggestions
+        )
+        self.purchase_codec = codec_for(
+            "PurchaseOutcome", registry=registry, topic=topics.purchases
+        )
         self.report_codec = codec_for("AccuracyReport", registry=registry, topic=topics.accuracy)
         self.metrics = MonitorMetrics()
         self.health = Health()
@@ -70,7 +76,9 @@ class Monitor:
         self.reports: list[WindowReport] = []
         self.producer = make_producer(settings.kafka, log)
         self.consumer = make_consumer(
-            settings.kafka, settings.group_id, log,
+            settings.kafka,
+            settings.group_id,
+            log,
             **{"partition.assignment.strategy": "range", "enable.partition.eof": True},
         )
         self.checkpoint = Checkpoint(self.producer, self.consumer)
@@ -85,11 +93,20 @@ class Monitor:
             signal.signal(signal.SIGINT, self.request_stop)
         server = serve_http(self.settings.metrics_port, self.metrics.registry, self.health)
         topics = self.settings.topics
-        self.consumer.subscribe([topics.suggestions, topics.purchases],
-                                on_assign=self._on_assign, on_revoke=self._on_revoke)
-        self.log.info("monitor_started", suggestions=topics.suggestions, purchases=topics.purchases,
-                      k=self.settings.k, attribution_window_s=self.settings.attribution_window_s,
-                      window_s=self.settings.window_s, baseline_size=len(self.baseline))
+        self.consumer.subscribe(
+            [topics.suggestions, topics.purchases],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+        )
+        self.log.info(
+            "monitor_started",
+            suggestions=topics.suggestions,
+            purchases=topics.purchases,
+            k=self.settings.k,
+            attribution_window_s=self.settings.attribution_window_s,
+            window_s=self.settings.window_s,
+            baseline_size=len(self.baseline),
+        )
         last_prune = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -112,8 +129,9 @@ class Monitor:
                 self.log.warning("consumer_close_failed", error=str(exc))
             if server is not None:
                 server.shutdown()
-            self.log.info("monitor_stopped", reports=len(self.reports),
-                          pending_purchases=self.tracker.pending)
+            self.log.info(
+                "monitor_stopped", reports=len(self.reports), pending_purchases=self.tracker.pending
+            )
         return 0
 
     # -- input ---------------------------------------------------------------------------------
@@ -143,15 +161,25 @@ class Monitor:
                     self._add_purchase(msg, clock)
             except DataError as exc:
                 self.metrics.dead_letters.labels(error_class=type(exc).__name__).inc()
-                dead.append(dead_letter(
-                    error=exc, topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
-                    timestamp_ms=msg.timestamp()[1], key=msg.key(), value=msg.value(),
-                    original_headers=msg.headers(), max_value_bytes=DLQ_MAX_MESSAGE_BYTES - 64 * 1024))
+                dead.append(
+                    dead_letter(
+                        error=exc,
+                        topic=msg.topic(),
+                        partition=msg.partition(),
+                        offset=msg.offset(),
+                        timestamp_ms=msg.timestamp()[1],
+                        key=msg.key(),
+                        value=msg.value(),
+                        original_headers=msg.headers(),
+                        max_value_bytes=DLQ_MAX_MESSAGE_BYTES - 64 * 1024,
+                    )
+                )
         for d in dead:
             # The dead-letter topic of the topic the record came from.
             source = dict(d.headers)["dlq.source.topic"].decode()
-            self.checkpoint.produce(topics.dead_letter(source), key=d.key, value=d.value,
-                                    headers=d.headers)
+            self.checkpoint.produce(
+                topics.dead_letter(source), key=d.key, value=d.value, headers=d.headers
+            )
         return next_offsets
 
     def _add_suggestion(self, msg: Any) -> None:
@@ -161,7 +189,9 @@ class Monitor:
             event_time_ms=record["event_time"],
             suggestion_id=record["suggestion_id"],
             model_version=record["model_version"],
-            products=tuple(p["product_id"] for p in sorted(record["products"], key=lambda p: p["rank"])),
+            products=tuple(
+                p["product_id"] for p in sorted(record["products"], key=lambda p: p["rank"])
+            ),
         )
         self.metrics.suggestions_in.inc()
         if not self.tracker.add_suggestion(record["user_id"], shown):
@@ -172,7 +202,9 @@ class Monitor:
     def _add_purchase(self, msg: Any, clock: int) -> None:
         purchase = to_purchase(self.purchase_codec.decode(msg.value()), msg.key(), clock)
         self.metrics.purchases_in.inc()
-        line = PurchaseLine(purchase.user_id, purchase.product_id, purchase.event_time_ms, msg.partition())
+        line = PurchaseLine(
+            purchase.user_id, purchase.product_id, purchase.event_time_ms, msg.partition()
+        )
         if not self.tracker.add_purchase(line):
             self.metrics.late.inc()
         tp = (msg.topic(), msg.partition())
@@ -192,10 +224,14 @@ class Monitor:
         lateness = int(self.settings.allowed_lateness_s * 1000)
         assigned = list(self._at_end)
         suggestion_marks = {
-            p: self._watermark((t, p), clock) - lateness for t, p in assigned if t == topics.suggestions
+            p: self._watermark((t, p), clock) - lateness
+            for t, p in assigned
+            if t == topics.suggestions
         }
         self.tracker.evaluate_ready(suggestion_marks)
-        purchase_marks = [self._watermark(tp, clock) for tp in assigned if tp[0] == topics.purchases]
+        purchase_marks = [
+            self._watermark(tp, clock) for tp in assigned if tp[0] == topics.purchases
+        ]
         reports = (
             self.tracker.close_windows(min(purchase_marks) - lateness) if purchase_marks else []
         )
@@ -207,8 +243,9 @@ class Monitor:
         emitted = now_ms()
         for report in reports:
             value = self.report_codec.encode(report.to_avro(emitted))
-            self.checkpoint.produce(topic, key=str(report.window_start_ms).encode(), value=value,
-                                    timestamp_ms=emitted)
+            self.checkpoint.produce(
+                topic, key=str(report.window_start_ms).encode(), value=value, timestamp_ms=emitted
+            )
             self._log_report(report)
         self.reports.extend(reports)
         # Offsets are stored after the reports are acknowledged. The join state itself lives in
@@ -226,12 +263,21 @@ class Monitor:
             m.precision.set(r.precision_at_k)
         if r.cumulative_hit_rate_at_k is not None:
             m.cumulative_hit_rate.set(r.cumulative_hit_rate_at_k)
-        self.log.info("accuracy_window", window_start=r.window_start_ms, window_end=r.window_end_ms,
-                      k=r.k, purchases=r.purchases, attributed=r.attributed, hits=r.hits,
-                      hit_rate_at_k=r.hit_rate_at_k, precision_at_k=r.precision_at_k,
-                      mrr_at_k=r.mrr_at_k, baseline_hit_rate_at_k=r.baseline_hit_rate_at_k,
-                      cumulative_hit_rate_at_k=r.cumulative_hit_rate_at_k,
-                      model_versions=list(r.model_versions))
+        self.log.info(
+            "accuracy_window",
+            window_start=r.window_start_ms,
+            window_end=r.window_end_ms,
+            k=r.k,
+            purchases=r.purchases,
+            attributed=r.attributed,
+            hits=r.hits,
+            hit_rate_at_k=r.hit_rate_at_k,
+            precision_at_k=r.precision_at_k,
+            mrr_at_k=r.mrr_at_k,
+            baseline_hit_rate_at_k=r.baseline_hit_rate_at_k,
+            cumulative_hit_rate_at_k=r.cumulative_hit_rate_at_k,
+            model_versions=list(r.model_versions),
+        )
 
     def _prune(self) -> None:
         topics = self.settings.topics
@@ -249,7 +295,9 @@ class Monitor:
         for p in partitions:
             self._at_end.setdefault((p.topic, p.partition), False)
         self.health.assigned_partitions = len(self._at_end)
-        self.log.info("partitions_assigned", partitions=[f"{p.topic}/{p.partition}" for p in partitions])
+        self.log.info(
+            "partitions_assigned", partitions=[f"{p.topic}/{p.partition}" for p in partitions]
+        )
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self.checkpoint.commit_stored()

@@ -51,13 +51,20 @@ class Worker:
         self.artifact = artifact
         self.log = log.bind(model_version=artifact.version)
         registry = (
-            HttpSchemaRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
+            HttpSchemaRegistry(settings.schema_registry_url)
+            if settings.schema_registry_url
+            else None
         )
         topics = settings.topics
-        self.event_codec = codec_for("BrowsingEvent", registry=registry, topic=topics.events,
-                                     max_record_bytes=settings.max_event_bytes)
-        self.suggestion_codec = codec_for("ProductSuggestion", registry=registry,
-                                          topic=topics.suggestions)
+        self.event_codec = codec_for(
+            "BrowsingEvent",
+            registry=registry,
+            topic=topics.events,
+            max_record_bytes=settings.max_event_bytes,
+        )
+        self.suggestion_codec = codec_for(
+            "ProductSuggestion", registry=registry, topic=topics.suggestions
+        )
         self.sessions = SessionStore(
             max_users=settings.max_sessions, idle_ttl_ms=int(settings.session_idle_ttl_s * 1000)
         )
@@ -80,9 +87,14 @@ class Worker:
         kafka = settings.kafka
         self.producer = make_producer(kafka, self.log)
         self.consumer: Consumer = make_consumer(
-            kafka, settings.group_id, self.log,
-            **{"partition.assignment.strategy": "cooperative-sticky",
-               "statistics.interval.ms": 5000, "stats_cb": self._on_stats},
+            kafka,
+            settings.group_id,
+            self.log,
+            **{
+                "partition.assignment.strategy": "cooperative-sticky",
+                "statistics.interval.ms": 5000,
+                "stats_cb": self._on_stats,
+            },
         )
         self.checkpoint = Checkpoint(self.producer, self.consumer)
 
@@ -111,18 +123,29 @@ class Worker:
             signal.signal(signal.SIGINT, self.request_stop)
         server = serve_http(self.settings.metrics_port, self.metrics.registry, self.health)
         topics = self.settings.topics
-        self.consumer.subscribe([topics.events], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_lost)
-        self.log.info("worker_started", topic=topics.events, group_id=self.settings.group_id,
-                      top_k=self.settings.top_k, n_candidates=self.settings.n_candidates,
-                      max_batch_size=self.settings.max_batch_size,
-                      max_batch_wait_ms=self.settings.max_batch_wait_ms,
-                      kafka=repr(self.settings.kafka))
+        self.consumer.subscribe(
+            [topics.events],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self.log.info(
+            "worker_started",
+            topic=topics.events,
+            group_id=self.settings.group_id,
+            top_k=self.settings.top_k,
+            n_candidates=self.settings.n_candidates,
+            max_batch_size=self.settings.max_batch_size,
+            max_batch_wait_ms=self.settings.max_batch_wait_ms,
+            kafka=repr(self.settings.kafka),
+        )
         last_progress = last_input = time.monotonic()
         wait_s = self.settings.max_batch_wait_ms / 1000.0
         try:
             while not self._stop.is_set():
-                messages = self.consumer.consume(self.settings.max_batch_size, timeout=max(wait_s, 0.001))
+                messages = self.consumer.consume(
+                    self.settings.max_batch_size, timeout=max(wait_s, 0.001)
+                )
                 self.health.beat()
                 if messages:
                     last_input = time.monotonic()
@@ -145,15 +168,26 @@ class Worker:
             self.consumer.close()  # commits stored offsets and leaves the group
         except Exception as exc:  # the consumer may already be closed after a fatal error
             self.log.warning("consumer_close_failed", error=str(exc))
-        self.log.info("worker_stopped", consumed=self._consumed, answered=self._answered,
-                      dead_lettered=self._dead, sessions=len(self.sessions))
+        self.log.info(
+            "worker_stopped",
+            consumed=self._consumed,
+            answered=self._answered,
+            dead_lettered=self._dead,
+            sessions=len(self.sessions),
+        )
 
     def _housekeeping(self) -> None:
         expired = self.sessions.expire_idle()
         self.metrics.sessions.set(len(self.sessions))
-        self.log.info("worker_progress", consumed=self._consumed, answered=self._answered,
-                      dead_lettered=self._dead, sessions=len(self.sessions), expired=expired,
-                      partitions=len(self._assigned))
+        self.log.info(
+            "worker_progress",
+            consumed=self._consumed,
+            answered=self._answered,
+            dead_lettered=self._dead,
+            sessions=len(self.sessions),
+            expired=expired,
+            partitions=len(self._assigned),
+        )
 
     # -- rebalance -----------------------------------------------------------------------------
 
@@ -177,8 +211,9 @@ class Worker:
         self.health.assigned_partitions = len(self._assigned)
         self.metrics.assigned.set(len(self._assigned))
         dropped = self.sessions.drop_partitions({p.partition for p in partitions})
-        self.log.info(event, partitions=sorted(p.partition for p in partitions),
-                      sessions_dropped=dropped)
+        self.log.info(
+            event, partitions=sorted(p.partition for p in partitions), sessions_dropped=dropped
+        )
 
     def _on_stats(self, stats_json: str) -> None:
         try:
@@ -216,14 +251,27 @@ class Worker:
                 event = to_browsing_event(self.event_codec.decode(msg.value()), msg.key(), clock_ms)
                 item = tables.index_of(event.product_id)
             except DataError as exc:
-                dead.append(dead_letter(
-                    error=exc, topic=topic, partition=partition, offset=offset,
-                    timestamp_ms=msg.timestamp()[1], key=msg.key(), value=msg.value(),
-                    original_headers=msg.headers(), max_value_bytes=DLQ_MAX_MESSAGE_BYTES - 64 * 1024,
-                ))
+                dead.append(
+                    dead_letter(
+                        error=exc,
+                        topic=topic,
+                        partition=partition,
+                        offset=offset,
+                        timestamp_ms=msg.timestamp()[1],
+                        key=msg.key(),
+                        value=msg.value(),
+                        original_headers=msg.headers(),
+                        max_value_bytes=DLQ_MAX_MESSAGE_BYTES - 64 * 1024,
+                    )
+                )
                 self.metrics.dead_letters.labels(error_class=type(exc).__name__).inc()
-                self.log.debug("record_dead_lettered", error_class=type(exc).__name__,
-                               error=str(exc), partition=partition, offset=offset)
+                self.log.debug(
+                    "record_dead_lettered",
+                    error_class=type(exc).__name__,
+                    error=str(exc),
+                    partition=partition,
+                    offset=offset,
+                )
                 continue
             events.append(event)
             items.append(item)
@@ -236,7 +284,9 @@ class Worker:
         topics = self.settings.topics
         version = self.artifact.version
         for event, source, products in zip(events, sources, ranked.products, strict=True):
-            suggestion = Suggestion(event=event, source=source, model_version=version, products=products)
+            suggestion = Suggestion(
+                event=event, source=source, model_version=version, products=products
+            )
             self.checkpoint.produce(
                 topics.suggestions,
                 key=event.user_id.encode("utf-8"),
@@ -250,16 +300,31 @@ class Worker:
         self.checkpoint.complete(next_offsets)
         t4 = time.perf_counter()
         acked_ms = now_ms()
-        self._record_batch(len(messages), events, len(dead), acked_ms,
-                           {"decode": t1 - t0, "state": ranked.timings.state_s,
-                            "candidates": ranked.timings.candidates_s,
-                            "features": ranked.timings.features_s,
-                            "scoring": ranked.timings.scoring_s,
-                            "encode": (t3 - t2) + ranked.timings.ranking_s, "produce": t4 - t3})
+        self._record_batch(
+            len(messages),
+            events,
+            len(dead),
+            acked_ms,
+            {
+                "decode": t1 - t0,
+                "state": ranked.timings.state_s,
+                "candidates": ranked.timings.candidates_s,
+                "features": ranked.timings.features_s,
+                "scoring": ranked.timings.scoring_s,
+                "encode": (t3 - t2) + ranked.timings.ranking_s,
+                "produce": t4 - t3,
+            },
+        )
         return BatchOutcome(answered=len(events), dead_lettered=len(dead))
 
-    def _record_batch(self, n_messages: int, events: list[BrowsingEvent], n_dead: int,
-                      acked_ms: int, stages: dict[str, float]) -> None:
+    def _record_batch(
+        self,
+        n_messages: int,
+        events: list[BrowsingEvent],
+        n_dead: int,
+        acked_ms: int,
+        stages: dict[str, float],
+    ) -> None:
         m = self.metrics
         self._consumed += n_messages
         self._answered += len(events)
@@ -272,8 +337,13 @@ class Worker:
             m.stage_seconds.labels(stage=stage).observe(seconds)
         for event in events:
             m.latency.observe(max(0, acked_ms - event.event_time_ms) / 1000.0)
-        self.log.debug("batch_scored", events=n_messages, answered=len(events), dead_lettered=n_dead,
-                       **{f"{k}_ms": round(v * 1000, 3) for k, v in stages.items()})
+        self.log.debug(
+            "batch_scored",
+            events=n_messages,
+            answered=len(events),
+            dead_lettered=n_dead,
+            **{f"{k}_ms": round(v * 1000, 3) for k, v in stages.items()},
+        )
 
     def _on_consume_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:

@@ -27,7 +27,8 @@ DAY_MS = 86_400_000
 #: 2026-01-01T00:00:00Z: start of the default training history.
 HISTORY_START_MS = 1_767_225_600_000
 DEFAULT_HISTORY_DAYS = 2.0
-LIVE_START_MS = HISTORY_START_MS + int(DEFAULT_HISTORY_DAYS * DAY_MS)
+#: The live stream starts at 18:00 UTC of the day after the history: the busy evening hours.
+LIVE_START_MS = HISTORY_START_MS + int(DEFAULT_HISTORY_DAYS * DAY_MS) + 18 * 3_600_000
 
 
 @dataclass(frozen=True)
@@ -40,20 +41,31 @@ class SimulatorSettings:
 
 
 def build(settings: SimulatorSettings) -> tuple[Catalogue, ClickstreamSimulator]:
-    catalogue = make_catalogue(settings.n_products, settings.n_categories, seed=settings.catalogue_seed)
+    catalogue = make_catalogue(
+        settings.n_products, settings.n_categories, seed=settings.catalogue_seed
+    )
     config = replace(SimulationConfig(), n_users=settings.n_users)
     return catalogue, ClickstreamSimulator(catalogue, config, seed=settings.seed)
 
 
-def write_history(out_dir: Path, settings: SimulatorSettings, *, days: float = DEFAULT_HISTORY_DAYS,
-                  start_ms: int = HISTORY_START_MS) -> dict[str, Any]:
+def write_history(
+    out_dir: Path,
+    settings: SimulatorSettings,
+    *,
+    days: float = DEFAULT_HISTORY_DAYS,
+    start_ms: int = HISTORY_START_MS,
+) -> dict[str, Any]:
     """Write ``days`` of history starting at ``start_ms``; return the dataset summary."""
     from worker.dataset import write_dataset
 
     catalogue, simulator = build(settings)
     end_ms = start_ms + int(days * DAY_MS)
-    meta = {"generator": "worker simulate", "settings": settings.__dict__,
-            "start_ms": start_ms, "end_ms": end_ms}
+    meta = {
+        "generator": "worker simulate",
+        "settings": settings.__dict__,
+        "start_ms": start_ms,
+        "end_ms": end_ms,
+    }
     return write_dataset(out_dir, catalogue, simulator.records(start_ms, end_ms), meta)
 
 
@@ -69,14 +81,20 @@ def corrupt(value: bytes, rng: random.Random) -> bytes:
     return bytes(flipped)
 
 
-def paced(records: Iterator[tuple[str, dict]], *, speedup: float, max_rate: float | None,
-          duration_s: float, sleep=time.sleep, clock=time.monotonic) -> Iterator[tuple[str, dict]]:
+def paced(
+    records: Iterator[tuple[str, dict]],
+    *,
+    speedup: float,
+    max_rate: float | None,
+    duration_s: float,
+    sleep=time.sleep,
+    clock=time.monotonic,
+) -> Iterator[tuple[str, dict]]:
     """Yield records when their simulated time, divided by ``speedup``, has come (and no faster
     than ``max_rate`` per second); stop after ``duration_s`` of wall time."""
     started = clock()
     first_sim_ms: int | None = None
-    sent = 0
-    for kind, record in records:
+    for sent, (kind, record) in enumerate(records):
         if first_sim_ms is None:
             first_sim_ms = record["event_time"]
         due = (record["event_time"] - first_sim_ms) / 1000.0 / speedup
@@ -89,7 +107,6 @@ def paced(records: Iterator[tuple[str, dict]], *, speedup: float, max_rate: floa
             if due > duration_s:
                 return
             sleep(due - elapsed)
-        sent += 1
         yield kind, record
 
 
@@ -139,8 +156,12 @@ def produce_live(
     summary = ProduceSummary()
     started = time.monotonic()
     last_log = started
-    for kind, record in paced(simulator.records(start_ms, sim_end), speedup=speedup,
-                              max_rate=max_rate, duration_s=duration_s):
+    for kind, record in paced(
+        simulator.records(start_ms, sim_end),
+        speedup=speedup,
+        max_rate=max_rate,
+        duration_s=duration_s,
+    ):
         if stop is not None and stop.is_set():
             break
         sent_ms = time.time_ns() // 1_000_000
@@ -159,15 +180,21 @@ def produce_live(
             topic = topics.purchases
         while True:
             try:
-                producer.produce(topic, value=value, key=key, timestamp=sent_ms, on_delivery=on_delivery)
+                producer.produce(
+                    topic, value=value, key=key, timestamp=sent_ms, on_delivery=on_delivery
+                )
                 break
             except BufferError:
                 producer.poll(0.05)
         producer.poll(0)
         if log is not None and time.monotonic() - last_log > 10:
             last_log = time.monotonic()
-            log.info("simulator_progress", events=summary.events, purchases=summary.purchases,
-                     corrupted=summary.corrupted)
+            log.info(
+                "simulator_progress",
+                events=summary.events,
+                purchases=summary.purchases,
+                corrupted=summary.corrupted,
+            )
     remaining = producer.flush(30)
     summary.seconds = time.monotonic() - started
     if failures or remaining:

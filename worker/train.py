@@ -129,7 +129,9 @@ def build_tables(
             then time (``session_codes`` identifies the session of each event).
     """
     n_products = len(product_ids)
-    category_ids, category = np.unique(np.asarray(product_categories, dtype=str), return_inverse=True)
+    category_ids, category = np.unique(
+        np.asarray(product_categories, dtype=str), return_inverse=True
+    )
     views = np.bincount(items[types == EVENT_TYPE_CODE["VIEW"]], minlength=n_products)
     carts = np.bincount(items[types == ADD_TO_CART], minlength=n_products)
     # Rank by views; ties broken by product index so the tables are deterministic.
@@ -245,7 +247,9 @@ def train(
     catalogue = dataset.read_catalogue(dataset_dir)
     product_ids = list(catalogue.product_ids)
     index_of = {pid: i for i, pid in enumerate(product_ids)}
-    records = sorted(dataset.iter_events(dataset_dir), key=lambda r: (r["event_time"], r["event_id"]))
+    records = sorted(
+        dataset.iter_events(dataset_dir), key=lambda r: (r["event_time"], r["event_id"])
+    )
     records = [r for r in records if r["product_id"] in index_of]
     events = [event_from_record(r) for r in records]
     del records
@@ -273,8 +277,13 @@ def train(
         settings,
     )
     if log:
-        log.info("tables_built", products=len(product_ids), events=len(events),
-                 train_events=int(is_train.sum()), seconds=round(time.perf_counter() - started, 1))
+        log.info(
+            "tables_built",
+            products=len(product_ids),
+            events=len(events),
+            train_events=int(is_train.sum()),
+            seconds=round(time.perf_counter() - started, 1),
+        )
 
     next_items = _next_items(events, items)
     purchases = _purchase_index(dataset.iter_purchases(dataset_dir), index_of)
@@ -323,8 +332,13 @@ def train(
         x_train, y_train = x_train[pick], y_train[pick]
     n_queries, n_cands, n_features = x_train.shape
     if log:
-        log.info("training", queries=n_queries, rows=n_queries * n_cands, features=n_features,
-                 seconds=round(time.perf_counter() - started, 1))
+        log.info(
+            "training",
+            queries=n_queries,
+            rows=n_queries * n_cands,
+            features=n_features,
+            seconds=round(time.perf_counter() - started, 1),
+        )
     params = {
         "objective": "lambdarank",
         "metric": "ndcg",
@@ -354,16 +368,22 @@ def train(
     evaluation = _evaluate(booster, tables, eval_batches, settings)
     model_text = booster.model_to_string()
     created = datetime.now(timezone.utc)
-    version = created.strftime("%Y%m%dT%H%M%SZ") + "-" + hashlib.sha256(model_text.encode()).hexdigest()[:8]
+    version = (
+        created.strftime("%Y%m%dT%H%M%SZ")
+        + "-"
+        + hashlib.sha256(model_text.encode()).hexdigest()[:8]
+    )
     metadata = {
         "version": version,
         "created_at": created.isoformat(),
         "feature_names": FEATURE_NAMES,
         "dataset": str(dataset_dir),
-        "training_window": {"start_ms": t_start, "end_ms": split_ms,
-                            "events": int(is_train.sum())},
-        "evaluation_window": {"start_ms": split_ms, "end_ms": t_end,
-                              "events": int((~is_train).sum())},
+        "training_window": {"start_ms": t_start, "end_ms": split_ms, "events": int(is_train.sum())},
+        "evaluation_window": {
+            "start_ms": split_ms,
+            "end_ms": t_end,
+            "events": int((~is_train).sum()),
+        },
         "training_queries": n_queries,
         "training_rows": n_queries * n_cands,
         "training_seconds": round(train_seconds, 1),
@@ -376,7 +396,9 @@ def train(
     return path, metadata
 
 
-def _evaluate(booster: Any, tables: CatalogueTables, eval_batches, settings: TrainSettings) -> Evaluation:
+def _evaluate(
+    booster: Any, tables: CatalogueTables, eval_batches, settings: TrainSettings
+) -> Evaluation:
     k = settings.top_k
     evaluation = Evaluation(k=k)
     scorer = BoosterScorer(booster, num_threads=settings.num_threads)
@@ -407,9 +429,13 @@ def format_evaluation(metadata: dict[str, Any]) -> str:
     m = metadata["metrics"]
     k = m["k"]
     lines = [f"{'target':<34}{'ranker':<12}{'events':>9}{f'HR@{k}':>9}{f'NDCG@{k}':>9}"]
-    for target, label in (("next_item", "next product in session"),
-                          ("purchase_within_attribution_window", "purchase within attribution")):
+    for target, label in (
+        ("next_item", "next product in session"),
+        ("purchase_within_attribution_window", "purchase within attribution"),
+    ):
         for ranker in ("model", "popularity"):
             row = m[target][ranker]
-            lines.append(f"{label:<34}{ranker:<12}{row['events']:>9}{row['hit_rate']:>9.3f}{row['ndcg']:>9.3f}")
+            lines.append(
+                f"{label:<34}{ranker:<12}{row['events']:>9}{row['hit_rate']:>9.3f}{row['ndcg']:>9.3f}"
+            )
     return "\n".join(lines)

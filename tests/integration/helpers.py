@@ -17,22 +17,43 @@ from worker.config import TopicSettings
 
 
 def cli_args(bootstrap: str, topics: TopicSettings) -> list[str]:
-    return ["--bootstrap-servers", bootstrap, "--events-topic", topics.events,
-            "--suggestions-topic", topics.suggestions, "--purchases-topic", topics.purchases,
-            "--accuracy-topic", topics.accuracy, "--partitions", str(topics.partitions)]
+    return [
+        "--bootstrap-servers",
+        bootstrap,
+        "--events-topic",
+        topics.events,
+        "--suggestions-topic",
+        topics.suggestions,
+        "--purchases-topic",
+        topics.purchases,
+        "--accuracy-topic",
+        topics.accuracy,
+        "--partitions",
+        str(topics.partitions),
+    ]
 
 
 def spawn(args: list[str], log_path: Path) -> subprocess.Popen:
     """Start ``worker <args>`` (the real console entry) with JSON logs into ``log_path``."""
     env = {**os.environ, "WORKER_LOG_FORMAT": "json"}
-    return subprocess.Popen([sys.executable, "-m", "worker.cli", *args], env=env,
-                            stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", *args],
+        env=env,
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def produce(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> int:
     """Produce ``(topic, key, value)`` records and wait until all are acknowledged."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                         "linger.ms": 5, "partitioner": "murmur2_random"})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "partitioner": "murmur2_random",
+        }
+    )
     n = 0
     for topic, key, value in records:
         producer.produce(topic, key=key, value=value)
@@ -43,12 +64,24 @@ def produce(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | N
     return n
 
 
-def read_all(bootstrap: str, topic: str, partitions: int, *, expect: int | None = None,
-             timeout_s: float = 60.0) -> list[Any]:
+def read_all(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    *,
+    expect: int | None = None,
+    timeout_s: float = 60.0,
+) -> list[Any]:
     """Every message of ``topic`` (all partitions, from the start). With ``expect``, keep reading
     until that many arrived or the timeout passes; without it, read to the current end."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     out: list[Any] = []
     at_end: set[int] = set()
@@ -71,10 +104,16 @@ def read_all(bootstrap: str, topic: str, partitions: int, *, expect: int | None 
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
     try:
-        return [tp.offset for tp in consumer.committed(
-            [TopicPartition(topic, p) for p in range(partitions)], timeout=10)]
+        return [
+            tp.offset
+            for tp in consumer.committed(
+                [TopicPartition(topic, p) for p in range(partitions)], timeout=10
+            )
+        ]
     finally:
         consumer.close()
 
@@ -82,8 +121,10 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
 def end_offsets(bootstrap: str, topic: str, partitions: int) -> list[int]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"end-{uuid.uuid4().hex}"})
     try:
-        return [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in range(partitions)]
+        return [
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        ]
     finally:
         consumer.close()
 

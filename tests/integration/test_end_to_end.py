@@ -11,13 +11,6 @@ from pathlib import Path
 
 import fastavro
 import pytest
-
-from worker.codec import codec_for, load_schema
-from worker.config import KafkaSettings
-from worker.kafka.admin import ensure_topics
-from worker.kafka.dead_letter import header_map
-from worker.simulate import LIVE_START_MS, build
-
 from helpers import (  # type: ignore[import-not-found]
     cli_args,
     committed_offsets,
@@ -27,6 +20,12 @@ from helpers import (  # type: ignore[import-not-found]
     spawn,
     stop,
 )
+
+from worker.codec import codec_for, load_schema
+from worker.config import KafkaSettings
+from worker.kafka.admin import ensure_topics
+from worker.kafka.dead_letter import header_map
+from worker.simulate import LIVE_START_MS, build
 
 pytestmark = pytest.mark.kafka
 
@@ -42,17 +41,36 @@ class _Log:
 def simulated_events(settings, n: int) -> list[dict]:
     """The first ``n`` simulated events, re-timed to now (in order, 1 ms apart)."""
     _, simulator = build(settings)
-    events = [r for kind, r in itertools.islice(
-        simulator.records(LIVE_START_MS, LIVE_START_MS + 7 * 86_400_000), n * 3) if kind == "event"][:n]
+    events = [
+        r
+        for kind, r in itertools.islice(
+            simulator.records(LIVE_START_MS, LIVE_START_MS + 7 * 86_400_000), n * 3
+        )
+        if kind == "event"
+    ][:n]
     assert len(events) == n
     base = time.time_ns() // 1_000_000 - n
     return [{**e, "event_time": base + i} for i, e in enumerate(events)]
 
 
-def start_worker(bootstrap, topics, models_dir, tmp_path: Path, name: str = "worker", group: str = "g"):
-    return spawn(["run", *cli_args(bootstrap, topics), "--models-dir", str(models_dir),
-                  "--group-id", group, "--metrics-port", "0", "--max-batch-wait-ms", "20"],
-                 tmp_path / f"{name}.log")
+def start_worker(
+    bootstrap, topics, models_dir, tmp_path: Path, name: str = "worker", group: str = "g"
+):
+    return spawn(
+        [
+            "run",
+            *cli_args(bootstrap, topics),
+            "--models-dir",
+            str(models_dir),
+            "--group-id",
+            group,
+            "--metrics-port",
+            "0",
+            "--max-batch-wait-ms",
+            "20",
+        ],
+        tmp_path / f"{name}.log",
+    )
 
 
 def test_every_event_gets_exactly_one_valid_suggestion_for_its_user(
@@ -66,9 +84,17 @@ def test_every_event_gets_exactly_one_valid_suggestion_for_its_user(
     worker = start_worker(kafka_bootstrap, topics, trained_models_dir, tmp_path)
     try:
         started = time.monotonic()
-        produce(kafka_bootstrap, ((topics.events, e["user_id"].encode(), codec.encode(e)) for e in events))
-        messages = read_all(kafka_bootstrap, topics.suggestions, topics.partitions,
-                            expect=N_EVENTS, timeout_s=ANSWER_TIMEOUT_S)
+        produce(
+            kafka_bootstrap,
+            ((topics.events, e["user_id"].encode(), codec.encode(e)) for e in events),
+        )
+        messages = read_all(
+            kafka_bootstrap,
+            topics.suggestions,
+            topics.partitions,
+            expect=N_EVENTS,
+            timeout_s=ANSWER_TIMEOUT_S,
+        )
         elapsed_s = time.monotonic() - started
     finally:
         assert stop(worker) == 0
@@ -101,16 +127,29 @@ def test_every_event_gets_exactly_one_valid_suggestion_for_its_user(
 def _bad_records(topics, good: dict) -> list[tuple[str, bytes | None, bytes | None, str]]:
     """(topic, key, value, expected error class) for each kind of bad input."""
     events = codec_for("BrowsingEvent")
-    purchase = codec_for("PurchaseOutcome").encode({
-        "order_id": "o1", "user_id": good["user_id"], "session_id": None, "product_id": "p1",
-        "quantity": 1, "price": None, "event_time": good["event_time"]})
+    purchase = codec_for("PurchaseOutcome").encode(
+        {
+            "order_id": "o1",
+            "user_id": good["user_id"],
+            "session_id": None,
+            "product_id": "p1",
+            "quantity": 1,
+            "price": None,
+            "event_time": good["event_time"],
+        }
+    )
     valid = events.encode(good)
     key = good["user_id"].encode()
     return [
         (topics.events, key, b"\x7f" + valid[1:], "UnknownFramingError"),
         (topics.events, key, valid[: len(valid) // 2], "CorruptPayloadError"),
         (topics.events, key, purchase, "SchemaMismatchError"),
-        (topics.events, key, events.encode({**good, "product_id": "no-such-product"}), "UnknownProductError"),
+        (
+            topics.events,
+            key,
+            events.encode({**good, "product_id": "no-such-product"}),
+            "UnknownProductError",
+        ),
         (topics.events, None, valid, "InvalidRecordError"),
         (topics.events, key, events.encode({**good, "event_time": 5}), "InvalidRecordError"),
         (topics.events, key, valid + b"\x00" * 70_000, "OversizedRecordError"),
@@ -137,15 +176,27 @@ def test_bad_records_go_to_the_dead_letter_topic_and_the_good_ones_around_them_a
     worker = start_worker(kafka_bootstrap, topics, trained_models_dir, tmp_path)
     try:
         produce(kafka_bootstrap, records)
-        answered = read_all(kafka_bootstrap, topics.suggestions, topics.partitions,
-                            expect=len(good), timeout_s=ANSWER_TIMEOUT_S)
-        dead = read_all(kafka_bootstrap, topics.dead_letter(topics.events), topics.partitions,
-                        expect=8, timeout_s=30)
+        answered = read_all(
+            kafka_bootstrap,
+            topics.suggestions,
+            topics.partitions,
+            expect=len(good),
+            timeout_s=ANSWER_TIMEOUT_S,
+        )
+        dead = read_all(
+            kafka_bootstrap,
+            topics.dead_letter(topics.events),
+            topics.partitions,
+            expect=8,
+            timeout_s=30,
+        )
     finally:
         assert stop(worker) == 0
     assert len(answered) == len(good)
     suggestion_codec = codec_for("ProductSuggestion")
-    assert {suggestion_codec.decode(m.value())["event_id"] for m in answered} == {e["event_id"] for e in good}
+    assert {suggestion_codec.decode(m.value())["event_id"] for m in answered} == {
+        e["event_id"] for e in good
+    }
     expected = sorted(err for *_, err in _bad_records(topics, good[0]))
     headers = [header_map(m.headers()) for m in dead]
     assert sorted(h["dlq.error.class"] for h in headers) == expected
@@ -155,7 +206,8 @@ def test_bad_records_go_to_the_dead_letter_topic_and_the_good_ones_around_them_a
         assert h["dlq.error.message"]
     # Every input offset is committed: nothing stalls behind a bad record.
     assert committed_offsets(kafka_bootstrap, "g", topics.events, topics.partitions) == end_offsets(
-        kafka_bootstrap, topics.events, topics.partitions)
+        kafka_bootstrap, topics.events, topics.partitions
+    )
 
 
 def test_sigterm_drains_commits_and_leaves_the_group_within_the_bound(
@@ -167,20 +219,34 @@ def test_sigterm_drains_commits_and_leaves_the_group_within_the_bound(
     codec = codec_for("BrowsingEvent")
     events = simulated_events(simulator_settings, 2000)
     first = start_worker(kafka_bootstrap, topics, trained_models_dir, tmp_path, "first")
-    produce(kafka_bootstrap, ((topics.events, e["user_id"].encode(), codec.encode(e)) for e in events[:1000]))
+    produce(
+        kafka_bootstrap,
+        ((topics.events, e["user_id"].encode(), codec.encode(e)) for e in events[:1000]),
+    )
     read_all(kafka_bootstrap, topics.suggestions, topics.partitions, expect=1, timeout_s=60)
     first.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
     assert first.wait(timeout=40) == 0
     assert time.monotonic() - t0 < 35
-    log_lines = [json.loads(line) for line in (tmp_path / "first.log").read_text().splitlines()
-                 if line.startswith("{")]
+    log_lines = [
+        json.loads(line)
+        for line in (tmp_path / "first.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
     assert any(line["event"] == "worker_stopped" for line in log_lines)
-    produce(kafka_bootstrap, ((topics.events, e["user_id"].encode(), codec.encode(e)) for e in events[1000:]))
+    produce(
+        kafka_bootstrap,
+        ((topics.events, e["user_id"].encode(), codec.encode(e)) for e in events[1000:]),
+    )
     second = start_worker(kafka_bootstrap, topics, trained_models_dir, tmp_path, "second")
     try:
-        messages = read_all(kafka_bootstrap, topics.suggestions, topics.partitions,
-                            expect=len(events), timeout_s=ANSWER_TIMEOUT_S)
+        messages = read_all(
+            kafka_bootstrap,
+            topics.suggestions,
+            topics.partitions,
+            expect=len(events),
+            timeout_s=ANSWER_TIMEOUT_S,
+        )
     finally:
         assert stop(second) == 0
     suggestion_codec = codec_for("ProductSuggestion")

@@ -8,13 +8,12 @@ import time
 from collections import defaultdict
 
 import pytest
+from helpers import cli_args, produce, read_all, spawn  # type: ignore[import-not-found]
 
 from worker.codec import codec_for
 from worker.config import KafkaSettings
 from worker.kafka.admin import ensure_topics
 from worker.model import read_metadata
-
-from helpers import cli_args, produce, read_all, spawn  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.kafka
 
@@ -41,14 +40,24 @@ def synthetic_stream(baseline: list[str], seed: int = 11):
         times = sorted(rng.sample(range(start, end), 12))
         for i, t in enumerate(times):
             shown = rng.sample(products, K)
-            suggestions.append({
-                "suggestion_id": f"s/{u}/{i}", "user_id": user, "session_id": f"sess-{u}",
-                "event_id": f"e-{u}-{i}", "source_topic": "events", "source_partition": 0,
-                "source_offset": i, "model_version": "m1",
-                "products": [{"product_id": p, "rank": r + 1, "score": 1.0 - r / 100}
-                             for r, p in enumerate(shown)],
-                "event_time": t, "produced_time": t + 5,
-            })
+            suggestions.append(
+                {
+                    "suggestion_id": f"s/{u}/{i}",
+                    "user_id": user,
+                    "session_id": f"sess-{u}",
+                    "event_id": f"e-{u}-{i}",
+                    "source_topic": "events",
+                    "source_partition": 0,
+                    "source_offset": i,
+                    "model_version": "m1",
+                    "products": [
+                        {"product_id": p, "rank": r + 1, "score": 1.0 - r / 100}
+                        for r, p in enumerate(shown)
+                    ],
+                    "event_time": t,
+                    "produced_time": t + 5,
+                }
+            )
             if rng.random() < 0.5:
                 pick = rng.random()
                 if pick < 0.4:
@@ -58,9 +67,17 @@ def synthetic_stream(baseline: list[str], seed: int = 11):
                 else:
                     product = rng.choice(products)
                 delay = rng.choice([1_000, 60_000, 200_000, 400_000])  # the last one is too late
-                purchases.append({"order_id": f"o-{u}-{i}", "user_id": user, "session_id": None,
-                                  "product_id": product, "quantity": 1, "price": None,
-                                  "event_time": min(t + delay, end)})
+                purchases.append(
+                    {
+                        "order_id": f"o-{u}-{i}",
+                        "user_id": user,
+                        "session_id": None,
+                        "product_id": product,
+                        "quantity": 1,
+                        "price": None,
+                        "event_time": min(t + delay, end),
+                    }
+                )
     return suggestions, purchases
 
 
@@ -72,8 +89,10 @@ def direct_computation(suggestions, purchases, baseline):
     windows: dict[int, dict] = {}
     for p in purchases:
         t = p["event_time"]
-        w = windows.setdefault(t - t % WINDOW_MS, {"purchases": 0, "attributed": 0, "hits": 0,
-                                                    "baseline_hits": 0, "rr": 0.0, "by_s": {}})
+        w = windows.setdefault(
+            t - t % WINDOW_MS,
+            {"purchases": 0, "attributed": 0, "hits": 0, "baseline_hits": 0, "rr": 0.0, "by_s": {}},
+        )
         w["purchases"] += 1
         eligible = [s for s in by_user[p["user_id"]] if t - ATTRIBUTION_MS <= s["event_time"] <= t]
         if not eligible:
@@ -90,37 +109,72 @@ def direct_computation(suggestions, purchases, baseline):
     for start, w in windows.items():
         n = w["attributed"]
         out[start] = {
-            "purchases": w["purchases"], "attributed": n, "hits": w["hits"],
+            "purchases": w["purchases"],
+            "attributed": n,
+            "hits": w["hits"],
             "baseline_hits": w["baseline_hits"],
             "hit_rate_at_k": w["hits"] / n if n else None,
             "mrr_at_k": w["rr"] / n if n else None,
-            "precision_at_k": (sum(len(top & bought) / K for top, bought in w["by_s"].values())
-                               / len(w["by_s"])) if w["by_s"] else None,
+            "precision_at_k": (
+                sum(len(top & bought) / K for top, bought in w["by_s"].values()) / len(w["by_s"])
+            )
+            if w["by_s"]
+            else None,
         }
     return out
 
 
-def test_monitor_reports_equal_a_direct_computation(kafka_bootstrap, topics, trained_models_dir, tmp_path):
+def test_monitor_reports_equal_a_direct_computation(
+    kafka_bootstrap, topics, trained_models_dir, tmp_path
+):
     ensure_topics(KafkaSettings(kafka_bootstrap), topics, _Log())
     baseline = read_metadata(trained_models_dir)["popular_top"]
     suggestions, purchases = synthetic_stream(baseline)
     s_codec, p_codec = codec_for("ProductSuggestion"), codec_for("PurchaseOutcome")
     # Purchases first: the monitor must wait for the suggestions, not race past them.
-    produce(kafka_bootstrap, [(topics.purchases, p["user_id"].encode(), p_codec.encode(p)) for p in purchases])
-    produce(kafka_bootstrap, [(topics.suggestions, s["user_id"].encode(), s_codec.encode(s))
-                              for s in sorted(suggestions, key=lambda s: s["event_time"])])
+    produce(
+        kafka_bootstrap,
+        [(topics.purchases, p["user_id"].encode(), p_codec.encode(p)) for p in purchases],
+    )
+    produce(
+        kafka_bootstrap,
+        [
+            (topics.suggestions, s["user_id"].encode(), s_codec.encode(s))
+            for s in sorted(suggestions, key=lambda s: s["event_time"])
+        ],
+    )
     # A redelivered duplicate must not count twice.
-    produce(kafka_bootstrap, [(topics.suggestions, s["user_id"].encode(), s_codec.encode(s))
-                              for s in suggestions[:20]])
-    monitor = spawn(["monitor", *cli_args(kafka_bootstrap, topics), "--models-dir", str(trained_models_dir),
-                     "--group-id", "m", "--k", str(K), "--window-s", str(WINDOW_MS // 1000),
-                     "--attribution-window-s", str(ATTRIBUTION_MS // 1000), "--metrics-port", "0",
-                     "--exit-at-end"], tmp_path / "monitor.log")
+    produce(
+        kafka_bootstrap,
+        [(topics.suggestions, s["user_id"].encode(), s_codec.encode(s)) for s in suggestions[:20]],
+    )
+    monitor = spawn(
+        [
+            "monitor",
+            *cli_args(kafka_bootstrap, topics),
+            "--models-dir",
+            str(trained_models_dir),
+            "--group-id",
+            "m",
+            "--k",
+            str(K),
+            "--window-s",
+            str(WINDOW_MS // 1000),
+            "--attribution-window-s",
+            str(ATTRIBUTION_MS // 1000),
+            "--metrics-port",
+            "0",
+            "--exit-at-end",
+        ],
+        tmp_path / "monitor.log",
+    )
     assert monitor.wait(timeout=120) == 0, (tmp_path / "monitor.log").read_text()[-3000:]
     codec = codec_for("AccuracyReport")
     reports = [codec.decode(m.value()) for m in read_all(kafka_bootstrap, topics.accuracy, 1)]
     expected = direct_computation(suggestions, purchases, baseline)
-    assert sum(e["attributed"] for e in expected.values()) > 20, "the stream must exercise attribution"
+    assert sum(e["attributed"] for e in expected.values()) > 20, (
+        "the stream must exercise attribution"
+    )
     assert {r["window_start"] for r in reports} == set(expected)
     assert len(reports) == len(expected), "each window is reported once"
     for r in reports:
@@ -136,4 +190,5 @@ def test_monitor_reports_equal_a_direct_computation(kafka_bootstrap, topics, tra
     total_attr = sum(e["attributed"] for e in expected.values())
     assert cumulative["cumulative_attributed"] == total_attr
     assert cumulative["cumulative_hit_rate_at_k"] == pytest.approx(
-        sum(e["hits"] for e in expected.values()) / total_attr)
+        sum(e["hits"] for e in expected.values()) / total_attr
+    )

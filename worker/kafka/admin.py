@@ -30,17 +30,24 @@ def wait_for_cluster(settings: KafkaSettings, timeout_s: float = 30.0) -> int:
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            return len(admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic()))).brokers)
+            return len(
+                admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic()))).brokers
+            )
         except KafkaException as exc:
             last = exc
             time.sleep(0.5)
-    raise BrokerError(f"Kafka at {settings.bootstrap_servers} did not answer in {timeout_s:.0f} s: {last}")
+    raise BrokerError(
+        f"Kafka at {settings.bootstrap_servers} did not answer in {timeout_s:.0f} s: {last}"
+    )
 
 
 def project_topics(topics: TopicSettings) -> dict[str, dict[str, str]]:
     """Every topic the project uses, with its configuration."""
     data = {"retention.ms": str(7 * 24 * 3600 * 1000)}
-    dlq = {"retention.ms": str(14 * 24 * 3600 * 1000), "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}
+    dlq = {
+        "retention.ms": str(14 * 24 * 3600 * 1000),
+        "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES),
+    }
     names = [topics.events, topics.suggestions, topics.purchases, topics.accuracy]
     config = {name: dict(data) for name in names}
     for name in (topics.events, topics.suggestions, topics.purchases):
@@ -48,8 +55,9 @@ def project_topics(topics: TopicSettings) -> dict[str, dict[str, str]]:
     return config
 
 
-def ensure_topics(settings: KafkaSettings, topics: TopicSettings, log: Any,
-                  timeout_s: float = 30.0) -> list[str]:
+def ensure_topics(
+    settings: KafkaSettings, topics: TopicSettings, log: Any, timeout_s: float = 30.0
+) -> list[str]:
     """Create the project's topics that do not exist (events, suggestions and purchases with
     ``topics.partitions`` partitions, so suggestions and purchases are co-partitioned by user);
     return the names created.
@@ -62,8 +70,12 @@ def ensure_topics(settings: KafkaSettings, topics: TopicSettings, log: Any,
     wanted = project_topics(topics)
     existing = admin.list_topics(timeout=timeout_s).topics
     new = [
-        NewTopic(name, num_partitions=1 if name == topics.accuracy else topics.partitions,
-                 replication_factor=topics.replication_factor, config=config)
+        NewTopic(
+            name,
+            num_partitions=1 if name == topics.accuracy else topics.partitions,
+            replication_factor=topics.replication_factor,
+            config=config,
+        )
         for name, config in wanted.items()
         if name not in existing
     ]
@@ -77,10 +89,15 @@ def ensure_topics(settings: KafkaSettings, topics: TopicSettings, log: Any,
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise BrokerError(f"cannot create topic {name}: {exc}") from exc
     metadata = admin.list_topics(timeout=timeout_s).topics
-    counts = {name: len(metadata[name].partitions) for name in (topics.suggestions, topics.purchases)
-              if name in metadata}
+    counts = {
+        name: len(metadata[name].partitions)
+        for name in (topics.suggestions, topics.purchases)
+        if name in metadata
+    }
     if len(set(counts.values())) > 1:
-        raise BrokerError(f"suggestions and purchases must have equal partition counts, have {counts}")
+        raise BrokerError(
+            f"suggestions and purchases must have equal partition counts, have {counts}"
+        )
     if created:
         log.info("topics_created", topics=sorted(created), partitions=topics.partitions)
     return created

@@ -44,13 +44,25 @@ class Checkpoint:
         if err is not None:
             self._failures.append(f"{msg.topic()}: {err.name()}: {err.str()}")
 
-    def produce(self, topic: str, key: bytes | None, value: bytes | None,
-                headers: list[tuple[str, bytes]] | None = None, timestamp_ms: int = 0) -> None:
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        timestamp_ms: int = 0,
+    ) -> None:
         """Step 1: queue one output record, waiting for room if the local queue is full."""
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers,
-                                       timestamp=timestamp_ms, on_delivery=self.on_delivery)
+                self._producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=headers,
+                    timestamp=timestamp_ms,
+                    on_delivery=self.on_delivery,
+                )
                 self.produced += 1
                 return
             except BufferError:

@@ -21,7 +21,9 @@ def _error_cb(log: Any):
                 fatal_seen["auth"] = True
                 log.error("kafka_authentication_failed", error=name)
             return
-        log.warning("kafka_client_error", error=name, fatal=err.fatal() if hasattr(err, "fatal") else None)
+        log.warning(
+            "kafka_client_error", error=name, fatal=err.fatal() if hasattr(err, "fatal") else None
+        )
 
     return on_error
 
@@ -41,8 +43,14 @@ def make_producer(settings: KafkaSettings, log: Any, **overrides: Any) -> Produc
     )
     # Correctness settings go last: pass-through may not weaken them. murmur2_random is the Java
     # client's default partitioner: producers in any language put a user on the same partition.
-    config.update({"enable.idempotence": True, "acks": "all", "partitioner": "murmur2_random",
-                   "error_cb": _error_cb(log)})
+    config.update(
+        {
+            "enable.idempotence": True,
+            "acks": "all",
+            "partitioner": "murmur2_random",
+            "error_cb": _error_cb(log),
+        }
+    )
     try:
         return Producer(config)
     except Exception as exc:  # KafkaException for invalid configuration
