@@ -1,6 +1,7 @@
 """structlog set-up: JSON lines (one object per line, stable keys) on stderr.
 
-``WORKER_LOG_FORMAT=console`` switches to a human-readable renderer; ``WORKER_LOG_LEVEL`` sets
+On a terminal the default is a human-readable renderer instead; ``WORKER_LOG_FORMAT=json`` or
+``console`` chooses explicitly. ``WORKER_LOG_LEVEL`` sets
 the level (default ``info``). Log calls use keyword arguments only, never formatted strings, and
 never carry payloads or secrets.
 """
@@ -19,7 +20,8 @@ def configure_logging(*, level: str | None = None, fmt: str | None = None, **bou
     """Configure structlog for the process and return a logger bound with ``bound``."""
     level_name = (level or os.environ.get("WORKER_LOG_LEVEL", "info")).upper()
     numeric = getattr(logging, level_name, logging.INFO)
-    renderer_name = fmt or os.environ.get("WORKER_LOG_FORMAT", "json")
+    default_format = "console" if sys.stderr.isatty() else "json"
+    renderer_name = fmt or os.environ.get("WORKER_LOG_FORMAT") or default_format
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=False)
         if renderer_name == "console"
