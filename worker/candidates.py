@@ -53,6 +53,9 @@ def generate_candidates(
         ],
         axis=1,
     ).astype(np.int32, copy=False)
+    if proposals.shape[1] < width:  # tiny catalogues or short lists: room for the fill below
+        pad = np.full((n_events, width - proposals.shape[1]), PAD, dtype=np.int32)
+        proposals = np.concatenate([proposals, pad], axis=1)
     keep = _first_occurrences(proposals)
     # Stable sort of "not kept" puts kept proposals first, in their original order.
     order = np.argsort(~keep, axis=1, kind="stable")[:, :width]

@@ -63,7 +63,8 @@ def kafka_properties(
     for pair in cli_pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"-X expects key=value, got {pair.split('=')[0]!r}")
+            # Never echo the pair: a malformed "sasl.password:secret" would leak the secret.
+            raise ConfigError("-X expects key=value; got a value without '=' (not shown)")
         props[key.strip()] = _read_value(key, value)
     return props
 

@@ -30,6 +30,7 @@ def advance_sessions(
     events: Sequence[BrowsingEvent],
     items: np.ndarray,
     partitions: Sequence[int] | None = None,
+    offsets: Sequence[int] | None = None,
 ) -> SessionBatch:
     """Record each event in its user's session, in order, and snapshot the session after it.
 
@@ -38,6 +39,7 @@ def advance_sessions(
         events: validated events in processing order (per-user order preserved).
         items: int32 ``(B,)`` catalogue index of each event's product.
         partitions: input partition of each event (tags the sessions), or None.
+        offsets: input offset of each event (redeliveries do not enter the state twice), or None.
     """
     n_events = len(events)
     history = sessions.history
@@ -50,8 +52,9 @@ def advance_sessions(
     prev = np.empty(n_events, dtype=np.int64)
     item_list = items.tolist()
     partition_list = list(partitions) if partitions is not None else [-1] * n_events
-    for row, (event, item, partition) in enumerate(
-        zip(events, item_list, partition_list, strict=True)
+    offset_list = list(offsets) if offsets is not None else [-1] * n_events
+    for row, (event, item, partition, offset) in enumerate(
+        zip(events, item_list, partition_list, offset_list, strict=True)
     ):
         session = sessions.record(
             event.user_id,
@@ -61,6 +64,7 @@ def advance_sessions(
             event.event_time_ms,
             event.event_type == ADD_TO_CART,
             partition,
+            offset,
         )
         length = len(session.items)
         items_out[row, :length] = session.items[::-1]
@@ -138,11 +142,12 @@ class Recommender:
         events: Sequence[BrowsingEvent],
         items: np.ndarray,
         partitions: Sequence[int] | None = None,
+        offsets: Sequence[int] | None = None,
     ) -> RankedBatch:
         """Rank candidates for every event with one model call; sessions advance in order."""
         timings = StageTimings()
         t0 = time.perf_counter()
-        batch = advance_sessions(self.sessions, events, items, partitions)
+        batch = advance_sessions(self.sessions, events, items, partitions, offsets)
         t1 = time.perf_counter()
         candidates = generate_candidates(
             self.tables, batch.items, batch.current_item, self.n_candidates

@@ -91,6 +91,12 @@ def _require_id(record: dict[str, Any], field: str) -> str:
     return value
 
 
+def _check_price(price: Any) -> float | None:
+    if price is not None and not (price >= 0.0 and price < 1e9):  # also rejects NaN
+        raise InvalidRecordError(f"price {price!r} is not a plausible amount")
+    return price  # type: ignore[no-any-return]
+
+
 def check_event_time(event_time_ms: Any, now_ms: int) -> int:
     """Return the event time if plausible.
 
@@ -132,9 +138,7 @@ def to_browsing_event(record: dict[str, Any], key: bytes | None, now_ms: int) ->
     event_type = EVENT_TYPE_CODE.get(record.get("event_type"))  # type: ignore[arg-type]
     if event_type is None:
         raise InvalidRecordError(f"unknown event_type {record.get('event_type')!r}")
-    price = record.get("price")
-    if price is not None and not (price >= 0.0 and price < 1e9):  # also rejects NaN
-        raise InvalidRecordError(f"price {price!r} is not a plausible amount")
+    price = _check_price(record.get("price"))
     return BrowsingEvent(
         event_id=_require_id(record, "event_id"),
         user_id=user_id,
@@ -158,9 +162,17 @@ class Purchase:
 
 
 def to_purchase(record: dict[str, Any], key: bytes | None, now_ms: int) -> Purchase:
-    """Validate a decoded ``PurchaseOutcome`` dict (same rules as events)."""
+    """Validate a decoded ``PurchaseOutcome`` dict (same rules as events; quantity >= 1).
+
+    Raises:
+        InvalidRecordError: as for events, or a quantity below 1.
+    """
     user_id = _require_id(record, "user_id")
     validate_key(key, user_id)
+    _check_price(record.get("price"))
+    quantity = record.get("quantity", 1)
+    if not isinstance(quantity, int) or quantity < 1:
+        raise InvalidRecordError(f"quantity {quantity!r} is below 1")
     return Purchase(
         order_id=_require_id(record, "order_id"),
         user_id=user_id,

@@ -56,7 +56,12 @@ class HttpSchemaRegistry:
                 if "HTTP 404" in str(exc):
                     raise UnknownSchemaError(f"schema id {schema_id} is not registered") from exc
                 raise
-            self._by_id[schema_id] = json.loads(answer["schema"])
+            try:
+                self._by_id[schema_id] = json.loads(answer["schema"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise SchemaRegistryError(
+                    f"schema registry answered schema id {schema_id} without a valid schema"
+                ) from exc
         return self._by_id[schema_id]
 
     def _call(self, method: str, path: str, body: Mapping[str, Any] | None) -> dict[str, Any]:

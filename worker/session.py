@@ -28,6 +28,7 @@ class Session:
     times_ms: list[int] = field(default_factory=list)
     prev_ms: int = -1  # time of the event before the last one, -1 if none
     partition: int = -1  # input partition of the user's events (to drop them on revocation)
+    offset: int = -1  # input offset of the last event recorded (redelivered events are skipped)
 
 
 @dataclass(slots=True)
@@ -63,6 +64,7 @@ class SessionStore:
         self._evicted_lru = 0
         self._expired_idle = 0
         self._watermark_ms = 0
+        self._forgotten: list[tuple[str, int]] = []
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -82,9 +84,22 @@ class SessionStore:
         time_ms: int,
         is_cart: bool,
         partition: int = -1,
+        offset: int = -1,
     ) -> Session:
-        """Add one interaction to the user's session (starting a new one if due) and return it."""
+        """Add one interaction to the user's session (starting a new one if due) and return it.
+
+        An event whose input ``offset`` is not after the last one recorded from the same
+        partition is a redelivery (the state already holds it): the session is returned as is.
+        """
         session = self._sessions.get(user_id)
+        if (
+            session is not None
+            and offset >= 0
+            and partition == session.partition
+            and offset <= session.offset
+        ):
+            self._sessions.move_to_end(user_id)
+            return session
         if (
             session is None
             or session.session_id != session_id
@@ -92,9 +107,11 @@ class SessionStore:
         ):
             session = Session(session_id=session_id, start_ms=time_ms, last_ms=time_ms)
             self._sessions[user_id] = session
+            self._sessions.move_to_end(user_id)  # a returning user is the most recent one
         else:
             self._sessions.move_to_end(user_id)
         session.partition = partition
+        session.offset = offset
         session.prev_ms = session.last_ms if session.n_events else -1
         session.last_ms = max(session.last_ms, time_ms)
         session.n_events += 1
@@ -107,8 +124,9 @@ class SessionStore:
         if time_ms > self._watermark_ms:
             self._watermark_ms = time_ms
         if len(self._sessions) > self.max_users:
-            self._sessions.popitem(last=False)
+            evicted_user, evicted = self._sessions.popitem(last=False)
             self._evicted_lru += 1
+            self._forgotten.append((evicted_user, evicted.partition))
         return session
 
     def expire_idle(self) -> int:
@@ -120,6 +138,7 @@ class SessionStore:
             if oldest.last_ms >= horizon:
                 break
             del self._sessions[user_id]
+            self._forgotten.append((user_id, oldest.partition))
             expired += 1
         self._expired_idle += expired
         return expired
@@ -130,6 +149,18 @@ class SessionStore:
         for user_id in gone:
             del self._sessions[user_id]
         return len(gone)
+
+    def drain_forgotten(self) -> list[tuple[str, int]]:
+        """``(user_id, partition)`` of the users evicted or expired since the last call."""
+        forgotten, self._forgotten = self._forgotten, []
+        return forgotten
+
+    def put(self, user_id: str, session: Session) -> None:
+        """Install a restored session (for example read back from a changelog)."""
+        self._sessions[user_id] = session
+        self._sessions.move_to_end(user_id)
+        if session.last_ms > self._watermark_ms:
+            self._watermark_ms = session.last_ms
 
     def users(self) -> list[str]:
         return list(self._sessions)

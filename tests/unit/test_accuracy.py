@@ -57,7 +57,8 @@ def brute_force_reports(
     for line in purchases:
         t = line.event_time_ms
         eligible = [
-            (time, pos, s) for time, pos, s in by_user.get(line.user_id, [])
+            (time, pos, s)
+            for time, pos, s in by_user.get(line.user_id, [])
             if t - attribution_window_ms <= time <= t
         ]
         attributed = max(eligible, key=lambda e: (e[0], e[1]))[2] if eligible else None
@@ -98,7 +99,8 @@ def brute_force_reports(
                 "hit_rate_at_k": hits / n if n else None,
                 "precision_at_k": (
                     sum(len(set(top) & b) / k for top, b in bought.values()) / len(bought)
-                    if bought else None
+                    if bought
+                    else None
                 ),
                 "mrr_at_k": sum(rr) / n if n else None,
                 "baseline_hit_rate_at_k": baseline_hits / n if n else None,
@@ -117,8 +119,10 @@ def as_dict(report: WindowReport) -> dict:
 def assert_reports_equal(got: list[WindowReport], expected: list[dict]) -> None:
     """Counts exactly; rates to 1e-12 (float sums may run in another order)."""
     assert [as_dict(r) for r in got] == [
-        {key: (pytest.approx(v, rel=1e-12, abs=1e-15) if isinstance(v, float) else v)
-         for key, v in e.items()}
+        {
+            key: (pytest.approx(v, rel=1e-12, abs=1e-15) if isinstance(v, float) else v)
+            for key, v in e.items()
+        }
         for e in expected
     ]
 
@@ -143,8 +147,9 @@ def histories(draw: st.DrawFn):
                     event_time_ms=draw(times),
                     suggestion_id=f"events/{PARTITION[user]}/{n}",
                     model_version=draw(st.sampled_from(["v1", "v2"])),
-                    products=tuple(draw(st.lists(st.sampled_from(PRODUCTS), unique=True,
-                                                 max_size=5))),
+                    products=tuple(
+                        draw(st.lists(st.sampled_from(PRODUCTS), unique=True, max_size=5))
+                    ),
                 ),
             )
         )
@@ -181,7 +186,9 @@ def feed(
             suggestion_mark[partition] = max(suggestion_mark.get(partition, -INF), t - 1)
         else:
             assert tracker.add_purchase(item)
-            purchase_mark[partition] = max(purchase_mark.get(partition, -INF), item.event_time_ms - 1)
+            purchase_mark[partition] = max(
+                purchase_mark.get(partition, -INF), item.event_time_ms - 1
+            )
         tracker.evaluate_ready(dict(suggestion_mark))
         purchase_wm = min((purchase_mark.get(p, -INF) for p in purchase_partitions), default=-INF)
         reports += tracker.close_windows(purchase_wm)
@@ -210,8 +217,12 @@ def test_tracker_matches_brute_force_for_any_interleaving(
     interleaving of the two topics, and redelivered suggestions (same id) change nothing."""
     shown, purchases = history
     baseline = ["p3", "p1", "p6", "p0"]
-    params = dict(k=k, attribution_window_ms=attribution_min * MIN_MS,
-                  window_ms=window_min * MIN_MS, baseline=baseline)
+    params = dict(
+        k=k,
+        attribution_window_ms=attribution_min * MIN_MS,
+        window_ms=window_min * MIN_MS,
+        baseline=baseline,
+    )
     expected = brute_force_reports(shown, purchases, **params)
 
     tracker = AccuracyTracker(**params)
@@ -262,7 +273,9 @@ def test_hand_computed_example() -> None:
       cumulative: 4 attributed, 3 hits, 3 baseline hits.
     """
     tracker = AccuracyTracker(
-        k=3, attribution_window_ms=10 * MIN_MS, window_ms=60 * MIN_MS,
+        k=3,
+        attribution_window_ms=10 * MIN_MS,
+        window_ms=60 * MIN_MS,
         baseline=["q", "a", "zz", "e"],
     )
     assert tracker.add_suggestion("u1", S(1, "s1", ("a", "b", "c")))
@@ -270,8 +283,14 @@ def test_hand_computed_example() -> None:
     assert tracker.add_suggestion("u2", S(16, "s3", ("x", "y", "z")))
     assert tracker.add_suggestion("u2", S(61, "s4", ("q",)))
     assert not tracker.add_suggestion("u1", S(3, "s2", ("d", "a", "e")))  # redelivery
-    for line in [P("u1", "a", 5), P("u1", "e", 5.2), P("u2", "q", 18), P("u3", "a", 1),
-                 P("u1", "d", 30), P("u2", "q", 62)]:
+    for line in [
+        P("u1", "a", 5),
+        P("u1", "e", 5.2),
+        P("u2", "q", 18),
+        P("u3", "a", 1),
+        P("u1", "d", 30),
+        P("u2", "q", 62),
+    ]:
         assert tracker.add_purchase(line)
     assert tracker.evaluate_ready({0: 61 * MIN_MS}) == 5  # the 62-min line waits
     assert tracker.pending == 1
@@ -294,7 +313,10 @@ def test_hand_computed_example() -> None:
     tracker.evaluate_ready({0: INF})
     (second,) = tracker.flush()
     assert (second.window_start_ms, second.purchases, second.attributed, second.hits) == (
-        60 * MIN_MS, 1, 1, 1,
+        60 * MIN_MS,
+        1,
+        1,
+        1,
     )
     assert second.hit_rate_at_k == 1.0 and second.mrr_at_k == 1.0
     assert second.precision_at_k == pytest.approx(1 / 3)
@@ -319,8 +341,7 @@ def test_window_without_attributed_lines_has_null_rates() -> None:
 def test_attribution_window_bounds_are_inclusive() -> None:
     """A suggestion exactly W before the purchase, or at the same instant, is attributable;
     one after the purchase is not."""
-    tracker = AccuracyTracker(k=1, attribution_window_ms=MIN_MS, window_ms=60 * MIN_MS,
-                              baseline=[])
+    tracker = AccuracyTracker(k=1, attribution_window_ms=MIN_MS, window_ms=60 * MIN_MS, baseline=[])
     tracker.add_suggestion("edge", S(1, "a", ("x",)))
     tracker.add_purchase(P("edge", "x", 2))
     tracker.add_suggestion("same", S(5, "b", ("y",)))
@@ -334,8 +355,7 @@ def test_attribution_window_bounds_are_inclusive() -> None:
 def test_lines_wait_for_their_partition_watermark() -> None:
     """A purchase is evaluated only when its partition's suggestions are known up to its time;
     a later suggestion then still counts, and its window stays open until then."""
-    tracker = AccuracyTracker(k=1, attribution_window_ms=10 * MIN_MS, window_ms=MIN_MS,
-                              baseline=[])
+    tracker = AccuracyTracker(k=1, attribution_window_ms=10 * MIN_MS, window_ms=MIN_MS, baseline=[])
     tracker.add_purchase(P("u", "x", 5))
     assert tracker.evaluate_ready({1: INF}) == 0  # another partition
     assert tracker.evaluate_ready({0: 5 * MIN_MS - 1}) == 0

@@ -106,10 +106,11 @@ def canonical_form(schema: Any, namespace: str = "", defined: set[str] | None = 
         defined.add(full)
         parts = [f'"name":{dump(full)}', f'"type":"{kind}"']
         if kind == "record":
-            fields = ",".join(
-                f'{{"name":{dump(f["name"])},"type":{canonical_form(f["type"], namespace, defined)}}}'
+            field_forms = [
+                (dump(f["name"]), canonical_form(f["type"], namespace, defined))
                 for f in schema["fields"]
-            )
+            ]
+            fields = ",".join(f'{{"name":{n},"type":{t}}}' for n, t in field_forms)
             parts.append(f'"fields":[{fields}]')
         elif kind == "enum":
             parts.append(f'"symbols":{dump(schema["symbols"])}')
@@ -449,8 +450,12 @@ def _malformed_corpus() -> Iterator[Any]:
         ("single-object trailing bytes", single + b"\x00", {}, CorruptPayloadError),
         ("confluent trailing bytes", confluent + b"junk", with_registry, CorruptPayloadError),
         ("unknown fingerprint", b"\xc3\x01" + b"\x42" * 8 + single[10:], {}, UnknownSchemaError),
-        ("unregistered id", b"\x00" + struct.pack(">I", 999) + confluent[5:], with_registry,
-         UnknownSchemaError),
+        (
+            "unregistered id",
+            b"\x00" + struct.pack(">I", 999) + confluent[5:],
+            with_registry,
+            UnknownSchemaError,
+        ),
         ("confluent without registry", confluent, {}, UnknownSchemaError),
         ("other record type, single-object", foreign_single, {}, SchemaMismatchError),
         ("other record type, confluent", foreign_confluent, with_registry, SchemaMismatchError),

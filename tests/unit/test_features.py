@@ -38,9 +38,7 @@ def hand_tables() -> CatalogueTables:
         cart_rate=np.array([0.1, 0.2, 0.3, 0.05, 0.01, 0.15], dtype=np.float32),
         global_rank=np.log1p(np.array([2, 0, 4, 3, 5, 1])).astype(np.float32),
         category_rank=np.log1p(np.array([1, 0, 2, 1, 2, 0])).astype(np.float32),
-        covis_items=np.array(
-            [[1, 3], [0, 2], [0, 4], [-1, -1], [2, -1], [3, 0]], dtype=np.int32
-        ),
+        covis_items=np.array([[1, 3], [0, 2], [0, 4], [-1, -1], [2, -1], [3, 0]], dtype=np.int32),
         covis_scores=np.array(
             [[0.6, 0.4], [0.5, 0.5], [0.75, 0.25], [0, 0], [1.0, 0], [0.5, 0.5]],
             dtype=np.float32,
@@ -127,11 +125,15 @@ def random_tables(draw: st.DrawFn) -> CatalogueTables:
     category = np.array(draw(st.lists(st.integers(0, n_cat - 1), min_size=n, max_size=n)))
     m = draw(st.integers(1, 4))
     item = st.integers(-1, n - 1)
-    covis = np.array(draw(st.lists(st.lists(item, min_size=m, max_size=m), min_size=n,
-                                   max_size=n)), dtype=np.int32)
+    covis = np.array(
+        draw(st.lists(st.lists(item, min_size=m, max_size=m), min_size=n, max_size=n)),
+        dtype=np.int32,
+    )
     mc = draw(st.integers(1, 4))
-    category_top = np.array(draw(st.lists(st.lists(item, min_size=mc, max_size=mc),
-                                          min_size=n_cat, max_size=n_cat)), dtype=np.int32)
+    category_top = np.array(
+        draw(st.lists(st.lists(item, min_size=mc, max_size=mc), min_size=n_cat, max_size=n_cat)),
+        dtype=np.int32,
+    )
     order = draw(st.permutations(range(n)))
     global_top = np.array(order[: draw(st.integers(0, n))], dtype=np.int32)
     zeros = np.zeros(n, dtype=np.float32)
@@ -152,17 +154,23 @@ def random_tables(draw: st.DrawFn) -> CatalogueTables:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), tables=random_tables(), n_candidates=st.integers(1, 15),
-       history=st.integers(1, 6))
+@given(
+    data=st.data(),
+    tables=random_tables(),
+    n_candidates=st.integers(1, 15),
+    history=st.integers(1, 6),
+)
 def test_candidates_match_reference_on_random_sessions(
     data: st.DataObject, tables: CatalogueTables, n_candidates: int, history: int
 ) -> None:
     """300 random catalogues and batches: each row has exactly C = min(n, P) distinct valid
     indices, starts with the distinct session items most recent first (the current item first),
-    and equals the reference. (Proposal lists narrower than C: see the xfail test below.)"""
+    and equals the reference. (Proposal lists narrower than C: see the full-width test below.)"""
     n = tables.n_products
     proposal_width = (
-        history + tables.covis_items.shape[1] + tables.category_top.shape[1]
+        history
+        + tables.covis_items.shape[1]
+        + tables.category_top.shape[1]
         + tables.global_top.shape[0]
     )
     assume(proposal_width >= min(n_candidates, n))
@@ -189,19 +197,16 @@ def test_candidates_match_reference_on_random_sessions(
         assert row == reference_candidates(tables, rows[b], currents[b], n_candidates)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generate_candidates returns fewer than min(n_candidates, n_products) columns when "
-    "the proposal lists together (session + covis + category top + global top) are narrower "
-    "than n_candidates: argsort(...)[:, :width] cannot select more columns than exist, and "
-    "_fill_short_rows only fills inside them",
-)
 def test_candidates_have_full_width_even_when_proposal_lists_are_short() -> None:
     """12 products and n_candidates=10, but history (1) + covis (2) + category top (2) + global
     top (3) is only 8 proposals wide: still 10 distinct candidates per row, as documented."""
     tables = build_tables(
-        [f"p{i}" for i in range(12)], ["c"] * 12, np.ones(12),
-        np.arange(12), np.zeros(12, dtype=np.int64), np.zeros(12, dtype=np.int64),
+        [f"p{i}" for i in range(12)],
+        ["c"] * 12,
+        np.ones(12),
+        np.arange(12),
+        np.zeros(12, dtype=np.int64),
+        np.zeros(12, dtype=np.int64),
         TrainSettings(covis_neighbours=2, category_top=2, global_top=3),
     )
     cands = generate_candidates(
@@ -235,8 +240,14 @@ def test_session_batch_snapshots_each_event_most_recent_first() -> None:
     """advance_sessions: row b is the session right after event b, most recent first."""
     _, batch = _hand_batch()
     assert batch.items[-1].tolist() == [2, 1, 0, 1, 1, 0, -1, -1]
-    assert batch.types[-1].tolist()[:6] == [VIEW, REMOVE_FROM_CART, VIEW, ADD_TO_CART,
-                                           ADD_TO_CART, VIEW]
+    assert batch.types[-1].tolist()[:6] == [
+        VIEW,
+        REMOVE_FROM_CART,
+        VIEW,
+        ADD_TO_CART,
+        ADD_TO_CART,
+        VIEW,
+    ]
     assert batch.items[0].tolist() == [0, -1, -1, -1, -1, -1, -1, -1]
     assert batch.n_events.tolist() == [1, 2, 3, 4, 5, 6]
     assert batch.n_carts.tolist() == [0, 1, 2, 2, 2, 2]
@@ -261,8 +272,15 @@ def test_build_features_shape_and_hand_checked_values() -> None:
         4: (0, 0, 0, 0, 0.25, NEVER_SEEN_S, 8),  # never seen: history length
         5: (0, 0, 0, 0, 0.0, NEVER_SEEN_S, 8),
     }
-    names = ["sess_views", "sess_net_carts", "is_current", "same_category", "covis_current",
-             "secs_since_seen", "events_since_seen"]
+    names = [
+        "sess_views",
+        "sess_net_carts",
+        "is_current",
+        "same_category",
+        "covis_current",
+        "secs_since_seen",
+        "events_since_seen",
+    ]
     for product, values in expected.items():
         got = tuple(float(row[product][F[name]]) for name in names)
         assert got == pytest.approx(values), (product, got)
@@ -334,9 +352,14 @@ HISTORY = 5
 N_CANDS = 7
 
 user_events = st.lists(
-    st.tuples(st.integers(0, 14), st.sampled_from([VIEW, ADD_TO_CART, REMOVE_FROM_CART]),
-              st.integers(0, 40 * 60), st.booleans()),
-    min_size=1, max_size=8,
+    st.tuples(
+        st.integers(0, 14),
+        st.sampled_from([VIEW, ADD_TO_CART, REMOVE_FROM_CART]),
+        st.integers(0, 40 * 60),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=8,
 )
 
 
@@ -407,7 +430,9 @@ def test_features_depend_only_on_earlier_events_of_the_same_user(
         assert feats[i, 0, F["secs_since_seen"]] == 0.0
         assert feats[i, 0, F["events_since_seen"]] == 0.0
         assert (feats[i, :, F["events_since_seen"]] <= HISTORY).all()
-        assert ((feats[i, :, F["category_share"]] >= 0) & (feats[i, :, F["category_share"]] <= 1)).all()
+        assert (
+            (feats[i, :, F["category_share"]] >= 0) & (feats[i, :, F["category_share"]] <= 1)
+        ).all()
         assert (feats[i, :, F["sess_events"]] >= 1).all()
 
 
@@ -464,8 +489,12 @@ def test_build_tables_ranks_by_views() -> None:
     items = np.array([2, 2, 2, 1, 1, 0, 3, 1])
     types = np.array([VIEW, VIEW, VIEW, VIEW, VIEW, VIEW, VIEW, ADD_TO_CART])
     tables = build_tables(
-        ["a", "b", "c", "d"], ["x", "y", "x", "y"], np.array([1.0, 2.0, np.nan, 4.0]),
-        items, types, np.zeros(8, dtype=np.int64),
+        ["a", "b", "c", "d"],
+        ["x", "y", "x", "y"],
+        np.array([1.0, 2.0, np.nan, 4.0]),
+        items,
+        types,
+        np.zeros(8, dtype=np.int64),
         TrainSettings(covis_neighbours=2, category_top=3, global_top=3),
     )
     assert tables.global_top.tolist() == [2, 1, 0]  # views c=3, b=2, a=1 and d=1 (a first)

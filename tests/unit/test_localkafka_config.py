@@ -230,7 +230,7 @@ def test_missing_mvn_says_what_to_install(tmp_path: Path, monkeypatch: pytest.Mo
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
-    monkeypatch.setenv("WORKER_KAFKA_LIBS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("WORKER_LOCAL_KAFKA_LIBS_CACHE", str(tmp_path / "cache"))
     with pytest.raises(LocalKafkaError, match="mvn.*apt-get install"):
         resolve_classpath(LocalKafkaConfig(home=tmp_path, port=1, controller_port=2))
 
@@ -239,7 +239,7 @@ def test_failing_mvn_output_is_reported(tmp_path: Path, monkeypatch: pytest.Monk
     bin_dir = tmp_path / "bin"
     make_script(bin_dir, "mvn", "echo '[ERROR] Could not resolve dependencies: boom'\nexit 1\n")
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.setenv("WORKER_KAFKA_LIBS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("WORKER_LOCAL_KAFKA_LIBS_CACHE", str(tmp_path / "cache"))
     cfg = LocalKafkaConfig(home=tmp_path, port=1, controller_port=2, kafka_version="4.9.9")
     with pytest.raises(LocalKafkaError, match="Could not resolve dependencies: boom"):
         resolve_classpath(cfg)
@@ -250,7 +250,7 @@ def test_failing_mvn_output_is_reported(tmp_path: Path, monkeypatch: pytest.Monk
 def test_resolved_cache_is_reused_without_mvn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("WORKER_KAFKA_LIBS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("WORKER_LOCAL_KAFKA_LIBS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PATH", str(tmp_path))  # no mvn anywhere
     libs = tmp_path / "cache" / "4.1.1" / "libs"
     libs.mkdir(parents=True)

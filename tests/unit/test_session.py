@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from worker.records import ADD_TO_CART, REMOVE_FROM_CART, VIEW
 from worker.session import SESSION_GAP_MS, SessionStore
 
@@ -12,8 +10,9 @@ T0 = 1_700_000_000_000
 MIN_MS = 60_000
 
 
-def view(store: SessionStore, user: str, item: int, t: int, session_id: str = "s1",
-         partition: int = -1):
+def view(
+    store: SessionStore, user: str, item: int, t: int, session_id: str = "s1", partition: int = -1
+):
     return store.record(user, session_id, item, VIEW, t, False, partition)
 
 
@@ -104,13 +103,6 @@ def test_lru_eviction_at_max_users_drops_the_least_recently_active() -> None:
     assert store.stats().users == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SessionStore.record: a user starting a NEW session (session id change or gap) is "
-    "re-assigned with self._sessions[user] = session, which keeps the user's old position in "
-    "the OrderedDict instead of moving it to the end, so the most recently active user is "
-    "treated as least recently active",
-)
 def test_user_starting_a_new_session_counts_as_recently_active_for_lru() -> None:
     """A user who just started a new session is the most recently active: not evicted next."""
     store = SessionStore(max_users=2)
@@ -122,12 +114,6 @@ def test_user_starting_a_new_session_counts_as_recently_active_for_lru() -> None
     assert "b" not in store
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="same LRU-order bug: expire_idle stops at the first user whose last event is recent, "
-    "and a user who restarted a session stays at the front, so idle users behind it never "
-    "expire (memory bound broken)",
-)
 def test_expire_idle_forgets_idle_users_behind_a_user_who_restarted_a_session() -> None:
     """Idle users expire even if an active user's session was restarted after theirs began."""
     store = SessionStore(idle_ttl_ms=10 * MIN_MS)

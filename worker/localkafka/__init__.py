@@ -398,8 +398,8 @@ def find_mvn() -> str:
 
 
 def cache_root() -> Path:
-    """Root of the jar cache: $WORKER_KAFKA_LIBS_CACHE or ~/.cache/worker-kafka."""
-    env = os.environ.get("WORKER_KAFKA_LIBS_CACHE")
+    """Root of the jar cache: $WORKER_LOCAL_KAFKA_LIBS_CACHE or ~/.cache/worker-kafka."""
+    env = os.environ.get("WORKER_LOCAL_KAFKA_LIBS_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "worker-kafka"
 
 

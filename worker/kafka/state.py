@@ -1,0 +1,135 @@
+"""Session state that survives rebalances and crashes: a compacted changelog topic.
+
+After every micro-batch the worker writes the new session of each user it touched to the
+changelog (key ``user_id``, value :func:`worker.session_codec.encode_session`), on the partition
+number of the input partition the user's events come from, in the same checkpoint as the batch's
+outputs (in exactly-once mode: the same transaction as the input offsets). Users evicted or
+expired get a tombstone. When a worker gains a partition it reads that changelog partition from
+the beginning to its end (read_committed, so aborted transactions do not count) and installs the
+sessions before it scores the partition's next event: the Kafka Streams way.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import NewTopic
+
+from worker.config import KafkaSettings
+from worker.errors import BrokerError, DataError
+from worker.kafka.admin import admin_client
+from worker.session import SessionStore
+from worker.session_codec import decode_session
+
+
+def changelog_topic(group_id: str) -> str:
+    return f"{group_id}.sessions-changelog"
+
+
+def ensure_changelog(
+    settings: KafkaSettings, topic: str, partitions: int, replication_factor: int, log: Any
+) -> None:
+    """Create the compacted changelog with ``partitions`` partitions if it does not exist.
+
+    Raises:
+        BrokerError: creation failed, or it exists with another partition count.
+    """
+    admin = admin_client(settings)
+    existing = admin.list_topics(timeout=30).topics
+    if topic in existing:
+        have = len(existing[topic].partitions)
+        if have != partitions:
+            raise BrokerError(
+                f"changelog {topic} has {have} partitions, the input topic {partitions}"
+            )
+        return
+    config = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"}
+    future = admin.create_topics(
+        [
+            NewTopic(
+                topic,
+                num_partitions=partitions,
+                replication_factor=replication_factor,
+                config=config,
+            )
+        ]
+    )[topic]
+    try:
+        future.result()
+        log.info("changelog_created", topic=topic, partitions=partitions)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise BrokerError(f"cannot create changelog {topic}: {exc}") from exc
+
+
+def restore_partitions(
+    settings: KafkaSettings,
+    topic: str,
+    partitions: list[int],
+    sessions: SessionStore,
+    index_of: Any,
+    log: Any,
+    timeout_s: float = 120.0,
+) -> int:
+    """Read the changelog partitions to their end and install their sessions; return how many.
+
+    Raises:
+        BrokerError: the end was not reached within ``timeout_s``.
+    """
+    if not partitions:
+        return 0
+    consumer = Consumer(
+        settings.client_config(
+            **{
+                "group.id": f"restore-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 10,
+            }
+        )
+    )
+    started = time.monotonic()
+    restored: dict[str, Any] = {}
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])  # 0 = from the start
+        pending = set(partitions)
+        while pending:
+            if time.monotonic() - started > timeout_s:
+                raise BrokerError(
+                    f"restoring {topic} partitions {sorted(pending)} took over {timeout_s:.0f} s"
+                )
+            for msg in consumer.consume(10000, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition())
+                        continue
+                    raise BrokerError(f"restoring {topic}: {err.name()}: {err.str()}")
+                user = msg.key().decode("utf-8")
+                if msg.value() is None:
+                    restored[user] = None
+                    continue
+                try:
+                    restored[user] = decode_session(msg.value(), index_of)
+                except DataError as exc:
+                    log.warning(
+                        "changelog_record_unreadable", user_hash=hash(user) & 0xFFFF, error=str(exc)
+                    )
+    finally:
+        consumer.close()
+    installed = 0
+    for user, session in restored.items():
+        if session is not None:
+            sessions.put(user, session)
+            installed += 1
+    log.info(
+        "sessions_restored",
+        partitions=sorted(partitions),
+        sessions=installed,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return installed
