@@ -165,6 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="/metrics, /healthz, /readyz; 0 disables",
     )
     p.add_argument(
+        "--exactly-once",
+        action=argparse.BooleanOptionalAction,
+        default=env("WORKER_EXACTLY_ONCE", "false").lower() in ("1", "true", "yes"),
+        help="transactional read-process-write; downstream readers use read_committed "
+        "(env WORKER_EXACTLY_ONCE)",
+    )
+    p.add_argument(
+        "--transactional-id",
+        default=env("WORKER_TRANSACTIONAL_ID", "") or None,
+        help="stable per replica (e.g. the pod name) so a restart fences its predecessor; "
+        "default <group>-<host>-<pid>",
+    )
+    p.add_argument(
+        "--state-changelog",
+        action=argparse.BooleanOptionalAction,
+        default=env("WORKER_STATE_CHANGELOG", "true").lower() in ("1", "true", "yes"),
+        help="keep session state in a compacted changelog topic and restore it on assignment",
+    )
+    p.add_argument(
         "--max-idle-s",
         type=float,
         default=None,
@@ -194,6 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="flush every window and exit once all partitions are read (batch mode)",
     )
+
+    p = sub.add_parser("chaos", help="fault-injection harness: kills, broker restart, rebalances")
+    p.add_argument(
+        "--scenarios",
+        default="kill9,broker,scale,sigterm,mixed",
+        help="comma-separated subset of kill9,broker,scale,sigterm,mixed",
+    )
+    p.add_argument("--modes", default="at-least-once,exactly-once")
+    p.add_argument("--events", type=int, default=200_000, help="input events per scenario")
+    p.add_argument("--work-dir", type=Path, default=Path("var/chaos"))
+    p.add_argument(
+        "--bootstrap-servers",
+        default=env("KAFKA_BOOTSTRAP_SERVERS", "") or None,
+        help="an existing cluster (no broker restart scenario); default: own broker",
+    )
+    _models_arg(p)
 
     p = sub.add_parser("demo", help="the whole system on the local broker for about a minute")
     p.add_argument("--duration-s", type=float, default=60.0)
@@ -323,10 +358,24 @@ def cmd_run(args: argparse.Namespace, log: Any) -> int:
         shutdown_timeout_s=args.shutdown_timeout_s,
         metrics_port=args.metrics_port,
         schema_registry_url=args.schema_registry_url,
+        exactly_once=args.exactly_once,
+        transactional_id=args.transactional_id,
+        state_changelog=args.state_changelog,
     )
     artifact = load_artifact(settings.models_dir, expected_features=FEATURE_NAMES)
     wait_for_cluster(settings.kafka)
     ensure_topics(settings.kafka, settings.topics, log)
+    if settings.state_changelog:
+        from worker.kafka.admin import partition_count
+        from worker.kafka.state import changelog_topic, ensure_changelog
+
+        ensure_changelog(
+            settings.kafka,
+            changelog_topic(settings.group_id),
+            partition_count(settings.kafka, settings.topics.events),
+            settings.topics.replication_factor,
+            log,
+        )
     return Worker(settings, artifact, log).run(max_idle_s=args.max_idle_s)
 
 
@@ -353,6 +402,23 @@ def cmd_monitor(args: argparse.Namespace, log: Any) -> int:
     return Monitor(settings, log).run()
 
 
+def cmd_chaos(args: argparse.Namespace, log: Any) -> int:
+    from worker.chaos import format_table, run_chaos
+
+    results = run_chaos(
+        scenarios=args.scenarios.split(","),
+        modes=args.modes.split(","),
+        n_events=args.events,
+        models_dir=args.models_dir,
+        work_dir=args.work_dir,
+        bootstrap=args.bootstrap_servers,
+        log=lambda line: print(line, flush=True),
+    )
+    print()
+    print(format_table(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
 def cmd_demo(args: argparse.Namespace, log: Any) -> int:
     from worker.demo import run_demo
 
@@ -366,6 +432,7 @@ COMMANDS = {
     "run": cmd_run,
     "monitor": cmd_monitor,
     "demo": cmd_demo,
+    "chaos": cmd_chaos,
 }
 
 if __name__ == "__main__":

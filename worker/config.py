@@ -122,6 +122,9 @@ class WorkerSettings:
     metrics_port: int = 9100
     schema_registry_url: str | None = None
     scoring_threads: int = 1
+    exactly_once: bool = False
+    transactional_id: str | None = None
+    state_changelog: bool = True
 
     def __post_init__(self) -> None:
         if self.top_k <= 0 or self.n_candidates < self.top_k:

@@ -35,6 +35,7 @@ class Health:
         self.assigned_partitions = 0
         self.last_loop_monotonic = time.monotonic()
         self.stopping = False
+        self.backpressure = False  # a batch is waiting for the broker to acknowledge its outputs
 
     def beat(self) -> None:
         self.last_loop_monotonic = time.monotonic()
@@ -49,8 +50,15 @@ class Health:
             model_loaded=self.model_loaded,
             assigned_partitions=self.assigned_partitions,
             stopping=self.stopping,
+            backpressure=self.backpressure,
         )
-        ok = live and self.model_loaded and self.assigned_partitions > 0 and not self.stopping
+        ok = (
+            live
+            and self.model_loaded
+            and self.assigned_partitions > 0
+            and not self.stopping
+            and not self.backpressure
+        )
         return ok, detail
 
 

@@ -7,7 +7,9 @@ One process is one member of the consumer group; partitions are the unit of para
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -20,15 +22,17 @@ from worker.codec import codec_for
 from worker.config import WorkerSettings
 from worker.errors import BrokerError, DataError
 from worker.kafka.admin import DLQ_MAX_MESSAGE_BYTES
-from worker.kafka.checkpoint import Checkpoint
+from worker.kafka.checkpoint import Checkpoint, TransactionalCheckpoint
 from worker.kafka.clients import make_consumer, make_producer
 from worker.kafka.dead_letter import dead_letter
+from worker.kafka.state import changelog_topic, restore_partitions
 from worker.metrics import Health, WorkerMetrics, serve_http
 from worker.model import BoosterScorer, ModelArtifact
 from worker.pipeline import Recommender
 from worker.records import BrowsingEvent, SourceRef, Suggestion, to_browsing_event
 from worker.schema_registry import HttpSchemaRegistry
 from worker.session import SessionStore
+from worker.session_codec import encode_session
 
 PROGRESS_LOG_INTERVAL_S = 10.0
 
@@ -85,18 +89,32 @@ class Worker:
         self._dead = 0
         self._consumed = 0
         kafka = settings.kafka
-        self.producer = make_producer(kafka, self.log)
+        self.changelog = changelog_topic(settings.group_id) if settings.state_changelog else None
+        producer_overrides: dict[str, Any] = {}
+        if settings.exactly_once:
+            producer_overrides = {
+                "transactional.id": settings.transactional_id
+                or f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}",
+                "transaction.timeout.ms": 10000,
+            }
+        self.producer = make_producer(kafka, self.log, **producer_overrides)
         self.consumer: Consumer = make_consumer(
             kafka,
             settings.group_id,
             self.log,
+            auto_commit=not settings.exactly_once,
             **{
                 "partition.assignment.strategy": "cooperative-sticky",
                 "statistics.interval.ms": 5000,
                 "stats_cb": self._on_stats,
             },
         )
-        self.checkpoint = Checkpoint(self.producer, self.consumer)
+        checkpoint_type = TransactionalCheckpoint if settings.exactly_once else Checkpoint
+        self.checkpoint = checkpoint_type(
+            self.producer, self.consumer, on_wait=self._waiting_for_broker, log=self.log
+        )
+        self._product_id_of = artifact.tables.product_ids.__getitem__
+        self._index_of = artifact.tables._index.get  # type: ignore[attr-defined]
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -191,7 +209,24 @@ class Worker:
 
     # -- rebalance -----------------------------------------------------------------------------
 
+    def _waiting_for_broker(self, waited_s: float) -> None:
+        """Called every second while a batch waits for acknowledgements (backpressure)."""
+        self.health.beat()
+        self.health.backpressure = True
+        if int(waited_s) % 10 == 0:
+            self.log.warning("waiting_for_broker", waited_s=round(waited_s, 1))
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.changelog is not None and partitions:
+            # Sessions of the gained partitions are restored before their next event is scored.
+            restore_partitions(
+                self.settings.kafka,
+                self.changelog,
+                [p.partition for p in partitions],
+                self.sessions,
+                self._index_of,
+                self.log,
+            )
         self._assigned |= {(p.topic, p.partition) for p in partitions}
         self.health.assigned_partitions = len(self._assigned)
         self.metrics.assigned.set(len(self._assigned))
@@ -278,7 +313,12 @@ class Worker:
             sources.append(SourceRef(topic, partition, offset))
             partitions.append(partition)
         t1 = time.perf_counter()
-        ranked = self.recommender.recommend(events, np.asarray(items, dtype=np.int32), partitions)
+        ranked = self.recommender.recommend(
+            events,
+            np.asarray(items, dtype=np.int32),
+            partitions,
+            [s.offset for s in sources],
+        )
         t2 = time.perf_counter()
         produced_ms = now_ms()
         topics = self.settings.topics
@@ -296,8 +336,11 @@ class Worker:
         dlq_topic = topics.dead_letter(topics.events)
         for d in dead:
             self.checkpoint.produce(dlq_topic, key=d.key, value=d.value, headers=d.headers)
+        if self.changelog is not None:
+            self._write_changelog(events, partitions)
         t3 = time.perf_counter()
         self.checkpoint.complete(next_offsets)
+        self.health.backpressure = False
         t4 = time.perf_counter()
         acked_ms = now_ms()
         self._record_batch(
@@ -316,6 +359,28 @@ class Worker:
             },
         )
         return BatchOutcome(answered=len(events), dead_lettered=len(dead))
+
+    def _write_changelog(self, events: list[BrowsingEvent], partitions: list[int]) -> None:
+        """The new session of every user of the batch, and tombstones of forgotten users."""
+        touched = dict(zip((e.user_id for e in events), partitions, strict=True))
+        for user_id, partition in touched.items():
+            session = self.sessions.get(user_id)
+            if session is None:  # evicted within this very batch: its tombstone follows
+                continue
+            self.checkpoint.produce(
+                self.changelog,  # type: ignore[arg-type]
+                key=user_id.encode("utf-8"),
+                value=encode_session(session, self._product_id_of),
+                partition=partition,
+            )
+        for user_id, partition in self.sessions.drain_forgotten():
+            if partition >= 0 and user_id not in self.sessions:
+                self.checkpoint.produce(
+                    self.changelog,  # type: ignore[arg-type]
+                    key=user_id.encode("utf-8"),
+                    value=None,
+                    partition=partition,
+                )
 
     def _record_batch(
         self,

@@ -29,6 +29,7 @@ KAFKA_PASS_THROUGH = "WORKER_KAFKA_"
 
 # -- helpers -------------------------------------------------------------------------------------
 
+
 def load_all(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
 
@@ -38,8 +39,11 @@ def k8s_docs() -> list[dict[str, Any]]:
 
 
 def k8s_kind(kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [d for d in k8s_docs() if d.get("kind") == kind
-             and (name is None or d["metadata"]["name"] == name)]
+    found = [
+        d
+        for d in k8s_docs()
+        if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)
+    ]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
 
@@ -132,6 +136,7 @@ def source_text() -> str:
 
 # -- parsing ------------------------------------------------------------------------------------
 
+
 def test_every_deploy_yaml_parses():
     assert K8S_FILES, "deploy/k8s has no YAML"
     for path in [COMPOSE, *K8S_FILES]:
@@ -156,10 +161,16 @@ def test_example_secret_is_marked_as_an_example():
 
 # -- commands -------------------------------------------------------------------------------------
 
+
 def test_compose_commands_are_accepted_by_the_cli(parser):
     argvs = compose_argvs()
-    expected = {"topics": "topics", "train": "train", "worker": "run", "monitor": "monitor",
-                "simulator": "simulate"}
+    expected = {
+        "topics": "topics",
+        "train": "train",
+        "worker": "run",
+        "monitor": "monitor",
+        "simulator": "simulate",
+    }
     for service, command in expected.items():
         assert service in argvs, f"compose has no {service} service using the image"
         assert command in [argv[0] for argv in argvs[service]], f"{service} does not run {command}"
@@ -183,12 +194,16 @@ def test_train_writes_where_the_worker_reads(parser):
     assert len(train) == 1
     args = parse(parser, train[0])
     assert str(args.models_dir) == cm["WORKER_MODELS_DIR"]
-    mounts = {m["mountPath"] for c in job["spec"]["template"]["spec"]["containers"]
-              for m in c.get("volumeMounts", [])}
+    mounts = {
+        m["mountPath"]
+        for c in job["spec"]["template"]["spec"]["containers"]
+        for m in c.get("volumeMounts", [])
+    }
     assert cm["WORKER_MODELS_DIR"] in mounts
 
 
 # -- settings -----------------------------------------------------------------------------------
+
 
 def deploy_env_names() -> set[str]:
     names: set[str] = set()
@@ -201,8 +216,7 @@ def test_every_worker_env_var_exists_in_the_code():
     source = source_text()
     names = deploy_env_names()
     assert "WORKER_SHUTDOWN_TIMEOUT_S" in names
-    unknown = sorted(n for n in names
-                     if not n.startswith(KAFKA_PASS_THROUGH) and n not in source)
+    unknown = sorted(n for n in names if not n.startswith(KAFKA_PASS_THROUGH) and n not in source)
     assert not unknown, f"WORKER_* variables the code never reads: {unknown}"
 
 
@@ -212,11 +226,14 @@ def test_kafka_pass_through_env_vars_name_librdkafka_properties():
 
     from worker.config import kafka_properties
 
-    names = {n for n in deploy_env_names()
-             if n.startswith(KAFKA_PASS_THROUGH) and n != KAFKA_PASS_THROUGH}
+    names = {
+        n
+        for n in deploy_env_names()
+        if n.startswith(KAFKA_PASS_THROUGH) and n != KAFKA_PASS_THROUGH
+    }
     assert {"WORKER_KAFKA_SASL_USERNAME", "WORKER_KAFKA_SASL_PASSWORD"} <= names
     for name in sorted(names):
-        (key, value), = kafka_properties([], environ={name: "x"}).items()
+        ((key, value),) = kafka_properties([], environ={name: "x"}).items()
         try:
             Producer({key: value, "log_level": 0})
         except KafkaException as exc:  # bad values are fine here, unknown names are not
@@ -236,6 +253,7 @@ def test_configmap_values_are_accepted_by_the_cli(monkeypatch: pytest.MonkeyPatc
 
 # -- scaling and shutdown ------------------------------------------------------------------------
 
+
 def partitions(parser) -> int:
     configured = configmap().get("WORKER_TOPIC_PARTITIONS")
     return int(configured) if configured else parser.parse_args(["run"]).partitions
@@ -249,7 +267,7 @@ def test_keda_scales_the_worker_group_up_to_the_partition_count(parser):
     assert spec["scaleTargetRef"]["name"] == worker["metadata"]["name"]
     assert spec["maxReplicaCount"] == partitions(parser)
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
-    trigger, = spec["triggers"]
+    (trigger,) = spec["triggers"]
     meta = trigger["metadata"]
     assert trigger["type"] == "kafka"
     assert meta["consumerGroup"] == cm["WORKER_GROUP_ID"] == "recommender-workers"
@@ -294,22 +312,26 @@ def test_grace_period_exceeds_the_shutdown_timeout(parser):
 
 # -- health and metrics --------------------------------------------------------------------------
 
+
 def served_paths() -> set[str]:
     import inspect
 
     return set(re.findall(r'"(/[a-z]+)"', inspect.getsource(metrics.serve_http)))
 
 
-@pytest.mark.parametrize(("deployment", "command", "port_var"), [
-    ("recommender-worker", "run", "WORKER_METRICS_PORT"),
-    ("recommender-monitor", "monitor", "WORKER_MONITOR_METRICS_PORT"),
-])
+@pytest.mark.parametrize(
+    ("deployment", "command", "port_var"),
+    [
+        ("recommender-worker", "run", "WORKER_METRICS_PORT"),
+        ("recommender-monitor", "monitor", "WORKER_MONITOR_METRICS_PORT"),
+    ],
+)
 def test_probes_and_scrape_annotations_match_the_http_server(parser, deployment, command, port_var):
     assert served_paths() == {"/metrics", "/healthz", "/readyz"}
     default_port = parser.parse_args([command]).metrics_port
     assert int(configmap()[port_var]) == default_port
     pod = k8s_kind("Deployment", deployment)["spec"]["template"]
-    main, = pod["spec"]["containers"]
+    (main,) = pod["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
     assert ports["metrics"] == default_port
     assert main["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -356,14 +378,23 @@ def test_alerts_and_readme_use_exported_metric_names():
     rules = k8s_kind("PrometheusRule")
     exprs = " ".join(r["expr"] for g in rules["spec"]["groups"] for r in g["rules"])
     used = set(re.findall(r"\b(?:worker|monitor)_[a-z_]+[a-z]\b", exprs))
-    for required in ("worker_consumer_lag_messages", "worker_dead_letters_total",
-                     "worker_event_to_suggestion_seconds_bucket", "monitor_hit_rate_at_k",
-                     "monitor_baseline_hit_rate_at_k"):
+    for required in (
+        "worker_consumer_lag_messages",
+        "worker_dead_letters_total",
+        "worker_event_to_suggestion_seconds_bucket",
+        "monitor_hit_rate_at_k",
+        "monitor_baseline_hit_rate_at_k",
+    ):
         assert required in used
     assert used <= exported, f"alerts use metrics the code does not export: {used - exported}"
     # The metric tables of the README: rows starting with a metric name.
-    in_readme = set(re.findall(r"^\| `((?:worker|monitor)_[a-z_]+[a-z])",
-                               README.read_text(encoding="utf-8"), flags=re.MULTILINE))
+    in_readme = set(
+        re.findall(
+            r"^\| `((?:worker|monitor)_[a-z_]+[a-z])",
+            README.read_text(encoding="utf-8"),
+            flags=re.MULTILINE,
+        )
+    )
     assert len(in_readme) >= 20
     unknown = in_readme - exported
     assert not unknown, f"README names metrics the code does not export: {unknown}"

@@ -101,3 +101,15 @@ def ensure_topics(
     if created:
         log.info("topics_created", topics=sorted(created), partitions=topics.partitions)
     return created
+
+
+def partition_count(settings: KafkaSettings, topic: str, timeout_s: float = 30.0) -> int:
+    """Partitions of an existing topic.
+
+    Raises:
+        BrokerError: the topic does not exist.
+    """
+    topics = admin_client(settings).list_topics(topic, timeout=timeout_s).topics
+    if topic not in topics or topics[topic].error is not None:
+        raise BrokerError(f"topic {topic} does not exist")
+    return len(topics[topic].partitions)

@@ -37,7 +37,9 @@ def make_producer(settings: KafkaSettings, log: Any, **overrides: Any) -> Produc
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 200000,
             "queue.buffering.max.kbytes": 262144,
-            "message.timeout.ms": 120000,
+            # 0 = wait for the broker however long it is away (the worker fetches nothing
+            # meanwhile); transactional producers are bounded by transaction.timeout.ms instead.
+            "message.timeout.ms": 0,
             **overrides,
         }
     )
@@ -51,13 +53,22 @@ def make_producer(settings: KafkaSettings, log: Any, **overrides: Any) -> Produc
             "error_cb": _error_cb(log),
         }
     )
+    if "transactional.id" in config:
+        config["message.timeout.ms"] = config.get("transaction.timeout.ms", 60000)
     try:
         return Producer(config)
     except Exception as exc:  # KafkaException for invalid configuration
         raise BrokerError(f"cannot create producer: {exc}") from exc
 
 
-def make_consumer(settings: KafkaSettings, group_id: str, log: Any, **overrides: Any) -> Consumer:
+def make_consumer(
+    settings: KafkaSettings,
+    group_id: str,
+    log: Any,
+    *,
+    auto_commit: bool = True,
+    **overrides: Any,
+) -> Consumer:
     """A consumer whose offsets are stored explicitly (only after outputs are acknowledged)
     and committed by the background auto-commit, on rebalance and on close."""
     config = settings.client_config(
@@ -76,7 +87,8 @@ def make_consumer(settings: KafkaSettings, group_id: str, log: Any, **overrides:
     config.update(
         {
             "group.id": group_id,
-            "enable.auto.commit": True,
+            "enable.auto.commit": auto_commit,
+            "isolation.level": "read_committed",
             "enable.auto.offset.store": False,
             "error_cb": _error_cb(log),
         }

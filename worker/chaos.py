@@ -1,0 +1,573 @@
+"""``worker chaos``: a bounded fault-injection harness on a real broker.
+
+Each scenario pre-produces ``events`` simulated browsing events (every 1,000th malformed) to a
+fresh 12-partition topic, runs real ``worker run`` processes over them, injects faults when the
+group's committed progress crosses set fractions, and waits until every input offset is
+committed. Then it reads every suggestion (``read_committed``) and checks:
+
+* **missing**: good input events without a suggestion (must be 0 in both modes);
+* **duplicates**: suggestions beyond the first per event (0 in exactly-once mode; at-least-once
+  bounds them by what was in flight at the faults);
+* **order**: per user, the first suggestion of each event appears in input order;
+* **dead-lettered**: malformed inputs in the dead-letter topic (must equal those sent);
+* **identical** (exactly-once): every suggestion equals the one an undisturbed exactly-once run
+  over the same input made (same products, same scores): session state was restored, not reset.
+
+Faults: ``kill9`` (SIGKILL a worker mid-batch, restart it, 3 times), ``broker`` (stop and
+restart the broker; workers must ride it out without restarting), ``scale`` (1 -> 3 -> 2
+workers), ``sigterm`` (SIGTERM every worker at once, then restart them), ``mixed`` (all of them).
+Recovery time of a fault: from the fault until every partition that had work left has committed
+progress again.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from worker.codec import codec_for
+from worker.config import KafkaSettings, TopicSettings
+from worker.kafka.admin import ensure_topics
+from worker.simulate import LIVE_START_MS, SimulatorSettings, build, corrupt
+
+SCENARIOS = ("kill9", "broker", "scale", "sigterm", "mixed")
+MODES = ("at-least-once", "exactly-once")
+CORRUPT_EVERY = 1000
+PARTITIONS = 12
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    mode: str
+    produced: int = 0
+    good: int = 0
+    answered: int = 0
+    missing: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    bad_sent: int = 0
+    order_violations: int = 0
+    faults: int = 0
+    recovery_s: list[float] = field(default_factory=list)
+    duplicate_bound: int = 0
+    identical: str = "n/a"
+    worker_restarts_needed: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        ok = (
+            self.missing == 0 and self.order_violations == 0 and self.dead_lettered == self.bad_sent
+        )
+        if self.mode == "exactly-once":
+            ok = ok and self.duplicates == 0 and self.identical in ("yes", "n/a")
+        else:
+            ok = ok and self.duplicates <= self.duplicate_bound
+        return ok and self.worker_restarts_needed == 0
+
+
+def _free_ports(count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Broker:
+    """The broker under test: the project's local launcher (restartable) or an external one."""
+
+    def __init__(self, bootstrap: str | None, home: Path) -> None:
+        from worker import localkafka
+
+        self._lk = localkafka
+        self.external = bootstrap is not None
+        if bootstrap is None:
+            port, controller = _free_ports(2)
+            self.cfg = localkafka.LocalKafkaConfig(home=home, port=port, controller_port=controller)
+            self.bootstrap = localkafka.start(self.cfg)
+        else:
+            self.cfg = None
+            self.bootstrap = bootstrap
+
+    def restart(self, down_s: float) -> None:
+        assert self.cfg is not None
+        self._lk.stop(self.cfg)
+        time.sleep(down_s)
+        self._lk.start(self.cfg)
+
+    def close(self) -> None:
+        if self.cfg is not None:
+            self._lk.stop(self.cfg)
+
+
+def _event_records(n: int, seed: int) -> list[dict[str, Any]]:
+    settings = SimulatorSettings(seed=seed)
+    _, simulator = build(settings)
+    out: list[dict[str, Any]] = []
+    for kind, record in simulator.records(LIVE_START_MS, LIVE_START_MS + 30 * 86_400_000):
+        if kind == "event":
+            out.append(record)
+            if len(out) == n:
+                break
+    return out
+
+
+def _produce_input(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> int:
+    """Produce the events (every CORRUPT_EVERY-th malformed); return how many were malformed."""
+    codec = codec_for("BrowsingEvent")
+    rng = random.Random(7)
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 20,
+            "partitioner": "murmur2_random",
+            "compression.type": "lz4",
+        }
+    )
+    bad = 0
+    for i, e in enumerate(events, 1):
+        value = codec.encode(e)
+        if i % CORRUPT_EVERY == 0:
+            value = corrupt(value, rng)
+            bad += 1
+        while True:
+            try:
+                # Kafka timestamps are "now": the simulated event times lie in the past and
+                # would fall behind the topic's retention.
+                producer.produce(topic, key=e["user_id"].encode(), value=value)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    if producer.flush(60) != 0:
+        raise RuntimeError("input not acknowledged")
+    return bad
+
+
+class Group:
+    """The worker processes of one scenario."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: TopicSettings,
+        group: str,
+        models_dir: Path,
+        exactly_once: bool,
+        log_dir: Path,
+        extra_args: list[str],
+    ) -> None:
+        self.bootstrap, self.topics, self.group = bootstrap, topics, group
+        self.models_dir, self.exactly_once, self.log_dir = models_dir, exactly_once, log_dir
+        self.extra_args = extra_args
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.unexpected_exits = 0
+
+    def start(self, slot: int) -> None:
+        args = [
+            sys.executable,
+            "-m",
+            "worker.cli",
+            "run",
+            "--bootstrap-servers",
+            self.bootstrap,
+            "--events-topic",
+            self.topics.events,
+            "--suggestions-topic",
+            self.topics.suggestions,
+            "--purchases-topic",
+            self.topics.purchases,
+            "--accuracy-topic",
+            self.topics.accuracy,
+            "--partitions",
+            str(self.topics.partitions),
+            "--models-dir",
+            str(self.models_dir),
+            "--group-id",
+            self.group,
+            "--metrics-port",
+            "0",
+            "--transactional-id",
+            f"{self.group}-w{slot}",
+            *self.extra_args,
+        ]
+        if self.exactly_once:
+            args.append("--exactly-once")
+        log = open(self.log_dir / f"worker{slot}.log", "ab")  # noqa: SIM115
+        env = {**os.environ, "WORKER_LOG_FORMAT": "json"}
+        self.procs[slot] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def kill9(self, slot: int) -> None:
+        self.procs[slot].send_signal(signal.SIGKILL)
+        self.procs[slot].wait()
+
+    def sigterm(self, slots: list[int], timeout_s: float = 45.0) -> None:
+        for s in slots:
+            self.procs[s].send_signal(signal.SIGTERM)
+        for s in slots:
+            code = self.procs[s].wait(timeout=timeout_s)
+            if code != 0:
+                self.unexpected_exits += 1
+
+    def live_slots(self) -> list[int]:
+        return [s for s, p in self.procs.items() if p.poll() is None]
+
+    def check_unexpected_exits(self) -> None:
+        """A worker that died on its own (not killed by the harness) is a failure."""
+        for slot, proc in list(self.procs.items()):
+            if proc.poll() is not None and proc.returncode not in (0, -signal.SIGKILL):
+                self.unexpected_exits += 1
+                del self.procs[slot]
+
+    def stop_all(self) -> None:
+        self.sigterm(self.live_slots())
+
+
+class Progress:
+    """Committed offsets of the group vs the input's end offsets."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str, partitions: int) -> None:
+        self.topic, self.partitions = topic, partitions
+        self._c = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+        )
+        self.ends = [
+            self._c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        ]
+        self.total = sum(self.ends)
+
+    def committed(self) -> list[int]:
+        try:
+            tps = self._c.committed(
+                [TopicPartition(self.topic, p) for p in range(self.partitions)], timeout=5
+            )
+            return [max(tp.offset, 0) for tp in tps]
+        except Exception:  # broker down during the broker scenario
+            return []
+
+    def fraction(self, committed: list[int]) -> float:
+        return sum(committed) / self.total if committed and self.total else 0.0
+
+    def close(self) -> None:
+        self._c.close()
+
+
+def _wait_recovered(
+    progress: Progress, at_fault: list[int], started: float, timeout_s: float = 180.0
+) -> float:
+    """Seconds from ``started`` until every partition with work left at the fault progressed."""
+    todo = (
+        {p for p, c in enumerate(at_fault) if c < progress.ends[p]}
+        if at_fault
+        else set(range(progress.partitions))
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = progress.committed()
+        if now:
+            baseline = at_fault or [0] * progress.partitions
+            todo = {p for p in todo if now[p] <= baseline[p] and now[p] < progress.ends[p]}
+            if not todo:
+                return time.monotonic() - started
+        time.sleep(0.2)
+    return float("nan")
+
+
+def _wait_fraction(
+    progress: Progress, group: Group, fraction: float, timeout_s: float = 600
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        group.check_unexpected_exits()
+        if progress.fraction(progress.committed()) >= fraction:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"progress stuck below {fraction:.0%}")
+
+
+def _read_suggestions(bootstrap: str, topic: str, partitions: int) -> list[dict[str, Any]]:
+    codec = codec_for("ProductSuggestion")
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"verify-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out, ends = [], set()
+    deadline = time.monotonic() + 300
+    while len(ends) < partitions and time.monotonic() < deadline:
+        for msg in consumer.consume(10000, timeout=1.0):
+            if msg.error() is not None:
+                ends.add(msg.partition())
+                continue
+            ends.discard(msg.partition())
+            out.append(codec.decode(msg.value()))
+    consumer.close()
+    return out
+
+
+def _count(bootstrap: str, topic: str, partitions: int) -> int:
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"count-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        return sum(
+            c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        )
+    finally:
+        c.close()
+
+
+def _verify(
+    result: ScenarioResult,
+    suggestions: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    bad_ids: set[str],
+) -> dict[str, Any]:
+    good_ids = {e["event_id"] for e in events} - bad_ids
+    per_event: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in suggestions:
+        per_event[s["event_id"]].append(s)
+    result.good = len(good_ids)
+    result.answered = len(per_event)
+    result.missing = len(good_ids - set(per_event))
+    result.duplicates = len(suggestions) - len(per_event)
+    # Per-user order: first suggestions of a user's events in input-offset order.
+    seen: set[str] = set()
+    last_offset: dict[str, int] = {}
+    for s in suggestions:  # topic order within each partition (one user = one partition)
+        if s["event_id"] in seen:
+            continue
+        seen.add(s["event_id"])
+        if s["source_offset"] < last_offset.get(s["user_id"], -1):
+            result.order_violations += 1
+        last_offset[s["user_id"]] = s["source_offset"]
+    return {
+        eid: [(p["product_id"], p["score"]) for p in rows[0]["products"]]
+        for eid, rows in per_event.items()
+    }
+
+
+def run_scenario(
+    scenario: str,
+    mode: str,
+    *,
+    broker: Broker,
+    events: list[dict[str, Any]],
+    models_dir: Path,
+    work_dir: Path,
+    reference: dict[str, Any] | None,
+    log: Callable[[str], None],
+) -> tuple[ScenarioResult, dict[str, Any]]:
+    exactly_once = mode == "exactly-once"
+    run = f"{scenario}-{'eos' if exactly_once else 'alo'}-{uuid.uuid4().hex[:6]}"
+    topics = TopicSettings(
+        events=f"chaos-events-{run}",
+        suggestions=f"chaos-suggestions-{run}",
+        purchases=f"chaos-purchases-{run}",
+        accuracy=f"chaos-accuracy-{run}",
+        partitions=PARTITIONS,
+    )
+    kafka = KafkaSettings(broker.bootstrap)
+    ensure_topics(kafka, topics, _SilentLog())
+    result = ScenarioResult(scenario, mode, produced=len(events))
+    result.bad_sent = _produce_input(broker.bootstrap, topics.events, events)
+    bad_ids = {
+        events[i - 1]["event_id"] for i in range(CORRUPT_EVERY, len(events) + 1, CORRUPT_EVERY)
+    }
+    log_dir = work_dir / run
+    log_dir.mkdir(parents=True, exist_ok=True)
+    group = Group(broker.bootstrap, topics, f"chaos-{run}", models_dir, exactly_once, log_dir, [])
+    progress = Progress(broker.bootstrap, topics.events, group.group, topics.partitions)
+    started = time.monotonic()
+    lost_progress_faults = 0
+
+    def fault(name: str, action: Callable[[], None]) -> None:
+        nonlocal lost_progress_faults
+        at = progress.committed()
+        t0 = time.monotonic()
+        action()
+        result.faults += 1
+        recovery = _wait_recovered(progress, at, t0)
+        result.recovery_s.append(round(recovery, 1))
+        log(f"  {run}: {name} at {progress.fraction(at):.0%} -> recovered in {recovery:.1f} s")
+
+    initial = 1 if scenario == "scale" else 2
+    for slot in range(initial):
+        group.start(slot)
+    try:
+        plan = _plan(scenario)
+        for fraction, name in plan:
+            _wait_fraction(progress, group, fraction)
+            if name == "kill9":
+                victim = random.Random(fraction).choice(group.live_slots())
+
+                def kill_and_restart(victim: int = victim) -> None:
+                    group.kill9(victim)
+                    time.sleep(1.0)
+                    group.start(victim)
+
+                lost_progress_faults += 1
+                fault("kill -9", kill_and_restart)
+            elif name == "broker":
+                if broker.external:
+                    result.notes.append("broker restart not run: external cluster")
+                    continue
+                fault("broker restart", lambda: broker.restart(3.0))
+            elif name == "scale-up":
+                fault("scale 1->3", lambda: (group.start(1), group.start(2)))
+            elif name == "scale-down":
+                fault("scale 3->2", lambda: group.sigterm([max(group.live_slots())]))
+            elif name == "sigterm":
+
+                def all_and_back() -> None:
+                    slots = group.live_slots()
+                    group.sigterm(slots)
+                    for s in slots:
+                        group.start(s)
+
+                fault("SIGTERM all", all_and_back)
+        _wait_fraction(progress, group, 1.0)
+    finally:
+        group.check_unexpected_exits()
+        group.stop_all()
+        progress.close()
+    result.worker_restarts_needed = group.unexpected_exits
+    result.seconds = round(time.monotonic() - started, 1)
+    suggestions = _read_suggestions(broker.bootstrap, topics.suggestions, topics.partitions)
+    answers = _verify(result, suggestions, events, bad_ids)
+    result.dead_lettered = _count(
+        broker.bootstrap, topics.dead_letter(topics.events), topics.partitions
+    )
+    # At-least-once: a SIGKILL loses at most the uncommitted batches (auto-commit every second
+    # plus one batch per worker); a graceful stop or rebalance commits first.
+    rate = len(events) / max(result.seconds, 1.0)
+    result.duplicate_bound = int(lost_progress_faults * (rate * 1.5 + 500 * 3))
+    if reference is not None and exactly_once:
+        same = sum(1 for eid, ans in answers.items() if reference.get(eid) == ans)
+        result.identical = (
+            "yes"
+            if same == len(reference) == len(answers)
+            else (f"no ({same} of {len(reference)})")
+        )
+    return result, answers
+
+
+def _plan(scenario: str) -> list[tuple[float, str]]:
+    return {
+        "kill9": [(0.2, "kill9"), (0.45, "kill9"), (0.7, "kill9")],
+        "broker": [(0.35, "broker")],
+        "scale": [(0.25, "scale-up"), (0.6, "scale-down")],
+        "sigterm": [(0.4, "sigterm")],
+        "mixed": [
+            (0.15, "kill9"),
+            (0.3, "scale-up"),
+            (0.45, "broker"),
+            (0.6, "scale-down"),
+            (0.75, "sigterm"),
+            (0.85, "kill9"),
+        ],
+        "none": [],
+    }[scenario]
+
+
+class _SilentLog:
+    def info(self, *a: Any, **k: Any) -> None:
+        return None
+
+
+def format_table(results: list[ScenarioResult]) -> str:
+    head = (
+        f"{'scenario':<9}{'mode':<15}{'produced':>9}{'answered':>9}{'missing':>8}{'dups':>6}"
+        f"{'dup bound':>10}{'DLQ':>5}{'order':>6}{'faults':>7}  {'recovery s':<22}"
+        f"{'identical':<10}{'secs':>6}  result"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        rec = ",".join(f"{x:g}" for x in r.recovery_s) or "-"
+        bound = "-" if r.mode == "exactly-once" else str(r.duplicate_bound)
+        lines.append(
+            f"{r.scenario:<9}{r.mode:<15}{r.produced:>9,}{r.answered:>9,}{r.missing:>8}"
+            f"{r.duplicates:>6}{bound:>10}{r.dead_lettered:>5}{r.order_violations:>6}"
+            f"{r.faults:>7}  {rec:<22}{r.identical:<10}{r.seconds:>6.0f}  "
+            f"{'PASS' if r.passed else 'FAIL'}{' (' + '; '.join(r.notes) + ')' if r.notes else ''}"
+        )
+    return "\n".join(lines)
+
+
+def run_chaos(
+    *,
+    scenarios: list[str],
+    modes: list[str],
+    n_events: int,
+    models_dir: Path,
+    work_dir: Path,
+    bootstrap: str | None,
+    seed: int = 5,
+    log: Callable[[str], None] = print,
+) -> list[ScenarioResult]:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    events = _event_records(n_events, seed)
+    broker = Broker(bootstrap, work_dir / f"kafka-{uuid.uuid4().hex[:6]}")
+    results: list[ScenarioResult] = []
+    try:
+        reference = None
+        if "exactly-once" in modes:
+            log(f"reference: undisturbed exactly-once run over {n_events:,} events")
+            _, reference = run_scenario(
+                "none",
+                "exactly-once",
+                broker=broker,
+                events=events,
+                models_dir=models_dir,
+                work_dir=work_dir,
+                reference=None,
+                log=log,
+            )
+        for scenario in scenarios:
+            for mode in modes:
+                log(f"scenario {scenario} / {mode}: {n_events:,} events")
+                result, _ = run_scenario(
+                    scenario,
+                    mode,
+                    broker=broker,
+                    events=events,
+                    models_dir=models_dir,
+                    work_dir=work_dir,
+                    reference=reference,
+                    log=log,
+                )
+                results.append(result)
+                log(format_table([result]).splitlines()[-1])
+    finally:
+        broker.close()
+    return results
