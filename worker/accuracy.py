@@ -134,6 +134,8 @@ class AccuracyTracker:
         self._cum_baseline_hits = 0
         self.late_purchases = 0
         self._closed_before_ms = -(1 << 62)
+        self._resumed_before_ms = -(1 << 62)
+        self.replayed_purchases = 0
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -160,11 +162,40 @@ class AccuracyTracker:
 
     def add_purchase(self, line: PurchaseLine) -> bool:
         """Queue a purchase line for evaluation; False if its window was already closed."""
+        if line.event_time_ms < self._resumed_before_ms:
+            self.replayed_purchases += 1  # read again after a restart: reported already
+            return True
         if line.event_time_ms < self._closed_before_ms:
             self.late_purchases += 1
             return False
         self._pending.append(line)
         return True
+
+    def resume(
+        self, *, closed_before_ms: int, attributed: int, hits: int, baseline_hits: int
+    ) -> None:
+        """Continue after a restart: windows before ``closed_before_ms`` were reported already
+        (their purchases are skipped when read again) and the cumulative counts go on."""
+        self._closed_before_ms = closed_before_ms
+        self._resumed_before_ms = closed_before_ms
+        self._cum_attributed = attributed
+        self._cum_hits = hits
+        self._cum_baseline_hits = baseline_hits
+
+    @property
+    def closed_before_ms(self) -> int:
+        """Purchases before this time belong to windows already reported."""
+        return self._closed_before_ms
+
+    def suggestions_needed_from_ms(self) -> int:
+        """Suggestions older than this can no longer be attributed to any pending or future
+        purchase of an open window."""
+        oldest = min(
+            [p.event_time_ms for p in self._pending]
+            + list(self._windows)
+            + [max(self._closed_before_ms, -(1 << 61))]
+        )
+        return oldest - self.attribution_window_ms
 
     # -- progress ------------------------------------------------------------------------------
 

@@ -17,7 +17,14 @@ from typing import Any
 from worker.errors import ConfigError
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
-SECRET_MARKERS = ("password", "secret", "key.pem", "token", "sasl.jaas.config")
+SECRET_MARKERS = (
+    "password",
+    "secret",
+    "key.pem",
+    "token",
+    "sasl.jaas.config",
+    "sasl.oauthbearer.config",
+)
 _ENV_KAFKA_PREFIX = "WORKER_KAFKA_"
 
 
@@ -43,7 +50,9 @@ def _read_value(key: str, value: str) -> str:
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(f"cannot read the value of {key} from {path}: {exc.strerror}") from None
+        # For a secret, the "path" may be a password that merely starts with "@": never show it.
+        where = "the file its @ value names" if is_secret(key) else str(path)
+        raise ConfigError(f"cannot read the value of {key} from {where}: {exc.strerror}") from None
 
 
 def kafka_properties(

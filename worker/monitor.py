@@ -17,9 +17,10 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections import deque
 from typing import Any
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from worker.accuracy import AccuracyTracker, PurchaseLine, ShownSuggestion, WindowReport
 from worker.codec import codec_for
@@ -73,6 +74,10 @@ class Monitor:
         self._stop = threading.Event()
         self._marks: dict[tuple[str, int], int] = {}  # newest event time per partition
         self._at_end: dict[tuple[str, int], bool] = {}
+        # Per partition, (event time, offset) of the records the join may still need.
+        self._replay: dict[tuple[str, int], deque[tuple[int, int]]] = {}
+        self._next: dict[tuple[str, int], int] = {}
+        self._stored: dict[tuple[str, int], int] = {}
         self.reports: list[WindowReport] = []
         self.producer = make_producer(settings.kafka, log)
         self.consumer = make_consumer(
@@ -93,6 +98,7 @@ class Monitor:
             signal.signal(signal.SIGINT, self.request_stop)
         server = serve_http(self.settings.metrics_port, self.metrics.registry, self.health)
         topics = self.settings.topics
+        self._resume_from_last_report()
         self.consumer.subscribe(
             [topics.suggestions, topics.purchases],
             on_assign=self._on_assign,
@@ -156,9 +162,10 @@ class Monitor:
             next_offsets[tp] = msg.offset() + 1
             try:
                 if msg.topic() == topics.suggestions:
-                    self._add_suggestion(msg)
+                    event_time = self._add_suggestion(msg)
                 else:
-                    self._add_purchase(msg, clock)
+                    event_time = self._add_purchase(msg, clock)
+                self._replay.setdefault(tp, deque()).append((event_time, msg.offset()))
             except DataError as exc:
                 self.metrics.dead_letters.labels(error_class=type(exc).__name__).inc()
                 dead.append(
@@ -182,7 +189,7 @@ class Monitor:
             )
         return next_offsets
 
-    def _add_suggestion(self, msg: Any) -> None:
+    def _add_suggestion(self, msg: Any) -> int:
         record = self.suggestion_codec.decode(msg.value())
         validate_key(msg.key(), record["user_id"])
         shown = ShownSuggestion(
@@ -198,8 +205,9 @@ class Monitor:
             self.metrics.duplicates.inc()
         tp = (msg.topic(), msg.partition())
         self._marks[tp] = max(self._marks.get(tp, NEVER), shown.event_time_ms)
+        return shown.event_time_ms
 
-    def _add_purchase(self, msg: Any, clock: int) -> None:
+    def _add_purchase(self, msg: Any, clock: int) -> int:
         purchase = to_purchase(self.purchase_codec.decode(msg.value()), msg.key(), clock)
         self.metrics.purchases_in.inc()
         line = PurchaseLine(
@@ -209,6 +217,7 @@ class Monitor:
             self.metrics.late.inc()
         tp = (msg.topic(), msg.partition())
         self._marks[tp] = max(self._marks.get(tp, NEVER), purchase.event_time_ms)
+        return purchase.event_time_ms
 
     # -- progress ------------------------------------------------------------------------------
 
@@ -248,9 +257,69 @@ class Monitor:
             )
             self._log_report(report)
         self.reports.extend(reports)
-        # Offsets are stored after the reports are acknowledged. The join state itself lives in
-        # memory: a restarted monitor starts from the committed offsets with empty state.
-        self.checkpoint.complete(next_offsets)
+        # Offsets are stored after the reports are acknowledged, and only up to the records the
+        # join still needs (see _replay_offsets), so a restarted monitor reads them again.
+        self.checkpoint.complete(self._replay_offsets(next_offsets))
+
+    def _replay_offsets(
+        self, next_offsets: dict[tuple[str, int], int]
+    ) -> dict[tuple[str, int], int]:
+        """Per partition, the offset a restarted monitor must read from to rebuild its state:
+        the first suggestion that may still be attributed, the first purchase of a window not
+        yet reported (or the next offset when nothing is needed)."""
+        self._next.update(next_offsets)
+        lateness = int(self.settings.allowed_lateness_s * 1000)
+        horizons = {
+            self.settings.topics.suggestions: self.tracker.suggestions_needed_from_ms() - lateness,
+            self.settings.topics.purchases: self.tracker.closed_before_ms,
+        }
+        out = {}
+        for tp, records in self._replay.items():
+            horizon = horizons[tp[0]]
+            while records and records[0][0] < horizon:
+                records.popleft()
+            offset = records[0][1] if records else self._next.get(tp)
+            if offset is not None and offset != self._stored.get(tp):
+                out[tp] = offset
+                self._stored[tp] = offset
+        return out
+
+    def _resume_from_last_report(self) -> None:
+        """Continue the cumulative figures and skip the windows already on the accuracy topic."""
+        topic = self.settings.topics.accuracy
+        reader = Consumer(
+            self.settings.kafka.client_config(
+                **{"group.id": f"{self.settings.group_id}-resume", "enable.auto.commit": False}
+            )
+        )
+        try:
+            low, high = reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+            if high <= low:
+                return
+            reader.assign([TopicPartition(topic, 0, high - 1)])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                msg = reader.poll(0.5)
+                if msg is None or msg.error() is not None:
+                    continue
+                last = self.report_codec.decode(msg.value())
+                attributed = last["cumulative_attributed"]
+                self.tracker.resume(
+                    closed_before_ms=last["window_end"],
+                    attributed=attributed,
+                    hits=round((last["cumulative_hit_rate_at_k"] or 0.0) * attributed),
+                    baseline_hits=round(
+                        (last["cumulative_baseline_hit_rate_at_k"] or 0.0) * attributed
+                    ),
+                )
+                self.log.info(
+                    "monitor_resumed",
+                    reported_before=last["window_end"],
+                    cumulative_attributed=attributed,
+                )
+                return
+        finally:
+            reader.close()
 
     def _log_report(self, r: WindowReport) -> None:
         m = self.metrics
@@ -302,6 +371,8 @@ class Monitor:
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self.checkpoint.commit_stored()
         for p in partitions:
+            for state in (self._replay, self._next, self._stored):
+                state.pop((p.topic, p.partition), None)
             self._at_end.pop((p.topic, p.partition), None)
             self._marks.pop((p.topic, p.partition), None)
         self.health.assigned_partitions = len(self._at_end)

@@ -192,3 +192,138 @@ def test_monitor_reports_equal_a_direct_computation(
     assert cumulative["cumulative_hit_rate_at_k"] == pytest.approx(
         sum(e["hits"] for e in expected.values()) / total_attr
     )
+
+
+def _run_monitor(kafka_bootstrap, topics, models_dir, log_path, *, exit_at_end: bool):
+    return spawn(
+        [
+            "monitor",
+            *cli_args(kafka_bootstrap, topics),
+            "--models-dir",
+            str(models_dir),
+            "--group-id",
+            "m",
+            "--k",
+            str(K),
+            "--window-s",
+            str(WINDOW_MS // 1000),
+            "--attribution-window-s",
+            str(ATTRIBUTION_MS // 1000),
+            "--metrics-port",
+            "0",
+            *(["--exit-at-end"] if exit_at_end else []),
+        ],
+        log_path,
+    )
+
+
+def _produce_stream(bootstrap, topics, suggestions, purchases):
+    s_codec, p_codec = codec_for("ProductSuggestion"), codec_for("PurchaseOutcome")
+    produce(
+        bootstrap,
+        [
+            (topics.suggestions, s["user_id"].encode(), s_codec.encode(s))
+            for s in sorted(suggestions, key=lambda s: s["event_time"])
+        ],
+    )
+    produce(
+        bootstrap,
+        [
+            (topics.purchases, p["user_id"].encode(), p_codec.encode(p))
+            for p in sorted(purchases, key=lambda p: p["event_time"])
+        ],
+    )
+
+
+def _reports(bootstrap, topics):
+    codec = codec_for("AccuracyReport")
+    return [codec.decode(m.value()) for m in read_all(bootstrap, topics.accuracy, 1)]
+
+
+def test_monitor_killed_mid_stream_and_restarted_reports_what_an_undisturbed_run_reports(
+    kafka_bootstrap, trained_models_dir, tmp_path, request
+):
+    """kill -9 of the monitor after it reported the first half of the stream, then a restart
+    over the second half: each window is reported once, with the figures and cumulative figures
+    of an undisturbed run (the restarted monitor re-reads the suggestions it still needs)."""
+    import signal
+    import uuid
+
+    from worker.config import TopicSettings
+
+    def fresh_topics(tag: str) -> TopicSettings:
+        suffix = f"{tag}-{uuid.uuid4().hex[:8]}"
+        return TopicSettings(
+            events=f"ev-{suffix}",
+            suggestions=f"sg-{suffix}",
+            purchases=f"pu-{suffix}",
+            accuracy=f"acc-{suffix}",
+            partitions=6,
+        )
+
+    baseline = read_metadata(trained_models_dir)["popular_top"]
+    suggestions, purchases = synthetic_stream(baseline, seed=23)
+    times = sorted(p["event_time"] for p in purchases)
+    middle = times[len(times) // 2]
+    cut = middle - middle % WINDOW_MS  # a window boundary: no window spans both halves
+
+    undisturbed = fresh_topics("a")
+    ensure_topics(KafkaSettings(kafka_bootstrap), undisturbed, _Log())
+    _produce_stream(kafka_bootstrap, undisturbed, suggestions, purchases)
+    mon = _run_monitor(
+        kafka_bootstrap, undisturbed, trained_models_dir, tmp_path / "a.log", exit_at_end=True
+    )
+    assert mon.wait(timeout=120) == 0
+    expected = {r["window_start"]: r for r in _reports(kafka_bootstrap, undisturbed)}
+
+    disturbed = fresh_topics("b")
+    ensure_topics(KafkaSettings(kafka_bootstrap), disturbed, _Log())
+    first = (
+        [s for s in suggestions if s["event_time"] < cut],
+        [p for p in purchases if p["event_time"] < cut],
+    )
+    second = (
+        [s for s in suggestions if s["event_time"] >= cut],
+        [p for p in purchases if p["event_time"] >= cut],
+    )
+    _produce_stream(kafka_bootstrap, disturbed, *first)
+    mon = _run_monitor(
+        kafka_bootstrap, disturbed, trained_models_dir, tmp_path / "b1.log", exit_at_end=False
+    )
+    first_windows = {w for w in expected if w < cut}
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if {r["window_start"] for r in _reports(kafka_bootstrap, disturbed)} >= first_windows:
+            break
+        time.sleep(1.0)
+    mon.send_signal(signal.SIGKILL)
+    mon.wait()
+    _produce_stream(kafka_bootstrap, disturbed, *second)
+    mon = _run_monitor(
+        kafka_bootstrap, disturbed, trained_models_dir, tmp_path / "b2.log", exit_at_end=True
+    )
+    assert mon.wait(timeout=120) == 0, (tmp_path / "b2.log").read_text()[-3000:]
+
+    got = _reports(kafka_bootstrap, disturbed)
+    starts = [r["window_start"] for r in got]
+    assert len(starts) == len(set(starts)), "a window was reported twice"
+    assert set(starts) == set(expected)
+    assert any(w < cut for w in starts) and any(w >= cut for w in starts)
+    fields = (
+        "purchases",
+        "attributed",
+        "hits",
+        "baseline_hits",
+        "hit_rate_at_k",
+        "precision_at_k",
+        "mrr_at_k",
+        "cumulative_attributed",
+        "cumulative_hit_rate_at_k",
+        "cumulative_baseline_hit_rate_at_k",
+    )
+    for r in got:
+        e = expected[r["window_start"]]
+        for key in fields:
+            assert (
+                r[key] == pytest.approx(e[key], abs=1e-12) if e[key] is not None else r[key] is None
+            ), (key, r, e)

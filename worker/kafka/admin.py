@@ -22,22 +22,86 @@ def admin_client(settings: KafkaSettings) -> AdminClient:
 def wait_for_cluster(settings: KafkaSettings, timeout_s: float = 30.0) -> int:
     """Block until the cluster answers a metadata request; return its broker count.
 
+    Authentication failures (wrong SASL credentials, refused client certificate) are not worth
+    waiting for: librdkafka reports them through ``error_cb`` only (``list_topics`` just times
+    out with a transport error), so they are recorded there and end the wait at once.
+
     Raises:
-        BrokerError: no answer within ``timeout_s`` (the last client error is included).
+        BrokerError: authentication refused (the message names the bootstrap, mechanism and
+            user, never the password), or no answer within ``timeout_s`` (the last client
+            error is included).
     """
-    admin = admin_client(settings)
+    import re
+
+    from confluent_kafka import KafkaError
+
+    from worker.config import is_secret
+
+    props = settings.properties
+    secrets = [str(v) for k, v in props.items() if is_secret(k) and v]
+    auth_errors: list[str] = []
+
+    def scrub(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def on_error(err: Any) -> None:
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+            auth_errors.append(err.str())
+
+    class _Quiet:
+        """Takes librdkafka's own log lines: every refused reconnect would otherwise print a
+        FAIL line on stderr; the outcome is reported once, by the BrokerError below."""
+
+        def log(self, *_args: Any, **_kwargs: Any) -> None:
+            pass
+
+    config: dict[str, Any] = settings.client_config()
+    config["error_cb"] = on_error
+    if "debug" not in props:
+        config["logger"] = _Quiet()
+    try:
+        admin = AdminClient(config)
+    except Exception as exc:  # KafkaException for an invalid configuration
+        raise BrokerError(f"cannot create a Kafka client: {scrub(str(exc))}") from None
+
+    def auth_failed() -> BrokerError:
+        mechanism = props.get("sasl.mechanism") or props.get("sasl.mechanisms") or "GSSAPI"
+        protocol = str(props.get("security.protocol", "plaintext")).upper()
+        how = (
+            f"SASL mechanism {mechanism}, user {props.get('sasl.username') or '<unset>'}"
+            if protocol.startswith("SASL")
+            else f"security.protocol {protocol}"
+        )
+        # librdkafka's "<broker>: SASL authentication error: <why> (after N ms in state S)"
+        reason = auth_errors[0].split(": ", 1)[-1] if auth_errors else "refused"
+        reason = re.sub(r"\s*\(after \d+ms in state \w+\)\s*$", "", reason)
+        return BrokerError(
+            scrub(
+                f"authentication failed for {settings.bootstrap_servers} ({how}): "
+                f"check the credentials ({reason})"
+            )
+        )
+
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
             return len(
-                admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic()))).brokers
+                admin.list_topics(timeout=min(1.0, max(0.2, deadline - time.monotonic()))).brokers
             )
         except KafkaException as exc:
             last = exc
-            time.sleep(0.5)
+        admin.poll(0)  # serves error_cb
+        if auth_errors:
+            raise auth_failed()
+        time.sleep(0.2)
+    admin.poll(0)
+    if auth_errors:
+        raise auth_failed()
     raise BrokerError(
-        f"Kafka at {settings.bootstrap_servers} did not answer in {timeout_s:.0f} s: {last}"
+        scrub(f"Kafka at {settings.bootstrap_servers} did not answer in {timeout_s:.0f} s: {last}")
     )
 
 

@@ -26,6 +26,8 @@ consumer's group metadata, so a fenced zombie cannot commit), commit. A reader w
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +37,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from worker.errors import BrokerError
 
 FLUSH_SLICE_S = 1.0
+TXN_STUCK_S = 120.0
 
 
 class DeliveryError(BrokerError):
@@ -176,17 +179,49 @@ class TransactionalCheckpoint(Checkpoint):
             self._flush()
             self._raise_failures()
             if next_offsets:
-                self._producer.send_offsets_to_transaction(
-                    [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
-                    self._consumer.consumer_group_metadata(),
-                    60,
+                offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+                metadata = self._consumer.consumer_group_metadata()
+                self._guarded(
+                    "send_offsets_to_transaction",
+                    lambda: self._producer.send_offsets_to_transaction(offsets, metadata, 60),
                 )
-            self._producer.commit_transaction(60)
+            self._guarded("commit_transaction", lambda: self._producer.commit_transaction(60))
         except (KafkaException, DeliveryError) as exc:
             self._abort_quietly()
             raise DeliveryError(f"transaction not committed: {exc}") from exc
         finally:
             self._open = False
+
+    def _guarded(self, name: str, call: Callable[[], None]) -> None:
+        """Run a blocking transaction call, nudging the client while it hangs.
+
+        librdkafka's send_offsets_to_transaction can block past its timeout when the group
+        coordinator went away (confluentinc/librdkafka#5456, #5511) until some broker changes
+        state. While the call is blocked, a metadata request every second gives the client that
+        nudge; a call still blocked after ``TXN_STUCK_S`` ends the process (exit code 4): the
+        restarted worker fences this one and resumes from the last committed transaction.
+        """
+        done = threading.Event()
+
+        def nudge() -> None:
+            started = time.monotonic()
+            while not done.wait(1.0):
+                waited = time.monotonic() - started
+                self._on_wait(waited)
+                with contextlib.suppress(Exception):
+                    self._producer.list_topics(timeout=1.0)
+                if waited > TXN_STUCK_S:
+                    if self._log is not None:
+                        self._log.error("transaction_call_stuck", call=name, waited_s=round(waited))
+                    os._exit(4)
+
+        watcher = threading.Thread(target=nudge, name=f"txn-{name}", daemon=True)
+        watcher.start()
+        try:
+            call()
+        finally:
+            done.set()
+            watcher.join()
 
     def _abort_quietly(self) -> None:
         # A fenced or fatal producer cannot abort; the coordinator then times the transaction out.

@@ -11,6 +11,9 @@ from worker.errors import BrokerError
 
 
 def _error_cb(log: Any):
+    """librdkafka ``error_cb``: an authentication failure is logged once (it repeats on every
+    reconnect), other errors as warnings. Only the error name is logged: librdkafka's messages
+    never carry credentials, and the names certainly do not."""
     fatal_seen = {"auth": False}
 
     def on_error(err: Any) -> None:
@@ -26,6 +29,31 @@ def _error_cb(log: Any):
         )
 
     return on_error
+
+
+class _LibrdkafkaLog:
+    """librdkafka's own log lines as structured log events instead of raw ``%3|...`` lines on
+    stderr. Lines about refused authentication are dropped: they come on every reconnect and
+    ``error_cb`` has already reported the failure once."""
+
+    _LEVELS = {50: "critical", 40: "error", 30: "warning", 20: "info", 10: "debug"}
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+
+    def log(self, level: int, _fmt: str, facility: str, name: str, message: str) -> None:
+        if "authentication" in str(message).lower():
+            return
+        method = getattr(self._log, self._LEVELS.get(level, "info"), self._log.info)
+        method("librdkafka", facility=facility, client=name, message=message)
+
+
+def _client_hooks(settings: KafkaSettings, log: Any) -> dict[str, Any]:
+    """``error_cb`` and, unless librdkafka ``debug`` output was asked for, ``logger``."""
+    hooks: dict[str, Any] = {"error_cb": _error_cb(log)}
+    if "debug" not in settings.properties:
+        hooks["logger"] = _LibrdkafkaLog(log)
+    return hooks
 
 
 def make_producer(settings: KafkaSettings, log: Any, **overrides: Any) -> Producer:
@@ -50,7 +78,7 @@ def make_producer(settings: KafkaSettings, log: Any, **overrides: Any) -> Produc
             "enable.idempotence": True,
             "acks": "all",
             "partitioner": "murmur2_random",
-            "error_cb": _error_cb(log),
+            **_client_hooks(settings, log),
         }
     )
     if "transactional.id" in config:
@@ -90,7 +118,7 @@ def make_consumer(
             "enable.auto.commit": auto_commit,
             "isolation.level": "read_committed",
             "enable.auto.offset.store": False,
-            "error_cb": _error_cb(log),
+            **_client_hooks(settings, log),
         }
     )
     try:
