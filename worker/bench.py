@@ -617,9 +617,9 @@ class Bench:
             "exit_codes": codes,
             "group": group,
         }
+        result["scoring_backend"] = sorted({served_backend(w.log_path) for w in procs})
         if n_procs == 1:
-            self.served_backend = served_backend(procs[0].log_path)
-            result["scoring_backend"] = self.served_backend
+            self.served_backend = result["scoring_backend"][0]
         self.say(
             f"{n_procs} process(es): {rate:,.0f} events/s, "
             f"{result['cpu_s_per_million']} CPU s per million, RSS {result['peak_rss_mib']} MiB"

@@ -165,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="/metrics, /healthz, /readyz; 0 disables",
     )
     p.add_argument(
+        "--scoring-backend",
+        choices=("auto", "lleaves", "lightgbm"),
+        default=env("WORKER_SCORING_BACKEND", "auto"),
+        help="auto = the compiled lleaves model when installed (pip extra 'fast'), else LightGBM",
+    )
+    p.add_argument(
         "--exactly-once",
         action=argparse.BooleanOptionalAction,
         default=env("WORKER_EXACTLY_ONCE", "false").lower() in ("1", "true", "yes"),
@@ -359,6 +365,7 @@ def cmd_run(args: argparse.Namespace, log: Any) -> int:
         metrics_port=args.metrics_port,
         schema_registry_url=args.schema_registry_url,
         exactly_once=args.exactly_once,
+        scoring_backend=args.scoring_backend,
         transactional_id=args.transactional_id,
         state_changelog=args.state_changelog,
     )

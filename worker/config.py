@@ -131,6 +131,7 @@ class WorkerSettings:
     metrics_port: int = 9100
     schema_registry_url: str | None = None
     scoring_threads: int = 1
+    scoring_backend: str = "auto"  # "lleaves" (compiled), "lightgbm", or auto: lleaves if installed
     exactly_once: bool = False
     transactional_id: str | None = None
     state_changelog: bool = True

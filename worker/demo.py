@@ -179,6 +179,20 @@ def _ensure_model(models_dir: Path, work_dir: Path, log: Any) -> None:
     print("  " + format_evaluation(metadata).replace("\n", "\n  "), flush=True)
 
 
+def _warm_scorer(models_dir: Path, log: Any) -> None:
+    """Compile the model once (lleaves, when installed) so the workers load it from the cache."""
+    from worker.model import load_artifact
+    from worker.scoring import make_scorer
+
+    artifact = load_artifact(models_dir)
+    started = time.monotonic()
+    scorer = make_scorer(artifact.path, artifact.booster, backend="auto", log=log)
+    print(
+        f"scoring backend: {scorer.name} ({time.monotonic() - started:.1f} s to prepare)",
+        flush=True,
+    )
+
+
 def _table(progress: Progress, elapsed_s: float, duration_s: float, alive: dict[str, bool]) -> Any:
     from rich.table import Table
 
@@ -246,6 +260,7 @@ def _run(args: argparse.Namespace, log: Any, bootstrap: str, work_dir: Path) -> 
     )
     ensure_topics(kafka, topics, log)
     _ensure_model(args.models_dir, work_dir, log)
+    _warm_scorer(args.models_dir, log)
 
     speedup = SPEEDUP
     users = max(1000, int(args.rate * 86400 / (speedup * EVENTS_PER_USER_DAY)))

@@ -27,10 +27,11 @@ from worker.kafka.clients import make_consumer, make_producer
 from worker.kafka.dead_letter import dead_letter
 from worker.kafka.state import changelog_topic, restore_partitions
 from worker.metrics import Health, WorkerMetrics, serve_http
-from worker.model import BoosterScorer, ModelArtifact
+from worker.model import ModelArtifact
 from worker.pipeline import Recommender
 from worker.records import BrowsingEvent, SourceRef, Suggestion, to_browsing_event
 from worker.schema_registry import HttpSchemaRegistry
+from worker.scoring import make_scorer
 from worker.session import SessionStore
 from worker.session_codec import encode_session
 
@@ -74,7 +75,13 @@ class Worker:
         )
         self.recommender = Recommender(
             artifact.tables,
-            BoosterScorer(artifact.booster, num_threads=settings.scoring_threads),
+            make_scorer(
+                artifact.path,
+                artifact.booster,
+                backend=settings.scoring_backend,
+                num_threads=settings.scoring_threads,
+                log=self.log,
+            ),
             self.sessions,
             n_candidates=settings.n_candidates,
             top_k=settings.top_k,
@@ -95,7 +102,9 @@ class Worker:
             producer_overrides = {
                 "transactional.id": settings.transactional_id
                 or f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}",
-                "transaction.timeout.ms": 10000,
+                # Long enough to ride out a broker restart; a killed worker restarted with the
+                # same transactional id fences its open transaction at once anyway.
+                "transaction.timeout.ms": 60000,
             }
         self.producer = make_producer(kafka, self.log, **producer_overrides)
         self.consumer: Consumer = make_consumer(
@@ -155,6 +164,8 @@ class Worker:
             n_candidates=self.settings.n_candidates,
             max_batch_size=self.settings.max_batch_size,
             max_batch_wait_ms=self.settings.max_batch_wait_ms,
+            scoring_backend=getattr(self.recommender.scorer, "name", "lightgbm"),
+            exactly_once=self.settings.exactly_once,
             kafka=repr(self.settings.kafka),
         )
         last_progress = last_input = time.monotonic()

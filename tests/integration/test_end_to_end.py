@@ -29,6 +29,32 @@ from worker.simulate import LIVE_START_MS, build
 
 pytestmark = pytest.mark.kafka
 
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(port: int, timeout_s: float = 60.0) -> bool:
+    """Poll /readyz until 200 (model loaded, partitions assigned, loop turning)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    return False
+
+
 N_EVENTS = 3000
 ANSWER_TIMEOUT_S = 90.0
 
@@ -54,7 +80,13 @@ def simulated_events(settings, n: int) -> list[dict]:
 
 
 def start_worker(
-    bootstrap, topics, models_dir, tmp_path: Path, name: str = "worker", group: str = "g"
+    bootstrap,
+    topics,
+    models_dir,
+    tmp_path: Path,
+    name: str = "worker",
+    group: str = "g",
+    metrics_port: int = 0,
 ):
     return spawn(
         [
@@ -65,7 +97,7 @@ def start_worker(
             "--group-id",
             group,
             "--metrics-port",
-            "0",
+            str(metrics_port),
             "--max-batch-wait-ms",
             "20",
         ],
@@ -81,8 +113,10 @@ def test_every_event_gets_exactly_one_valid_suggestion_for_its_user(
     ensure_topics(KafkaSettings(kafka_bootstrap), topics, _Log())
     codec = codec_for("BrowsingEvent")
     events = simulated_events(simulator_settings, N_EVENTS)
-    worker = start_worker(kafka_bootstrap, topics, trained_models_dir, tmp_path)
+    port = free_port()
+    worker = start_worker(kafka_bootstrap, topics, trained_models_dir, tmp_path, metrics_port=port)
     try:
+        assert wait_ready(port), "the worker never reported ready (/readyz)"
         started = time.monotonic()
         produce(
             kafka_bootstrap,
@@ -154,6 +188,17 @@ def _bad_records(topics, good: dict) -> list[tuple[str, bytes | None, bytes | No
         (topics.events, key, events.encode({**good, "event_time": 5}), "InvalidRecordError"),
         (topics.events, key, valid + b"\x00" * 70_000, "OversizedRecordError"),
         (topics.events, key, None, "UnknownFramingError"),
+        (topics.events, key, b"\xc3\x01" + bytes(range(8)) + valid[10:], "UnknownSchemaError"),
+        (topics.events, key, b"\x00\x00\x00\x00\x07" + valid[10:], "UnknownSchemaError"),
+        (
+            topics.events,
+            key,
+            events.encode({**good, "event_time": 4 * 10**12}),
+            "InvalidRecordError",
+        ),
+        (topics.events, b"", valid, "InvalidRecordError"),
+        (topics.events, b"someone-else", valid, "InvalidRecordError"),
+        (topics.events, key, events.encode({**good, "event_id": ""}), "InvalidRecordError"),
     ]
 
 
@@ -167,9 +212,10 @@ def test_bad_records_go_to_the_dead_letter_topic_and_the_good_ones_around_them_a
     good = simulated_events(simulator_settings, 200)
     bad = _bad_records(topics, good[0])
     records = []
+    every = len(good) // (len(bad) + 1)
     for i, e in enumerate(good):
         records.append((topics.events, e["user_id"].encode(), codec.encode(e)))
-        if i % 25 == 10 and bad:
+        if i % every == every // 2 and bad:
             topic, key, value, _ = bad.pop(0)
             records.append((topic, key, value))
     assert not bad
@@ -187,7 +233,7 @@ def test_bad_records_go_to_the_dead_letter_topic_and_the_good_ones_around_them_a
             kafka_bootstrap,
             topics.dead_letter(topics.events),
             topics.partitions,
-            expect=8,
+            expect=14,
             timeout_s=30,
         )
     finally:
