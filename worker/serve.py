@@ -16,13 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from worker.codec import codec_for
 from worker.config import WorkerSettings
 from worker.errors import BrokerError, DataError
 from worker.kafka.admin import DLQ_MAX_MESSAGE_BYTES
-from worker.kafka.checkpoint import Checkpoint, TransactionalCheckpoint
+from worker.kafka.checkpoint import (
+    Checkpoint,
+    TransactionAbandonedError,
+    TransactionalCheckpoint,
+)
 from worker.kafka.clients import make_consumer, make_producer
 from worker.kafka.dead_letter import dead_letter
 from worker.kafka.state import changelog_topic, restore_partitions
@@ -106,7 +110,10 @@ class Worker:
                 # same transactional id fences its open transaction at once anyway.
                 "transaction.timeout.ms": 60000,
             }
-        self.producer = make_producer(kafka, self.log, **producer_overrides)
+
+        def new_producer() -> Any:
+            return make_producer(kafka, self.log, **producer_overrides)
+
         self.consumer: Consumer = make_consumer(
             kafka,
             settings.group_id,
@@ -118,10 +125,15 @@ class Worker:
                 "stats_cb": self._on_stats,
             },
         )
-        checkpoint_type = TransactionalCheckpoint if settings.exactly_once else Checkpoint
-        self.checkpoint = checkpoint_type(
-            self.producer, self.consumer, on_wait=self._waiting_for_broker, log=self.log
-        )
+        self.checkpoint: Checkpoint
+        if settings.exactly_once:
+            self.checkpoint = TransactionalCheckpoint(
+                new_producer, self.consumer, on_wait=self._waiting_for_broker, log=self.log
+            )
+        else:
+            self.checkpoint = Checkpoint(
+                new_producer(), self.consumer, on_wait=self._waiting_for_broker, log=self.log
+            )
         self._product_id_of = artifact.tables.product_ids.__getitem__
         self._index_of = artifact.tables._index.get  # type: ignore[attr-defined]
 
@@ -192,7 +204,7 @@ class Worker:
         return 0
 
     def _close(self) -> None:
-        self.producer.flush(10)
+        self.checkpoint.producer.flush(10)
         try:
             self.consumer.close()  # commits stored offsets and leaves the group
         except Exception as exc:  # the consumer may already be closed after a fatal error
@@ -350,7 +362,11 @@ class Worker:
         if self.changelog is not None:
             self._write_changelog(events, partitions)
         t3 = time.perf_counter()
-        self.checkpoint.complete(next_offsets)
+        try:
+            self.checkpoint.complete(next_offsets)
+        except TransactionAbandonedError as exc:
+            self._rewind(str(exc))
+            return BatchOutcome(answered=0, dead_lettered=0)
         self.health.backpressure = False
         t4 = time.perf_counter()
         acked_ms = now_ms()
@@ -370,6 +386,30 @@ class Worker:
             },
         )
         return BatchOutcome(answered=len(events), dead_lettered=len(dead))
+
+    def _rewind(self, reason: str) -> None:
+        """After an abandoned transaction: back to the last committed offsets and the session
+        state committed with them, so the batch is answered again, exactly once."""
+        partitions = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        committed = self.consumer.committed(partitions, timeout=60)
+        for tp in committed:
+            if tp.offset < 0:
+                tp.offset = OFFSET_BEGINNING
+            self.consumer.seek(tp)
+        numbers = {tp.partition for tp in partitions}
+        self.sessions.drop_partitions(numbers)
+        self.sessions.drain_forgotten()
+        if self.changelog is not None:
+            restore_partitions(
+                self.settings.kafka,
+                self.changelog,
+                sorted(numbers),
+                self.sessions,
+                self._index_of,
+                self.log,
+            )
+        self.health.backpressure = False
+        self.log.warning("batch_rewound", reason=reason, partitions=sorted(numbers))
 
     def _write_changelog(self, events: list[BrowsingEvent], partitions: list[int]) -> None:
         """The new session of every user of the batch, and tombstones of forgotten users."""

@@ -25,8 +25,6 @@ consumer's group metadata, so a fenced zombie cannot commit), commit. A reader w
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +35,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from worker.errors import BrokerError
 
 FLUSH_SLICE_S = 1.0
-TXN_STUCK_S = 120.0
+TXN_STUCK_S = 20.0
 
 
 class DeliveryError(BrokerError):
@@ -70,6 +68,10 @@ class Checkpoint:
         """Producer delivery callback (failures are kept; successes only counted by flush)."""
         if err is not None:
             self._failures.append(f"{msg.topic()}: {err.name()}: {err.str()}")
+
+    @property
+    def producer(self) -> Producer:
+        return self._producer
 
     def begin(self) -> None:
         """Start a batch (a transaction in exactly-once mode; nothing otherwise)."""
@@ -146,21 +148,47 @@ class Checkpoint:
                 raise
 
 
+class TransactionAbandonedError(DeliveryError):
+    """The batch's transaction was aborted (or its producer replaced); nothing of it is visible
+    to read_committed readers and its offsets were not committed. The caller rewinds its
+    consumer to the committed offsets and its state to the changelog, then goes on."""
+
+
 class TransactionalCheckpoint(Checkpoint):
     """Exactly-once: each batch is one transaction that also carries the input offsets.
 
-    Any transaction error raises :class:`DeliveryError` after aborting: the worker exits, and its
-    restarted self (or the partitions' new owner) resumes from the last committed transaction,
-    with the session state of that same transaction (see ``worker.kafka.state``).
+    A transaction that fails with an abortable error is aborted; one whose call hangs (below)
+    has its producer replaced by a new one with the same ``transactional.id``, which fences the
+    old one and aborts its transaction. Either way :class:`TransactionAbandonedError` tells the
+    worker to rewind and redo the batch, without a process restart. Fatal errors raise
+    :class:`DeliveryError` (the process exits; its restarted self resumes from the last
+    committed transaction).
     """
 
-    def __init__(self, producer: Producer, consumer: Consumer, **kwargs: Any) -> None:
-        super().__init__(producer, consumer, **kwargs)
+    def __init__(
+        self,
+        producer_factory: Callable[[], Producer],
+        consumer: Consumer,
+        **kwargs: Any,
+    ) -> None:
+        self._producer_factory = producer_factory
+        super().__init__(self._new_producer(), consumer, **kwargs)
         self._open = False
+
+    @staticmethod
+    def _init(producer: Producer) -> Producer:
         try:
             producer.init_transactions(60)
         except KafkaException as exc:
             raise DeliveryError(f"cannot initialise transactions: {exc}") from exc
+        return producer
+
+    def _new_producer(self) -> Producer:
+        return self._init(self._producer_factory())
+
+    @property
+    def producer(self) -> Producer:
+        return self._producer
 
     def begin(self) -> None:
         if not self._open:
@@ -186,47 +214,67 @@ class TransactionalCheckpoint(Checkpoint):
                     lambda: self._producer.send_offsets_to_transaction(offsets, metadata, 60),
                 )
             self._guarded("commit_transaction", lambda: self._producer.commit_transaction(60))
-        except (KafkaException, DeliveryError) as exc:
-            self._abort_quietly()
-            raise DeliveryError(f"transaction not committed: {exc}") from exc
+        except _TransactionCallStuck as exc:
+            self._replace_producer(str(exc))
+            raise TransactionAbandonedError(f"transaction abandoned: {exc}") from exc
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.fatal():
+                raise DeliveryError(f"fatal transaction error: {exc}") from exc
+            self._abort_or_replace(str(exc))
+            raise TransactionAbandonedError(f"transaction aborted: {exc}") from exc
+        except DeliveryError as exc:
+            self._abort_or_replace(str(exc))
+            raise TransactionAbandonedError(f"transaction aborted: {exc}") from exc
         finally:
             self._open = False
 
     def _guarded(self, name: str, call: Callable[[], None]) -> None:
-        """Run a blocking transaction call, nudging the client while it hangs.
+        """Run a blocking transaction call in a helper thread and give up on it if it hangs.
 
         librdkafka's send_offsets_to_transaction can block past its timeout when the group
-        coordinator went away (confluentinc/librdkafka#5456, #5511) until some broker changes
-        state. While the call is blocked, a metadata request every second gives the client that
-        nudge; a call still blocked after ``TXN_STUCK_S`` ends the process (exit code 4): the
-        restarted worker fences this one and resumes from the last committed transaction.
+        coordinator went away, for example across a broker restart (confluentinc/librdkafka
+        #5456, #5511). Waiting here reports backpressure every second; after ``TXN_STUCK_S``
+        the call is abandoned (its thread stays blocked in the old producer, which the caller
+        then replaces and fences).
         """
-        done = threading.Event()
+        outcome: list[BaseException | None] = []
 
-        def nudge() -> None:
-            started = time.monotonic()
-            while not done.wait(1.0):
-                waited = time.monotonic() - started
-                self._on_wait(waited)
-                with contextlib.suppress(Exception):
-                    self._producer.list_topics(timeout=1.0)
-                if waited > TXN_STUCK_S:
-                    if self._log is not None:
-                        self._log.error("transaction_call_stuck", call=name, waited_s=round(waited))
-                    os._exit(4)
+        def target() -> None:
+            try:
+                call()
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 (handed to the waiting thread)
+                outcome.append(exc)
 
-        watcher = threading.Thread(target=nudge, name=f"txn-{name}", daemon=True)
-        watcher.start()
+        thread = threading.Thread(target=target, name=f"txn-{name}", daemon=True)
+        started = time.monotonic()
+        thread.start()
+        while True:
+            thread.join(1.0)
+            if outcome:
+                if outcome[0] is not None:
+                    raise outcome[0]
+                return
+            waited = time.monotonic() - started
+            self._on_wait(waited)
+            if waited > TXN_STUCK_S:
+                raise _TransactionCallStuck(f"{name} blocked for {waited:.0f} s")
+
+    def _abort_or_replace(self, reason: str) -> None:
         try:
-            call()
-        finally:
-            done.set()
-            watcher.join()
+            self._guarded("abort_transaction", lambda: self._producer.abort_transaction(30))
+        except (KafkaException, _TransactionCallStuck):
+            self._replace_producer(reason)
 
-    def _abort_quietly(self) -> None:
-        # A fenced or fatal producer cannot abort; the coordinator then times the transaction out.
-        with contextlib.suppress(KafkaException):
-            self._producer.abort_transaction(10)
+    def _replace_producer(self, reason: str) -> None:
+        if self._log is not None:
+            self._log.warning("transactional_producer_replaced", reason=reason)
+        self._producer = self._new_producer()  # same transactional.id: fences the old one
 
     def commit_stored(self) -> None:
         """Nothing to do: offsets are committed by the transactions."""
+
+
+class _TransactionCallStuck(Exception):
+    pass
