@@ -138,6 +138,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env-root", type=Path, default=None, help="peer venvs (<work-dir>/envs)")
     p.add_argument("--quix-events", type=int, default=None, help="backlog events per Quix mode")
     p.add_argument("--quix-modes", default="per-message,batch-sink")
+    p.add_argument(
+        "--quix-latency-modes",
+        default="per-message",
+        help="Quix modes whose latency is measured (batch-sink's rate mode gets no answer to "
+        "its warm-up in bench.peers.run_quix, see docs/benchmark.md)",
+    )
     p.add_argument("--peer-latency-s", type=float, default=None, help="peer latency run seconds")
     p.add_argument(
         "--mlserver-step-s", type=float, default=None, help="seconds per MLServer sweep step"
@@ -349,6 +355,7 @@ class Bench:
     results: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
     served_backend: str = "lightgbm"
+    peer_failures: list[str] = field(default_factory=list)
     _kafka_cfg: Any = None
     _procs: list[WorkerProc] = field(default_factory=list)
 
@@ -839,11 +846,17 @@ class Bench:
             for _ in range(s.mlserver_max_steps):
                 count = max(int(rate * s.mlserver_step_s), 50)
                 self.say(f"MLServer {mode}: {count:,} requests at {rate:,.0f}/s")
-                res = run_mlserver_peer(
-                    self.bootstrap, model_txt, count, self.args.candidates, work,
-                    rate=rate, features=self.peer_features(count), python=python,
-                    stall_timeout_s=20.0, **batching,
-                )  # fmt: skip
+                try:
+                    res = run_mlserver_peer(
+                        self.bootstrap, model_txt, count, self.args.candidates, work,
+                        rate=rate, features=self.peer_features(count), python=python,
+                        stall_timeout_s=20.0, **batching,
+                    )  # fmt: skip
+                except Exception as exc:  # a failed step ends the sweep; earlier steps stand
+                    steps.append({"offered_per_s": rate, "error": f"{type(exc).__name__}: {exc}"})
+                    if best is None:
+                        raise
+                    break
                 fig = res["figures"]
                 lat = fig.get("latency", {})
                 kept_up = fig["answered"] >= count and lat.get("p99_ms", 1e9) <= 1000.0
@@ -892,46 +905,59 @@ class Bench:
 
     def run_quix(self, env_root: Path) -> dict[str, Any]:
         from bench.peers.envs import ensure_env
-        from bench.peers.run_quix import run_quix_peer
 
         python = ensure_env("quix", env_root)
         s = self.sizes
         work = self.work_dir / "peers"
         n = min(s.quix_events, self.sizes.events)
         out: dict[str, Any] = {}
+        latency_modes = {m for m in self.args.quix_latency_modes.split(",") if m}
         for mode in [m for m in self.args.quix_modes.split(",") if m]:
             self.say(f"Quix {mode}: backlog of the first {n:,} events of the workload topic")
-            res = run_quix_peer(
-                self.bootstrap, self.models_dir, self.events_topic, n, work,
-                mode=mode, candidates=self.args.candidates, top_k=self.args.top_k,
-                python=python, simulator=self.sim_settings(),
-            )  # fmt: skip
-            fig = res["figures"]
-            entry: dict[str, Any] = {
-                "events": n,
-                "answered": fig["answered"],
-                "throughput_per_s": fig["throughput"].get("per_s"),
-                "cpu_ms_per_event": fig["cpu_ms_per_event"],
-                "peak_rss_mib": fig["peak_hwm_mb"],
-                "config": res["config"],
-            }
-            rate = (entry["throughput_per_s"] or 0) / 2
-            if rate > 0:
-                count = max(int(rate * s.peer_latency_s), 50)
-                self.say(f"Quix {mode}: latency at {rate:,.0f}/s (half its maximum)")
-                res = run_quix_peer(
-                    self.bootstrap, self.models_dir, f"{self.prefix}-quix-{mode}-rate", count,
-                    work, rate=rate, mode=mode, candidates=self.args.candidates,
-                    top_k=self.args.top_k, python=python, simulator=self.sim_settings(),
-                )  # fmt: skip
-                entry["latency_at_half"] = {
-                    "offered_per_s": round(rate, 1),
-                    **res["figures"].get("latency", {}),
-                    "cpu_ms_per_event": res["figures"]["cpu_ms_per_event"],
-                    "peak_rss_mib": res["figures"]["peak_hwm_mb"],
-                }
-            out[mode] = entry
+            try:
+                out[mode] = self._quix_mode(mode, n, python, work, mode in latency_modes)
+            except Exception as exc:  # one mode failing still reports the others
+                self.say(f"Quix {mode} failed: {exc}")
+                out[mode] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                self.peer_failures.append(f"quix {mode}: {type(exc).__name__}: {exc}")
         return out
+
+    def _quix_mode(
+        self, mode: str, n: int, python: Path, work: Path, with_latency: bool
+    ) -> dict[str, Any]:
+        from bench.peers.run_quix import run_quix_peer
+
+        s = self.sizes
+        res = run_quix_peer(
+            self.bootstrap, self.models_dir, self.events_topic, n, work,
+            mode=mode, candidates=self.args.candidates, top_k=self.args.top_k,
+            python=python, simulator=self.sim_settings(),
+        )  # fmt: skip
+        fig = res["figures"]
+        entry: dict[str, Any] = {
+            "events": n,
+            "answered": fig["answered"],
+            "throughput_per_s": fig["throughput"].get("per_s"),
+            "cpu_ms_per_event": fig["cpu_ms_per_event"],
+            "peak_rss_mib": fig["peak_hwm_mb"],
+            "config": res["config"],
+        }
+        rate = (entry["throughput_per_s"] or 0) / 2
+        if rate > 0 and with_latency:
+            count = max(int(rate * s.peer_latency_s), 50)
+            self.say(f"Quix {mode}: latency at {rate:,.0f}/s (half its maximum)")
+            res = run_quix_peer(
+                self.bootstrap, self.models_dir, f"{self.prefix}-quix-{mode}-rate", count,
+                work, rate=rate, mode=mode, candidates=self.args.candidates,
+                top_k=self.args.top_k, python=python, simulator=self.sim_settings(),
+            )  # fmt: skip
+            entry["latency_at_half"] = {
+                "offered_per_s": round(rate, 1),
+                **res["figures"].get("latency", {}),
+                "cpu_ms_per_event": res["figures"]["cpu_ms_per_event"],
+                "peak_rss_mib": res["figures"]["peak_hwm_mb"],
+            }
+        return entry
 
     # -- clean-up ----------------------------------------------------------------------------
 
@@ -1080,6 +1106,11 @@ def derive_figures(results: dict[str, Any]) -> dict[str, Any]:
     for name in ("lightgbm", "lleaves"):
         if name in ceiling:
             f[f"ceiling_{name}_per_s"] = ceiling[name]["events_per_s"]
+    for name in ("lightgbm", "lleaves"):
+        if f.get("throughput_1p_per_s") and name in ceiling:
+            f[f"ratio_e2e_to_ceiling_{name}"] = round(
+                f["throughput_1p_per_s"] / ceiling[name]["events_per_s"], 3
+            )
     if f.get("throughput_1p_per_s") and backend in ceiling:
         f["ratio_e2e_to_ceiling"] = round(
             f["throughput_1p_per_s"] / ceiling[backend]["events_per_s"], 3
@@ -1101,8 +1132,10 @@ def derive_figures(results: dict[str, Any]) -> dict[str, Any]:
             f["ratio_throughput_vs_mlserver"] = round(
                 f["throughput_1p_per_s"] / mls_best["max_sustained_per_s"], 2
             )
-        p99 = mls_best.get("latency_at_half", {}).get("p99_ms")
-        if p99 and f.get("latency_p99_ms"):
+    p99 = _best_p99(m for m in (mls.get("plain"), mls.get("adaptive-batching")) if m)
+    if p99 is not None:
+        f["mlserver_best_p99_ms"] = p99
+        if f.get("latency_p99_ms"):
             f["ratio_p99_vs_mlserver"] = round(f["latency_p99_ms"] / p99, 2)
     quix = peers.get("quix", {})
     q_best = max(
@@ -1116,10 +1149,22 @@ def derive_figures(results: dict[str, Any]) -> dict[str, Any]:
             f["ratio_throughput_vs_quix"] = round(
                 f["throughput_1p_per_s"] / q_best["throughput_per_s"], 2
             )
-        p99 = q_best.get("latency_at_half", {}).get("p99_ms")
-        if p99 and f.get("latency_p99_ms"):
+    p99 = _best_p99(q for q in quix.values() if isinstance(q, dict))
+    if p99 is not None:
+        f["quix_best_p99_ms"] = p99
+        if f.get("latency_p99_ms"):
             f["ratio_p99_vs_quix"] = round(f["latency_p99_ms"] / p99, 2)
     return f
+
+
+def _best_p99(entries) -> float | None:
+    """The lowest p99 among a peer's modes with a latency measurement."""
+    values = [
+        e["latency_at_half"]["p99_ms"]
+        for e in entries
+        if e.get("latency_at_half", {}).get("p99_ms") is not None
+    ]
+    return min(values) if values else None
 
 
 def evaluate_targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1359,7 +1404,9 @@ def run(args: argparse.Namespace, log: Any) -> int:
     bench.prefix = f"bench-{dt.datetime.now(dt.timezone.utc):%m%d%H%M}-{uuid.uuid4().hex[:6]}"
     r = bench.results
     r["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    r["command"] = "worker bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else "worker bench"
+    argv = sys.argv[1:]
+    argv = argv[1:] if argv[:1] == ["bench"] else argv
+    r["command"] = " ".join(["worker", "bench", *argv])
     r["machine"] = machine_info()
     r["sizes"] = sizes.__dict__
     started = time.monotonic()
@@ -1391,6 +1438,7 @@ def run(args: argparse.Namespace, log: Any) -> int:
         bench.stop_all()
         bench.delete_run_topics()
         bench.stop_broker()
+    failures.extend(bench.peer_failures)
     r["duration_s"] = round(time.monotonic() - started, 1)
     r["figures"] = derive_figures(r)
     r["targets"] = evaluate_targets(r["figures"])

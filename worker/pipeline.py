@@ -107,10 +107,24 @@ class StageTimings:
 
 @dataclass
 class RankedBatch:
-    """Top-K products per event of a batch."""
+    """Top-K per event of a batch: catalogue indices and scores, ``(B, K)``, best first."""
 
-    products: list[tuple[RankedProduct, ...]]
+    items: np.ndarray
+    scores: np.ndarray
+    product_ids: np.ndarray  # the catalogue, to name the items
     timings: StageTimings = field(default_factory=StageTimings)
+
+    @property
+    def products(self) -> list[tuple[RankedProduct, ...]]:
+        """The same as record objects (convenient, slower than the arrays)."""
+        ids = self.product_ids[self.items].tolist()
+        return [
+            tuple(
+                RankedProduct(product_id=pid, rank=rank, score=score)
+                for rank, (pid, score) in enumerate(zip(id_row, score_row, strict=True), 1)
+            )
+            for id_row, score_row in zip(ids, self.scores.tolist(), strict=True)
+        ]
 
 
 class Recommender:
@@ -160,19 +174,10 @@ class Recommender:
         best = top_k(scores, self.k)
         best_items = np.take_along_axis(candidates, best, axis=1)
         best_scores = np.take_along_axis(scores, best, axis=1)
-        ids = self.tables.product_ids[best_items].tolist()
-        score_rows = best_scores.tolist()
-        products = [
-            tuple(
-                RankedProduct(product_id=pid, rank=rank, score=score)
-                for rank, (pid, score) in enumerate(zip(id_row, score_row, strict=True), 1)
-            )
-            for id_row, score_row in zip(ids, score_rows, strict=True)
-        ]
         t5 = time.perf_counter()
         timings.state_s = t1 - t0
         timings.candidates_s = t2 - t1
         timings.features_s = t3 - t2
         timings.scoring_s = t4 - t3
         timings.ranking_s = t5 - t4
-        return RankedBatch(products=products, timings=timings)
+        return RankedBatch(best_items, best_scores, self.tables.product_ids, timings)

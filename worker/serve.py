@@ -33,11 +33,12 @@ from worker.kafka.state import changelog_topic, restore_partitions
 from worker.metrics import Health, WorkerMetrics, serve_http
 from worker.model import ModelArtifact
 from worker.pipeline import Recommender
-from worker.records import BrowsingEvent, SourceRef, Suggestion, to_browsing_event
+from worker.records import BrowsingEvent, SourceRef, to_browsing_event
 from worker.schema_registry import HttpSchemaRegistry
 from worker.scoring import make_scorer
 from worker.session import SessionStore
 from worker.session_codec import encode_session
+from worker.suggestion_writer import SuggestionWriter
 
 PROGRESS_LOG_INTERVAL_S = 10.0
 
@@ -73,6 +74,12 @@ class Worker:
         )
         self.suggestion_codec = codec_for(
             "ProductSuggestion", registry=registry, topic=topics.suggestions
+        )
+        self.suggestion_writer = SuggestionWriter(
+            self.suggestion_codec.header(),
+            artifact.tables.product_ids.tolist(),
+            topics.events,
+            artifact.version,
         )
         self.sessions = SessionStore(
             max_users=settings.max_sessions, idle_ttl_ms=int(settings.session_idle_ttl_s * 1000)
@@ -345,15 +352,15 @@ class Worker:
         t2 = time.perf_counter()
         produced_ms = now_ms()
         topics = self.settings.topics
-        version = self.artifact.version
-        for event, source, products in zip(events, sources, ranked.products, strict=True):
-            suggestion = Suggestion(
-                event=event, source=source, model_version=version, products=products
-            )
+        offsets = [s.offset for s in sources]
+        values = self.suggestion_writer.encode_batch(
+            events, partitions, offsets, ranked.items, ranked.scores, produced_ms
+        )
+        for event, value in zip(events, values, strict=True):
             self.checkpoint.produce(
                 topics.suggestions,
                 key=event.user_id.encode("utf-8"),
-                value=self.suggestion_codec.encode(suggestion.to_avro(produced_ms)),
+                value=value,
                 timestamp_ms=produced_ms,
             )
         dlq_topic = topics.dead_letter(topics.events)
