@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -44,6 +45,12 @@ from worker.kafka.admin import ensure_topics
 from worker.simulate import LIVE_START_MS, SimulatorSettings, build, corrupt
 
 SCENARIOS = ("kill9", "broker", "scale", "sigterm", "mixed")
+#: Shortest input production time per scenario, so its faults (each takes ~10 s to recover
+#: from a kill -9: the group's session timeout) fall mid-stream even on a small input.
+MIN_DURATION_S = {"kill9": 45.0, "broker": 30.0, "scale": 30.0, "sigterm": 25.0, "mixed": 90.0}
+#: Input events per second of the full run, below what two workers answer, so lag stays small
+#: and the faults, not a backlog, shape the run.
+DEFAULT_RATE = 2000.0
 MODES = ("at-least-once", "exactly-once")
 CORRUPT_EVERY = 1000
 PARTITIONS = 12
@@ -66,6 +73,7 @@ class ScenarioResult:
     duplicate_bound: int = 0
     identical: str = "n/a"
     worker_restarts_needed: int = 0
+    peak_rss_mb: float = 0.0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -145,8 +153,12 @@ def _event_records(n: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
-def _produce_input(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> int:
-    """Produce the events (every CORRUPT_EVERY-th malformed); return how many were malformed."""
+def _produce_input(
+    bootstrap: str, topic: str, events: list[dict[str, Any]], duration_s: float
+) -> int:
+    """Produce the events evenly over ``duration_s`` (0: at once), every CORRUPT_EVERY-th one
+    malformed; return how many were malformed. Kafka timestamps are "now": the simulated event
+    times lie in the past and would fall behind the topic's retention."""
     codec = codec_for("BrowsingEvent")
     rng = random.Random(7)
     producer = Producer(
@@ -156,23 +168,28 @@ def _produce_input(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> 
             "linger.ms": 20,
             "partitioner": "murmur2_random",
             "compression.type": "lz4",
+            "message.timeout.ms": 600000,
         }
     )
     bad = 0
+    started = time.monotonic()
     for i, e in enumerate(events, 1):
         value = codec.encode(e)
         if i % CORRUPT_EVERY == 0:
             value = corrupt(value, rng)
             bad += 1
+        if duration_s > 0 and i % 50 == 0:
+            ahead = i / len(events) * duration_s - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
         while True:
             try:
-                # Kafka timestamps are "now": the simulated event times lie in the past and
-                # would fall behind the topic's retention.
                 producer.produce(topic, key=e["user_id"].encode(), value=value)
                 break
             except BufferError:
                 producer.poll(0.1)
-    if producer.flush(60) != 0:
+        producer.poll(0)
+    if producer.flush(600) != 0:
         raise RuntimeError("input not acknowledged")
     return bad
 
@@ -252,23 +269,32 @@ class Group:
                 self.unexpected_exits += 1
                 del self.procs[slot]
 
+    def peak_rss_mb(self) -> float:
+        """Largest peak resident set (VmHWM) among the live worker processes, in MiB."""
+        peak = 0.0
+        for slot in self.live_slots():
+            try:
+                status = Path(f"/proc/{self.procs[slot].pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+        return peak
+
     def stop_all(self) -> None:
         self.sigterm(self.live_slots())
 
 
 class Progress:
-    """Committed offsets of the group vs the input's end offsets."""
+    """Committed offsets of the group against the input."""
 
     def __init__(self, bootstrap: str, topic: str, group: str, partitions: int) -> None:
         self.topic, self.partitions = topic, partitions
         self._c = Consumer(
             {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
         )
-        self.ends = [
-            self._c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(partitions)
-        ]
-        self.total = sum(self.ends)
+        self.total = 0  # input events to answer in all (set by the caller)
 
     def committed(self) -> list[int]:
         try:
@@ -279,6 +305,15 @@ class Progress:
         except Exception:  # broker down during the broker scenario
             return []
 
+    def ends(self) -> list[int]:
+        try:
+            return [
+                self._c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5)[1]
+                for p in range(self.partitions)
+            ]
+        except Exception:  # broker down
+            return []
+
     def fraction(self, committed: list[int]) -> float:
         return sum(committed) / self.total if committed and self.total else 0.0
 
@@ -287,20 +322,23 @@ class Progress:
 
 
 def _wait_recovered(
-    progress: Progress, at_fault: list[int], started: float, timeout_s: float = 180.0
+    progress: Progress,
+    at_fault: list[int],
+    ends_at_fault: list[int],
+    started: float,
+    timeout_s: float = 180.0,
 ) -> float:
     """Seconds from ``started`` until every partition with work left at the fault progressed."""
-    todo = (
-        {p for p, c in enumerate(at_fault) if c < progress.ends[p]}
-        if at_fault
-        else set(range(progress.partitions))
-    )
+    if at_fault and ends_at_fault:
+        todo = {p for p in range(progress.partitions) if at_fault[p] < ends_at_fault[p]}
+        baseline = at_fault
+    else:
+        todo, baseline = set(range(progress.partitions)), [0] * progress.partitions
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         now = progress.committed()
         if now:
-            baseline = at_fault or [0] * progress.partitions
-            todo = {p for p in todo if now[p] <= baseline[p] and now[p] < progress.ends[p]}
+            todo = {p for p in todo if now[p] <= baseline[p]}
             if not todo:
                 return time.monotonic() - started
         time.sleep(0.2)
@@ -399,6 +437,7 @@ def run_scenario(
     scenario: str,
     mode: str,
     *,
+    rate: float = DEFAULT_RATE,
     broker: Broker,
     events: list[dict[str, Any]],
     models_dir: Path,
@@ -418,7 +457,15 @@ def run_scenario(
     kafka = KafkaSettings(broker.bootstrap)
     ensure_topics(kafka, topics, _SilentLog())
     result = ScenarioResult(scenario, mode, produced=len(events))
-    result.bad_sent = _produce_input(broker.bootstrap, topics.events, events)
+    duration_s = 0.0 if scenario == "none" else max(MIN_DURATION_S[scenario], len(events) / rate)
+    produced: list[int] = []
+    feeder = threading.Thread(
+        target=lambda: produced.append(
+            _produce_input(broker.bootstrap, topics.events, events, duration_s)
+        ),
+        name="input",
+        daemon=True,
+    )
     bad_ids = {
         events[i - 1]["event_id"] for i in range(CORRUPT_EVERY, len(events) + 1, CORRUPT_EVERY)
     }
@@ -426,10 +473,11 @@ def run_scenario(
     log_dir.mkdir(parents=True, exist_ok=True)
     group = Group(broker.bootstrap, topics, f"chaos-{run}", models_dir, exactly_once, log_dir, [])
     progress = Progress(broker.bootstrap, topics.events, group.group, topics.partitions)
-    started = time.monotonic()
+    progress.total = len(events)
 
     def fault(name: str, action: Callable[[], None]) -> None:
         at = progress.committed()
+        ends_at = progress.ends()
         # In flight: answered (suggestion or dead letter written) but not yet committed, plus
         # what the live workers may take up before the fault lands (two batches each).
         answered = _high_watermarks(broker.bootstrap, topics.suggestions, topics.partitions)
@@ -441,17 +489,22 @@ def run_scenario(
         t0 = time.monotonic()
         action()
         result.faults += 1
-        recovery = _wait_recovered(progress, at, t0)
+        recovery = _wait_recovered(progress, at, ends_at, t0)
         result.recovery_s.append(round(recovery, 1))
         log(f"  {run}: {name} at {progress.fraction(at):.0%} -> recovered in {recovery:.1f} s")
 
+    started = time.monotonic()
     initial = 1 if scenario == "scale" else 2
     for slot in range(initial):
         group.start(slot)
     try:
         plan = _plan(scenario)
+        started = time.monotonic()
+        feeder.start()
         for fraction, name in plan:
-            _wait_fraction(progress, group, fraction)
+            # Faults at set points of the input's production time: always mid-stream.
+            time.sleep(max(0.0, started + fraction * duration_s - time.monotonic()))
+            group.check_unexpected_exits()
             if name == "kill9":
                 victim = random.Random(fraction).choice(group.live_slots())
 
@@ -479,12 +532,15 @@ def run_scenario(
                         group.start(s)
 
                 fault("SIGTERM all", all_and_back)
+        feeder.join()
         _wait_fraction(progress, group, 1.0)
+        result.peak_rss_mb = round(group.peak_rss_mb())
     finally:
         group.check_unexpected_exits()
         group.stop_all()
         progress.close()
     result.worker_restarts_needed = group.unexpected_exits
+    result.bad_sent = produced[0] if produced else -1
     result.seconds = round(time.monotonic() - started, 1)
     suggestions = _read_committed(
         broker.bootstrap,
@@ -535,7 +591,7 @@ def format_table(results: list[ScenarioResult]) -> str:
     head = (
         f"{'scenario':<9}{'mode':<15}{'produced':>9}{'answered':>9}{'missing':>8}{'dups':>6}"
         f"{'dup bound':>10}{'DLQ':>5}{'order':>6}{'faults':>7}  {'recovery s':<22}"
-        f"{'identical':<10}{'secs':>6}  result"
+        f"{'identical':<10}{'secs':>6}{'RSS MB':>7}  result"
     )
     lines = [head, "-" * len(head)]
     for r in results:
@@ -544,7 +600,7 @@ def format_table(results: list[ScenarioResult]) -> str:
         lines.append(
             f"{r.scenario:<9}{r.mode:<15}{r.produced:>9,}{r.answered:>9,}{r.missing:>8}"
             f"{r.duplicates:>6}{bound:>10}{r.dead_lettered:>5}{r.order_violations:>6}"
-            f"{r.faults:>7}  {rec:<22}{r.identical:<10}{r.seconds:>6.0f}  "
+            f"{r.faults:>7}  {rec:<22}{r.identical:<10}{r.seconds:>6.0f}{r.peak_rss_mb:>7.0f}  "
             f"{'PASS' if r.passed else 'FAIL'}"
             + (" (" + "; ".join(r.failures + r.notes) + ")" if r.failures or r.notes else "")
         )
@@ -556,6 +612,7 @@ def run_chaos(
     scenarios: list[str],
     modes: list[str],
     n_events: int,
+    rate: float = DEFAULT_RATE,
     models_dir: Path,
     work_dir: Path,
     bootstrap: str | None,
@@ -586,6 +643,7 @@ def run_chaos(
                 result, _ = run_scenario(
                     scenario,
                     mode,
+                    rate=rate,
                     broker=broker,
                     events=events,
                     models_dir=models_dir,

@@ -228,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--modes", default="at-least-once,exactly-once")
     p.add_argument("--events", type=int, default=200_000, help="input events per scenario")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=2000.0,
+        help="input events/s while faults are injected (a scenario lasts at least events/rate)",
+    )
     p.add_argument("--work-dir", type=Path, default=Path("var/chaos"))
     p.add_argument(
         "--bootstrap-servers",
@@ -235,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="an existing cluster (no broker restart scenario); default: own broker",
     )
     _models_arg(p)
+
+    p = sub.add_parser("bench", help="throughput, latency and memory, side by side with peers")
+    from worker import bench
+
+    bench.add_arguments(p)
 
     p = sub.add_parser("demo", help="the whole system on the local broker for about a minute")
     p.add_argument("--duration-s", type=float, default=60.0)
@@ -343,7 +354,16 @@ def _registry(args: argparse.Namespace) -> Any:
     return HttpSchemaRegistry(args.schema_registry_url)
 
 
+def _exit_cleanly_on_sigterm_while_starting() -> None:
+    """Until the loop installs its graceful handler, SIGTERM just ends the process with 0:
+    nothing was consumed yet, so there is nothing to drain or commit."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
 def cmd_run(args: argparse.Namespace, log: Any) -> int:
+    _exit_cleanly_on_sigterm_while_starting()
     from worker.features import FEATURE_NAMES
     from worker.kafka.admin import ensure_topics, wait_for_cluster
     from worker.model import load_artifact
@@ -387,6 +407,7 @@ def cmd_run(args: argparse.Namespace, log: Any) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace, log: Any) -> int:
+    _exit_cleanly_on_sigterm_while_starting()
     from worker.kafka.admin import ensure_topics, wait_for_cluster
     from worker.monitor import Monitor
 
@@ -416,6 +437,7 @@ def cmd_chaos(args: argparse.Namespace, log: Any) -> int:
         scenarios=args.scenarios.split(","),
         modes=args.modes.split(","),
         n_events=args.events,
+        rate=args.rate,
         models_dir=args.models_dir,
         work_dir=args.work_dir,
         bootstrap=args.bootstrap_servers,
@@ -424,6 +446,12 @@ def cmd_chaos(args: argparse.Namespace, log: Any) -> int:
     print()
     print(format_table(results))
     return 0 if all(r.passed for r in results) else 1
+
+
+def cmd_bench(args: argparse.Namespace, log: Any) -> int:
+    from worker import bench
+
+    return bench.run(args, log)
 
 
 def cmd_demo(args: argparse.Namespace, log: Any) -> int:
@@ -440,6 +468,7 @@ COMMANDS = {
     "monitor": cmd_monitor,
     "demo": cmd_demo,
     "chaos": cmd_chaos,
+    "bench": cmd_bench,
 }
 
 if __name__ == "__main__":
