@@ -150,6 +150,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--mlserver-start-rate", type=float, default=None)
     p.add_argument("--mlserver-max-steps", type=int, default=None)
+    p.add_argument(
+        "--phases",
+        default="throughput,ceiling,latency,state,peers",
+        help="comma-separated subset to run (a partial run; the reference run runs all)",
+    )
+    p.add_argument(
+        "--latency-rate",
+        type=float,
+        default=None,
+        help="offered events/s of the latency run (default: half the measured 1-process max)",
+    )
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--plot-out", type=Path, default=None, help="PNG of throughput and latency")
     p.add_argument("--keep-broker", action="store_true", help="leave the own broker running")
@@ -636,13 +647,13 @@ class Bench:
     # -- 2. scoring ceiling ------------------------------------------------------------------
 
     def measure_ceiling(self) -> dict[str, Any]:
-        from bench.peers.workload import build_feature_matrices, simulated_events
+        from bench.peers.workload import build_feature_matrices
         from worker.model import BoosterScorer, load_artifact
 
         batch = self.args.max_batch_size
         n = max(self.sizes.ceiling_events // batch, 1) * batch
         self.say(f"scoring ceiling: building features of {n:,} events ({batch} per batch)")
-        events = simulated_events(n, self.sim_settings())
+        events = stream_events(self.sim_settings(), n)
         mats = build_feature_matrices(self.artifact_dir, events, self.args.candidates, chunk=batch)
         self.feature_matrices = mats  # (n, candidates, 20), reused by the MLServer peer
         batches = [
@@ -706,7 +717,6 @@ class Bench:
             latency_summary,
             make_load_producer,
             produce_paced,
-            simulated_events,
         )
         from worker.codec import codec_for
 
@@ -719,16 +729,19 @@ class Bench:
         warm, measured = self.sizes.warmup_s, self.sizes.latency_s
         n = int(rate * (warm + measured))
         self.say(f"latency: 1 process at {rate:,.0f} events/s for {warm + measured:.0f} s")
-        events = simulated_events(n, self.sim_settings())
+        # Unique event ids: latency is matched by event_id.
+        events = [
+            {**e, "event_id": f"{self.prefix}-lat-{i}"}
+            for i, e in enumerate(stream_events(self.sim_settings(), n))
+        ]
         event_codec = codec_for("BrowsingEvent")
         sugg_codec = codec_for("ProductSuggestion")
+        raw: list[tuple[bytes | None, int]] = []  # decoded after the run: less load meanwhile
         arrivals: dict[str, tuple[int, int]] = {}
         lock = threading.Lock()
 
         def on_suggestion(key: bytes | None, value: bytes | None, ts_ms: int) -> None:
-            rec = sugg_codec.decode(value)
-            with lock:
-                arrivals[rec["event_id"]] = (ts_ms, rec["produced_time"])
+            raw.append((value, ts_ms))  # list.append is atomic under the GIL
 
         send_ms = [0] * n
 
@@ -756,8 +769,7 @@ class Bench:
             )
             deadline = time.monotonic() + 60
             while True:
-                with lock:
-                    done = len(arrivals)
+                done = len(raw)
                 if done >= n or time.monotonic() > deadline:
                     break
                 worker.check()
@@ -767,6 +779,10 @@ class Bench:
             code = worker.stop()
             self._procs = [w for w in self._procs if w is not worker]
             collector.stop()
+        with lock:
+            for value, ts_ms in raw:
+                rec = sugg_codec.decode(value)
+                arrivals[rec["event_id"]] = (ts_ms, rec["produced_time"])
         first = int(rate * warm)
         ids = [events[i]["event_id"] for i in range(first, n)]
         with lock:
@@ -974,6 +990,22 @@ class Bench:
             delete_topics(self.bootstrap, names)
 
 
+def stream_events(settings: Any, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` browsing events of the simulator's live stream, each once, in order."""
+    from worker.simulate import LIVE_START_MS, build
+
+    _, simulator = build(settings)
+    out: list[dict[str, Any]] = []
+    for kind, record in simulator.records(LIVE_START_MS, LIVE_START_MS + 400 * 86_400_000):
+        if kind == "event":
+            out.append(record)
+            if len(out) >= n:
+                break
+    if len(out) < n:
+        raise BenchError(f"the simulator produced only {len(out)} events")
+    return out
+
+
 def _steady_window(
     history: list[tuple[float, float, dict[str, float], float]], n: int
 ) -> tuple[tuple, tuple]:
@@ -1096,9 +1128,14 @@ def derive_figures(results: dict[str, Any]) -> dict[str, Any]:
     state = results.get("state", {})
     f["state_users"] = state.get("users")
     f["state_probe_peak_rss_mib"] = state.get("peak_rss_mib")
-    if state.get("state_mib") is not None and one.get("peak_rss_mib"):
-        # A worker holding them: its measured peak plus the state's measured size.
-        f["rss_1m_users_mib"] = round(max(one["peak_rss_mib"]) + state["state_mib"], 1)
+    base = two.get("peak_rss_mib") or one.get("peak_rss_mib")
+    if state.get("state_mib") is not None and base:
+        # A worker holding them: a worker's measured peak plus the state's measured size. The
+        # 2-process run's peaks are used: those workers found the compiled model in the cache,
+        # while the first worker of a new model compiles it (LLVM) at start-up, a transient
+        # peak before any session exists.
+        f["rss_1m_users_mib"] = round(max(base) + state["state_mib"], 1)
+        f["rss_1m_users_basis"] = "max peak RSS of the 2-process run + measured state size"
     f["users_after_expiry"] = state.get("users_after_expiry")
     ceiling = results.get("ceiling", {})
     backend = ceiling.get("served_backend", "lightgbm")
@@ -1414,14 +1451,21 @@ def run(args: argparse.Namespace, log: Any) -> int:
     try:
         bench.start_broker()
         bench.ensure_model()
-        bench.produce_workload()
-        r["throughput_1p"] = bench.measure_backlog(1)
-        r["worker_command"] = bench.worker_command
-        r["throughput_2p"] = bench.measure_backlog(2)
-        r["ceiling"] = bench.measure_ceiling()
-        r["latency"] = bench.measure_latency(r["throughput_1p"]["throughput_per_s"] / 2)
-        r["state"] = bench.measure_state()
-        if not args.skip_peers:
+        phases = set(args.phases.split(","))
+        if phases & {"throughput", "peers"}:
+            bench.produce_workload()
+        if "throughput" in phases:
+            r["throughput_1p"] = bench.measure_backlog(1)
+            r["worker_command"] = bench.worker_command
+            r["throughput_2p"] = bench.measure_backlog(2)
+        if phases & {"ceiling", "peers"}:
+            r["ceiling"] = bench.measure_ceiling()
+        if "latency" in phases:
+            rate = args.latency_rate or r["throughput_1p"]["throughput_per_s"] / 2
+            r["latency"] = bench.measure_latency(rate)
+        if "state" in phases:
+            r["state"] = bench.measure_state()
+        if "peers" in phases and not args.skip_peers:
             env_root = (args.env_root or work_dir / "envs").resolve()
             r["peers"] = {}
             for name, fn in (("mlserver", bench.run_mlserver), ("quix", bench.run_quix)):

@@ -63,7 +63,10 @@ class SessionStore:
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._evicted_lru = 0
         self._expired_idle = 0
-        self._watermark_ms = 0
+        # Newest event time per input partition: partitions progress unevenly (a partition
+        # whose worker died lags by the time its takeover took), so idleness is judged against
+        # the user's own partition, never against events of other partitions.
+        self._watermarks_ms: dict[int, int] = {}
         self._forgotten: list[tuple[str, int]] = []
 
     def __len__(self) -> int:
@@ -121,8 +124,8 @@ class SessionStore:
         session.times_ms.append(time_ms)
         if len(session.items) > self.history:
             del session.items[0], session.types[0], session.times_ms[0]
-        if time_ms > self._watermark_ms:
-            self._watermark_ms = time_ms
+        if time_ms > self._watermarks_ms.get(partition, 0):
+            self._watermarks_ms[partition] = time_ms
         if len(self._sessions) > self.max_users:
             evicted_user, evicted = self._sessions.popitem(last=False)
             self._evicted_lru += 1
@@ -130,11 +133,16 @@ class SessionStore:
         return session
 
     def expire_idle(self) -> int:
-        """Forget users idle for longer than ``idle_ttl_ms`` before the newest event seen."""
-        horizon = self._watermark_ms - self.idle_ttl_ms
+        """Forget users idle for longer than ``idle_ttl_ms`` before the newest event seen on
+        their own input partition (least recently active first).
+
+        As ``idle_ttl_ms`` exceeds the session gap, an expired user's next event would have
+        started a new session anyway: expiry frees memory without changing any suggestion.
+        """
         expired = 0
         while self._sessions:
             user_id, oldest = next(iter(self._sessions.items()))
+            horizon = self._watermarks_ms.get(oldest.partition, 0) - self.idle_ttl_ms
             if oldest.last_ms >= horizon:
                 break
             del self._sessions[user_id]
@@ -159,8 +167,8 @@ class SessionStore:
         """Install a restored session (for example read back from a changelog)."""
         self._sessions[user_id] = session
         self._sessions.move_to_end(user_id)
-        if session.last_ms > self._watermark_ms:
-            self._watermark_ms = session.last_ms
+        if session.last_ms > self._watermarks_ms.get(session.partition, 0):
+            self._watermarks_ms[session.partition] = session.last_ms
 
     def users(self) -> list[str]:
         return list(self._sessions)

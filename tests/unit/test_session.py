@@ -160,3 +160,19 @@ def test_drop_partitions_forgets_only_users_of_those_partitions() -> None:
     assert sorted(store.users()) == ["a", "d"]
     assert store.drop_partitions({7}) == 0
     assert len(store) == 2
+
+
+def test_idleness_is_judged_against_the_users_own_partition() -> None:
+    """A lagging partition (its worker died and another took it over) keeps its active users even
+    when another partition's events are hours ahead; its own idle users do expire."""
+    from worker.session import SessionStore
+
+    hour = 3_600_000
+    store = SessionStore(idle_ttl_ms=hour)
+    store.record("lagging", "s1", 1, 0, 0, False, partition=1, offset=0)
+    store.record("ahead", "s1", 1, 0, 5 * hour, False, partition=2, offset=0)
+    assert store.expire_idle() == 0
+    assert "lagging" in store
+    store.record("other-on-1", "s1", 1, 0, 2 * hour, False, partition=1, offset=1)
+    assert store.expire_idle() == 1
+    assert "lagging" not in store and "other-on-1" in store and "ahead" in store
