@@ -961,12 +961,24 @@ class Bench:
         rate = (entry["throughput_per_s"] or 0) / 2
         if rate > 0 and with_latency:
             count = max(int(rate * s.peer_latency_s), 50)
-            self.say(f"Quix {mode}: latency at {rate:,.0f}/s (half its maximum)")
-            res = run_quix_peer(
-                self.bootstrap, self.models_dir, f"{self.prefix}-quix-{mode}-rate", count,
-                work, rate=rate, mode=mode, candidates=self.args.candidates,
-                top_k=self.args.top_k, python=python, simulator=self.sim_settings(),
-            )  # fmt: skip
+            res = None
+            for attempt in (1, 2):  # the driver can race the creation of its output topic
+                self.say(f"Quix {mode}: latency at {rate:,.0f}/s (half its maximum)")
+                try:
+                    res = run_quix_peer(
+                        self.bootstrap, self.models_dir,
+                        f"{self.prefix}-quix-{mode}-rate-{attempt}", count, work, rate=rate,
+                        mode=mode, candidates=self.args.candidates, top_k=self.args.top_k,
+                        python=python, simulator=self.sim_settings(),
+                    )  # fmt: skip
+                    break
+                except Exception as exc:
+                    self.say(f"Quix {mode} latency attempt {attempt} failed: {exc}")
+                    entry["latency_error"] = f"{type(exc).__name__}: {exc}"[:1000]
+            if res is None:
+                self.peer_failures.append(f"quix {mode} latency: {entry['latency_error']}")
+                return entry
+            entry.pop("latency_error", None)
             entry["latency_at_half"] = {
                 "offered_per_s": round(rate, 1),
                 **res["figures"].get("latency", {}),

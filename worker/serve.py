@@ -29,7 +29,12 @@ from worker.kafka.checkpoint import (
 )
 from worker.kafka.clients import make_consumer, make_producer
 from worker.kafka.dead_letter import dead_letter
-from worker.kafka.state import changelog_topic, restore_partitions
+from worker.kafka.state import (
+    CHECKPOINT_KEY,
+    changelog_topic,
+    checkpoint_value,
+    restore_partitions,
+)
 from worker.metrics import Health, WorkerMetrics, serve_http
 from worker.model import ModelArtifact
 from worker.pipeline import Recommender
@@ -256,6 +261,7 @@ class Worker:
                 self.sessions,
                 self._index_of,
                 self.log,
+                committed=self._committed(partitions),
             )
         self._assigned |= {(p.topic, p.partition) for p in partitions}
         self.health.assigned_partitions = len(self._assigned)
@@ -367,7 +373,7 @@ class Worker:
         for d in dead:
             self.checkpoint.produce(dlq_topic, key=d.key, value=d.value, headers=d.headers)
         if self.changelog is not None:
-            self._write_changelog(events, partitions)
+            self._write_changelog(events, partitions, next_offsets)
         t3 = time.perf_counter()
         try:
             self.checkpoint.complete(next_offsets)
@@ -414,12 +420,28 @@ class Worker:
                 self.sessions,
                 self._index_of,
                 self.log,
+                committed={tp.partition: tp.offset for tp in committed},
             )
         self.health.backpressure = False
         self.log.warning("batch_rewound", reason=reason, partitions=sorted(numbers))
 
-    def _write_changelog(self, events: list[BrowsingEvent], partitions: list[int]) -> None:
-        """The new session of every user of the batch, and tombstones of forgotten users."""
+    def _committed(self, partitions: list[TopicPartition]) -> dict[int, int]:
+        """The group's committed offsets (stable: pending transactional commits resolved)."""
+        if not self.settings.exactly_once:
+            return {}  # at-least-once: stored offsets may trail the state; nothing to wait for
+        tps = self.consumer.committed(
+            [TopicPartition(p.topic, p.partition) for p in partitions], timeout=60
+        )
+        return {tp.partition: tp.offset for tp in tps}
+
+    def _write_changelog(
+        self,
+        events: list[BrowsingEvent],
+        partitions: list[int],
+        next_offsets: dict[tuple[str, int], int],
+    ) -> None:
+        """The new session of every user of the batch, tombstones of forgotten users, and per
+        input partition a checkpoint record with the offset this state is consistent with."""
         touched = dict(zip((e.user_id for e in events), partitions, strict=True))
         for user_id, partition in touched.items():
             session = self.sessions.get(user_id)
@@ -431,14 +453,22 @@ class Worker:
                 value=encode_session(session, self._product_id_of),
                 partition=partition,
             )
+        owned = {p for _, p in self._assigned}
         for user_id, partition in self.sessions.drain_forgotten():
-            if partition >= 0 and user_id not in self.sessions:
+            if partition in owned and user_id not in self.sessions:
                 self.checkpoint.produce(
                     self.changelog,  # type: ignore[arg-type]
                     key=user_id.encode("utf-8"),
                     value=None,
                     partition=partition,
                 )
+        for (_, partition), offset in next_offsets.items():
+            self.checkpoint.produce(
+                self.changelog,  # type: ignore[arg-type]
+                key=CHECKPOINT_KEY,
+                value=checkpoint_value(offset),
+                partition=partition,
+            )
 
     def _record_batch(
         self,

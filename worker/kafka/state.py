@@ -24,6 +24,10 @@ from worker.kafka.admin import admin_client
 from worker.session import SessionStore
 from worker.session_codec import decode_session
 
+#: Key of the per-partition checkpoint record: the input offset the state is consistent with.
+#: A NUL byte cannot start a user id that passed validation (ids are non-empty text).
+CHECKPOINT_KEY = b"\x00checkpoint"
+
 
 def changelog_topic(group_id: str) -> str:
     return f"{group_id}.sessions-changelog"
@@ -65,6 +69,10 @@ def ensure_changelog(
             raise BrokerError(f"cannot create changelog {topic}: {exc}") from exc
 
 
+def checkpoint_value(next_offset: int) -> bytes:
+    return str(next_offset).encode()
+
+
 def restore_partitions(
     settings: KafkaSettings,
     topic: str,
@@ -73,8 +81,15 @@ def restore_partitions(
     index_of: Any,
     log: Any,
     timeout_s: float = 120.0,
+    committed: dict[int, int] | None = None,
 ) -> int:
     """Read the changelog partitions to their end and install their sessions; return how many.
+
+    ``committed`` gives, per partition, the group's committed input offset: the restore goes on
+    until the changelog's checkpoint record (written with every batch, in the same transaction
+    as the batch's offsets) has caught up with it. A transaction's commit markers reach the
+    partitions a moment after the commit returns; reading "to the end" alone could stop just
+    before the previous owner's last batch.
 
     Raises:
         BrokerError: the end was not reached within ``timeout_s``.
@@ -96,6 +111,9 @@ def restore_partitions(
     restored: dict[str, Any] = {}
     try:
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])  # 0 = from the start
+        at_end: set[int] = set()
+        seen_checkpoint = {p: -1 for p in partitions}
+        want = {p: (committed or {}).get(p, -1) for p in partitions}
         pending = set(partitions)
         while pending:
             if time.monotonic() - started > timeout_s:
@@ -106,9 +124,13 @@ def restore_partitions(
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
+                        at_end.add(msg.partition())
                         continue
                     raise BrokerError(f"restoring {topic}: {err.name()}: {err.str()}")
+                at_end.discard(msg.partition())
+                if msg.key() == CHECKPOINT_KEY:
+                    seen_checkpoint[msg.partition()] = int(msg.value() or b"-1")
+                    continue
                 user = msg.key().decode("utf-8")
                 if msg.value() is None:
                     restored[user] = None
@@ -119,6 +141,7 @@ def restore_partitions(
                     log.warning(
                         "changelog_record_unreadable", user_hash=hash(user) & 0xFFFF, error=str(exc)
                     )
+            pending = {p for p in pending if not (p in at_end and seen_checkpoint[p] >= want[p])}
     finally:
         consumer.close()
     installed = 0
