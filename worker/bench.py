@@ -1002,6 +1002,39 @@ class Bench:
             delete_topics(self.bootstrap, names)
 
 
+@contextlib.contextmanager
+def topics_visible_on_create(module: Any):
+    """Make a peer driver's ``create_topics`` wait until the new topics' metadata is visible.
+
+    The drivers create their output topic and read its partition count right away; on a busy
+    broker the metadata can lag (``topic ... does not exist``). Until ``bench.peers.workload``
+    waits itself, this wraps the function the driver module imported, for the duration of a call.
+    """
+    from bench.peers.workload import partition_count
+
+    original = module.create_topics
+
+    def create_and_wait(bootstrap: str, topics: dict[str, Any], *a: Any, **kw: Any) -> None:
+        original(bootstrap, topics, *a, **kw)
+        deadline = time.monotonic() + 30
+        for name, (partitions, _) in topics.items():
+            while True:
+                try:
+                    if partition_count(bootstrap, name) >= partitions:
+                        break
+                except RuntimeError:
+                    pass
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+
+    module.create_topics = create_and_wait
+    try:
+        yield
+    finally:
+        module.create_topics = original
+
+
 def stream_events(settings: Any, n: int) -> list[dict[str, Any]]:
     """The first ``n`` browsing events of the simulator's live stream, each once, in order."""
     from worker.simulate import LIVE_START_MS, build
@@ -1480,9 +1513,17 @@ def run(args: argparse.Namespace, log: Any) -> int:
         if "peers" in phases and not args.skip_peers:
             env_root = (args.env_root or work_dir / "envs").resolve()
             r["peers"] = {}
-            for name, fn in (("mlserver", bench.run_mlserver), ("quix", bench.run_quix)):
+            import bench.peers.run_mlserver as mlserver_driver
+            import bench.peers.run_quix as quix_driver
+
+            drivers = (
+                ("mlserver", bench.run_mlserver, mlserver_driver),
+                ("quix", bench.run_quix, quix_driver),
+            )
+            for name, fn, driver in drivers:
                 try:
-                    r["peers"][name] = fn(env_root)
+                    with topics_visible_on_create(driver):
+                        r["peers"][name] = fn(env_root)
                 except Exception as exc:  # one peer failing still reports everything else
                     failures.append(f"{name}: {type(exc).__name__}: {exc}")
                     r["peers"][name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}

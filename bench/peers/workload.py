@@ -67,17 +67,13 @@ def simulated_events(
     """The first ``n_events`` browsing events (BrowsingEvent record dicts) of the live stream."""
     _, simulator = build(settings or SimulatorSettings())
     events: list[dict[str, Any]] = []
-    span_ms = 3_600_000
-    while len(events) < n_events:
-        for kind, record in simulator.records(start_ms, start_ms + span_ms):
-            if kind == "event":
-                events.append(record)
-                if len(events) == n_events:
-                    break
-        span_ms *= 4  # records() restarts from start_ms; a longer span only adds at the end
-        if span_ms > 400 * 86_400_000:
-            raise RuntimeError(f"the simulator produced only {len(events)} events")
-    return events
+    # One stream over a long range: records() yields in time order and stops when asked.
+    for kind, record in simulator.records(start_ms, start_ms + 400 * 86_400_000):
+        if kind == "event":
+            events.append(record)
+            if len(events) == n_events:
+                return events
+    raise RuntimeError(f"the simulator produced only {len(events)} events")
 
 
 def build_feature_matrices(
@@ -131,6 +127,16 @@ def create_topics(
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise RuntimeError(f"cannot create topic {name}: {exc}") from exc
+    # A busy broker answers metadata for a new topic a moment after creating it.
+    deadline = time.monotonic() + timeout_s
+    missing = set(topics)
+    while missing and time.monotonic() < deadline:
+        known = admin.list_topics(timeout=5).topics
+        missing = {n for n in missing if n not in known or known[n].error is not None}
+        if missing:
+            time.sleep(0.2)
+    if missing:
+        raise RuntimeError(f"topics {sorted(missing)} not visible after {timeout_s:.0f} s")
 
 
 def delete_topics(bootstrap: str, names: Iterable[str], timeout_s: float = 30.0) -> None:
