@@ -8,6 +8,7 @@ website's session id last changed or since 30 minutes of inactivity. The store k
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -23,9 +24,11 @@ class Session:
     last_ms: int
     n_events: int = 0
     n_carts: int = 0
-    items: list[int] = field(default_factory=list)
-    types: list[int] = field(default_factory=list)
-    times_ms: list[int] = field(default_factory=list)
+    # Typed arrays, not lists: about 200 bytes less per user than lists of int objects, which
+    # matters with a million active users (numpy reads them through the buffer protocol).
+    items: array[int] = field(default_factory=lambda: array("i"))
+    types: array[int] = field(default_factory=lambda: array("b"))
+    times_ms: array[int] = field(default_factory=lambda: array("q"))
     prev_ms: int = -1  # time of the event before the last one, -1 if none
     partition: int = -1  # input partition of the user's events (to drop them on revocation)
     offset: int = -1  # input offset of the last event recorded (redelivered events are skipped)

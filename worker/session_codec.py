@@ -8,6 +8,7 @@ catalogue are dropped from the restored history. The format is JSON with short k
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Callable
 
 from worker.errors import DataError
@@ -30,8 +31,8 @@ def encode_session(session: Session, product_id_of: Callable[[int], str]) -> byt
             "part": session.partition,
             "off": session.offset,
             "items": [product_id_of(i) for i in session.items],
-            "types": session.types,
-            "times": session.times_ms,
+            "types": list(session.types),
+            "times": list(session.times_ms),
         },
         separators=(",", ":"),
     ).encode()
@@ -60,9 +61,9 @@ def decode_session(payload: bytes, index_of: Callable[[str], int | None]) -> Ses
             last_ms=int(d["last"]),
             n_events=int(d["n"]),
             n_carts=int(d["carts"]),
-            items=items,
-            types=types,
-            times_ms=times,
+            items=array("i", items),
+            types=array("b", types),
+            times_ms=array("q", times),
             prev_ms=int(d["prev"]),
             partition=int(d["part"]),
             offset=int(d["off"]),

@@ -21,9 +21,9 @@ def test_history_keeps_only_the_last_interactions_oldest_first() -> None:
     store = SessionStore(history=3)
     for i in range(5):
         session = store.record("u", "s1", 10 + i, ADD_TO_CART if i == 1 else VIEW, T0 + i, i == 1)
-    assert session.items == [12, 13, 14]
-    assert session.types == [VIEW, VIEW, VIEW]
-    assert session.times_ms == [T0 + 2, T0 + 3, T0 + 4]
+    assert list(session.items) == [12, 13, 14]
+    assert list(session.types) == [VIEW, VIEW, VIEW]
+    assert list(session.times_ms) == [T0 + 2, T0 + 3, T0 + 4]
     assert session.n_events == 5
     assert session.n_carts == 1  # the cart event fell out of the history but still counts
 
@@ -38,8 +38,8 @@ def test_events_of_one_session_accumulate() -> None:
     assert session.last_ms == T0 + 2 * MIN_MS
     assert session.prev_ms == T0 + MIN_MS
     assert session.n_events == 3 and session.n_carts == 1
-    assert session.items == [1, 2, 2]
-    assert session.types == [VIEW, ADD_TO_CART, REMOVE_FROM_CART]
+    assert list(session.items) == [1, 2, 2]
+    assert list(session.types) == [VIEW, ADD_TO_CART, REMOVE_FROM_CART]
 
 
 def test_first_event_of_a_session_has_no_previous_time() -> None:
@@ -54,7 +54,7 @@ def test_new_session_when_the_session_id_changes() -> None:
     view(store, "u", 2, T0 + 500)
     session = view(store, "u", 3, T0 + 1000, session_id="s2")
     assert session.session_id == "s2"
-    assert session.items == [3]
+    assert list(session.items) == [3]
     assert session.n_events == 1
     assert session.start_ms == T0 + 1000
     assert session.prev_ms == -1
@@ -66,9 +66,9 @@ def test_new_session_after_more_than_30_minutes_of_inactivity() -> None:
     store = SessionStore()
     view(store, "u", 1, T0)
     same = view(store, "u", 2, T0 + SESSION_GAP_MS)
-    assert same.items == [1, 2] and same.start_ms == T0
+    assert list(same.items) == [1, 2] and same.start_ms == T0
     fresh = view(store, "u", 3, T0 + 2 * SESSION_GAP_MS + 1)
-    assert fresh.items == [3]
+    assert list(fresh.items) == [3]
     assert fresh.start_ms == T0 + 2 * SESSION_GAP_MS + 1
     assert fresh.n_events == 1
 
@@ -77,7 +77,7 @@ def test_custom_session_gap_is_honoured() -> None:
     """session_gap_ms is configurable."""
     store = SessionStore(session_gap_ms=1000)
     view(store, "u", 1, T0)
-    assert view(store, "u", 2, T0 + 1001).items == [2]
+    assert list(view(store, "u", 2, T0 + 1001).items) == [2]
 
 
 def test_late_event_stays_in_the_session_and_does_not_move_last_time_back() -> None:
@@ -85,7 +85,7 @@ def test_late_event_stays_in_the_session_and_does_not_move_last_time_back() -> N
     store = SessionStore()
     view(store, "u", 1, T0 + 10 * MIN_MS)
     session = view(store, "u", 2, T0)
-    assert session.items == [1, 2]
+    assert list(session.items) == [1, 2]
     assert session.last_ms == T0 + 10 * MIN_MS
 
 
