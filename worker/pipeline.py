@@ -43,8 +43,7 @@ def advance_sessions(
     """
     n_events = len(events)
     history = sessions.history
-    items_out = np.full((n_events, history), -1, dtype=np.int32)
-    types_out = np.full((n_events, history), -1, dtype=np.int8)
+    codes_out = np.full((n_events, history), -1, dtype=np.int32)
     times_out = np.zeros((n_events, history), dtype=np.int64)
     start = np.empty(n_events, dtype=np.int64)
     n_ev = np.empty(n_events, dtype=np.int32)
@@ -66,17 +65,16 @@ def advance_sessions(
             partition,
             offset,
         )
-        length = len(session.items)
-        items_out[row, :length] = session.items[::-1]
-        types_out[row, :length] = session.types[::-1]
+        length = len(session.codes)
+        codes_out[row, :length] = session.codes[::-1]
         times_out[row, :length] = session.times_ms[::-1]
         start[row] = session.start_ms
         n_ev[row] = session.n_events
         n_carts[row] = session.n_carts
         prev[row] = session.prev_ms
     return SessionBatch(
-        items=items_out,
-        types=types_out,
+        items=np.where(codes_out >= 0, codes_out >> 2, -1).astype(np.int32),
+        types=np.where(codes_out >= 0, codes_out & 3, -1).astype(np.int8),
         times_ms=times_out,
         current_item=np.asarray(items, dtype=np.int32),
         current_type=np.fromiter((e.event_type for e in events), dtype=np.int8, count=n_events),

@@ -30,8 +30,8 @@ def encode_session(session: Session, product_id_of: Callable[[int], str]) -> byt
             "carts": session.n_carts,
             "part": session.partition,
             "off": session.offset,
-            "items": [product_id_of(i) for i in session.items],
-            "types": list(session.types),
+            "items": [product_id_of(c >> 2) for c in session.codes],
+            "types": [c & 3 for c in session.codes],
             "times": list(session.times_ms),
         },
         separators=(",", ":"),
@@ -48,12 +48,11 @@ def decode_session(payload: bytes, index_of: Callable[[str], int | None]) -> Ses
         d = json.loads(payload)
         if d.get("v") != FORMAT_VERSION:
             raise DataError(f"session format {d.get('v')!r}, expected {FORMAT_VERSION}")
-        items, types, times = [], [], []
+        codes, times = [], []
         for pid, t, ts in zip(d["items"], d["types"], d["times"], strict=True):
             index = index_of(pid)
             if index is not None:
-                items.append(index)
-                types.append(int(t))
+                codes.append(index * 4 + int(t))
                 times.append(int(ts))
         return Session(
             session_id=d["sid"],
@@ -61,8 +60,7 @@ def decode_session(payload: bytes, index_of: Callable[[str], int | None]) -> Ses
             last_ms=int(d["last"]),
             n_events=int(d["n"]),
             n_carts=int(d["carts"]),
-            items=array("i", items),
-            types=array("b", types),
+            codes=array("i", codes),
             times_ms=array("q", times),
             prev_ms=int(d["prev"]),
             partition=int(d["part"]),
