@@ -591,7 +591,7 @@ class _SilentLog:
 def format_table(results: list[ScenarioResult]) -> str:
     head = (
         f"{'scenario':<9}{'mode':<15}{'produced':>9}{'answered':>9}{'missing':>8}{'dups':>6}"
-        f"{'dup bound':>10}{'DLQ':>5}{'order':>6}{'faults':>7}  {'recovery s':<22}"
+        f"{'dup bound':>10}{'DLQ':>5}{'order':>6}{'faults':>7}  {'recovery s':<30}"
         f"{'identical':<10}{'secs':>6}{'RSS MB':>7}  result"
     )
     lines = [head, "-" * len(head)]
@@ -601,7 +601,7 @@ def format_table(results: list[ScenarioResult]) -> str:
         lines.append(
             f"{r.scenario:<9}{r.mode:<15}{r.produced:>9,}{r.answered:>9,}{r.missing:>8}"
             f"{r.duplicates:>6}{bound:>10}{r.dead_lettered:>5}{r.order_violations:>6}"
-            f"{r.faults:>7}  {rec:<22}{r.identical:<10}{r.seconds:>6.0f}{r.peak_rss_mb:>7.0f}  "
+            f"{r.faults:>7}  {rec:<30}{r.identical:<10}{r.seconds:>6.0f}{r.peak_rss_mb:>7.0f}  "
             f"{'PASS' if r.passed else 'FAIL'}"
             + (" (" + "; ".join(r.failures + r.notes) + ")" if r.failures or r.notes else "")
         )
