@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -103,17 +102,6 @@ class ScenarioResult:
         return not self.failures
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 class Broker:
     """The broker under test: the project's local launcher (restartable) or an external one."""
 
@@ -123,7 +111,7 @@ class Broker:
         self._lk = localkafka
         self.external = bootstrap is not None
         if bootstrap is None:
-            port, controller = _free_ports(2)
+            port, controller = localkafka.free_ports(2)
             self.cfg = localkafka.LocalKafkaConfig(home=home, port=port, controller_port=controller)
             self.bootstrap = localkafka.start(self.cfg)
         else:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from itertools import pairwise
@@ -51,14 +50,12 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _ONE_MS = dt.timedelta(milliseconds=1)
 
 
-def schemas_dir() -> Path:
-    """Directory of the ``.avsc`` files: ``$WORKER_SCHEMAS_DIR``, else the repo's ``schemas/``."""
-    override = os.environ.get("WORKER_SCHEMAS_DIR")
-    return Path(override) if override else Path(__file__).resolve().parents[1] / "schemas"
+from worker.codec import schemas_dir  # noqa: E402  (one place decides where schemas live)
 
 
 def load_schema(name: str) -> dict:
-    """Parsed Avro schema ``<name>.avsc`` (e.g. ``"browsing_event"``)."""
+    """Parsed Avro schema ``<name>.avsc`` (e.g. ``"browsing_event"``), found where the codec
+    finds schemas (:func:`worker.codec.schemas_dir`)."""
     with open(schemas_dir() / f"{name}.avsc", encoding="utf-8") as f:
         return fastavro.parse_schema(json.load(f))
 

@@ -143,12 +143,6 @@ class Recommender:
         self.n_candidates = n_candidates
         self.k = top_k
 
-    def item_indices(self, events: Sequence[BrowsingEvent]) -> np.ndarray:
-        """Catalogue indices of the events' products. Raises UnknownProductError."""
-        return np.fromiter(
-            (self.tables.index_of(e.product_id) for e in events), dtype=np.int32, count=len(events)
-        )
-
     def recommend(
         self,
         events: Sequence[BrowsingEvent],

@@ -25,17 +25,14 @@ from worker.codec import codec_for, load_schema
 from worker.config import KafkaSettings
 from worker.kafka.admin import ensure_topics
 from worker.kafka.dead_letter import header_map
+from worker.localkafka import free_ports
 from worker.simulate import LIVE_START_MS, build
 
 pytestmark = pytest.mark.kafka
 
 
 def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def wait_ready(port: int, timeout_s: float = 60.0) -> bool:

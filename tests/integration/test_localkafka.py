@@ -6,7 +6,6 @@ broker. A broker that cannot start fails the test: nothing here is skipped.
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,20 +16,9 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from worker import localkafka
-from worker.localkafka import LocalKafkaConfig
+from worker.localkafka import LocalKafkaConfig, free_ports
 
 pytestmark = pytest.mark.kafka
-
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def make_cfg(home: Path, **kwargs: object) -> LocalKafkaConfig:

@@ -186,10 +186,6 @@ class TransactionalCheckpoint(Checkpoint):
     def _new_producer(self) -> Producer:
         return self._init(self._producer_factory())
 
-    @property
-    def producer(self) -> Producer:
-        return self._producer
-
     def begin(self) -> None:
         if not self._open:
             self._producer.begin_transaction()
