@@ -127,6 +127,10 @@ class WorkerSettings:
     max_event_bytes: int = 64 * 1024
     max_sessions: int = 2_000_000
     session_idle_ttl_s: float = 3600.0
+    #: Bound on records fetched ahead of the loop (librdkafka ``queued.max.messages.kbytes``).
+    fetch_buffer_mb: int = 16
+    #: Bound on outputs queued for the broker (librdkafka ``queue.buffering.max.kbytes``).
+    produce_buffer_mb: int = 32
     shutdown_timeout_s: float = 30.0
     metrics_port: int = 9100
     schema_registry_url: str | None = None
@@ -141,6 +145,8 @@ class WorkerSettings:
             raise ConfigError("need 0 < top_k <= n_candidates")
         if self.max_batch_size <= 0 or self.max_batch_wait_ms < 0:
             raise ConfigError("max_batch_size must be positive and max_batch_wait_ms >= 0")
+        if self.fetch_buffer_mb < 1 or self.produce_buffer_mb < 1:
+            raise ConfigError("fetch_buffer_mb and produce_buffer_mb must be at least 1")
 
 
 @dataclass(frozen=True)

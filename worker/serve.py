@@ -123,6 +123,8 @@ class Worker:
                 "transaction.timeout.ms": 60000,
             }
 
+        producer_overrides["queue.buffering.max.kbytes"] = settings.produce_buffer_mb * 1024
+
         def new_producer() -> Any:
             return make_producer(kafka, self.log, **producer_overrides)
 
@@ -133,6 +135,8 @@ class Worker:
             auto_commit=not settings.exactly_once,
             **{
                 "partition.assignment.strategy": "cooperative-sticky",
+                "queued.max.messages.kbytes": settings.fetch_buffer_mb * 1024,
+                "fetch.max.bytes": settings.fetch_buffer_mb * 1024 * 1024,
                 "statistics.interval.ms": 5000,
                 "stats_cb": self._on_stats,
             },

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import structlog
 
 from worker.config import (
     KafkaSettings,
@@ -250,9 +251,34 @@ def test_client_config_pass_through_wins_over_role_defaults() -> None:
         {"top_k": 60, "n_candidates": 50},
         {"max_batch_size": 0},
         {"max_batch_wait_ms": -1},
+        {"fetch_buffer_mb": 0},
+        {"produce_buffer_mb": 0},
     ],
 )
 def test_invalid_worker_settings_are_config_errors(kwargs: dict) -> None:
     """Settings that cannot work fail fast with ConfigError."""
     with pytest.raises(ConfigError):
         WorkerSettings(kafka=KafkaSettings(), topics=TopicSettings(), **kwargs)
+
+
+def test_client_buffers_are_bounded_by_the_project_not_librdkafka_defaults(monkeypatch) -> None:
+    """The consumer's fetch-ahead queue and the producer's output queue have explicit bounds
+    (librdkafka's defaults are 64 MiB + one 50 MiB fetch, and 1 GiB); role overrides (the
+    worker's --fetch-buffer-mb / --produce-buffer-mb) and pass-through properties replace them."""
+    from worker.kafka import clients
+
+    seen: list[dict] = []
+    monkeypatch.setattr(clients, "Consumer", lambda config: seen.append(config))
+    monkeypatch.setattr(clients, "Producer", lambda config: seen.append(config))
+    log = structlog.get_logger()
+    clients.make_consumer(KafkaSettings(), "g", log)
+    clients.make_producer(KafkaSettings(), log)
+    consumer, producer = seen
+    assert consumer["queued.max.messages.kbytes"] == 16 * 1024
+    assert consumer["fetch.max.bytes"] == 16 * 1024 * 1024
+    assert producer["queue.buffering.max.kbytes"] == 32 * 1024
+    seen.clear()
+    clients.make_consumer(KafkaSettings(), "g", log, **{"queued.max.messages.kbytes": 4096})
+    clients.make_producer(KafkaSettings("b:1", {"queue.buffering.max.kbytes": "2048"}), log)
+    assert seen[0]["queued.max.messages.kbytes"] == 4096
+    assert seen[1]["queue.buffering.max.kbytes"] == "2048"

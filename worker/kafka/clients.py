@@ -63,8 +63,10 @@ def make_producer(settings: KafkaSettings, log: Any, **overrides: Any) -> Produc
             "linger.ms": 5,
             "compression.type": "lz4",
             "batch.num.messages": 10000,
+            # The worker flushes after every batch, so this only has to hold one batch's
+            # outputs; when it is full, produce() waits (see Checkpoint.produce).
             "queue.buffering.max.messages": 200000,
-            "queue.buffering.max.kbytes": 262144,
+            "queue.buffering.max.kbytes": 32 * 1024,
             # 0 = wait for the broker however long it is away (the worker fetches nothing
             # meanwhile); transactional producers are bounded by transaction.timeout.ms instead.
             "message.timeout.ms": 0,
@@ -107,6 +109,11 @@ def make_consumer(
             "max.poll.interval.ms": 120000,
             "fetch.min.bytes": 1,
             "fetch.wait.max.ms": 50,
+            # Records fetched ahead of the application are bounded (librdkafka's default is
+            # 64 MiB, and one fetch response may add fetch.max.bytes on top): a backlog stays in
+            # Kafka, not in this process.
+            "queued.max.messages.kbytes": 16 * 1024,
+            "fetch.max.bytes": 16 * 1024 * 1024,
             "auto.commit.interval.ms": 1000,
             "statistics.interval.ms": 0,
             **overrides,
