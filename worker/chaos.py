@@ -18,10 +18,26 @@ restart the broker; workers must ride it out without restarting), ``scale`` (1 -
 workers), ``sigterm`` (SIGTERM every worker at once, then restart them), ``mixed`` (all of them).
 Recovery time of a fault: from the fault until every input event that existed when it struck is
 answered and committed, on every partition.
+
+Bounds (memory is sampled from ``/proc`` twice a second for every worker process):
+
+* ``freeze``: the broker is frozen (SIGSTOP) for ``fault_s`` seconds while input keeps coming
+  (it queues in the input producer), then thawed: the broker is unreachable yet its connections
+  stay open, the hardest case for timeouts;
+* ``slow``: the workers' produce rate is throttled by a broker client quota to a small fraction
+  of the input rate for ``fault_s`` seconds: the output topic is slow and a backlog builds;
+* ``soak``: no fault, the whole input at the steady rate, idle sessions expiring as event time
+  advances.
+
+For these, worker memory must stay bounded: during the fault and the catch-up after it, no
+worker's RSS may grow by more than its fetch and produce buffers plus ``MEMORY_SLACK_MB`` over
+its RSS when the fault struck (the backlog stays in Kafka), and in a soak the RSS of the last
+half of the run may not exceed the first half's peak by more than ``MEMORY_SLACK_MB``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -43,16 +59,44 @@ from worker.config import KafkaSettings, TopicSettings
 from worker.kafka.admin import ensure_topics
 from worker.simulate import LIVE_START_MS, SimulatorSettings, build, corrupt
 
-SCENARIOS = ("kill9", "broker", "scale", "sigterm", "mixed")
+SCENARIOS = ("kill9", "broker", "scale", "sigterm", "mixed", "freeze", "slow", "soak")
 #: Shortest input production time per scenario, so its faults (each takes ~10 s to recover
 #: from a kill -9: the group's session timeout) fall mid-stream even on a small input.
 MIN_DURATION_S = {"kill9": 45.0, "broker": 30.0, "scale": 30.0, "sigterm": 25.0, "mixed": 90.0}
+#: Default length of a broker freeze or an output throttle.
+DEFAULT_FAULT_S = 30.0
+#: Produce quota on the workers during ``slow``: about a tenth of what 2,000 events/s need.
+SLOW_PRODUCE_BYTES_PER_S = 32 * 1024
+#: Worker buffers (``worker run`` defaults, MiB) and the allowance for everything else
+#: (interpreter arenas, a batch in flight, librdkafka's own buffers).
+FETCH_BUFFER_MB, PRODUCE_BUFFER_MB, MEMORY_SLACK_MB = 16, 32, 64
 #: Input events per second of the full run, below what two workers answer, so lag stays small
 #: and the faults, not a backlog, shape the run.
 DEFAULT_RATE = 2000.0
 MODES = ("at-least-once", "exactly-once")
 CORRUPT_EVERY = 1000
 PARTITIONS = 12
+
+
+@dataclass
+class MemoryWindow:
+    """Largest worker RSS (MiB) around one fault, or over the halves of a soak."""
+
+    label: str
+    before_mb: float  # at the fault (the 5 s before it); soak: peak of the first half
+    during_mb: float  # while the fault lasted; soak: peak of the last half
+    after_mb: float  # from the fault's end until recovered; soak: at the end
+    allowed_growth_mb: float
+    backlog: int = -1  # input events waiting in Kafka when the fault ended (-1: not measured)
+    backlog_before: int = -1  # ... when it struck
+
+    @property
+    def growth_mb(self) -> float:
+        return max(self.during_mb, self.after_mb) - self.before_mb
+
+    @property
+    def bounded(self) -> bool:
+        return self.growth_mb <= self.allowed_growth_mb
 
 
 @dataclass
@@ -74,6 +118,9 @@ class ScenarioResult:
     worker_restarts_needed: int = 0
     peak_rss_mb: float = 0.0
     seconds: float = 0.0
+    memory: list[MemoryWindow] = field(default_factory=list)
+    sessions_peak: int = -1  # most sessions one worker held (from its progress log lines)
+    users: int = 0  # distinct users in the input
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -95,6 +142,12 @@ class ScenarioResult:
             out.append(f"{self.duplicates} duplicates above the in-flight bound")
         if self.worker_restarts_needed:
             out.append(f"{self.worker_restarts_needed} worker exits not caused by the harness")
+        for w in self.memory:
+            if not w.bounded:
+                out.append(
+                    f"{w.label}: worker RSS grew {w.growth_mb:.0f} MiB "
+                    f"(allowed {w.allowed_growth_mb:.0f})"
+                )
         return out
 
     @property
@@ -123,6 +176,33 @@ class Broker:
         self._lk.stop(self.cfg)
         time.sleep(down_s)
         self._lk.start(self.cfg)
+
+    def freeze(self, seconds: float) -> None:
+        """SIGSTOP the broker for ``seconds``: unreachable, its connections left open."""
+        assert self.cfg is not None
+        pid = int(self._lk.status(self.cfg)["pid"])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    def throttle(self, client_id: str, produce_bytes_per_s: int | None) -> None:
+        """Set (or with None remove) a produce quota for ``client_id``, with the broker's own
+        ``kafka-configs`` tool (client quotas are not in librdkafka's admin API)."""
+        assert self.cfg is not None
+        libs = self._lk.resolve_classpath(self.cfg)
+        change = (
+            ["--add-config", f"producer_byte_rate={produce_bytes_per_s}"]
+            if produce_bytes_per_s
+            else ["--delete-config", "producer_byte_rate"]
+        )
+        cmd = [self._lk.find_java(), "-Xmx128m", "-cp", f"{libs}/*", "kafka.admin.ConfigCommand"]
+        cmd += ["--bootstrap-server", self.bootstrap, "--alter", "--entity-type", "clients"]
+        cmd += ["--entity-name", client_id, *change]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"kafka-configs failed: {(done.stdout + done.stderr)[-2000:]}")
 
     def close(self) -> None:
         if self.cfg is not None:
@@ -257,6 +337,31 @@ class Group:
                 self.unexpected_exits += 1
                 del self.procs[slot]
 
+    def rss_mb(self) -> list[float]:
+        """Current resident set (VmRSS) of each live worker process, in MiB."""
+        out = []
+        for proc in list(self.procs.values()):
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    out.append(int(line.split()[1]) / 1024)
+        return out
+
+    def sessions_peak(self) -> int:
+        """Most sessions one worker reported holding (its ``worker_progress`` log lines)."""
+        peak = -1
+        for path in self.log_dir.glob("worker*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if '"worker_progress"' in line:
+                    try:
+                        peak = max(peak, int(json.loads(line)["sessions"]))
+                    except (ValueError, KeyError):
+                        continue
+        return peak
+
     def peak_rss_mb(self) -> float:
         """Largest peak resident set (VmHWM) among the live worker processes, in MiB."""
         peak = 0.0
@@ -272,6 +377,38 @@ class Group:
 
     def stop_all(self) -> None:
         self.sigterm(self.live_slots())
+
+
+class RssSampler:
+    """Largest worker RSS, sampled every ``interval_s`` in a background thread."""
+
+    def __init__(self, group: Group, interval_s: float = 0.5) -> None:
+        self.samples: list[tuple[float, float]] = []  # (monotonic time, MiB)
+        self._group, self._interval = group, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            rss = self._group.rss_mb()
+            if rss:
+                self.samples.append((time.monotonic(), max(rss)))
+
+    def peak(self, t0: float, t1: float) -> float:
+        """Largest sample in [t0, t1] (or the last one before t0 if none fell inside)."""
+        inside = [mb for t, mb in self.samples if t0 <= t <= t1]
+        if inside:
+            return max(inside)
+        before = [mb for t, mb in self.samples if t < t0]
+        return before[-1] if before else float("nan")
+
+    def last(self) -> float:
+        return self.samples[-1][1] if self.samples else float("nan")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 class Progress:
@@ -301,6 +438,16 @@ class Progress:
             ]
         except Exception:  # broker down
             return []
+
+    def backlog(self, timeout_s: float = 15.0) -> int:
+        """Input events not yet committed by the group (-1 if the broker does not answer)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ends, committed = self.ends(), self.committed()
+            if ends and committed:
+                return sum(ends) - sum(committed)
+            time.sleep(0.5)
+        return -1
 
     def fraction(self, committed: list[int]) -> float:
         return sum(committed) / self.total if committed and self.total else 0.0
@@ -427,6 +574,7 @@ def run_scenario(
     mode: str,
     *,
     rate: float = DEFAULT_RATE,
+    fault_s: float = DEFAULT_FAULT_S,
     broker: Broker,
     events: list[dict[str, Any]],
     models_dir: Path,
@@ -446,7 +594,11 @@ def run_scenario(
     kafka = KafkaSettings(broker.bootstrap)
     ensure_topics(kafka, topics, _SilentLog())
     result = ScenarioResult(scenario, mode, produced=len(events))
-    duration_s = 0.0 if scenario == "none" else max(MIN_DURATION_S[scenario], len(events) / rate)
+    result.users = len({e["user_id"] for e in events})
+    # A freeze or throttle starts at 30% of the input and ends well before the input does.
+    shortest = {**MIN_DURATION_S, "freeze": 2 * fault_s + 10, "slow": 2 * fault_s + 10}
+    shortest["soak"] = 30.0
+    duration_s = 0.0 if scenario == "none" else max(shortest[scenario], len(events) / rate)
     produced: list[int] = []
     feeder = threading.Thread(
         target=lambda: produced.append(
@@ -460,11 +612,20 @@ def run_scenario(
     }
     log_dir = work_dir / run
     log_dir.mkdir(parents=True, exist_ok=True)
-    group = Group(broker.bootstrap, topics, f"chaos-{run}", models_dir, exactly_once, log_dir, [])
+    client_id = f"chaos-{run}"  # the workers' client.id: the entity the ``slow`` quota names
+    group = Group(
+        broker.bootstrap,
+        topics,
+        f"chaos-{run}",
+        models_dir,
+        exactly_once,
+        log_dir,
+        ["-X", f"client.id={client_id}"],
+    )
     progress = Progress(broker.bootstrap, topics.events, group.group, topics.partitions)
     progress.total = len(events)
 
-    def fault(name: str, action: Callable[[], None]) -> None:
+    def fault(name: str, action: Callable[[], None], watch_memory: bool = False) -> None:
         at = progress.committed()
         ends_at = progress.ends()
         # In flight: answered (suggestion or dead letter written) but not yet committed, plus
@@ -475,17 +636,39 @@ def run_scenario(
         )
         in_flight = max(0, answered - sum(at)) + 2 * 500 * len(group.live_slots())
         result.duplicate_bound += in_flight
+        backlog_before = progress.backlog() if watch_memory else -1
         t0 = time.monotonic()
         action()
+        t_end = time.monotonic()
+        backlog = progress.backlog() if watch_memory else -1
         result.faults += 1
         recovery = _wait_recovered(progress, at, ends_at, t0)
         result.recovery_s.append(round(recovery, 1))
         log(f"  {run}: {name} at {progress.fraction(at):.0%} -> recovered in {recovery:.1f} s")
+        if watch_memory:
+            # The catch-up window spans the recovery, and at least 5 s of samples.
+            time.sleep(max(0.0, t_end + 5.0 - time.monotonic()))
+            window = MemoryWindow(
+                name,
+                before_mb=sampler.peak(t0 - 5, t0),
+                during_mb=sampler.peak(t0, t_end),
+                after_mb=sampler.peak(t_end, time.monotonic()),
+                allowed_growth_mb=FETCH_BUFFER_MB + PRODUCE_BUFFER_MB + MEMORY_SLACK_MB,
+                backlog=backlog,
+                backlog_before=backlog_before,
+            )
+            result.memory.append(window)
+            log(
+                f"  {run}: worker RSS {window.before_mb:.0f} MiB at the fault, "
+                f"{window.during_mb:.0f} during, {window.after_mb:.0f} catching up "
+                f"{backlog:,} backlogged events"
+            )
 
     started = time.monotonic()
     initial = 1 if scenario == "scale" else 2
     for slot in range(initial):
         group.start(slot)
+    sampler = RssSampler(group)
     try:
         plan = _plan(scenario)
         started = time.monotonic()
@@ -521,13 +704,44 @@ def run_scenario(
                         group.start(s)
 
                 fault("SIGTERM all", all_and_back)
+            elif name == "freeze":
+                if broker.external:
+                    result.notes.append("broker freeze not run: external cluster")
+                    continue
+                fault(f"broker frozen {fault_s:g} s", lambda: broker.freeze(fault_s), True)
+            elif name == "slow":
+                if broker.external:
+                    result.notes.append("output throttle not run: external cluster")
+                    continue
+
+                def throttled() -> None:
+                    broker.throttle(client_id, SLOW_PRODUCE_BYTES_PER_S)
+                    try:
+                        time.sleep(fault_s)
+                    finally:
+                        broker.throttle(client_id, None)
+
+                fault(f"output throttled {fault_s:g} s", throttled, True)
         feeder.join()
         _wait_fraction(progress, group, 1.0)
         result.peak_rss_mb = round(group.peak_rss_mb())
+        if scenario == "soak":
+            middle = (started + time.monotonic()) / 2
+            result.memory.append(
+                MemoryWindow(
+                    "soak",
+                    before_mb=sampler.peak(started, middle),
+                    during_mb=sampler.peak(middle, time.monotonic()),
+                    after_mb=sampler.last(),
+                    allowed_growth_mb=MEMORY_SLACK_MB,
+                )
+            )
     finally:
+        sampler.stop()
         group.check_unexpected_exits()
         group.stop_all()
         progress.close()
+    result.sessions_peak = group.sessions_peak()
     result.worker_restarts_needed = group.unexpected_exits
     result.bad_sent = produced[0] if produced else -1
     result.seconds = round(time.monotonic() - started, 1)
@@ -567,6 +781,9 @@ def _plan(scenario: str) -> list[tuple[float, str]]:
             (0.75, "sigterm"),
             (0.85, "kill9"),
         ],
+        "freeze": [(0.3, "freeze")],
+        "slow": [(0.3, "slow")],
+        "soak": [],
         "none": [],
     }[scenario]
 
@@ -596,12 +813,31 @@ def format_table(results: list[ScenarioResult]) -> str:
     return "\n".join(lines)
 
 
+def format_memory(results: list[ScenarioResult]) -> str:
+    """Worker memory around each freeze/throttle and over each soak (empty if none ran)."""
+    head = (
+        f"{'scenario':<9}{'mode':<15}{'window':<26}{'RSS before':>11}{'during':>8}"
+        f"{'after':>8}{'growth':>8}{'allowed':>8}{'backlog':>9}{'sessions':>10}{'users':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        for w in r.memory:
+            backlog = f"{w.backlog:,}" if w.backlog >= 0 else "-"
+            lines.append(
+                f"{r.scenario:<9}{r.mode:<15}{w.label:<26}{w.before_mb:>11.0f}{w.during_mb:>8.0f}"
+                f"{w.after_mb:>8.0f}{w.growth_mb:>8.0f}{w.allowed_growth_mb:>8.0f}{backlog:>9}"
+                f"{r.sessions_peak:>10,}{r.users:>8,}"
+            )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def run_chaos(
     *,
     scenarios: list[str],
     modes: list[str],
     n_events: int,
     rate: float = DEFAULT_RATE,
+    fault_s: float = DEFAULT_FAULT_S,
     models_dir: Path,
     work_dir: Path,
     bootstrap: str | None,
@@ -633,6 +869,7 @@ def run_chaos(
                     scenario,
                     mode,
                     rate=rate,
+                    fault_s=fault_s,
                     broker=broker,
                     events=events,
                     models_dir=models_dir,

@@ -156,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--session-idle-ttl-s", type=float, default=float(env("WORKER_SESSION_IDLE_TTL_S", "3600"))
     )
     p.add_argument(
+        "--fetch-buffer-mb",
+        type=int,
+        default=int(env("WORKER_FETCH_BUFFER_MB", "16")),
+        help="records fetched ahead of the loop, at most (the rest of a backlog stays in Kafka)",
+    )
+    p.add_argument(
+        "--produce-buffer-mb",
+        type=int,
+        default=int(env("WORKER_PRODUCE_BUFFER_MB", "32")),
+        help="outputs queued for the broker, at most (produce waits when it is full)",
+    )
+    p.add_argument(
         "--shutdown-timeout-s", type=float, default=float(env("WORKER_SHUTDOWN_TIMEOUT_S", "30"))
     )
     p.add_argument(
@@ -223,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chaos", help="fault-injection harness: kills, broker restart, rebalances")
     p.add_argument(
         "--scenarios",
-        default="kill9,broker,scale,sigterm,mixed",
-        help="comma-separated subset of kill9,broker,scale,sigterm,mixed",
+        default="kill9,broker,scale,sigterm,mixed,freeze,slow,soak",
+        help="comma-separated subset of kill9,broker,scale,sigterm,mixed,freeze,slow,soak",
     )
     p.add_argument("--modes", default="at-least-once,exactly-once")
     p.add_argument("--events", type=int, default=200_000, help="input events per scenario")
@@ -233,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=2000.0,
         help="input events/s while faults are injected (a scenario lasts at least events/rate)",
+    )
+    p.add_argument(
+        "--fault-s",
+        type=float,
+        default=30.0,
+        help="how long the broker stays frozen (freeze) or the output throttled (slow)",
     )
     p.add_argument("--work-dir", type=Path, default=Path("var/chaos"))
     p.add_argument(
@@ -381,6 +399,8 @@ def cmd_run(args: argparse.Namespace, log: Any) -> int:
         max_event_bytes=args.max_event_bytes,
         max_sessions=args.max_sessions,
         session_idle_ttl_s=args.session_idle_ttl_s,
+        fetch_buffer_mb=args.fetch_buffer_mb,
+        produce_buffer_mb=args.produce_buffer_mb,
         shutdown_timeout_s=args.shutdown_timeout_s,
         metrics_port=args.metrics_port,
         schema_registry_url=args.schema_registry_url,
@@ -431,13 +451,14 @@ def cmd_monitor(args: argparse.Namespace, log: Any) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace, log: Any) -> int:
-    from worker.chaos import format_table, run_chaos
+    from worker.chaos import format_memory, format_table, run_chaos
 
     results = run_chaos(
         scenarios=args.scenarios.split(","),
         modes=args.modes.split(","),
         n_events=args.events,
         rate=args.rate,
+        fault_s=args.fault_s,
         models_dir=args.models_dir,
         work_dir=args.work_dir,
         bootstrap=args.bootstrap_servers,
@@ -445,6 +466,11 @@ def cmd_chaos(args: argparse.Namespace, log: Any) -> int:
     )
     print()
     print(format_table(results))
+    memory = format_memory(results)
+    if memory:
+        print()
+        print("worker memory (MiB; largest worker process)")
+        print(memory)
     return 0 if all(r.passed for r in results) else 1
 
 
