@@ -70,6 +70,8 @@ SLOW_PRODUCE_BYTES_PER_S = 32 * 1024
 #: Worker buffers (``worker run`` defaults, MiB) and the allowance for everything else
 #: (interpreter arenas, a batch in flight, librdkafka's own buffers).
 FETCH_BUFFER_MB, PRODUCE_BUFFER_MB, MEMORY_SLACK_MB = 16, 32, 64
+#: Loop age at which the worker's liveness probe fails (worker.metrics.Health).
+STALL_AFTER_S = 30.0
 #: Input events per second of the full run, below what two workers answer, so lag stays small
 #: and the faults, not a backlog, shape the run.
 DEFAULT_RATE = 2000.0
@@ -89,6 +91,9 @@ class MemoryWindow:
     allowed_growth_mb: float
     backlog: int = -1  # input events waiting in Kafka when the fault ended (-1: not measured)
     backlog_before: int = -1  # ... when it struck
+    probes: int = 0  # /readyz answers from the workers during the fault and its catch-up
+    backpressure: int = 0  # ... that said ``backpressure: true``
+    stalled: int = 0  # ... whose loop age would fail the liveness probe (/healthz)
 
     @property
     def growth_mb(self) -> float:
@@ -143,6 +148,8 @@ class ScenarioResult:
         if self.worker_restarts_needed:
             out.append(f"{self.worker_restarts_needed} worker exits not caused by the harness")
         for w in self.memory:
+            if w.stalled:
+                out.append(f"{w.label}: {w.stalled} probes saw a stalled loop (liveness)")
             if not w.bounded:
                 out.append(
                     f"{w.label}: worker RSS grew {w.growth_mb:.0f} MiB "
@@ -279,9 +286,13 @@ class Group:
         self.models_dir, self.exactly_once, self.log_dir = models_dir, exactly_once, log_dir
         self.extra_args = extra_args
         self.procs: dict[int, subprocess.Popen] = {}
+        self.ports: dict[int, int] = {}  # slot -> the worker's /metrics, /healthz, /readyz port
         self.unexpected_exits = 0
 
     def start(self, slot: int) -> None:
+        from worker.localkafka import free_ports
+
+        self.ports[slot] = free_ports(1)[0]
         args = [
             sys.executable,
             "-m",
@@ -304,7 +315,7 @@ class Group:
             "--group-id",
             self.group,
             "--metrics-port",
-            "0",
+            str(self.ports[slot]),
             "--transactional-id",
             f"{self.group}-w{slot}",
             *self.extra_args,
@@ -350,6 +361,23 @@ class Group:
                     out.append(int(line.split()[1]) / 1024)
         return out
 
+    def readiness(self) -> list[dict[str, Any]]:
+        """``/readyz`` details of the live workers that answered within a second."""
+        import urllib.error
+        import urllib.request
+
+        out = []
+        for slot in self.live_slots():
+            url = f"http://127.0.0.1:{self.ports[slot]}/readyz"
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as response:
+                    out.append(json.loads(response.read()))
+            except urllib.error.HTTPError as exc:  # 503: not ready, the detail says why
+                out.append(json.loads(exc.read()))
+            except (OSError, ValueError):  # starting, stopping, or busy
+                continue
+        return out
+
     def sessions_peak(self) -> int:
         """Most sessions one worker reported holding (its ``worker_progress`` log lines)."""
         peak = -1
@@ -380,10 +408,12 @@ class Group:
 
 
 class RssSampler:
-    """Largest worker RSS, sampled every ``interval_s`` in a background thread."""
+    """Largest worker RSS and the workers' ``/readyz``, sampled every ``interval_s`` in a
+    background thread."""
 
     def __init__(self, group: Group, interval_s: float = 0.5) -> None:
         self.samples: list[tuple[float, float]] = []  # (monotonic time, MiB)
+        self.probes: list[tuple[float, dict[str, Any]]] = []  # (monotonic time, /readyz detail)
         self._group, self._interval = group, interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
@@ -394,6 +424,17 @@ class RssSampler:
             rss = self._group.rss_mb()
             if rss:
                 self.samples.append((time.monotonic(), max(rss)))
+            now = time.monotonic()
+            self.probes.extend((now, detail) for detail in self._group.readiness())
+
+    def probed(self, t0: float, t1: float) -> tuple[int, int, int]:
+        """(answers, backpressure reported, stalled loop) among the probes in [t0, t1]."""
+        inside = [d for t, d in self.probes if t0 <= t <= t1]
+        return (
+            len(inside),
+            sum(1 for d in inside if d.get("backpressure")),
+            sum(1 for d in inside if d.get("loop_age_s", 0.0) >= STALL_AFTER_S),
+        )
 
     def peak(self, t0: float, t1: float) -> float:
         """Largest sample in [t0, t1] (or the last one before t0 if none fell inside)."""
@@ -648,6 +689,7 @@ def run_scenario(
         if watch_memory:
             # The catch-up window spans the recovery, and at least 5 s of samples.
             time.sleep(max(0.0, t_end + 5.0 - time.monotonic()))
+            probes, backpressure, stalled = sampler.probed(t0, time.monotonic())
             window = MemoryWindow(
                 name,
                 before_mb=sampler.peak(t0 - 5, t0),
@@ -656,12 +698,16 @@ def run_scenario(
                 allowed_growth_mb=FETCH_BUFFER_MB + PRODUCE_BUFFER_MB + MEMORY_SLACK_MB,
                 backlog=backlog,
                 backlog_before=backlog_before,
+                probes=probes,
+                backpressure=backpressure,
+                stalled=stalled,
             )
             result.memory.append(window)
             log(
                 f"  {run}: worker RSS {window.before_mb:.0f} MiB at the fault, "
                 f"{window.during_mb:.0f} during, {window.after_mb:.0f} catching up "
-                f"{backlog:,} backlogged events"
+                f"{backlog:,} backlogged events; /readyz said backpressure in {backpressure} "
+                f"of {probes} probes, a stalled loop in {stalled}"
             )
 
     started = time.monotonic()
@@ -817,7 +863,8 @@ def format_memory(results: list[ScenarioResult]) -> str:
     """Worker memory around each freeze/throttle and over each soak (empty if none ran)."""
     head = (
         f"{'scenario':<9}{'mode':<15}{'window':<26}{'RSS before':>11}{'during':>8}"
-        f"{'after':>8}{'growth':>8}{'allowed':>8}{'backlog':>9}{'sessions':>10}{'users':>8}"
+        f"{'after':>8}{'growth':>8}{'allowed':>8}{'backlog':>9}{'backpressure':>14}"
+        f"{'stalled':>8}{'sessions':>10}{'users':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
@@ -826,6 +873,7 @@ def format_memory(results: list[ScenarioResult]) -> str:
             lines.append(
                 f"{r.scenario:<9}{r.mode:<15}{w.label:<26}{w.before_mb:>11.0f}{w.during_mb:>8.0f}"
                 f"{w.after_mb:>8.0f}{w.growth_mb:>8.0f}{w.allowed_growth_mb:>8.0f}{backlog:>9}"
+                f"{f'{w.backpressure}/{w.probes}':>14}{w.stalled:>8}"
                 f"{r.sessions_peak:>10,}{r.users:>8,}"
             )
     return "\n".join(lines) if len(lines) > 2 else ""
