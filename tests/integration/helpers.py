@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,6 +18,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from worker.config import TopicSettings
+from worker.simulate import LIVE_START_MS, build
 
 
 def cli_args(bootstrap: str, topics: TopicSettings) -> list[str]:
@@ -33,9 +38,10 @@ def cli_args(bootstrap: str, topics: TopicSettings) -> list[str]:
     ]
 
 
-def spawn(args: list[str], log_path: Path) -> subprocess.Popen:
-    """Start ``worker <args>`` (the real console entry) with JSON logs into ``log_path``."""
-    env = {**os.environ, "WORKER_LOG_FORMAT": "json"}
+def spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``worker <args>`` (the real console entry) with stdout and stderr into ``log_path``:
+    JSON logs, in this environment or in ``env`` (which then replaces it)."""
+    env = {**os.environ, "WORKER_LOG_FORMAT": "json"} if env is None else env
     return subprocess.Popen(
         [sys.executable, "-m", "worker.cli", *args],
         env=env,
@@ -138,3 +144,74 @@ def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> int:
         proc.kill()
         proc.wait()
         raise AssertionError(f"process did not stop within {timeout_s} s of SIGTERM") from None
+
+
+def http_get(port: int, path: str) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.read().decode()
+    except urllib.error.HTTPError as exc:  # /readyz answers 503 while not ready
+        return exc.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+def wait_metric(port: int, name: str, at_least: float, timeout_s: float = 90.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    text = ""
+    while time.monotonic() < deadline:
+        try:
+            text = http_get(port, "/metrics")
+            if metric(text, name) >= at_least:
+                return text
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{name} did not reach {at_least} in {timeout_s} s:\n{text[-2000:]}")
+
+
+def simulated_events(settings, n: int) -> list[dict]:
+    """The first ``n`` simulated events (at most), re-timed to now (in order, 1 ms apart)."""
+    _, simulator = build(settings)
+    events = [
+        r
+        for kind, r in itertools.islice(
+            simulator.records(LIVE_START_MS, LIVE_START_MS + 7 * 86_400_000), n * 3
+        )
+        if kind == "event"
+    ][:n]
+    base = time.time_ns() // 1_000_000 - n
+    return [{**e, "event_time": base + i} for i, e in enumerate(events)]
+
+
+def read_n(conf: dict[str, Any], topic: str, partitions: int, n: int, timeout_s: float) -> list:
+    """Up to ``n`` messages of ``topic`` from the start, with the client settings ``conf``."""
+    consumer = Consumer(
+        {**conf, "group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False}
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out: list = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < n and time.monotonic() < deadline:
+            out += [m for m in consumer.consume(500, timeout=0.5) if m.error() is None]
+    finally:
+        consumer.close()
+    return out
+
+
+def json_lines(text: str) -> list[dict]:
+    """The JSON log records of a process's output; a line that is not JSON as ``{"raw": line}``."""
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            out.append({"raw": line})
+    return out

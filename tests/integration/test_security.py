@@ -11,28 +11,32 @@
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
-from helpers import cli_args, stop  # type: ignore[import-not-found]
+from confluent_kafka import Producer
+from helpers import (  # type: ignore[import-not-found]
+    cli_args,
+    http_get,
+    json_lines,
+    read_n,
+    simulated_events,
+    spawn,
+    stop,
+    wait_metric,
+)
 from kafka_fixtures import free_ports  # type: ignore[import-not-found]
 
 from worker import localkafka
 from worker.codec import codec_for
 from worker.localkafka import LocalKafkaConfig
-from worker.simulate import LIVE_START_MS, build
 
 pytestmark = pytest.mark.kafka
 
@@ -107,87 +111,9 @@ def password_file(directory: Path, password: str) -> Path:
     return path
 
 
-def spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
-    """``python -m worker.cli <args>`` with stdout and stderr into ``log_path``."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", *args],
-        env=env,
-        stdout=open(log_path, "wb"),  # noqa: SIM115 (the child owns it)
-        stderr=subprocess.STDOUT,
-    )
-
-
-def http_get(port: int, path: str) -> str:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.read().decode()
-    except urllib.error.HTTPError as exc:  # /readyz answers 503 while not ready
-        return exc.read().decode()
-
-
-def metric(text: str, name: str) -> float:
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
-    )
-
-
-def wait_metric(port: int, name: str, at_least: float, timeout_s: float = 90.0) -> str:
-    deadline = time.monotonic() + timeout_s
-    text = ""
-    while time.monotonic() < deadline:
-        try:
-            text = http_get(port, "/metrics")
-            if metric(text, name) >= at_least:
-                return text
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{name} did not reach {at_least} in {timeout_s} s:\n{text[-2000:]}")
-
-
-def simulated_events(settings, n: int) -> list[dict]:
-    _, simulator = build(settings)
-    events = [
-        r
-        for kind, r in itertools.islice(
-            simulator.records(LIVE_START_MS, LIVE_START_MS + 7 * 86_400_000), n * 3
-        )
-        if kind == "event"
-    ][:n]
-    base = time.time_ns() // 1_000_000 - n
-    return [{**e, "event_time": base + i} for i, e in enumerate(events)]
-
-
-def read_n(conf: dict[str, str], topic: str, partitions: int, n: int, timeout_s: float) -> list:
-    consumer = Consumer(
-        {**conf, "group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False}
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out: list = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(out) < n and time.monotonic() < deadline:
-            out += [m for m in consumer.consume(500, timeout=0.5) if m.error() is None]
-    finally:
-        consumer.close()
-    return out
-
-
 def assert_no_secret(text: str, where: str) -> None:
     for secret in SECRETS:
         assert secret not in text, f"a password appears in {where}"
-
-
-def json_lines(text: str) -> list[dict]:
-    out = []
-    for line in text.splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            out.append({"raw": line})
-    return out
 
 
 def test_topics_worker_and_monitor_authenticate_with_env_file_and_flag_credentials(

@@ -56,6 +56,11 @@ def sasl_cfg(tmp_path: Path) -> LocalKafkaConfig:
     )
 
 
+@pytest.fixture
+def tls_cfg(tmp_path: Path) -> LocalKafkaConfig:
+    return LocalKafkaConfig(home=tmp_path / "home", port=29092, controller_port=29093, tls=True)
+
+
 def test_plaintext_properties_have_the_single_node_settings(cfg: LocalKafkaConfig) -> None:
     props = parse_properties(render_server_properties(cfg))
     expected = {
@@ -110,6 +115,60 @@ def test_sasl_properties_need_the_admin_password(sasl_cfg: LocalKafkaConfig) -> 
         render_server_properties(sasl_cfg)
 
 
+def test_tls_properties_serve_the_client_listener_over_ssl(tls_cfg: LocalKafkaConfig) -> None:
+    props = parse_properties(render_server_properties(tls_cfg, keystore_password="ks-pw"))
+    assert props["listeners"] == "SSL://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093"
+    assert props["advertised.listeners"] == "SSL://127.0.0.1:29092"
+    assert props["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,SSL:SSL"
+    assert props["inter.broker.listener.name"] == "SSL"
+    tls_dir = tls_cfg.home / "tls"
+    assert props["ssl.keystore.type"] == "PKCS12"
+    assert props["ssl.keystore.location"] == str(tls_dir / "broker.p12")
+    assert props["ssl.keystore.password"] == props["ssl.key.password"] == "ks-pw"
+    assert props["ssl.truststore.type"] == "PEM"
+    assert props["ssl.truststore.location"] == str(tls_dir / "ca.pem") == str(tls_cfg.ca_file)
+    assert props["ssl.client.auth"] == "none"
+    assert not any(key.startswith("sasl.") for key in props)
+
+
+def test_sasl_ssl_properties_combine_scram_and_tls(tmp_path: Path) -> None:
+    cfg = LocalKafkaConfig(
+        home=tmp_path, port=29092, controller_port=29093, tls=True, sasl_users=(("alice", "p"),)
+    )
+    assert cfg.security_protocol == "SASL_SSL"
+    props = parse_properties(
+        render_server_properties(cfg, admin_password="adm-pw", keystore_password="ks-pw")
+    )
+    assert props["listeners"] == "SASL_SSL://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093"
+    assert props["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL"
+    assert props["inter.broker.listener.name"] == "SASL_SSL"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    jaas = props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+    assert 'username="admin" password="adm-pw";' in jaas
+    assert props["ssl.keystore.password"] == "ks-pw"
+
+
+def test_tls_properties_need_the_keystore_password(tls_cfg: LocalKafkaConfig) -> None:
+    with pytest.raises(LocalKafkaError, match="keystore password"):
+        render_server_properties(tls_cfg)
+
+
+@pytest.mark.parametrize(
+    ("tls", "users", "protocol"),
+    [
+        (False, (), "PLAINTEXT"),
+        (True, (), "SSL"),
+        (False, (("alice", "p"),), "SASL_PLAINTEXT"),
+        (True, (("alice", "p"),), "SASL_SSL"),
+    ],
+)
+def test_security_protocol_of_each_mode(
+    tmp_path: Path, tls: bool, users: tuple[tuple[str, str], ...], protocol: str
+) -> None:
+    cfg = LocalKafkaConfig(home=tmp_path, port=1, controller_port=2, tls=tls, sasl_users=users)
+    assert cfg.security_protocol == protocol
+
+
 def test_scram_args_for_storage_tool() -> None:
     assert scram_args([("alice", "pw-1"), ("admin", "x")]) == [
         "--add-scram",
@@ -133,6 +192,51 @@ def test_admin_client_config_in_sasl_mode(sasl_cfg: LocalKafkaConfig) -> None:
     secret = sasl_cfg.home / "config" / "admin.secret"
     assert secret.read_text() == admin["sasl.password"]
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+def test_admin_client_config_in_tls_modes(tmp_path: Path) -> None:
+    tls = LocalKafkaConfig(home=tmp_path, port=29092, controller_port=29093, tls=True)
+    ca = str(tmp_path.resolve() / "tls" / "ca.pem")
+    assert localkafka.admin_client_config(tls) == {
+        "bootstrap.servers": "127.0.0.1:29092",
+        "security.protocol": "SSL",
+        "ssl.ca.location": ca,
+    }
+    sasl_ssl = LocalKafkaConfig(
+        home=tmp_path, port=29092, controller_port=29093, tls=True, sasl_users=(("alice", "p"),)
+    )
+    assert localkafka.admin_client_config(sasl_ssl, user="alice") == {
+        "bootstrap.servers": "127.0.0.1:29092",
+        "security.protocol": "SASL_SSL",
+        "ssl.ca.location": ca,
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "alice",
+        "sasl.password": "p",
+    }
+
+
+@pytest.mark.parametrize("running_tls", [True, False])
+def test_a_running_broker_is_not_reused_in_another_tls_mode(
+    tmp_path: Path, running_tls: bool
+) -> None:
+    cfg = LocalKafkaConfig(home=tmp_path, port=29092, controller_port=29093, tls=not running_tls)
+    record = {"pid": 4242, "port": 29092, "controller_port": 29093, "sasl": False}
+    record["tls"] = running_tls
+    with pytest.raises(LocalKafkaError, match=f"tls={running_tls}; stop it first"):
+        localkafka._adopt_running(cfg, record, timeout_s=1)
+
+
+def test_status_names_the_ca_file_of_a_tls_broker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = LocalKafkaConfig(home=tmp_path, port=29092, controller_port=29093, tls=True)
+    record = {"pid": 4242, "port": 29092, "sasl": False, "tls": True}
+    cfg.pid_file.write_text(json.dumps(record))
+    monkeypatch.setattr(localkafka, "_is_our_broker", lambda pid, cfg: True)
+    out = localkafka.status(cfg)
+    assert (out["running"], out["tls"], out["ca_file"]) == (True, True, str(cfg.ca_file))
+    cfg.pid_file.write_text(json.dumps({**record, "tls": False}))
+    assert localkafka.status(cfg)["ca_file"] is None
 
 
 @pytest.mark.parametrize(
@@ -299,6 +403,13 @@ def test_cli_parses_repeatable_sasl_users() -> None:
     assert (cfg.port, cfg.controller_port) == (29392, 29393)
     with pytest.raises(SystemExit):
         localkafka._build_parser().parse_args(["start", "--sasl-user", "nopassword"])
+
+
+def test_cli_parses_tls() -> None:
+    args = localkafka._build_parser().parse_args(["start", "--port", "29392", "--tls"])
+    assert localkafka._config_from_args(args).tls is True
+    args = localkafka._build_parser().parse_args(["start", "--port", "29392"])
+    assert localkafka._config_from_args(args).tls is False
 
 
 def _load_kafka_fixtures():

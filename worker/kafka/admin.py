@@ -22,14 +22,16 @@ def admin_client(settings: KafkaSettings) -> AdminClient:
 def wait_for_cluster(settings: KafkaSettings, timeout_s: float = 30.0) -> int:
     """Block until the cluster answers a metadata request; return its broker count.
 
-    Authentication failures (wrong SASL credentials, refused client certificate) are not worth
-    waiting for: librdkafka reports them through ``error_cb`` only (``list_topics`` just times
-    out with a transport error), so they are recorded there and end the wait at once.
+    Authentication failures (wrong SASL credentials, refused client certificate) and failed
+    TLS handshakes (the broker's certificate not trusted, no common protocol version) are not
+    worth waiting for: librdkafka reports them through ``error_cb`` only (``list_topics`` just
+    times out with a transport error), so they are recorded there and end the wait at once.
 
     Raises:
         BrokerError: authentication refused (the message names the bootstrap, mechanism and
-            user, never the password), or no answer within ``timeout_s`` (the last client
-            error is included).
+            user, never the password), TLS handshake failed (names the bootstrap and points at
+            ``ssl.ca.location``), or no answer within ``timeout_s`` (the last client error is
+            included).
     """
     import re
 
@@ -40,6 +42,7 @@ def wait_for_cluster(settings: KafkaSettings, timeout_s: float = 30.0) -> int:
     props = settings.properties
     secrets = [str(v) for k, v in props.items() if is_secret(k) and v]
     auth_errors: list[str] = []
+    tls_errors: list[str] = []
 
     def scrub(text: str) -> str:
         for secret in secrets:
@@ -47,8 +50,13 @@ def wait_for_cluster(settings: KafkaSettings, timeout_s: float = 30.0) -> int:
         return text
 
     def on_error(err: Any) -> None:
-        if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+        code = err.code()
+        if code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
             auth_errors.append(err.str())
+        elif code == KafkaError._SSL or (
+            code == KafkaError._TRANSPORT and "certificate verify failed" in err.str()
+        ):
+            tls_errors.append(err.str())
 
     class _Quiet:
         """Takes librdkafka's own log lines: every refused reconnect would otherwise print a
@@ -66,6 +74,9 @@ def wait_for_cluster(settings: KafkaSettings, timeout_s: float = 30.0) -> int:
     except Exception as exc:  # KafkaException for an invalid configuration
         raise BrokerError(f"cannot create a Kafka client: {scrub(str(exc))}") from None
 
+    def without_state(reason: str) -> str:
+        return re.sub(r"\s*\(after \d+ms in state \w+\)\s*$", "", reason)
+
     def auth_failed() -> BrokerError:
         mechanism = props.get("sasl.mechanism") or props.get("sasl.mechanisms") or "GSSAPI"
         protocol = str(props.get("security.protocol", "plaintext")).upper()
@@ -76,13 +87,41 @@ def wait_for_cluster(settings: KafkaSettings, timeout_s: float = 30.0) -> int:
         )
         # librdkafka's "<broker>: SASL authentication error: <why> (after N ms in state S)"
         reason = auth_errors[0].split(": ", 1)[-1] if auth_errors else "refused"
-        reason = re.sub(r"\s*\(after \d+ms in state \w+\)\s*$", "", reason)
         return BrokerError(
             scrub(
                 f"authentication failed for {settings.bootstrap_servers} ({how}): "
-                f"check the credentials ({reason})"
+                f"check the credentials ({without_state(reason)})"
             )
         )
+
+    def tls_failed() -> BrokerError:
+        protocol = str(props.get("security.protocol", "plaintext")).upper()
+        # librdkafka's "<broker>: [SSL handshake failed: ]<openssl error>[: <hint>] (after ...)"
+        reason = re.sub(r"^\S+: (SSL handshake failed: )?", "", without_state(tls_errors[0]))
+        verify = "certificate verify failed"
+        if verify in reason:
+            openssl_error = reason[: reason.index(verify) + len(verify)]  # without the hint
+            return BrokerError(
+                scrub(
+                    f"TLS handshake with {settings.bootstrap_servers} failed: the broker's "
+                    f"certificate is not trusted ({openssl_error}); set ssl.ca.location to the "
+                    f"CA certificate that signed it (security.protocol {protocol})"
+                )
+            )
+        return BrokerError(
+            scrub(
+                f"TLS handshake with {settings.bootstrap_servers} failed ({reason}): check "
+                f"security.protocol ({protocol}) and the ssl.* settings, e.g. ssl.ca.location"
+            )
+        )
+
+    def refused() -> BrokerError | None:
+        """The error ending the wait at once, if the broker refused the client."""
+        if auth_errors:
+            return auth_failed()
+        if tls_errors:
+            return tls_failed()
+        return None
 
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
@@ -94,12 +133,12 @@ def wait_for_cluster(settings: KafkaSettings, timeout_s: float = 30.0) -> int:
         except KafkaException as exc:
             last = exc
         admin.poll(0)  # serves error_cb
-        if auth_errors:
-            raise auth_failed()
+        if (error := refused()) is not None:
+            raise error
         time.sleep(0.2)
     admin.poll(0)
-    if auth_errors:
-        raise auth_failed()
+    if (error := refused()) is not None:
+        raise error
     raise BrokerError(
         scrub(f"Kafka at {settings.bootstrap_servers} did not answer in {timeout_s:.0f} s: {last}")
     )

@@ -7,16 +7,19 @@ once per Kafka version. ``start`` then writes ``server.properties`` and a log4j2
 the state directory, formats the KRaft storage with ``kafka.tools.StorageTool`` (static
 ``controller.quorum.voters``; SCRAM users created with ``--add-scram``), launches
 ``java -cp 'libs/*' kafka.Kafka server.properties`` in its own session and waits until a
-metadata request answers.
+metadata request answers. In TLS mode the JDK's ``keytool`` first makes a self-signed certificate
+for ``localhost``/``127.0.0.1``, once per home; clients trust it through ``ssl.ca.location``.
 
 Layout of the state directory (``home``)::
 
-    home/config/server.properties   generated on every start
+    home/config/server.properties   generated on every start (mode 0600: it holds secrets)
     home/config/log4j2.xml          INFO to logs/server.log, WARN to the console (logs/server.out)
     home/data/                      KRaft metadata and topic partitions (``wipe`` deletes it)
     home/logs/server.log            broker log; logs/server.out: JVM stdout/stderr
     home/kafka.pid                  JSON: pid, ports, version of the broker this launcher started
     home/format.json                cluster id and SCRAM fingerprint of the formatted data dir
+    home/tls/                       TLS mode: broker.p12 (key and certificate), broker.p12.secret
+                                    (its password, mode 0600), ca.pem (the certificate, for clients)
 
 Everything public raises :class:`worker.errors.LocalKafkaError` on failure.
 """
@@ -52,6 +55,7 @@ __all__ = [
     "LocalKafkaConfig",
     "LocalKafkaError",
     "admin_client_config",
+    "ensure_certificate",
     "main",
     "render_log4j2_config",
     "render_pom",
@@ -85,6 +89,13 @@ _MARKER = ".complete"
 _PID_FILE = "kafka.pid"
 _FORMAT_FILE = "format.json"
 _ADMIN_SECRET_FILE = "admin.secret"
+_TLS_DIR = "tls"
+_KEYSTORE_FILE = "broker.p12"
+_KEYSTORE_SECRET_FILE = "broker.p12.secret"
+_CA_FILE = "ca.pem"
+_CERT_ALIAS = "broker"
+_CERT_SAN = "dns:localhost,ip:127.0.0.1"
+_CERT_VALIDITY_DAYS = 3650
 _USERNAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # SCRAM passwords travel through StorageTool's `[name=..,password=..]` syntax and a JAAS string:
 # keep them to printable ASCII without the characters those syntaxes give a meaning to.
@@ -110,6 +121,9 @@ class LocalKafkaConfig:
     ``controller_port`` the KRaft controller listener. With ``sasl_users`` the client listener is
     SASL_PLAINTEXT with SCRAM-SHA-512 and those ``(name, password)`` pairs are created when the
     storage is formatted (an ``admin`` user for inter-broker traffic is added automatically).
+    With ``tls`` the client listener speaks TLS (SSL, or SASL_SSL with ``sasl_users``) with a
+    self-signed certificate that clients trust through ``ca_file``; the controller listener stays
+    PLAINTEXT on loopback.
     """
 
     home: Path = field(default_factory=_default_home)
@@ -118,6 +132,7 @@ class LocalKafkaConfig:
     kafka_version: str = DEFAULT_KAFKA_VERSION
     heap_mb: int = 512
     sasl_users: tuple[tuple[str, str], ...] = ()
+    tls: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
@@ -141,6 +156,12 @@ class LocalKafkaConfig:
         return bool(self.sasl_users)
 
     @property
+    def security_protocol(self) -> str:
+        """The client listener's protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
+        transport = "SSL" if self.tls else "PLAINTEXT"
+        return f"SASL_{transport}" if self.sasl else transport
+
+    @property
     def bootstrap(self) -> str:
         """The client bootstrap address, ``127.0.0.1:<port>``."""
         return f"127.0.0.1:{self.port}"
@@ -160,6 +181,15 @@ class LocalKafkaConfig:
     @property
     def pid_file(self) -> Path:
         return self.home / _PID_FILE
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.home / _TLS_DIR
+
+    @property
+    def ca_file(self) -> Path:
+        """The broker's certificate in PEM, for clients' ``ssl.ca.location`` (TLS mode)."""
+        return self.tls_dir / _CA_FILE
 
 
 # -- pure rendering ------------------------------------------------------------------------------
@@ -237,13 +267,16 @@ def _scram_jaas(username: str, password: str) -> str:
     )
 
 
-def render_server_properties(cfg: LocalKafkaConfig, admin_password: str | None = None) -> str:
+def render_server_properties(
+    cfg: LocalKafkaConfig, admin_password: str | None = None, keystore_password: str | None = None
+) -> str:
     """The broker's ``server.properties`` for ``cfg``.
 
-    In SASL mode ``admin_password`` is the inter-broker user's password (required there).
+    In SASL mode ``admin_password`` is the inter-broker user's password, in TLS mode
+    ``keystore_password`` the password of ``tls/broker.p12`` (each required in its mode).
     """
     ctl = f"127.0.0.1:{cfg.controller_port}"
-    client = "SASL_PLAINTEXT" if cfg.sasl else "PLAINTEXT"
+    client = cfg.security_protocol
     props: dict[str, str] = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -284,9 +317,24 @@ def render_server_properties(cfg: LocalKafkaConfig, admin_password: str | None =
             {
                 "sasl.enabled.mechanisms": SASL_MECHANISM,
                 "sasl.mechanism.inter.broker.protocol": SASL_MECHANISM,
-                "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": _scram_jaas(
+                f"listener.name.{client.lower()}.scram-sha-512.sasl.jaas.config": _scram_jaas(
                     INTER_BROKER_USER, admin_password
                 ),
+            }
+        )
+    if cfg.tls:
+        if not keystore_password:
+            raise LocalKafkaError("TLS mode needs the keystore password")
+        props.update(
+            {
+                "ssl.keystore.type": "PKCS12",
+                "ssl.keystore.location": str(cfg.tls_dir / _KEYSTORE_FILE),
+                "ssl.keystore.password": keystore_password,
+                "ssl.key.password": keystore_password,
+                # Inter-broker traffic uses the client listener: the broker trusts itself.
+                "ssl.truststore.type": "PEM",
+                "ssl.truststore.location": str(cfg.ca_file),
+                "ssl.client.auth": "none",
             }
         )
     lines = ["# Generated by worker.localkafka on every start: edits are overwritten."]
@@ -329,8 +377,13 @@ def scram_args(users: Sequence[tuple[str, str]]) -> list[str]:
 
 
 def admin_client_config(cfg: LocalKafkaConfig, user: str | None = None) -> dict[str, Any]:
-    """librdkafka settings reaching this broker; in SASL mode as ``user`` (default: admin)."""
+    """librdkafka settings reaching this broker; in SASL mode as ``user`` (default: admin), in
+    TLS mode trusting ``cfg.ca_file``."""
     conf: dict[str, Any] = {"bootstrap.servers": cfg.bootstrap}
+    if cfg.tls:
+        conf.update(
+            {"security.protocol": cfg.security_protocol, "ssl.ca.location": str(cfg.ca_file)}
+        )
     if not cfg.sasl:
         return conf
     users = dict(_all_scram_users(cfg))
@@ -339,7 +392,7 @@ def admin_client_config(cfg: LocalKafkaConfig, user: str | None = None) -> dict[
         raise LocalKafkaError(f"unknown SASL user {name!r}")
     conf.update(
         {
-            "security.protocol": "SASL_PLAINTEXT",
+            "security.protocol": cfg.security_protocol,
             "sasl.mechanism": SASL_MECHANISM,
             "sasl.username": name,
             "sasl.password": users[name],
@@ -382,6 +435,18 @@ def _java_major(java: str) -> int:
     if major == 1 and match.group(2):  # "1.8.0_392" style
         major = int(match.group(2))
     return major
+
+
+def find_keytool(java: str) -> str:
+    """The JDK's ``keytool`` next to ``java`` (symlinks resolved), else the one on PATH."""
+    beside = Path(java).resolve().parent / "keytool"
+    keytool = str(beside) if beside.is_file() else shutil.which("keytool")
+    if not keytool:
+        raise LocalKafkaError(
+            f"`keytool` (part of the Java runtime) not found next to {java} or on PATH; "
+            f"TLS mode needs it: {INSTALL_HINT}"
+        )
+    return keytool
 
 
 def find_mvn() -> str:
@@ -602,6 +667,76 @@ def _metadata_answers(cfg: LocalKafkaConfig, timeout_s: float = 3.0) -> bool:
     return True
 
 
+# -- secrets -------------------------------------------------------------------------------------
+
+
+def _write_private(path: Path, text: str, encoding: str = "utf-8") -> None:
+    """Write ``path`` readable by its owner only (mode 0600, also if it existed with another)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding=encoding) as handle:
+        handle.write(text)
+
+
+def _stored_secret(path: Path) -> str:
+    """The random password kept in ``path``, made (mode 0600) on first use."""
+    if path.is_file():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(24)
+    _write_private(path, password)
+    return password
+
+
+# -- TLS material --------------------------------------------------------------------------------
+
+
+def ensure_certificate(cfg: LocalKafkaConfig, java: str | None = None) -> Path:
+    """Make the broker's self-signed certificate once per home; return ``cfg.ca_file``.
+
+    RSA 2048, valid ten years for ``localhost`` and ``127.0.0.1``, in the PKCS12 keystore
+    ``tls/broker.p12`` whose random password is kept in ``tls/broker.p12.secret`` (both mode
+    0600; ``keytool`` reads the password from that file, never from its command line). The
+    certificate is exported as PEM to ``tls/ca.pem`` for clients. Reused once all three exist.
+    """
+    keystore = cfg.tls_dir / _KEYSTORE_FILE
+    secret = cfg.tls_dir / _KEYSTORE_SECRET_FILE
+    if keystore.is_file() and secret.is_file() and cfg.ca_file.is_file():
+        return cfg.ca_file
+    for path in (keystore, secret, cfg.ca_file):  # leftovers of an interrupted run
+        path.unlink(missing_ok=True)
+    keytool = find_keytool(java or find_java())
+    _stored_secret(secret)
+    store = ["-keystore", str(keystore), "-storetype", "PKCS12", "-storepass:file", str(secret)]
+    _run_keytool(
+        keytool, "-genkeypair", "-alias", _CERT_ALIAS, "-keyalg", "RSA", "-keysize", "2048",
+        "-validity", str(_CERT_VALIDITY_DAYS), "-dname", "CN=localhost, O=worker local Kafka",
+        "-ext", f"SAN={_CERT_SAN}", "-keypass:file", str(secret), *store,
+    )  # fmt: skip
+    keystore.chmod(0o600)
+    partial = cfg.ca_file.with_suffix(".partial")
+    _run_keytool(
+        keytool, "-exportcert", "-rfc", "-alias", _CERT_ALIAS, "-file", str(partial), *store
+    )
+    partial.rename(cfg.ca_file)
+    log.info("made a self-signed TLS certificate for the local broker: %s", cfg.ca_file)
+    return cfg.ca_file
+
+
+def _run_keytool(keytool: str, *args: str) -> None:
+    try:
+        proc = subprocess.run(
+            [keytool, *args], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LocalKafkaError(f"cannot run `keytool {args[0]}`: {exc}") from exc
+    if proc.returncode != 0:
+        raise LocalKafkaError(
+            f"`keytool {args[0]}` failed (exit {proc.returncode}):\n"
+            f"{_tail_text(proc.stdout + proc.stderr, 20)}"
+        )
+
+
 # -- SCRAM state ---------------------------------------------------------------------------------
 
 
@@ -610,15 +745,7 @@ def _admin_password(cfg: LocalKafkaConfig) -> str:
     for name, password in cfg.sasl_users:
         if name == INTER_BROKER_USER:
             return password
-    secret = cfg.config_dir / _ADMIN_SECRET_FILE
-    if secret.is_file():
-        return secret.read_text().strip()
-    secret.parent.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(24)
-    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(password)
-    return password
+    return _stored_secret(cfg.config_dir / _ADMIN_SECRET_FILE)
 
 
 def _all_scram_users(cfg: LocalKafkaConfig) -> list[tuple[str, str]]:
@@ -691,12 +818,18 @@ def _format_storage(cfg: LocalKafkaConfig, java: str, libs: Path) -> None:
     record_path.write_text(json.dumps({"cluster_id": cluster_id, "scram": fingerprint}))
 
 
-def _write_configs(cfg: LocalKafkaConfig) -> None:
+def _write_configs(cfg: LocalKafkaConfig, java: str) -> None:
     for directory in (cfg.config_dir, cfg.data_dir, cfg.logs_dir):
         directory.mkdir(parents=True, exist_ok=True)
     admin_password = _admin_password(cfg) if cfg.sasl else None
-    (cfg.config_dir / "server.properties").write_text(
-        render_server_properties(cfg, admin_password), encoding="latin-1"
+    keystore_password = None
+    if cfg.tls:
+        ensure_certificate(cfg, java)
+        keystore_password = _stored_secret(cfg.tls_dir / _KEYSTORE_SECRET_FILE)
+    _write_private(
+        cfg.config_dir / "server.properties",
+        render_server_properties(cfg, admin_password, keystore_password),
+        encoding="latin-1",
     )
     (cfg.config_dir / "log4j2.xml").write_text(render_log4j2_config(cfg))
 
@@ -718,7 +851,7 @@ def start(cfg: LocalKafkaConfig | None = None, timeout_s: float = 90) -> str:
                 )
         java = find_java()
         libs = resolve_classpath(cfg)
-        _write_configs(cfg)
+        _write_configs(cfg, java)
         _format_storage(cfg, java, libs)
         proc = _launch(cfg, java, libs)
     _wait_ready(cfg, proc, timeout_s)
@@ -732,10 +865,11 @@ def _adopt_running(cfg: LocalKafkaConfig, record: dict[str, Any], timeout_s: flo
             f"a local broker (pid {record['pid']}) already runs in {cfg.home} on port "
             f"{record.get('port')}; stop it first to use port {cfg.port}"
         )
-    if record.get("sasl") != cfg.sasl:
+    if (record.get("sasl"), record.get("tls", False)) != (cfg.sasl, cfg.tls):
         raise LocalKafkaError(
             f"the local broker (pid {record['pid']}) in {cfg.home} runs with "
-            f"sasl={record.get('sasl')}; stop it first to change the security mode"
+            f"sasl={record.get('sasl')}, tls={record.get('tls', False)}; "
+            "stop it first to change the security mode"
         )
     if record.get("scram", "") != _scram_fingerprint(_all_scram_users(cfg)):
         raise LocalKafkaError(
@@ -773,6 +907,7 @@ def _launch(cfg: LocalKafkaConfig, java: str, libs: Path) -> subprocess.Popen[by
         "controller_port": cfg.controller_port,
         "kafka_version": cfg.kafka_version,
         "sasl": cfg.sasl,
+        "tls": cfg.tls,
         "scram": _scram_fingerprint(_all_scram_users(cfg)),
         "started_at": time.time(),
     }
@@ -837,10 +972,14 @@ def _wait_dead(pid: int, timeout_s: float) -> bool:
 
 
 def status(cfg: LocalKafkaConfig | None = None) -> dict[str, Any]:
-    """``{"running", "pid", "bootstrap", "home", ...}`` of the broker of ``cfg.home``."""
+    """``{"running", "pid", "bootstrap", "home", ...}`` of the broker of ``cfg.home``.
+
+    ``ca_file`` is the certificate clients trust (``ssl.ca.location``) when it runs with TLS.
+    """
     cfg = cfg or LocalKafkaConfig()
     record = _running_record(cfg)
     running = record is not None
+    tls = bool(record.get("tls")) if record else None
     return {
         "running": running,
         "pid": record["pid"] if record else None,
@@ -848,12 +987,17 @@ def status(cfg: LocalKafkaConfig | None = None) -> dict[str, Any]:
         "home": str(cfg.home),
         "kafka_version": record.get("kafka_version") if record else None,
         "sasl": record.get("sasl") if record else None,
+        "tls": tls,
+        "ca_file": str(cfg.ca_file) if tls else None,
         "server_log": str(cfg.logs_dir / "server.log"),
     }
 
 
 def wipe(cfg: LocalKafkaConfig | None = None) -> None:
-    """Stop the broker and delete its data (the next start formats a fresh cluster)."""
+    """Stop the broker and delete its data (the next start formats a fresh cluster).
+
+    The TLS certificate is kept, so clients that trust it keep working.
+    """
     cfg = cfg or LocalKafkaConfig()
     stop(cfg)
     shutil.rmtree(cfg.data_dir, ignore_errors=True)
@@ -888,6 +1032,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--sasl-user", action="append", type=_parse_user, default=[], metavar="NAME:PASSWORD",
         help="SCRAM-SHA-512 user (repeatable); turns the client listener into SASL_PLAINTEXT",
     )  # fmt: skip
+    common.add_argument(
+        "--tls", action="store_true",
+        help="TLS on the client listener (SSL, or SASL_SSL with --sasl-user) with a self-signed "
+        "certificate made once in HOME/tls; clients set ssl.ca.location to HOME/tls/ca.pem",
+    )  # fmt: skip
     parser = argparse.ArgumentParser(
         prog="worker kafka",
         description="Run a local single-node Apache Kafka (KRaft) without Docker.",
@@ -910,6 +1059,7 @@ def _config_from_args(args: argparse.Namespace) -> LocalKafkaConfig:
         "kafka_version": args.kafka_version,
         "heap_mb": args.heap_mb,
         "sasl_users": tuple(args.sasl_user),
+        "tls": args.tls,
     }
     if args.home is not None:
         kwargs["home"] = args.home
@@ -929,6 +1079,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = _config_from_args(args)
         if args.command == "start":
             print(start(cfg, timeout_s=args.timeout))
+            if cfg.tls:
+                print(
+                    f"{cfg.security_protocol}: clients set ssl.ca.location={cfg.ca_file}",
+                    file=sys.stderr,
+                )
         elif args.command == "stop":
             print("stopped" if stop(cfg, timeout_s=args.timeout) else "not running")
         elif args.command == "status":
