@@ -444,6 +444,11 @@ class RssSampler:
         before = [mb for t, mb in self.samples if t < t0]
         return before[-1] if before else float("nan")
 
+    def write_csv(self, path: Path, t0: float) -> None:
+        """The samples as ``seconds,rss_mib`` rows, seconds from ``t0``."""
+        rows = [f"{t - t0:.1f},{mb:.1f}" for t, mb in self.samples]
+        path.write_text("seconds,rss_mib\n" + "\n".join(rows) + "\n")
+
     def last(self) -> float:
         return self.samples[-1][1] if self.samples else float("nan")
 
@@ -520,6 +525,18 @@ def _wait_recovered(
                 return time.monotonic() - started
         time.sleep(0.2)
     return float("nan")
+
+
+def _wait_drained(progress: Progress, timeout_s: float = 600.0) -> None:
+    """Wait until the group has committed every input event that exists now."""
+    deadline = time.monotonic() + timeout_s
+    target: list[int] = []
+    while time.monotonic() < deadline:
+        target = target or progress.ends()
+        now = progress.committed()
+        if target and now and all(c >= e for c, e in zip(now, target, strict=True)):
+            return
+        time.sleep(0.2)
 
 
 def _wait_fraction(
@@ -687,7 +704,8 @@ def run_scenario(
         result.recovery_s.append(round(recovery, 1))
         log(f"  {run}: {name} at {progress.fraction(at):.0%} -> recovered in {recovery:.1f} s")
         if watch_memory:
-            # The catch-up window spans the recovery, and at least 5 s of samples.
+            # The catch-up window lasts until the backlog at the fault's end is answered too.
+            _wait_drained(progress)
             time.sleep(max(0.0, t_end + 5.0 - time.monotonic()))
             probes, backpressure, stalled = sampler.probed(t0, time.monotonic())
             window = MemoryWindow(
@@ -784,6 +802,7 @@ def run_scenario(
             )
     finally:
         sampler.stop()
+        sampler.write_csv(log_dir / "rss.csv", started)
         group.check_unexpected_exits()
         group.stop_all()
         progress.close()
