@@ -29,6 +29,10 @@ from worker.session_codec import decode_session
 CHECKPOINT_KEY = b"\x00checkpoint"
 
 
+#: Records of the changelog fetched ahead while restoring, at most (KiB).
+RESTORE_BUFFER_KB = 16 * 1024
+
+
 def changelog_topic(group_id: str) -> str:
     return f"{group_id}.sessions-changelog"
 
@@ -104,6 +108,9 @@ def restore_partitions(
                 "enable.partition.eof": True,
                 "isolation.level": "read_committed",
                 "fetch.wait.max.ms": 10,
+                # An uncompacted changelog can be large: read it through a bounded buffer.
+                "queued.max.messages.kbytes": RESTORE_BUFFER_KB,
+                "fetch.max.bytes": RESTORE_BUFFER_KB * 1024,
             }
         )
     )
@@ -120,7 +127,7 @@ def restore_partitions(
                 raise BrokerError(
                     f"restoring {topic} partitions {sorted(pending)} took over {timeout_s:.0f} s"
                 )
-            for msg in consumer.consume(10000, timeout=0.5):
+            for msg in consumer.consume(1000, timeout=0.5):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
