@@ -177,7 +177,7 @@ def wait_metric(port: int, name: str, at_least: float, timeout_s: float = 90.0) 
 
 
 def simulated_events(settings, n: int) -> list[dict]:
-    """The first ``n`` simulated events (at most), re-timed to now (in order, 1 ms apart)."""
+    """The first ``n`` simulated events, re-timed to now (in order, 1 ms apart)."""
     _, simulator = build(settings)
     events = [
         r
@@ -186,6 +186,7 @@ def simulated_events(settings, n: int) -> list[dict]:
         )
         if kind == "event"
     ][:n]
+    assert len(events) == n
     base = time.time_ns() // 1_000_000 - n
     return [{**e, "event_time": base + i} for i, e in enumerate(events)]
 

@@ -3,7 +3,6 @@ when nothing fails, dead-letters bad records without stalling, and shuts down cl
 
 from __future__ import annotations
 
-import itertools
 import json
 import signal
 import time
@@ -17,6 +16,7 @@ from helpers import (  # type: ignore[import-not-found]
     end_offsets,
     produce,
     read_all,
+    simulated_events,
     spawn,
     stop,
 )
@@ -26,7 +26,6 @@ from worker.config import KafkaSettings
 from worker.kafka.admin import ensure_topics
 from worker.kafka.dead_letter import header_map
 from worker.localkafka import free_ports
-from worker.simulate import LIVE_START_MS, build
 
 pytestmark = pytest.mark.kafka
 
@@ -59,21 +58,6 @@ ANSWER_TIMEOUT_S = 90.0
 class _Log:
     def info(self, *a, **k):
         pass
-
-
-def simulated_events(settings, n: int) -> list[dict]:
-    """The first ``n`` simulated events, re-timed to now (in order, 1 ms apart)."""
-    _, simulator = build(settings)
-    events = [
-        r
-        for kind, r in itertools.islice(
-            simulator.records(LIVE_START_MS, LIVE_START_MS + 7 * 86_400_000), n * 3
-        )
-        if kind == "event"
-    ][:n]
-    assert len(events) == n
-    base = time.time_ns() // 1_000_000 - n
-    return [{**e, "event_time": base + i} for i, e in enumerate(events)]
 
 
 def start_worker(
