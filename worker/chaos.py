@@ -348,17 +348,17 @@ class Group:
                 self.unexpected_exits += 1
                 del self.procs[slot]
 
-    def rss_mb(self) -> list[float]:
-        """Current resident set (VmRSS) of each live worker process, in MiB."""
-        out = []
-        for proc in list(self.procs.values()):
+    def rss_mb(self) -> dict[int, float]:
+        """Current resident set (VmRSS) of each live worker process by slot, in MiB."""
+        out = {}
+        for slot, proc in list(self.procs.items()):
             try:
                 status = Path(f"/proc/{proc.pid}/status").read_text()
             except OSError:
                 continue
             for line in status.splitlines():
                 if line.startswith("VmRSS:"):
-                    out.append(int(line.split()[1]) / 1024)
+                    out[slot] = int(line.split()[1]) / 1024
         return out
 
     def readiness(self) -> list[dict[str, Any]]:
@@ -412,7 +412,8 @@ class RssSampler:
     background thread."""
 
     def __init__(self, group: Group, interval_s: float = 0.5) -> None:
-        self.samples: list[tuple[float, float]] = []  # (monotonic time, MiB)
+        self.samples: list[tuple[float, float]] = []  # (monotonic time, largest MiB)
+        self.by_slot: list[tuple[float, dict[int, float]]] = []  # (monotonic time, slot -> MiB)
         self.probes: list[tuple[float, dict[str, Any]]] = []  # (monotonic time, /readyz detail)
         self._group, self._interval = group, interval_s
         self._stop = threading.Event()
@@ -423,7 +424,8 @@ class RssSampler:
         while not self._stop.wait(self._interval):
             rss = self._group.rss_mb()
             if rss:
-                self.samples.append((time.monotonic(), max(rss)))
+                self.samples.append((time.monotonic(), max(rss.values())))
+                self.by_slot.append((time.monotonic(), rss))
             now = time.monotonic()
             self.probes.extend((now, detail) for detail in self._group.readiness())
 
@@ -445,9 +447,13 @@ class RssSampler:
         return before[-1] if before else float("nan")
 
     def write_csv(self, path: Path, t0: float) -> None:
-        """The samples as ``seconds,rss_mib`` rows, seconds from ``t0``."""
-        rows = [f"{t - t0:.1f},{mb:.1f}" for t, mb in self.samples]
-        path.write_text("seconds,rss_mib\n" + "\n".join(rows) + "\n")
+        """The samples as ``seconds,worker,rss_mib`` rows, seconds from ``t0``."""
+        rows = [
+            f"{t - t0:.1f},{slot},{mb:.1f}"
+            for t, per_slot in self.by_slot
+            for slot, mb in sorted(per_slot.items())
+        ]
+        path.write_text("seconds,worker,rss_mib\n" + "\n".join(rows) + "\n")
 
     def last(self) -> float:
         return self.samples[-1][1] if self.samples else float("nan")

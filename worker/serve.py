@@ -35,7 +35,7 @@ from worker.kafka.state import (
     checkpoint_value,
     restore_partitions,
 )
-from worker.metrics import Health, WorkerMetrics, serve_http
+from worker.metrics import Health, WorkerMetrics, rss_mib, serve_http
 from worker.model import ModelArtifact
 from worker.pipeline import Recommender
 from worker.records import BrowsingEvent, SourceRef, to_browsing_event
@@ -244,6 +244,7 @@ class Worker:
             sessions=len(self.sessions),
             expired=expired,
             partitions=len(self._assigned),
+            rss_mib=rss_mib(),
         )
 
     # -- rebalance -----------------------------------------------------------------------------
@@ -270,7 +271,11 @@ class Worker:
         self._assigned |= {(p.topic, p.partition) for p in partitions}
         self.health.assigned_partitions = len(self._assigned)
         self.metrics.assigned.set(len(self._assigned))
-        self.log.info("partitions_assigned", partitions=sorted(p.partition for p in partitions))
+        self.log.info(
+            "partitions_assigned",
+            partitions=sorted(p.partition for p in partitions),
+            rss_mib=rss_mib(),
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Batches are processed synchronously, so nothing is in flight here: every stored offset
@@ -427,7 +432,9 @@ class Worker:
                 committed={tp.partition: tp.offset for tp in committed},
             )
         self.health.backpressure = False
-        self.log.warning("batch_rewound", reason=reason, partitions=sorted(numbers))
+        self.log.warning(
+            "batch_rewound", reason=reason, partitions=sorted(numbers), rss_mib=rss_mib()
+        )
 
     def _committed(self, partitions: list[TopicPartition]) -> dict[int, int]:
         """The group's committed offsets (stable: pending transactional commits resolved)."""

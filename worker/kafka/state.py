@@ -21,6 +21,7 @@ from confluent_kafka.admin import NewTopic
 from worker.config import KafkaSettings
 from worker.errors import BrokerError, DataError
 from worker.kafka.admin import admin_client
+from worker.metrics import rss_mib
 from worker.session import SessionStore
 from worker.session_codec import decode_session
 
@@ -161,5 +162,6 @@ def restore_partitions(
         partitions=sorted(partitions),
         sessions=installed,
         seconds=round(time.monotonic() - started, 3),
+        rss_mib=rss_mib(),
     )
     return installed
