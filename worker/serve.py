@@ -31,9 +31,9 @@ from worker.kafka.clients import make_consumer, make_producer
 from worker.kafka.dead_letter import dead_letter
 from worker.kafka.state import (
     CHECKPOINT_KEY,
+    ChangelogRestorer,
     changelog_topic,
     checkpoint_value,
-    restore_partitions,
 )
 from worker.metrics import Health, WorkerMetrics, rss_mib, serve_http
 from worker.model import ModelArtifact
@@ -113,6 +113,7 @@ class Worker:
         self._consumed = 0
         kafka = settings.kafka
         self.changelog = changelog_topic(settings.group_id) if settings.state_changelog else None
+        self.restorer = ChangelogRestorer(kafka, self.changelog) if self.changelog else None
         producer_overrides: dict[str, Any] = {}
         if settings.exactly_once:
             producer_overrides = {
@@ -225,6 +226,8 @@ class Worker:
             self.consumer.close()  # commits stored offsets and leaves the group
         except Exception as exc:  # the consumer may already be closed after a fatal error
             self.log.warning("consumer_close_failed", error=str(exc))
+        if self.restorer is not None:
+            self.restorer.close()
         self.log.info(
             "worker_stopped",
             consumed=self._consumed,
@@ -257,11 +260,9 @@ class Worker:
             self.log.warning("waiting_for_broker", waited_s=round(waited_s, 1))
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self.changelog is not None and partitions:
+        if self.restorer is not None and partitions:
             # Sessions of the gained partitions are restored before their next event is scored.
-            restore_partitions(
-                self.settings.kafka,
-                self.changelog,
+            self.restorer.restore(
                 [p.partition for p in partitions],
                 self.sessions,
                 self._index_of,
@@ -421,10 +422,8 @@ class Worker:
         numbers = {tp.partition for tp in partitions}
         self.sessions.drop_partitions(numbers)
         self.sessions.drain_forgotten()
-        if self.changelog is not None:
-            restore_partitions(
-                self.settings.kafka,
-                self.changelog,
+        if self.restorer is not None:
+            self.restorer.restore(
                 sorted(numbers),
                 self.sessions,
                 self._index_of,

@@ -31,7 +31,7 @@ CHECKPOINT_KEY = b"\x00checkpoint"
 
 
 #: Records of the changelog fetched ahead while restoring, at most (KiB).
-RESTORE_BUFFER_KB = 16 * 1024
+RESTORE_BUFFER_KB = 4 * 1024
 
 
 def changelog_topic(group_id: str) -> str:
@@ -78,90 +78,116 @@ def checkpoint_value(next_offset: int) -> bytes:
     return str(next_offset).encode()
 
 
-def restore_partitions(
-    settings: KafkaSettings,
-    topic: str,
-    partitions: list[int],
-    sessions: SessionStore,
-    index_of: Any,
-    log: Any,
-    timeout_s: float = 120.0,
-    committed: dict[int, int] | None = None,
-) -> int:
-    """Read the changelog partitions to their end and install their sessions; return how many.
+class ChangelogRestorer:
+    """Reads changelog partitions back into a SessionStore, through one consumer kept for the
+    worker's lifetime (a librdkafka client per restore would cost threads and buffers each
+    rebalance, and the process's resident memory would climb with every one)."""
 
-    ``committed`` gives, per partition, the group's committed input offset: the restore goes on
-    until the changelog's checkpoint record (written with every batch, in the same transaction
-    as the batch's offsets) has caught up with it. A transaction's commit markers reach the
-    partitions a moment after the commit returns; reading "to the end" alone could stop just
-    before the previous owner's last batch.
+    def __init__(self, settings: KafkaSettings, topic: str) -> None:
+        self._settings, self.topic = settings, topic
+        self._consumer: Consumer | None = None
 
-    Raises:
-        BrokerError: the end was not reached within ``timeout_s``.
-    """
-    if not partitions:
-        return 0
-    consumer = Consumer(
-        settings.client_config(
-            **{
-                "group.id": f"restore-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "isolation.level": "read_committed",
-                "fetch.wait.max.ms": 10,
-                # An uncompacted changelog can be large: read it through a bounded buffer.
-                "queued.max.messages.kbytes": RESTORE_BUFFER_KB,
-                "fetch.max.bytes": RESTORE_BUFFER_KB * 1024,
-            }
-        )
-    )
-    started = time.monotonic()
-    restored: dict[str, Any] = {}
-    try:
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])  # 0 = from the start
-        at_end: set[int] = set()
-        seen_checkpoint = {p: -1 for p in partitions}
-        want = {p: (committed or {}).get(p, -1) for p in partitions}
-        pending = set(partitions)
-        while pending:
-            if time.monotonic() - started > timeout_s:
-                raise BrokerError(
-                    f"restoring {topic} partitions {sorted(pending)} took over {timeout_s:.0f} s"
+    def _client(self) -> Consumer:
+        if self._consumer is None:
+            self._consumer = Consumer(
+                self._settings.client_config(
+                    **{
+                        "group.id": f"restore-{uuid.uuid4().hex}",
+                        "enable.auto.commit": False,
+                        "enable.partition.eof": True,
+                        "isolation.level": "read_committed",
+                        "fetch.wait.max.ms": 10,
+                        # An uncompacted changelog can be large: read it through a bounded buffer.
+                        "queued.max.messages.kbytes": RESTORE_BUFFER_KB,
+                        "fetch.max.bytes": RESTORE_BUFFER_KB * 1024,
+                    }
                 )
-            for msg in consumer.consume(1000, timeout=0.5):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(msg.partition())
-                        continue
-                    raise BrokerError(f"restoring {topic}: {err.name()}: {err.str()}")
-                at_end.discard(msg.partition())
-                if msg.key() == CHECKPOINT_KEY:
-                    seen_checkpoint[msg.partition()] = int(msg.value() or b"-1")
-                    continue
-                user = msg.key().decode("utf-8")
-                if msg.value() is None:
-                    restored[user] = None
-                    continue
-                try:
-                    restored[user] = decode_session(msg.value(), index_of)
-                except DataError as exc:
-                    log.warning(
-                        "changelog_record_unreadable", user_hash=hash(user) & 0xFFFF, error=str(exc)
+            )
+        return self._consumer
+
+    def restore(
+        self,
+        partitions: list[int],
+        sessions: SessionStore,
+        index_of: Any,
+        log: Any,
+        timeout_s: float = 120.0,
+        committed: dict[int, int] | None = None,
+    ) -> int:
+        """Read the changelog partitions to their end and install their sessions; return how
+        many.
+
+        ``committed`` gives, per partition, the group's committed input offset: the restore goes
+        on until the changelog's checkpoint record (written with every batch, in the same
+        transaction as the batch's offsets) has caught up with it. A transaction's commit
+        markers reach the partitions a moment after the commit returns; reading "to the end"
+        alone could stop just before the previous owner's last batch.
+
+        Raises:
+            BrokerError: the end was not reached within ``timeout_s``.
+        """
+        if not partitions:
+            return 0
+        consumer = self._client()
+        started = time.monotonic()
+        restored: dict[str, Any] = {}
+        topic = self.topic
+        try:
+            # Offset 0 = from the start (the log start offset, after compaction).
+            consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+            at_end: set[int] = set()
+            seen_checkpoint = {p: -1 for p in partitions}
+            want = {p: (committed or {}).get(p, -1) for p in partitions}
+            pending = set(partitions)
+            while pending:
+                if time.monotonic() - started > timeout_s:
+                    raise BrokerError(
+                        f"restoring {topic} partitions {sorted(pending)} took over "
+                        f"{timeout_s:.0f} s"
                     )
-            pending = {p for p in pending if not (p in at_end and seen_checkpoint[p] >= want[p])}
-    finally:
-        consumer.close()
-    installed = 0
-    for user, session in restored.items():
-        if session is not None:
-            sessions.put(user, session)
-            installed += 1
-    log.info(
-        "sessions_restored",
-        partitions=sorted(partitions),
-        sessions=installed,
-        seconds=round(time.monotonic() - started, 3),
-        rss_mib=rss_mib(),
-    )
-    return installed
+                for msg in consumer.consume(1000, timeout=0.5):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            at_end.add(msg.partition())
+                            continue
+                        raise BrokerError(f"restoring {topic}: {err.name()}: {err.str()}")
+                    at_end.discard(msg.partition())
+                    if msg.key() == CHECKPOINT_KEY:
+                        seen_checkpoint[msg.partition()] = int(msg.value() or b"-1")
+                        continue
+                    user = msg.key().decode("utf-8")
+                    if msg.value() is None:
+                        restored[user] = None
+                        continue
+                    try:
+                        restored[user] = decode_session(msg.value(), index_of)
+                    except DataError as exc:
+                        log.warning(
+                            "changelog_record_unreadable",
+                            user_hash=hash(user) & 0xFFFF,
+                            error=str(exc),
+                        )
+                pending = {
+                    p for p in pending if not (p in at_end and seen_checkpoint[p] >= want[p])
+                }
+        finally:
+            consumer.unassign()
+        installed = 0
+        for user, session in restored.items():
+            if session is not None:
+                sessions.put(user, session)
+                installed += 1
+        log.info(
+            "sessions_restored",
+            partitions=sorted(partitions),
+            sessions=installed,
+            seconds=round(time.monotonic() - started, 3),
+            rss_mib=rss_mib(),
+        )
+        return installed
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
