@@ -137,7 +137,9 @@ class Worker:
             **{
                 "partition.assignment.strategy": "cooperative-sticky",
                 "queued.max.messages.kbytes": settings.fetch_buffer_mb * 1024,
-                "fetch.max.bytes": settings.fetch_buffer_mb * 1024 * 1024,
+                # One fetch response is at most a quarter of the buffer: it arrives compressed
+                # and is decompressed next to it, several times its size.
+                "fetch.max.bytes": max(1, settings.fetch_buffer_mb // 4) * 1024 * 1024,
                 "statistics.interval.ms": 5000,
                 "stats_cb": self._on_stats,
             },

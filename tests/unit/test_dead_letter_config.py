@@ -275,7 +275,7 @@ def test_client_buffers_are_bounded_by_the_project_not_librdkafka_defaults(monke
     clients.make_producer(KafkaSettings(), log)
     consumer, producer = seen
     assert consumer["queued.max.messages.kbytes"] == 16 * 1024
-    assert consumer["fetch.max.bytes"] == 16 * 1024 * 1024
+    assert consumer["fetch.max.bytes"] == 4 * 1024 * 1024
     assert producer["queue.buffering.max.kbytes"] == 32 * 1024
     seen.clear()
     clients.make_consumer(KafkaSettings(), "g", log, **{"queued.max.messages.kbytes": 4096})

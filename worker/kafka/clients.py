@@ -110,10 +110,10 @@ def make_consumer(
             "fetch.min.bytes": 1,
             "fetch.wait.max.ms": 50,
             # Records fetched ahead of the application are bounded (librdkafka's default is
-            # 64 MiB, and one fetch response may add fetch.max.bytes on top): a backlog stays in
-            # Kafka, not in this process.
+            # 64 MiB, and one fetch response, 50 MiB by default and decompressed next to itself,
+            # comes on top): a backlog stays in Kafka, not in this process.
             "queued.max.messages.kbytes": 16 * 1024,
-            "fetch.max.bytes": 16 * 1024 * 1024,
+            "fetch.max.bytes": 4 * 1024 * 1024,
             "auto.commit.interval.ms": 1000,
             "statistics.interval.ms": 0,
             **overrides,

@@ -99,7 +99,7 @@ class ChangelogRestorer:
                         "fetch.wait.max.ms": 10,
                         # An uncompacted changelog can be large: read it through a bounded buffer.
                         "queued.max.messages.kbytes": RESTORE_BUFFER_KB,
-                        "fetch.max.bytes": RESTORE_BUFFER_KB * 1024,
+                        "fetch.max.bytes": RESTORE_BUFFER_KB * 1024 // 4,
                     }
                 )
             )
