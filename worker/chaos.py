@@ -87,7 +87,7 @@ class MemoryWindow:
     label: str
     before_mb: float  # at the fault (the 5 s before it); soak: peak of the first half
     during_mb: float  # while the fault lasted; soak: peak of the last half
-    after_mb: float  # from the fault's end until recovered; soak: at the end
+    after_mb: float  # from the fault's end until its backlog was answered; soak: at the end
     allowed_growth_mb: float
     backlog: int = -1  # input events waiting in Kafka when the fault ended (-1: not measured)
     backlog_before: int = -1  # ... when it struck
@@ -150,6 +150,8 @@ class ScenarioResult:
         for w in self.memory:
             if w.stalled:
                 out.append(f"{w.label}: {w.stalled} probes saw a stalled loop (liveness)")
+            if self.scenario == "slow" and 0 <= w.backlog <= w.backlog_before:
+                out.append(f"{w.label}: no backlog built up (the throttle did not bite)")
             if not w.bounded:
                 out.append(
                     f"{w.label}: worker RSS grew {w.growth_mb:.0f} MiB "

@@ -50,3 +50,11 @@ def test_memory_table_lists_every_window_and_is_empty_without_any() -> None:
     lines = format_memory([r]).splitlines()
     assert len(lines) == 3
     assert "broker frozen 30 s" in lines[2] and "60,000" in lines[2] and "40/100" in lines[2]
+
+
+def test_a_throttle_that_built_no_backlog_fails_the_slow_scenario() -> None:
+    r = ScenarioResult("slow", "at-least-once", produced=1000, bad_sent=1, dead_lettered=1)
+    r.memory.append(window(label="output throttled 30 s", backlog=300, backlog_before=400))
+    assert r.failures == ["output throttled 30 s: no backlog built up (the throttle did not bite)"]
+    r.memory[0].backlog = 50_000
+    assert r.passed
