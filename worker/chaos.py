@@ -288,6 +288,7 @@ class Group:
         self.models_dir, self.exactly_once, self.log_dir = models_dir, exactly_once, log_dir
         self.extra_args = extra_args
         self.procs: dict[int, subprocess.Popen] = {}
+        self.started: list[subprocess.Popen] = []  # every process, for the final clean-up
         self.ports: dict[int, int] = {}  # slot -> the worker's /metrics, /healthz, /readyz port
         self.unexpected_exits = 0
 
@@ -327,6 +328,7 @@ class Group:
         log = open(self.log_dir / f"worker{slot}.log", "ab")  # noqa: SIM115
         env = {**os.environ, "WORKER_LOG_FORMAT": "json"}
         self.procs[slot] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.started.append(self.procs[slot])
 
     def kill9(self, slot: int) -> None:
         self.procs[slot].send_signal(signal.SIGKILL)
@@ -407,6 +409,14 @@ class Group:
 
     def stop_all(self) -> None:
         self.sigterm(self.live_slots())
+        for proc in self.started:  # one replaced in its slot while alive (mixed: scale 2->4)
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=45)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 class RssSampler:
