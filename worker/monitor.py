@@ -20,7 +20,7 @@ import time
 from collections import deque
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from worker.accuracy import AccuracyTracker, PurchaseLine, ShownSuggestion, WindowReport
 from worker.codec import codec_for
@@ -287,10 +287,9 @@ class Monitor:
     def _resume_from_last_report(self) -> None:
         """Continue the cumulative figures and skip the windows already on the accuracy topic."""
         topic = self.settings.topics.accuracy
-        reader = Consumer(
-            self.settings.kafka.client_config(
-                **{"group.id": f"{self.settings.group_id}-resume", "enable.auto.commit": False}
-            )
+        # Through make_consumer: its librdkafka log lines go to the JSON log, not raw stderr.
+        reader = make_consumer(
+            self.settings.kafka, f"{self.settings.group_id}-resume", self.log, auto_commit=False
         )
         try:
             low, high = reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
