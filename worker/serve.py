@@ -113,7 +113,7 @@ class Worker:
         self._consumed = 0
         kafka = settings.kafka
         self.changelog = changelog_topic(settings.group_id) if settings.state_changelog else None
-        self.restorer = ChangelogRestorer(kafka, self.changelog) if self.changelog else None
+        self.restorer = ChangelogRestorer(kafka, self.changelog, log) if self.changelog else None
         producer_overrides: dict[str, Any] = {}
         if settings.exactly_once:
             producer_overrides = {

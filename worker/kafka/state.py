@@ -21,6 +21,7 @@ from confluent_kafka.admin import NewTopic
 from worker.config import KafkaSettings
 from worker.errors import BrokerError, DataError
 from worker.kafka.admin import admin_client
+from worker.kafka.clients import make_consumer
 from worker.metrics import rss_mib
 from worker.session import SessionStore
 from worker.session_codec import decode_session
@@ -83,25 +84,25 @@ class ChangelogRestorer:
     worker's lifetime (a librdkafka client per restore would cost threads and buffers each
     rebalance, and the process's resident memory would climb with every one)."""
 
-    def __init__(self, settings: KafkaSettings, topic: str) -> None:
-        self._settings, self.topic = settings, topic
+    def __init__(self, settings: KafkaSettings, topic: str, log: Any) -> None:
+        self._settings, self.topic, self._log = settings, topic, log
         self._consumer: Consumer | None = None
 
     def _client(self) -> Consumer:
         if self._consumer is None:
-            self._consumer = Consumer(
-                self._settings.client_config(
-                    **{
-                        "group.id": f"restore-{uuid.uuid4().hex}",
-                        "enable.auto.commit": False,
-                        "enable.partition.eof": True,
-                        "isolation.level": "read_committed",
-                        "fetch.wait.max.ms": 10,
-                        # An uncompacted changelog can be large: read it through a bounded buffer.
-                        "queued.max.messages.kbytes": RESTORE_BUFFER_KB,
-                        "fetch.max.bytes": RESTORE_BUFFER_KB * 1024 // 4,
-                    }
-                )
+            # Through make_consumer: its librdkafka log lines go to the JSON log.
+            self._consumer = make_consumer(
+                self._settings,
+                f"restore-{uuid.uuid4().hex}",
+                self._log,
+                auto_commit=False,
+                **{
+                    "enable.partition.eof": True,
+                    "fetch.wait.max.ms": 10,
+                    # An uncompacted changelog can be large: read it through a bounded buffer.
+                    "queued.max.messages.kbytes": RESTORE_BUFFER_KB,
+                    "fetch.max.bytes": RESTORE_BUFFER_KB * 1024 // 4,
+                },
             )
         return self._consumer
 
