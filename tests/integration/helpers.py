@@ -216,3 +216,29 @@ def json_lines(text: str) -> list[dict]:
         except ValueError:
             out.append({"raw": line})
     return out
+
+
+def one_fatal_error(
+    proc: subprocess.Popen, log_path: Path, started: float, timeout_s: float, what: str
+) -> tuple[str, str]:
+    """Wait for a process that must fail fast: exit code 2 within ``timeout_s`` of ``started``
+    and exactly one error record, a fatal BrokerError. Return its message and the whole log."""
+    try:
+        rc = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(
+            f"still running {timeout_s} s after {what}:\n{log_path.read_text()[-3000:]}"
+        ) from None
+    elapsed = time.monotonic() - started
+    text = log_path.read_text()
+    assert rc == 2, text
+    assert elapsed < timeout_s
+
+    lines = json_lines(text)
+    errors = [r for r in lines if r.get("level") in ("error", "critical") or "raw" in r]
+    assert len(errors) == 1, text
+    error = errors[0]
+    assert error.get("event") == "fatal" and error.get("error_class") == "BrokerError", text
+    return error["error"], text
