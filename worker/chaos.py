@@ -442,12 +442,17 @@ class RssSampler:
             self.probes.extend((now, detail) for detail in self._group.readiness())
 
     def probed(self, t0: float, t1: float) -> tuple[int, int, int]:
-        """(answers, backpressure reported, stalled loop) among the probes in [t0, t1]."""
+        """(answers, backpressure reported, stalled: the loop or a partition's fetching) among
+        the probes in [t0, t1]."""
         inside = [d for t, d in self.probes if t0 <= t <= t1]
         return (
             len(inside),
             sum(1 for d in inside if d.get("backpressure")),
-            sum(1 for d in inside if d.get("loop_age_s", 0.0) >= STALL_AFTER_S),
+            sum(
+                1
+                for d in inside
+                if d.get("loop_age_s", 0.0) >= STALL_AFTER_S or d.get("fetch_stalled_partitions")
+            ),
         )
 
     def peak(self, t0: float, t1: float) -> float:

@@ -1,7 +1,8 @@
 """Prometheus metrics and the health endpoints, served on one small HTTP port.
 
 ``GET /metrics`` Prometheus text format; ``GET /healthz`` liveness (200 while the poll loop has
-turned within ``stall_after_s``); ``GET /readyz`` readiness (200 when the model is loaded, the
+turned within ``stall_after_s`` and no assigned partition has gone unfetched for
+``FETCH_STALL_S``); ``GET /readyz`` readiness (200 when the model is loaded, the
 consumer holds an assignment and the loop is live). Port 0 disables the server.
 """
 
@@ -36,6 +37,40 @@ def rss_mib() -> float:
     return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
+#: An assigned partition that librdkafka has not been fetching for this long fails liveness.
+FETCH_STALL_S = 60.0
+
+
+class FetchWatch:
+    """Assigned partitions that the client is not fetching, from librdkafka's statistics.
+
+    A partition the application holds (``desired``) normally sits in fetch state ``active``;
+    it leaves it only briefly (an offset lookup, a seek, a leader change). One that stays out of
+    it for ``stall_after_s`` is stalled: the loop turns and looks healthy but that partition's
+    events are never read. Restarting the process is the known cure, so it fails liveness.
+    """
+
+    def __init__(self, stall_after_s: float = FETCH_STALL_S) -> None:
+        self.stall_after_s = stall_after_s
+        self._since: dict[tuple[str, int], float] = {}
+        self.states: dict[tuple[str, int], str] = {}
+
+    def observe(self, stats: dict[str, Any], now: float) -> list[tuple[str, int]]:
+        """Feed one statistics object; return the stalled partitions, sorted."""
+        states = {}
+        for name, topic in stats.get("topics", {}).items():
+            for p in topic.get("partitions", {}).values():
+                number = p.get("partition", -1)
+                if number < 0 or not p.get("desired", False):
+                    continue
+                state = p.get("fetch_state", "")
+                if state != "active":
+                    states[(name, number)] = state
+        self.states = states
+        self._since = {tp: self._since.get(tp, now) for tp in states}
+        return sorted(tp for tp, t in self._since.items() if now - t >= self.stall_after_s)
+
+
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STAGE_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -50,13 +85,15 @@ class Health:
         self.last_loop_monotonic = time.monotonic()
         self.stopping = False
         self.backpressure = False  # a batch is waiting for the broker to acknowledge its outputs
+        self.fetch_stalled = 0  # assigned partitions not fetched for FETCH_STALL_S (FetchWatch)
 
     def beat(self) -> None:
         self.last_loop_monotonic = time.monotonic()
 
     def live(self) -> tuple[bool, dict[str, Any]]:
         age = time.monotonic() - self.last_loop_monotonic
-        return age < self.stall_after_s, {"loop_age_s": round(age, 3)}
+        detail = {"loop_age_s": round(age, 3), "fetch_stalled_partitions": self.fetch_stalled}
+        return age < self.stall_after_s and not self.fetch_stalled, detail
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         live, detail = self.live()
@@ -124,6 +161,11 @@ class WorkerMetrics:
             registry=r,
         )
         self.assigned = Gauge("worker_assigned_partitions", "Partitions assigned", registry=r)
+        self.fetch_stalled = Gauge(
+            "worker_fetch_stalled_partitions",
+            "Assigned partitions the client has not fetched for FETCH_STALL_S (fails liveness)",
+            registry=r,
+        )
         self.model_info = Gauge(
             "worker_model_info", "Loaded model version", ["version"], registry=r
         )

@@ -28,7 +28,7 @@ from worker.config import MonitorSettings
 from worker.errors import BrokerError, DataError
 from worker.kafka.admin import DLQ_MAX_MESSAGE_BYTES
 from worker.kafka.checkpoint import Checkpoint
-from worker.kafka.clients import make_consumer, make_producer
+from worker.kafka.clients import assign_at, committed_offsets, make_consumer, make_producer
 from worker.kafka.dead_letter import dead_letter
 from worker.metrics import Health, MonitorMetrics, serve_http
 from worker.model import read_metadata
@@ -360,6 +360,7 @@ class Monitor:
     # -- rebalance -----------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        assign_at(consumer, partitions, committed_offsets(consumer, partitions), incremental=False)
         for p in partitions:
             self._at_end.setdefault((p.topic, p.partition), False)
         self.health.assigned_partitions = len(self._at_end)

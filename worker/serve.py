@@ -27,7 +27,7 @@ from worker.kafka.checkpoint import (
     TransactionAbandonedError,
     TransactionalCheckpoint,
 )
-from worker.kafka.clients import make_consumer, make_producer
+from worker.kafka.clients import assign_at, committed_offsets, make_consumer, make_producer
 from worker.kafka.dead_letter import dead_letter
 from worker.kafka.state import (
     CHECKPOINT_KEY,
@@ -35,7 +35,7 @@ from worker.kafka.state import (
     changelog_topic,
     checkpoint_value,
 )
-from worker.metrics import Health, WorkerMetrics, rss_mib, serve_http
+from worker.metrics import FetchWatch, Health, WorkerMetrics, rss_mib, serve_http
 from worker.model import ModelArtifact
 from worker.pipeline import Recommender
 from worker.records import BrowsingEvent, SourceRef, to_browsing_event
@@ -106,6 +106,7 @@ class Worker:
         self.metrics.model_info.labels(version=artifact.version).set(1)
         self.health = Health()
         self.health.model_loaded = True
+        self.fetch_watch = FetchWatch()
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
         self._answered = 0
@@ -164,6 +165,7 @@ class Worker:
             self.log.info("shutdown_requested", timeout_s=self.settings.shutdown_timeout_s)
             self._stop.set()
             self.health.stopping = True
+            self.checkpoint.hurry()
             watchdog = threading.Timer(self.settings.shutdown_timeout_s, self._shutdown_overdue)
             watchdog.daemon = True
             watchdog.start()
@@ -262,15 +264,20 @@ class Worker:
             self.log.warning("waiting_for_broker", waited_s=round(waited_s, 1))
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        committed = committed_offsets(consumer, partitions)
         if self.restorer is not None and partitions:
             # Sessions of the gained partitions are restored before their next event is scored.
+            # Exactly-once: up to the committed offsets, which are where fetching starts.
             self.restorer.restore(
                 [p.partition for p in partitions],
                 self.sessions,
                 self._index_of,
                 self.log,
-                committed=self._committed(partitions),
+                committed={p: o for (_, p), o in committed.items()}
+                if self.settings.exactly_once
+                else {},
             )
+        assign_at(consumer, partitions, committed, incremental=True)
         self._assigned |= {(p.topic, p.partition) for p in partitions}
         self.health.assigned_partitions = len(self._assigned)
         self.metrics.assigned.set(len(self._assigned))
@@ -301,14 +308,24 @@ class Worker:
     def _on_stats(self, stats_json: str) -> None:
         try:
             stats = json.loads(stats_json)
-            lag = 0
-            for topic in stats.get("topics", {}).values():
-                for p in topic.get("partitions", {}).values():
-                    if p.get("partition", -1) >= 0 and p.get("consumer_lag", -1) >= 0:
-                        lag += p["consumer_lag"]
-            self.metrics.lag.set(lag)
         except ValueError:
             return
+        lag = 0
+        for topic in stats.get("topics", {}).values():
+            for p in topic.get("partitions", {}).values():
+                if p.get("partition", -1) >= 0 and p.get("consumer_lag", -1) >= 0:
+                    lag += p["consumer_lag"]
+        self.metrics.lag.set(lag)
+        stalled = self.fetch_watch.observe(stats, time.monotonic())
+        if stalled and not self.health.fetch_stalled:
+            self.log.error(
+                "fetch_stalled",
+                partitions=[p for _, p in stalled],
+                fetch_states=sorted({self.fetch_watch.states[tp] for tp in stalled}),
+                stalled_for_s=self.fetch_watch.stall_after_s,
+            )
+        self.health.fetch_stalled = len(stalled)
+        self.metrics.fetch_stalled.set(len(stalled))
 
     # -- the batch -----------------------------------------------------------------------------
 
@@ -390,7 +407,12 @@ class Worker:
         try:
             self.checkpoint.complete(next_offsets)
         except TransactionAbandonedError as exc:
-            self._rewind(str(exc))
+            if self._stop.is_set():
+                # Shutting down: nothing of the batch was committed; the partitions' next owner
+                # (or this worker restarted) resumes from the committed offsets and state.
+                self.log.warning("batch_abandoned_at_shutdown", reason=str(exc))
+            else:
+                self._rewind(str(exc))
             return BatchOutcome(answered=0, dead_lettered=0)
         self.health.backpressure = False
         t4 = time.perf_counter()
@@ -416,11 +438,11 @@ class Worker:
         """After an abandoned transaction: back to the last committed offsets and the session
         state committed with them, so the batch is answered again, exactly once."""
         partitions = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
-        committed = self.consumer.committed(partitions, timeout=60)
-        for tp in committed:
-            if tp.offset < 0:
-                tp.offset = OFFSET_BEGINNING
-            self.consumer.seek(tp)
+        committed = committed_offsets(self.consumer, partitions)
+        for (topic, partition), offset in committed.items():
+            self.consumer.seek(
+                TopicPartition(topic, partition, offset if offset >= 0 else OFFSET_BEGINNING)
+            )
         numbers = {tp.partition for tp in partitions}
         self.sessions.drop_partitions(numbers)
         self.sessions.drain_forgotten()
@@ -430,21 +452,12 @@ class Worker:
                 self.sessions,
                 self._index_of,
                 self.log,
-                committed={tp.partition: tp.offset for tp in committed},
+                committed={p: o for (_, p), o in committed.items()},
             )
         self.health.backpressure = False
         self.log.warning(
             "batch_rewound", reason=reason, partitions=sorted(numbers), rss_mib=rss_mib()
         )
-
-    def _committed(self, partitions: list[TopicPartition]) -> dict[int, int]:
-        """The group's committed offsets (stable: pending transactional commits resolved)."""
-        if not self.settings.exactly_once:
-            return {}  # at-least-once: stored offsets may trail the state; nothing to wait for
-        tps = self.consumer.committed(
-            [TopicPartition(p.topic, p.partition) for p in partitions], timeout=60
-        )
-        return {tp.partition: tp.offset for tp in tps}
 
     def _write_changelog(
         self,

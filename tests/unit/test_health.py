@@ -69,6 +69,17 @@ def test_a_stalled_poll_loop_fails_liveness(served):
     assert _get(port, "/readyz")[0] == 503
 
 
+def test_a_partition_not_fetched_fails_liveness_while_the_loop_turns(served):
+    health, _, port = served
+    health.model_loaded, health.assigned_partitions = True, 3
+    health.beat()
+    health.fetch_stalled = 1  # set from librdkafka statistics by FetchWatch
+    status, detail = _get(port, "/healthz")
+    assert status == 503 and detail["fetch_stalled_partitions"] == 1 and detail["loop_age_s"] < 0.5
+    health.fetch_stalled = 0
+    assert _get(port, "/healthz")[0] == 200
+
+
 def test_backpressure_and_shutdown_make_the_worker_not_ready(served):
     health, _, port = served
     health.model_loaded, health.assigned_partitions = True, 1

@@ -36,6 +36,8 @@ from worker.errors import BrokerError
 
 FLUSH_SLICE_S = 1.0
 TXN_STUCK_S = 20.0
+#: The same once shutdown was requested: the shutdown has a deadline of its own.
+TXN_STUCK_STOPPING_S = 5.0
 
 
 class DeliveryError(BrokerError):
@@ -139,6 +141,9 @@ class Checkpoint:
                 f"{len(failures)} outputs failed; offsets not stored; first: {failures[0]}"
             )
 
+    def hurry(self) -> None:
+        """Shutdown was requested: give up sooner on calls that hang (exactly-once)."""
+
     def commit_stored(self) -> None:
         """Synchronously commit what is stored (on revoke and before close)."""
         try:
@@ -174,6 +179,10 @@ class TransactionalCheckpoint(Checkpoint):
         self._producer_factory = producer_factory
         super().__init__(self._new_producer(), consumer, **kwargs)
         self._open = False
+        self._stuck_after_s = TXN_STUCK_S
+
+    def hurry(self) -> None:
+        self._stuck_after_s = TXN_STUCK_STOPPING_S
 
     @staticmethod
     def _init(producer: Producer) -> Producer:
@@ -232,7 +241,7 @@ class TransactionalCheckpoint(Checkpoint):
         coordinator went away, for example across a broker restart (confluentinc/librdkafka
         #5456, #5511). Waiting here reports backpressure every second; after ``TXN_STUCK_S``
         the call is abandoned (its thread stays blocked in the old producer, which the caller
-        then replaces and fences).
+        then replaces and fences); after ``TXN_STUCK_STOPPING_S`` once shutdown was requested.
         """
         outcome: list[BaseException | None] = []
 
@@ -254,7 +263,7 @@ class TransactionalCheckpoint(Checkpoint):
                 return
             waited = time.monotonic() - started
             self._on_wait(waited)
-            if waited > TXN_STUCK_S:
+            if waited > self._stuck_after_s:
                 raise _TransactionCallStuck(f"{name} blocked for {waited:.0f} s")
 
     def _abort_or_replace(self, reason: str) -> None:

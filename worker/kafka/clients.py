@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from worker.config import KafkaSettings
 from worker.errors import BrokerError
@@ -132,3 +133,72 @@ def make_consumer(
         return Consumer(config)
     except Exception as exc:
         raise BrokerError(f"cannot create consumer: {exc}") from exc
+
+
+#: Per attempt of :func:`committed_offsets`; a stable read (pending transactional commits
+#: resolved) can take a while after a broker restart.
+COMMITTED_TIMEOUT_S = 20.0
+COMMITTED_ATTEMPTS = 3
+
+
+def committed_offsets(
+    consumer: Consumer,
+    partitions: list[TopicPartition],
+    *,
+    timeout_s: float = COMMITTED_TIMEOUT_S,
+    attempts: int = COMMITTED_ATTEMPTS,
+) -> dict[tuple[str, int], int]:
+    """The group's committed offset of each partition (negative: nothing committed yet).
+
+    Retried: right after a coordinator change the request can fail (``NOT_COORDINATOR``) or
+    time out; librdkafka finds the new coordinator meanwhile.
+
+    Raises:
+        BrokerError: still failing after ``attempts`` tries.
+    """
+    asked = [TopicPartition(p.topic, p.partition) for p in partitions]
+    if not asked:
+        return {}
+    last = ""
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(0.5 * attempt)
+        try:
+            answer = consumer.committed(asked, timeout=timeout_s)
+        except KafkaException as exc:
+            last = str(exc)
+            continue
+        failed = [tp for tp in answer if tp.error is not None]
+        if not failed:
+            return {(tp.topic, tp.partition): tp.offset for tp in answer}
+        last = f"{failed[0].topic}[{failed[0].partition}]: {failed[0].error}"
+    raise BrokerError(f"cannot read committed offsets after {attempts} attempts: {last}")
+
+
+def assign_at(
+    consumer: Consumer,
+    partitions: list[TopicPartition],
+    committed: dict[tuple[str, int], int],
+    *,
+    incremental: bool,
+) -> None:
+    """Take an assignment from inside ``on_assign``, each partition starting at its committed
+    offset (from :func:`committed_offsets`; the beginning when nothing is committed).
+
+    The application reads the committed offsets itself (retried) and assigns explicit
+    positions, instead of leaving the lookup to librdkafka: when that lookup meets a stale
+    group coordinator (``NOT_COORDINATOR`` for the whole request, as after a broker freeze),
+    librdkafka never retries it and the partition is never fetched, while the consumer looks
+    healthy (confluentinc/librdkafka#5586). ``incremental`` is True for the cooperative
+    protocol.
+    """
+    start = []
+    for p in partitions:
+        offset = committed.get((p.topic, p.partition), -1)
+        start.append(
+            TopicPartition(p.topic, p.partition, offset if offset >= 0 else OFFSET_BEGINNING)
+        )
+    if incremental:
+        consumer.incremental_assign(start)
+    else:
+        consumer.assign(start)
