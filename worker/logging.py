@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -40,3 +41,30 @@ def configure_logging(*, level: str | None = None, fmt: str | None = None, **bou
         cache_logger_on_first_use=True,
     )
     return structlog.get_logger().bind(**bound)
+
+
+class RepeatFilter:
+    """Lets one line of a kind through per ``window_s`` and counts the rest.
+
+    For client messages that repeat on every reconnect attempt (every 100 ms or so while a
+    broker is down): the first goes out at once, the following ones within ``window_s`` are
+    counted and reported as ``repeated`` on the next one let through. Numbers in the key are
+    ignored ("after 0ms" and "after 51ms" are the same kind of line).
+    """
+
+    _DIGITS = re.compile(r"\d+")
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        self.window_s = window_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, key: str, now: float) -> int | None:
+        """None to drop this line; otherwise how many like it were dropped since the last."""
+        kind = self._DIGITS.sub("#", key)
+        last = self._last.get(kind)
+        if last is not None and now - last < self.window_s:
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return None
+        self._last[kind] = now
+        return self._held.pop(kind, 0)

@@ -9,6 +9,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 
 from worker.config import KafkaSettings
 from worker.errors import BrokerError
+from worker.logging import RepeatFilter
 
 
 def _error_cb(log: Any):
@@ -16,6 +17,7 @@ def _error_cb(log: Any):
     reconnect), other errors as warnings. Only the error name is logged: librdkafka's messages
     never carry credentials, and the names certainly do not."""
     fatal_seen = {"auth": False}
+    repeats = RepeatFilter()
 
     def on_error(err: Any) -> None:
         # Authentication failures repeat on every reconnect: log the first one loudly only.
@@ -25,9 +27,12 @@ def _error_cb(log: Any):
                 fatal_seen["auth"] = True
                 log.error("kafka_authentication_failed", error=name)
             return
-        log.warning(
-            "kafka_client_error", error=name, fatal=err.fatal() if hasattr(err, "fatal") else None
-        )
+        fatal = err.fatal() if hasattr(err, "fatal") else None
+        repeated = 0 if fatal else repeats.allow(name, time.monotonic())
+        if repeated is None:
+            return
+        extra = {"repeated": repeated} if repeated else {}
+        log.warning("kafka_client_error", error=name, fatal=fatal, **extra)
 
     return on_error
 
@@ -35,18 +40,24 @@ def _error_cb(log: Any):
 class _LibrdkafkaLog:
     """librdkafka's own log lines as structured log events instead of raw ``%3|...`` lines on
     stderr. Lines about refused authentication are dropped: they come on every reconnect and
-    ``error_cb`` has already reported the failure once."""
+    ``error_cb`` has already reported the failure once. Others that repeat (a refused connection
+    on every reconnect attempt while a broker is down) go out once per 10 s with a count."""
 
     _LEVELS = {50: "critical", 40: "error", 30: "warning", 20: "info", 10: "debug"}
 
     def __init__(self, log: Any) -> None:
         self._log = log
+        self._repeats = RepeatFilter()
 
     def log(self, level: int, _fmt: str, facility: str, name: str, message: str) -> None:
         if "authentication" in str(message).lower():
             return
+        repeated = self._repeats.allow(f"{level}|{facility}|{message}", time.monotonic())
+        if repeated is None:
+            return
+        extra = {"repeated": repeated} if repeated else {}
         method = getattr(self._log, self._LEVELS.get(level, "info"), self._log.info)
-        method("librdkafka", facility=facility, client=name, message=message)
+        method("librdkafka", facility=facility, client=name, message=message, **extra)
 
 
 def _client_hooks(settings: KafkaSettings, log: Any) -> dict[str, Any]:
