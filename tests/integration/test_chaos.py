@@ -15,11 +15,7 @@ pytestmark = pytest.mark.kafka
 
 CI_EVENTS = 6000
 CI_FAULT_S = 12.0  # broker freeze / output throttle length (30 s in the full run)
-#: ``freeze`` is left out here: in one CI run both workers kept their partitions but stopped
-#: fetching after the group coordinator failed over during the freeze (NOT_COORDINATOR), and
-#: the scenario never finished. Until the worker detects and recovers from that stall, run it
-#: with ``worker chaos --scenarios freeze``.
-CI_SCENARIOS = [s for s in SCENARIOS if s != "freeze"]
+CI_SCENARIOS = list(SCENARIOS)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +34,8 @@ def default_catalogue_model(tmp_path_factory):
 def test_every_scenario_loses_nothing_and_exactly_once_duplicates_nothing(
     default_catalogue_model, tmp_path
 ):
-    """kill -9, broker restart, 1->3->2 scaling, SIGTERM-all, all mixed, a throttled output
-    topic and a soak (not the broker freeze, see CI_SCENARIOS): zero missing answers in both
+    """kill -9, broker restart, 1->3->2 scaling, SIGTERM-all, all mixed, a frozen broker, a
+    throttled output topic and a soak: zero missing answers in both
     modes, duplicates within the in-flight bound (at-least-once) or zero (exactly-once),
     per-user order kept, every bad record dead-lettered once, exactly-once suggestions identical
     to an undisturbed run's (session state restored, not reset), and worker memory bounded
