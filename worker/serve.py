@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from worker.codec import codec_for
 from worker.config import WorkerSettings
@@ -27,7 +27,13 @@ from worker.kafka.checkpoint import (
     TransactionAbandonedError,
     TransactionalCheckpoint,
 )
-from worker.kafka.clients import assign_at, committed_offsets, make_consumer, make_producer
+from worker.kafka.clients import (
+    assign_at,
+    committed_offsets,
+    make_consumer,
+    make_producer,
+    start_at,
+)
 from worker.kafka.dead_letter import dead_letter
 from worker.kafka.state import (
     CHECKPOINT_KEY,
@@ -267,7 +273,10 @@ class Worker:
         committed = committed_offsets(consumer, partitions)
         if self.restorer is not None and partitions:
             # Sessions of the gained partitions are restored before their next event is scored.
-            # Exactly-once: up to the committed offsets, which are where fetching starts.
+            # Exactly-once: until the changelog has caught up with the committed offsets, which
+            # are where fetching starts. At-least-once: to the changelog's end, waiting for
+            # nothing (state may be ahead of the committed offsets, which are sent a second
+            # later; a redelivered event is recognised by its session's last offset).
             self.restorer.restore(
                 [p.partition for p in partitions],
                 self.sessions,
@@ -440,9 +449,7 @@ class Worker:
         partitions = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
         committed = committed_offsets(self.consumer, partitions)
         for (topic, partition), offset in committed.items():
-            self.consumer.seek(
-                TopicPartition(topic, partition, offset if offset >= 0 else OFFSET_BEGINNING)
-            )
+            self.consumer.seek(start_at(topic, partition, offset))
         numbers = {tp.partition for tp in partitions}
         self.sessions.drop_partitions(numbers)
         self.sessions.drain_forgotten()

@@ -186,6 +186,11 @@ def committed_offsets(
     raise BrokerError(f"cannot read committed offsets after {attempts} attempts: {last}")
 
 
+def start_at(topic: str, partition: int, committed: int) -> TopicPartition:
+    """Where a partition is read from: its committed offset, or the beginning if none."""
+    return TopicPartition(topic, partition, committed if committed >= 0 else OFFSET_BEGINNING)
+
+
 def assign_at(
     consumer: Consumer,
     partitions: list[TopicPartition],
@@ -203,12 +208,10 @@ def assign_at(
     healthy (confluentinc/librdkafka#5586). ``incremental`` is True for the cooperative
     protocol.
     """
-    start = []
-    for p in partitions:
-        offset = committed.get((p.topic, p.partition), -1)
-        start.append(
-            TopicPartition(p.topic, p.partition, offset if offset >= 0 else OFFSET_BEGINNING)
-        )
+    start = [
+        start_at(p.topic, p.partition, committed.get((p.topic, p.partition), -1))
+        for p in partitions
+    ]
     if incremental:
         consumer.incremental_assign(start)
     else:
