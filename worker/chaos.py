@@ -291,6 +291,7 @@ class Group:
         self.started: list[subprocess.Popen] = []  # every process, for the final clean-up
         self.ports: dict[int, int] = {}  # slot -> the worker's /metrics, /healthz, /readyz port
         self.unexpected_exits = 0
+        self.exit_notes: list[str] = []  # how each unexpected exit happened
 
     def start(self, slot: int) -> None:
         from worker.localkafka import free_ports
@@ -341,6 +342,7 @@ class Group:
             code = self.procs[s].wait(timeout=timeout_s)
             if code != 0:
                 self.unexpected_exits += 1
+                self.exit_notes.append(f"worker {s} exited {code} after SIGTERM")
 
     def live_slots(self) -> list[int]:
         return [s for s, p in self.procs.items() if p.poll() is None]
@@ -350,6 +352,7 @@ class Group:
         for slot, proc in list(self.procs.items()):
             if proc.poll() is not None and proc.returncode not in (0, -signal.SIGKILL):
                 self.unexpected_exits += 1
+                self.exit_notes.append(f"worker {slot} exited {proc.returncode} on its own")
                 del self.procs[slot]
 
     def rss_mb(self) -> dict[int, float]:
@@ -409,7 +412,7 @@ class Group:
 
     def stop_all(self) -> None:
         self.sigterm(self.live_slots())
-        for proc in self.started:  # one replaced in its slot while alive (mixed: scale 2->4)
+        for proc in self.started:  # none should be left, but never leave one running
             if proc.poll() is None:
                 proc.terminate()
                 try:
@@ -779,7 +782,8 @@ def run_scenario(
                     continue
                 fault("broker restart", lambda: broker.restart(3.0))
             elif name == "scale-up":
-                fault("scale 1->3", lambda: (group.start(1), group.start(2)))
+                idle = [s for s in range(3) if s not in group.live_slots()]
+                fault(f"scale {3 - len(idle)}->3", lambda idle=idle: [group.start(s) for s in idle])
             elif name == "scale-down":
                 fault("scale 3->2", lambda: group.sigterm([max(group.live_slots())]))
             elif name == "sigterm":
@@ -831,6 +835,7 @@ def run_scenario(
         progress.close()
     result.sessions_peak = group.sessions_peak()
     result.worker_restarts_needed = group.unexpected_exits
+    result.notes.extend(group.exit_notes)
     result.bad_sent = produced[0] if produced else -1
     result.seconds = round(time.monotonic() - started, 1)
     suggestions = _read_committed(
