@@ -5,18 +5,25 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import structlog
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from worker.config import KafkaSettings, TopicSettings
 from worker.errors import BrokerError
+from worker.kafka.clients import client_hooks
 
 #: The dead-letter topics keep the original bytes of oversized records, up to this size.
 DLQ_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 
 
-def admin_client(settings: KafkaSettings) -> AdminClient:
-    return AdminClient(settings.client_config())
+def admin_client(settings: KafkaSettings, log: Any = None) -> AdminClient:
+    """An admin client whose librdkafka log lines and errors go to the structured log (the
+    process's logger unless ``log`` is given), never raw to stderr: a line like "Purging 1
+    unserved events from background queue" when it is destroyed would break the JSON log."""
+    config = settings.client_config()
+    config.update(client_hooks(settings, log if log is not None else structlog.get_logger()))
+    return AdminClient(config)
 
 
 def wait_for_cluster(settings: KafkaSettings, timeout_s: float = 30.0) -> int:

@@ -60,7 +60,7 @@ class _LibrdkafkaLog:
         method("librdkafka", facility=facility, client=name, message=message, **extra)
 
 
-def _client_hooks(settings: KafkaSettings, log: Any) -> dict[str, Any]:
+def client_hooks(settings: KafkaSettings, log: Any) -> dict[str, Any]:
     """``error_cb`` and, unless librdkafka ``debug`` output was asked for, ``logger``."""
     hooks: dict[str, Any] = {"error_cb": _error_cb(log)}
     if "debug" not in settings.properties:
@@ -92,7 +92,7 @@ def make_producer(settings: KafkaSettings, log: Any, **overrides: Any) -> Produc
             "enable.idempotence": True,
             "acks": "all",
             "partitioner": "murmur2_random",
-            **_client_hooks(settings, log),
+            **client_hooks(settings, log),
         }
     )
     if "transactional.id" in config:
@@ -137,7 +137,7 @@ def make_consumer(
             "enable.auto.commit": auto_commit,
             "isolation.level": "read_committed",
             "enable.auto.offset.store": False,
-            **_client_hooks(settings, log),
+            **client_hooks(settings, log),
         }
     )
     try:
