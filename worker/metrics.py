@@ -70,6 +70,20 @@ class FetchWatch:
         self._since = {tp: self._since.get(tp, now) for tp in states}
         return sorted(tp for tp, t in self._since.items() if now - t >= self.stall_after_s)
 
+    def update(self, stats: dict[str, Any], health: Health, gauge: Any, log: Any) -> None:
+        """Feed one statistics object and report: ``health`` (liveness), ``gauge`` and, when a
+        stall starts, one ``fetch_stalled`` error line."""
+        stalled = self.observe(stats, time.monotonic())
+        if stalled and not health.fetch_stalled:
+            log.error(
+                "fetch_stalled",
+                partitions=[f"{t}/{p}" for t, p in stalled],
+                fetch_states=sorted({self.states[tp] for tp in stalled}),
+                stalled_for_s=self.stall_after_s,
+            )
+        health.fetch_stalled = len(stalled)
+        gauge.set(len(stalled))
+
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STAGE_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -205,6 +219,11 @@ class MonitorMetrics:
         )
         self.cumulative_hit_rate = Gauge(
             "monitor_cumulative_hit_rate_at_k", "Hit rate@K since start", registry=r
+        )
+        self.fetch_stalled = Gauge(
+            "monitor_fetch_stalled_partitions",
+            "Assigned partitions the client has not fetched for FETCH_STALL_S (fails liveness)",
+            registry=r,
         )
         self.pending = Gauge(
             "monitor_pending_purchases", "Purchases waiting for their suggestions", registry=r

@@ -14,6 +14,7 @@ lateness; a window closes once every purchase partition's watermark has passed i
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -30,7 +31,7 @@ from worker.kafka.admin import DLQ_MAX_MESSAGE_BYTES
 from worker.kafka.checkpoint import Checkpoint
 from worker.kafka.clients import assign_at, committed_offsets, make_consumer, make_producer
 from worker.kafka.dead_letter import dead_letter
-from worker.metrics import Health, MonitorMetrics, serve_http
+from worker.metrics import FetchWatch, Health, MonitorMetrics, serve_http
 from worker.model import read_metadata
 from worker.records import to_purchase, validate_key
 from worker.schema_registry import HttpSchemaRegistry
@@ -71,6 +72,7 @@ class Monitor:
         self.metrics = MonitorMetrics()
         self.health = Health()
         self.health.model_loaded = True  # the baseline list is loaded
+        self.fetch_watch = FetchWatch()
         self._stop = threading.Event()
         self._marks: dict[tuple[str, int], int] = {}  # newest event time per partition
         self._at_end: dict[tuple[str, int], bool] = {}
@@ -84,9 +86,21 @@ class Monitor:
             settings.kafka,
             settings.group_id,
             log,
-            **{"partition.assignment.strategy": "range", "enable.partition.eof": True},
+            **{
+                "partition.assignment.strategy": "range",
+                "enable.partition.eof": True,
+                "statistics.interval.ms": 5000,
+                "stats_cb": self._on_stats,
+            },
         )
         self.checkpoint = Checkpoint(self.producer, self.consumer)
+
+    def _on_stats(self, stats_json: str) -> None:
+        try:
+            stats = json.loads(stats_json)
+        except ValueError:
+            return
+        self.fetch_watch.update(stats, self.health, self.metrics.fetch_stalled, self.log)
 
     def request_stop(self, *_: Any) -> None:
         self._stop.set()

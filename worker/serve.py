@@ -325,16 +325,7 @@ class Worker:
                 if p.get("partition", -1) >= 0 and p.get("consumer_lag", -1) >= 0:
                     lag += p["consumer_lag"]
         self.metrics.lag.set(lag)
-        stalled = self.fetch_watch.observe(stats, time.monotonic())
-        if stalled and not self.health.fetch_stalled:
-            self.log.error(
-                "fetch_stalled",
-                partitions=[p for _, p in stalled],
-                fetch_states=sorted({self.fetch_watch.states[tp] for tp in stalled}),
-                stalled_for_s=self.fetch_watch.stall_after_s,
-            )
-        self.health.fetch_stalled = len(stalled)
-        self.metrics.fetch_stalled.set(len(stalled))
+        self.fetch_watch.update(stats, self.health, self.metrics.fetch_stalled, self.log)
 
     # -- the batch -----------------------------------------------------------------------------
 

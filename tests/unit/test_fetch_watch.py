@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -81,3 +82,36 @@ def test_stalled_means_held_and_not_active_in_every_sample_of_the_last_threshold
             if start is not None and now - start >= 45:
                 expected.append(("events", n))
         assert got == expected
+
+
+def test_update_reports_a_stall_once_on_the_log_and_clears_health_when_fetching_again(monkeypatch):
+    from structlog.testing import capture_logs
+
+    import worker.metrics as metrics
+    from worker.metrics import Health
+
+    class Gauge:
+        value = -1
+
+        def set(self, v):
+            self.value = v
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: clock["now"])
+    watch, health, gauge = FetchWatch(stall_after_s=60), Health(), Gauge()
+    stuck = stats({4: (True, "offset-query")})
+    with capture_logs() as logs:
+        for t in (0.0, 30.0, 60.0, 65.0, 70.0):
+            clock["now"] = t
+            health.beat()
+            watch.update(stuck, health, gauge, structlog.get_logger())
+        assert health.fetch_stalled == 1 and gauge.value == 1 and not health.live()[0]
+        clock["now"] = 75.0
+        health.beat()
+        watch.update(stats({4: (True, "active")}), health, gauge, structlog.get_logger())
+    assert health.fetch_stalled == 0 and gauge.value == 0 and health.live()[0]
+    stalled = [r for r in logs if r["event"] == "fetch_stalled"]
+    assert len(stalled) == 1
+    assert stalled[0]["partitions"] == ["events/4"] and stalled[0]["fetch_states"] == [
+        "offset-query"
+    ]
