@@ -335,7 +335,34 @@ class Group:
         self.procs[slot].send_signal(signal.SIGKILL)
         self.procs[slot].wait()
 
+    def _answers_http(self, slot: int) -> bool:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.ports[slot]}/healthz", timeout=1.0
+            ):
+                return True
+        except urllib.error.HTTPError:  # 503 is an answer: the loop is there
+            return True
+        except OSError:
+            return False
+
+    def wait_started(self, slot: int, timeout_s: float = 60.0) -> None:
+        """Until the worker's HTTP server answers (it starts with the loop), it exits or
+        ``timeout_s`` passes. The SIGTERM scenarios test the running loop's graceful path; a
+        process signalled while the interpreter is still importing dies of the signal."""
+        deadline = time.monotonic() + timeout_s
+        proc = self.procs[slot]
+        while time.monotonic() < deadline and proc.poll() is None:
+            if self._answers_http(slot):
+                return
+            time.sleep(0.1)
+
     def sigterm(self, slots: list[int], timeout_s: float = 45.0) -> None:
+        for s in slots:
+            self.wait_started(s)
         for s in slots:
             self.procs[s].send_signal(signal.SIGTERM)
         for s in slots:

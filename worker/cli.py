@@ -276,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("run", "monitor"):
+        _exit_cleanly_on_sigterm_while_starting()  # as early as possible, before parsing
     if argv and argv[0] == "kafka":
         from worker import localkafka
 
