@@ -16,10 +16,10 @@ pytestmark = pytest.mark.kafka
 CI_EVENTS = 6000
 CI_FAULT_S = 12.0  # broker freeze / output throttle length (30 s in the full run)
 #: ``freeze`` runs at-least-once only (``test_broker_freeze_at_least_once``). In exactly-once
-#: mode one CI run in six hit a transactional producer that did not deliver to one partition
-#: after the thaw (librdkafka had seen its leader as -1 during the freeze) until its message
-#: timeout; its open transaction hid later answers from read_committed readers for up to the
-#: transaction timeout. Until the worker bounds that wait, run it with
+#: mode one fresh-clone CI run of four hit a transactional producer that did not deliver to
+#: one partition after the thaw (librdkafka had seen its leader as -1 during the freeze) until
+#: its message timeout; its open transaction hid later answers from read_committed readers for
+#: up to the transaction timeout. Until the worker bounds that wait, run it with
 #: ``worker chaos --scenarios freeze``.
 CI_SCENARIOS = [s for s in SCENARIOS if s != "freeze"]
 
