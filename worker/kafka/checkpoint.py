@@ -113,6 +113,10 @@ class Checkpoint:
         started = time.monotonic()
         while self._producer.flush(FLUSH_SLICE_S) > 0:
             self._on_wait(time.monotonic() - started)
+            self._give_up_if_hurried()
+
+    def _give_up_if_hurried(self) -> None:
+        """At-least-once waits on (its SIGTERM bound ends the process; nothing was stored)."""
 
     def complete(self, next_offsets: dict[tuple[str, int], int]) -> None:
         """Steps 2-4 for one batch.
@@ -180,9 +184,20 @@ class TransactionalCheckpoint(Checkpoint):
         super().__init__(self._new_producer(), consumer, **kwargs)
         self._open = False
         self._stuck_after_s = TXN_STUCK_S
+        self._hurried_at: float | None = None
 
     def hurry(self) -> None:
         self._stuck_after_s = TXN_STUCK_STOPPING_S
+        self._hurried_at = time.monotonic()
+
+    def _give_up_if_hurried(self) -> None:
+        """Shutting down while the batch's outputs are still unacknowledged: after
+        ``TXN_STUCK_STOPPING_S`` the transaction is abandoned (its producer replaced, which aborts
+        it at once, so read_committed readers are not held back until it times out)."""
+        if self._hurried_at is not None:
+            waited = time.monotonic() - self._hurried_at
+            if waited > TXN_STUCK_STOPPING_S:
+                raise _TransactionCallStuck(f"flush unacknowledged {waited:.0f} s into shutdown")
 
     @staticmethod
     def _init(producer: Producer) -> Producer:
