@@ -32,12 +32,15 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from worker.ack_watch import AckWatch
 from worker.errors import BrokerError
 
 FLUSH_SLICE_S = 1.0
 TXN_STUCK_S = 20.0
 #: The same once shutdown was requested: the shutdown has a deadline of its own.
 TXN_STUCK_STOPPING_S = 5.0
+#: Bound of the metadata request that asks whether the broker answers (see ``AckWatch``).
+PROBE_TIMEOUT_S = 5.0
 
 
 class DeliveryError(BrokerError):
@@ -178,6 +181,8 @@ class TransactionalCheckpoint(Checkpoint):
         self,
         producer_factory: Callable[[], Producer],
         consumer: Consumer,
+        *,
+        ack_watch: Callable[[], AckWatch] | None = None,
         **kwargs: Any,
     ) -> None:
         self._producer_factory = producer_factory
@@ -185,10 +190,39 @@ class TransactionalCheckpoint(Checkpoint):
         self._open = False
         self._stuck_after_s = TXN_STUCK_S
         self._hurried_at: float | None = None
+        self._ack_watch = ack_watch or AckWatch
 
     def hurry(self) -> None:
         self._stuck_after_s = TXN_STUCK_STOPPING_S
         self._hurried_at = time.monotonic()
+
+    def _flush(self) -> None:
+        """Wait for the batch's acknowledgements, as long as the broker is away; but abandon
+        the transaction if the broker answers and the acknowledgements still do not come (a
+        stuck producer, see :mod:`worker.ack_watch`), or 5 s into shutdown."""
+        watch = self._ack_watch()
+        started = time.monotonic()
+        watch.observe(started, len(self._producer))
+        while (outstanding := self._producer.flush(FLUSH_SLICE_S)) > 0:
+            now = time.monotonic()
+            self._on_wait(now - started)
+            self._give_up_if_hurried()
+            watch.observe(now, outstanding)
+            if watch.wants_probe(now):
+                watch.probed(time.monotonic(), self._broker_answers())
+            if watch.stuck(time.monotonic()):
+                raise _TransactionCallStuck(
+                    f"{outstanding} outputs unacknowledged for "
+                    f"{watch.quiet_for(time.monotonic()):.0f} s while the broker answers"
+                )
+
+    def _broker_answers(self) -> bool:
+        """One metadata request through this producer: does the broker answer it?"""
+        try:
+            self._producer.list_topics(timeout=PROBE_TIMEOUT_S)
+        except KafkaException:
+            return False
+        return True
 
     def _give_up_if_hurried(self) -> None:
         """Shutting down while the batch's outputs are still unacknowledged: after

@@ -1,0 +1,125 @@
+"""An exactly-once batch whose outputs the broker answers for but never acknowledges is
+abandoned well before the transaction timeout, and its open transaction stops holding
+read_committed readers back.
+
+The stuck output is made for real: it goes to a topic that does not exist (and that the
+producer may not create). librdkafka keeps it queued, asking the broker for the topic's
+metadata, until ``topic.metadata.propagation.max.ms`` (30 s) has passed, while the broker itself
+answers every request. That is how a producer that lost a partition's leader after a broker
+freeze looks from the worker: queued outputs, no acknowledgement, a broker that is up.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import NewTopic
+
+from worker.ack_watch import AckWatch
+from worker.config import KafkaSettings
+from worker.kafka.admin import admin_client
+from worker.kafka.checkpoint import TransactionAbandonedError, TransactionalCheckpoint
+from worker.kafka.clients import make_consumer, make_producer
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict]] = []
+
+    def _record(self, event: str, **kw) -> None:
+        self.lines.append((event, kw))
+
+    info = warning = error = debug = _record
+
+
+def _create(bootstrap: str, topics: dict[str, dict[str, str]]) -> None:
+    admin = admin_client(KafkaSettings(bootstrap))
+    futures = admin.create_topics(
+        [NewTopic(name, 1, 1, config=config) for name, config in topics.items()]
+    )
+    for future in futures.values():
+        future.result(30)
+
+
+def _read_committed(bootstrap: str, topic: str, timeout_s: float) -> tuple[list[bytes], float]:
+    """Values a read_committed reader gets from ``topic`` until it reaches the end, and how
+    long that took (the end is the last stable offset: an open transaction holds it back)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+        }
+    )
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    values: list[bytes] = []
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < timeout_s:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == -191:  # _PARTITION_EOF
+                    return values, time.monotonic() - started
+                continue
+            values.append(msg.value())
+        return values, time.monotonic() - started
+    finally:
+        consumer.close()
+
+
+def test_stuck_outputs_abandon_the_transaction_early(kafka_bootstrap):
+    suffix = uuid.uuid4().hex[:8]
+    healthy, stuck = f"healthy-{suffix}", f"absent-{suffix}"
+    _create(kafka_bootstrap, {healthy: {}})
+    settings = KafkaSettings(kafka_bootstrap)
+    log = _Log()
+    consumer = make_consumer(settings, f"group-{suffix}", log, auto_commit=False)
+    transactional_id = f"txn-{suffix}"
+
+    def new_producer():
+        return make_producer(
+            settings,
+            log,
+            **{
+                "transactional.id": transactional_id,
+                "transaction.timeout.ms": 60000,
+                "allow.auto.create.topics": False,
+            },
+        )
+
+    checkpoint = TransactionalCheckpoint(
+        new_producer,
+        consumer,
+        ack_watch=lambda: AckWatch(quiet_s=3.0, stuck_s=4.0, probe_every_s=1.0),
+        log=log,
+    )
+    try:
+        checkpoint.produce(healthy, b"k", b"first")
+        checkpoint.produce(stuck, b"k", b"never")
+        started = time.monotonic()
+        with pytest.raises(TransactionAbandonedError, match="while the broker answers"):
+            checkpoint.complete({})
+        abandoned_after = time.monotonic() - started
+        # Quiet 3 s + answering 4 s, plus a flush slice and a probe: well below the 30 s after
+        # which librdkafka would fail the stuck output (and 60 s for a producer that lost a
+        # partition's leader).
+        assert abandoned_after < 20, abandoned_after
+        assert [e for e, _ in log.lines].count("transactional_producer_replaced") == 1
+
+        # The replacement producer works, and the abandoned transaction no longer holds
+        # read_committed readers back: they reach the end at once and see only the new batch.
+        checkpoint.produce(healthy, b"k", b"second")
+        checkpoint.complete({})
+        values, took = _read_committed(kafka_bootstrap, healthy, timeout_s=30)
+        assert values == [b"second"], values
+        assert took < 15, took
+    finally:
+        checkpoint.producer.flush(0)
+        consumer.close()
