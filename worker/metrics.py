@@ -100,14 +100,22 @@ class Health:
         self.stopping = False
         self.backpressure = False  # a batch is waiting for the broker to acknowledge its outputs
         self.fetch_stalled = 0  # assigned partitions not fetched for FETCH_STALL_S (FetchWatch)
+        self.outputs_stuck = False  # at-least-once outputs unacknowledged though the broker answers
 
     def beat(self) -> None:
         self.last_loop_monotonic = time.monotonic()
 
     def live(self) -> tuple[bool, dict[str, Any]]:
         age = time.monotonic() - self.last_loop_monotonic
-        detail = {"loop_age_s": round(age, 3), "fetch_stalled_partitions": self.fetch_stalled}
-        return age < self.stall_after_s and not self.fetch_stalled, detail
+        detail = {
+            "loop_age_s": round(age, 3),
+            "fetch_stalled_partitions": self.fetch_stalled,
+            "outputs_stuck": self.outputs_stuck,
+        }
+        return (
+            age < self.stall_after_s and not self.fetch_stalled and not self.outputs_stuck,
+            detail,
+        )
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         live, detail = self.live()
@@ -178,6 +186,12 @@ class WorkerMetrics:
         self.fetch_stalled = Gauge(
             "worker_fetch_stalled_partitions",
             "Assigned partitions the client has not fetched for FETCH_STALL_S (fails liveness)",
+            registry=r,
+        )
+        self.outputs_stuck = Gauge(
+            "worker_outputs_stuck",
+            "1 while a batch's outputs stay unacknowledged though the broker answers"
+            " (at-least-once; fails liveness)",
             registry=r,
         )
         self.model_info = Gauge(

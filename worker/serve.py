@@ -158,7 +158,11 @@ class Worker:
             )
         else:
             self.checkpoint = Checkpoint(
-                new_producer(), self.consumer, on_wait=self._waiting_for_broker, log=self.log
+                new_producer(),
+                self.consumer,
+                on_wait=self._waiting_for_broker,
+                on_stuck=self._outputs_stuck,
+                log=self.log,
             )
         self._product_id_of = artifact.tables.product_ids.__getitem__
         self._index_of = artifact.tables._index.get  # type: ignore[attr-defined]
@@ -268,6 +272,12 @@ class Worker:
         self.health.backpressure = True
         if int(waited_s) % 10 == 0:
             self.log.warning("waiting_for_broker", waited_s=round(waited_s, 1))
+
+    def _outputs_stuck(self, reason: str | None) -> None:
+        """At-least-once: outputs unacknowledged though the broker answers (``reason``), or no
+        longer (None). Liveness fails meanwhile, so the kubelet restarts a worker that stays so."""
+        self.health.outputs_stuck = reason is not None
+        self.metrics.outputs_stuck.set(1 if reason is not None else 0)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         committed = committed_offsets(consumer, partitions)

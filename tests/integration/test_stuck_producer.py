@@ -21,7 +21,12 @@ from confluent_kafka.admin import NewTopic
 from worker.ack_watch import AckWatch
 from worker.config import KafkaSettings
 from worker.kafka.admin import admin_client
-from worker.kafka.checkpoint import TransactionAbandonedError, TransactionalCheckpoint
+from worker.kafka.checkpoint import (
+    Checkpoint,
+    DeliveryError,
+    TransactionAbandonedError,
+    TransactionalCheckpoint,
+)
 from worker.kafka.clients import make_consumer, make_producer
 
 
@@ -122,4 +127,44 @@ def test_stuck_outputs_abandon_the_transaction_early(kafka_bootstrap):
         assert took < 15, took
     finally:
         checkpoint.producer.flush(0)
+        consumer.close()
+
+
+def test_at_least_once_reports_stuck_outputs_and_keeps_them(kafka_bootstrap):
+    """At-least-once does not drop a stuck batch (per-user order): it reports itself stuck (the
+    worker fails liveness) and keeps waiting, and clears the report once the wait ends."""
+    suffix = uuid.uuid4().hex[:8]
+    healthy, stuck = f"healthy-{suffix}", f"absent-{suffix}"
+    _create(kafka_bootstrap, {healthy: {}})
+    settings = KafkaSettings(kafka_bootstrap)
+    log = _Log()
+    consumer = make_consumer(settings, f"group-{suffix}", log)
+    # The absent topic's output fails after 15 s instead of librdkafka's default 30 s.
+    producer = make_producer(
+        settings,
+        log,
+        **{"allow.auto.create.topics": False, "topic.metadata.propagation.max.ms": 15000},
+    )
+    reports: list[tuple[float, str | None]] = []
+    started = time.monotonic()
+    checkpoint = Checkpoint(
+        producer,
+        consumer,
+        on_stuck=lambda reason: reports.append((time.monotonic() - started, reason)),
+        ack_watch=lambda: AckWatch(quiet_s=2.0, stuck_s=3.0, probe_every_s=1.0),
+        log=log,
+    )
+    try:
+        checkpoint.produce(healthy, b"k", b"first")
+        checkpoint.produce(stuck, b"k", b"never")
+        with pytest.raises(DeliveryError, match="UNKNOWN_TOPIC"):
+            checkpoint.complete({})
+        waited = time.monotonic() - started
+        assert waited > 14, waited  # it waited for librdkafka's verdict, did not give up
+        (stuck_at, reason), (cleared_at, cleared) = reports
+        assert "while the broker answers" in reason and 5 <= stuck_at < 12, reports
+        assert cleared is None and cleared_at >= 14, reports
+        assert [e for e, _ in log.lines].count("outputs_stuck") == 1
+    finally:
+        producer.flush(0)
         consumer.close()

@@ -80,6 +80,17 @@ def test_a_partition_not_fetched_fails_liveness_while_the_loop_turns(served):
     assert _get(port, "/healthz")[0] == 200
 
 
+def test_stuck_outputs_fail_liveness_while_the_loop_turns(served):
+    health, _, port = served
+    health.model_loaded, health.assigned_partitions = True, 3
+    health.beat()  # the flush keeps beating while it waits
+    health.outputs_stuck = True  # set by the checkpoint's AckWatch (at-least-once)
+    status, detail = _get(port, "/healthz")
+    assert status == 503 and detail["outputs_stuck"] is True and detail["loop_age_s"] < 0.5
+    health.outputs_stuck = False
+    assert _get(port, "/healthz")[0] == 200
+
+
 def test_backpressure_and_shutdown_make_the_worker_not_ready(served):
     health, _, port = served
     health.model_loaded, health.assigned_partitions = True, 1

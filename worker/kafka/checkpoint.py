@@ -7,6 +7,9 @@ For every micro-batch, in this order:
    idempotent producer). While the broker is unreachable this waits (the loop fetches nothing
    meanwhile: backpressure instead of memory growth), calling ``on_wait`` every second so the
    process can report itself live but not ready; it resumes by itself when the broker returns.
+   If the broker answers but the outputs still are not acknowledged (a stuck producer,
+   :mod:`worker.ack_watch`), exactly-once abandons the transaction at once; at-least-once
+   keeps waiting but reports itself not live (``on_stuck``), so the kubelet restarts it.
 3. **Verify**: if any record failed (``message.timeout.ms`` passed, or a permanent error),
    raise :class:`DeliveryError`. No offset of the batch is stored, so the whole batch is
    redelivered after a restart (at-least-once).
@@ -51,6 +54,10 @@ def _no_wait_hook(waited_s: float) -> None:
     return None
 
 
+def _no_stuck_hook(reason: str | None) -> None:
+    return None
+
+
 class Checkpoint:
     """Produce, flush, verify, then store offsets (see the module docstring)."""
 
@@ -60,11 +67,15 @@ class Checkpoint:
         consumer: Consumer,
         *,
         on_wait: Callable[[float], None] = _no_wait_hook,
+        on_stuck: Callable[[str | None], None] = _no_stuck_hook,
+        ack_watch: Callable[[], AckWatch] = AckWatch,
         log: Any = None,
     ) -> None:
         self._producer = producer
         self._consumer = consumer
         self._on_wait = on_wait
+        self._on_stuck = on_stuck
+        self._ack_watch = ack_watch
         self._log = log
         self._failures: list[str] = []
         self.produced = 0
@@ -112,11 +123,47 @@ class Checkpoint:
                 self._producer.poll(0.05)
 
     def _flush(self) -> None:
-        """Step 2: wait until the producer's queue is empty, however long the broker is away."""
+        """Step 2: wait until the producer's queue is empty, however long the broker is away.
+
+        If the broker answers but the outputs still are not acknowledged (a stuck producer, see
+        :mod:`worker.ack_watch`), :meth:`_stuck` is called once per batch.
+        """
+        watch = self._ack_watch()
         started = time.monotonic()
-        while self._producer.flush(FLUSH_SLICE_S) > 0:
-            self._on_wait(time.monotonic() - started)
+        watch.observe(started, len(self._producer))
+        reported = False
+        while (outstanding := self._producer.flush(FLUSH_SLICE_S)) > 0:
+            now = time.monotonic()
+            self._on_wait(now - started)
             self._give_up_if_hurried()
+            watch.observe(now, outstanding)
+            if watch.wants_probe(now):
+                watch.probed(time.monotonic(), self._broker_answers())
+            now = time.monotonic()
+            if not reported and watch.stuck(now):
+                reported = True
+                self._stuck(
+                    f"{outstanding} outputs unacknowledged for {watch.quiet_for(now):.0f} s "
+                    "while the broker answers"
+                )
+        if reported:
+            self._on_stuck(None)
+
+    def _broker_answers(self) -> bool:
+        """One metadata request through this producer: does the broker answer it?"""
+        try:
+            self._producer.list_topics(timeout=PROBE_TIMEOUT_S)
+        except KafkaException:
+            return False
+        return True
+
+    def _stuck(self, reason: str) -> None:
+        """At-least-once keeps waiting (the outputs are not lost, and dropping them would break
+        per-user order) but reports itself not live through ``on_stuck``, so the kubelet
+        restarts it; the batch is then redelivered to the partitions' next owner."""
+        if self._log is not None:
+            self._log.error("outputs_stuck", reason=reason)
+        self._on_stuck(reason)
 
     def _give_up_if_hurried(self) -> None:
         """At-least-once waits on (its SIGTERM bound ends the process; nothing was stored)."""
@@ -181,8 +228,6 @@ class TransactionalCheckpoint(Checkpoint):
         self,
         producer_factory: Callable[[], Producer],
         consumer: Consumer,
-        *,
-        ack_watch: Callable[[], AckWatch] | None = None,
         **kwargs: Any,
     ) -> None:
         self._producer_factory = producer_factory
@@ -190,39 +235,15 @@ class TransactionalCheckpoint(Checkpoint):
         self._open = False
         self._stuck_after_s = TXN_STUCK_S
         self._hurried_at: float | None = None
-        self._ack_watch = ack_watch or AckWatch
 
     def hurry(self) -> None:
         self._stuck_after_s = TXN_STUCK_STOPPING_S
         self._hurried_at = time.monotonic()
 
-    def _flush(self) -> None:
-        """Wait for the batch's acknowledgements, as long as the broker is away; but abandon
-        the transaction if the broker answers and the acknowledgements still do not come (a
-        stuck producer, see :mod:`worker.ack_watch`), or 5 s into shutdown."""
-        watch = self._ack_watch()
-        started = time.monotonic()
-        watch.observe(started, len(self._producer))
-        while (outstanding := self._producer.flush(FLUSH_SLICE_S)) > 0:
-            now = time.monotonic()
-            self._on_wait(now - started)
-            self._give_up_if_hurried()
-            watch.observe(now, outstanding)
-            if watch.wants_probe(now):
-                watch.probed(time.monotonic(), self._broker_answers())
-            if watch.stuck(time.monotonic()):
-                raise _TransactionCallStuck(
-                    f"{outstanding} outputs unacknowledged for "
-                    f"{watch.quiet_for(time.monotonic()):.0f} s while the broker answers"
-                )
-
-    def _broker_answers(self) -> bool:
-        """One metadata request through this producer: does the broker answer it?"""
-        try:
-            self._producer.list_topics(timeout=PROBE_TIMEOUT_S)
-        except KafkaException:
-            return False
-        return True
+    def _stuck(self, reason: str) -> None:
+        """Exactly-once abandons the transaction at once (the producer is replaced, which
+        aborts it): its open transaction would hold read_committed readers back."""
+        raise _TransactionCallStuck(reason)
 
     def _give_up_if_hurried(self) -> None:
         """Shutting down while the batch's outputs are still unacknowledged: after
