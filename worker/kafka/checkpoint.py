@@ -78,6 +78,7 @@ class Checkpoint:
         self._ack_watch = ack_watch
         self._log = log
         self._failures: list[str] = []
+        self._last_topic: str | None = None
         self.produced = 0
 
     def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
@@ -118,6 +119,7 @@ class Checkpoint:
                     **extra,
                 )
                 self.produced += 1
+                self._last_topic = topic
                 return
             except BufferError:
                 self._producer.poll(0.05)
@@ -150,9 +152,10 @@ class Checkpoint:
             self._on_stuck(None)
 
     def _broker_answers(self) -> bool:
-        """One metadata request through this producer: does the broker answer it?"""
+        """One metadata request through this producer (for one topic the batch writes to, not
+        the whole cluster's): does the broker answer it?"""
         try:
-            self._producer.list_topics(timeout=PROBE_TIMEOUT_S)
+            self._producer.list_topics(topic=self._last_topic, timeout=PROBE_TIMEOUT_S)
         except KafkaException:
             return False
         return True
