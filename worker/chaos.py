@@ -472,8 +472,8 @@ class RssSampler:
             self.probes.extend((now, detail) for detail in self._group.readiness())
 
     def probed(self, t0: float, t1: float) -> tuple[int, int, int]:
-        """(answers, backpressure reported, stalled: the loop or a partition's fetching) among
-        the probes in [t0, t1]."""
+        """(answers, backpressure reported, stalled: the loop, a partition's fetching or the
+        outputs, as /healthz reports them) among the probes in [t0, t1]."""
         inside = [d for t, d in self.probes if t0 <= t <= t1]
         return (
             len(inside),
@@ -481,7 +481,9 @@ class RssSampler:
             sum(
                 1
                 for d in inside
-                if d.get("loop_age_s", 0.0) >= STALL_AFTER_S or d.get("fetch_stalled_partitions")
+                if d.get("loop_age_s", 0.0) >= STALL_AFTER_S
+                or d.get("fetch_stalled_partitions")
+                or d.get("outputs_stuck")
             ),
         )
 
