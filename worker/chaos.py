@@ -292,6 +292,7 @@ class Group:
         self.ports: dict[int, int] = {}  # slot -> the worker's /metrics, /healthz, /readyz port
         self.unexpected_exits = 0
         self.exit_notes: list[str] = []  # how each unexpected exit happened
+        self._exits_counted: set[int] = set()  # pids whose non-zero exit is already counted
 
     def start(self, slot: int) -> None:
         from worker.localkafka import free_ports
@@ -370,6 +371,7 @@ class Group:
             if code != 0:
                 self.unexpected_exits += 1
                 self.exit_notes.append(f"worker {s} exited {code} after SIGTERM")
+                self._exits_counted.add(self.procs[s].pid)
 
     def live_slots(self) -> list[int]:
         return [s for s, p in self.procs.items() if p.poll() is None]
@@ -377,6 +379,9 @@ class Group:
     def check_unexpected_exits(self) -> None:
         """A worker that died on its own (not killed by the harness) is a failure."""
         for slot, proc in list(self.procs.items()):
+            if proc.pid in self._exits_counted:  # counted by sigterm() already
+                del self.procs[slot]
+                continue
             if proc.poll() is not None and proc.returncode not in (0, -signal.SIGKILL):
                 self.unexpected_exits += 1
                 self.exit_notes.append(f"worker {slot} exited {proc.returncode} on its own")
