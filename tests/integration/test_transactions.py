@@ -1,12 +1,16 @@
-"""An exactly-once batch whose outputs the broker answers for but never acknowledges is
-abandoned well before the transaction timeout, and its open transaction stops holding
-read_committed readers back.
+"""The exactly-once checkpoint over the real broker: a stuck producer and a zombie.
 
-The stuck output is made for real: it goes to a topic that does not exist (and that the
-producer may not create). librdkafka keeps it queued, asking the broker for the topic's
-metadata, until ``topic.metadata.propagation.max.ms`` (30 s) has passed, while the broker itself
-answers every request. That is how a producer that lost a partition's leader after a broker
-freeze looks from the worker: queued outputs, no acknowledgement, a broker that is up.
+* An exactly-once batch whose outputs the broker answers for but never acknowledges is
+  abandoned well before the transaction timeout, and its open transaction stops holding
+  read_committed readers back. The stuck output is made for real: it goes to a topic that does
+  not exist (and that the producer may not create). librdkafka keeps it queued, asking the
+  broker for the topic's metadata, until ``topic.metadata.propagation.max.ms`` (30 s) has
+  passed, while the broker itself answers every request. That is how a producer that lost a
+  partition's leader after a broker freeze looks from the worker: queued outputs, no
+  acknowledgement, a broker that is up.
+* A zombie (a worker that lost its partitions but still runs) is fenced by its successor with
+  the same transactional id: its open transaction is aborted, its commit fails fatally (the
+  process exits instead of rewinding) and readers see only the successor's outputs.
 """
 
 from __future__ import annotations
@@ -168,3 +172,33 @@ def test_at_least_once_reports_stuck_outputs_and_keeps_them(kafka_bootstrap):
     finally:
         producer.flush(0)
         consumer.close()
+
+
+def test_a_successor_fences_the_zombie_and_only_its_outputs_are_visible(kafka_bootstrap):
+    suffix = uuid.uuid4().hex[:8]
+    topic = f"fenced-{suffix}"
+    _create(kafka_bootstrap, {topic: {}})
+    settings = KafkaSettings(kafka_bootstrap)
+    log = _Log()
+    consumers = [make_consumer(settings, f"group-{suffix}", log, auto_commit=False) for _ in "ab"]
+
+    def new_producer():
+        return make_producer(
+            settings, log, **{"transactional.id": f"txn-{suffix}", "transaction.timeout.ms": 60000}
+        )
+
+    zombie = TransactionalCheckpoint(new_producer, consumers[0], log=log)
+    try:
+        zombie.produce(topic, b"k", b"zombie")
+        zombie.producer.flush(10)  # its output is written, inside its still open transaction
+        successor = TransactionalCheckpoint(new_producer, consumers[1], log=log)
+        successor.produce(topic, b"k", b"successor")
+        successor.complete({})
+        with pytest.raises(DeliveryError, match="fatal") as raised:
+            zombie.complete({})
+        assert not isinstance(raised.value, TransactionAbandonedError)  # exit, do not rewind
+        values, _ = _read_committed(kafka_bootstrap, topic, timeout_s=30)
+        assert values == [b"successor"], values
+    finally:
+        for c in consumers:
+            c.close()
