@@ -72,6 +72,13 @@ class AckWatch:
         """Seconds since the last acknowledgement (or since the watch started)."""
         return now - self._progress_at
 
+    def answering_for(self, now: float) -> float | None:
+        """Seconds the broker has answered every probe since the last acknowledgement (None if
+        not asked yet, or if the last probe went unanswered)."""
+        if self._answering_since is None:
+            return None
+        return round(now - self._answering_since, 1)
+
     def stuck(self, now: float) -> bool:
         """The broker has answered every probe for ``stuck_s`` and nothing was acknowledged."""
         return (

@@ -267,11 +267,10 @@ class Worker:
     # -- rebalance -----------------------------------------------------------------------------
 
     def _waiting_for_broker(self, waited_s: float) -> None:
-        """Called every second while a batch waits for acknowledgements (backpressure)."""
+        """Called every second or so while a batch waits for the broker (backpressure; the
+        checkpoint logs ``waiting_for_broker`` every 10 s)."""
         self.health.beat()
         self.health.backpressure = True
-        if int(waited_s) % 10 == 0:
-            self.log.warning("waiting_for_broker", waited_s=round(waited_s, 1))
 
     def _outputs_stuck(self, reason: str | None) -> None:
         """At-least-once: outputs unacknowledged though the broker answers (``reason``), or no

@@ -39,6 +39,8 @@ from worker.ack_watch import AckWatch
 from worker.errors import BrokerError
 
 FLUSH_SLICE_S = 1.0
+#: A wait for the broker logs ``waiting_for_broker`` this often.
+WAIT_LOG_EVERY_S = 10.0
 TXN_STUCK_S = 20.0
 #: The same once shutdown was requested: the shutdown has a deadline of its own.
 TXN_STUCK_STOPPING_S = 5.0
@@ -79,10 +81,12 @@ class Checkpoint:
         self._log = log
         self._failures: list[str] = []
         self._last_topic: str | None = None
+        self._unacked = 0  # produced by the current producer, no delivery report yet
         self.produced = 0
 
     def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        """Producer delivery callback (failures are kept; successes only counted by flush)."""
+        """Producer delivery callback (failures are kept; successes only counted)."""
+        self._unacked -= 1
         if err is not None:
             self._failures.append(f"{msg.topic()}: {err.name()}: {err.str()}")
 
@@ -119,6 +123,7 @@ class Checkpoint:
                     **extra,
                 )
                 self.produced += 1
+                self._unacked += 1
                 self._last_topic = topic
                 return
             except BufferError:
@@ -128,20 +133,34 @@ class Checkpoint:
         """Step 2: wait until the producer's queue is empty, however long the broker is away.
 
         If the broker answers but the outputs still are not acknowledged (a stuck producer, see
-        :mod:`worker.ack_watch`), :meth:`_stuck` is called once per batch.
+        :mod:`worker.ack_watch`), :meth:`_stuck` is called once per batch. Progress is counted
+        in delivery reports, not in ``flush``'s return value: that is librdkafka's out-queue
+        length, which also counts log and error events waiting to be served, and those come
+        and go while a producer is stuck.
         """
         watch = self._ack_watch()
         started = time.monotonic()
-        watch.observe(started, len(self._producer))
+        watch.observe(started, self._unacked)
         reported = False
-        while (outstanding := self._producer.flush(FLUSH_SLICE_S)) > 0:
+        next_log = started + WAIT_LOG_EVERY_S
+        while self._producer.flush(FLUSH_SLICE_S) > 0:
             now = time.monotonic()
             self._on_wait(now - started)
             self._give_up_if_hurried()
+            outstanding = self._unacked
             watch.observe(now, outstanding)
             if watch.wants_probe(now):
                 watch.probed(time.monotonic(), self._broker_answers())
             now = time.monotonic()
+            if now >= next_log:
+                next_log = now + WAIT_LOG_EVERY_S
+                self._log_wait(
+                    "flush",
+                    now - started,
+                    unacknowledged=outstanding,
+                    since_ack_s=round(watch.quiet_for(now), 1),
+                    broker_answering_s=watch.answering_for(now),
+                )
             if not reported and watch.stuck(now):
                 reported = True
                 self._stuck(
@@ -150,6 +169,12 @@ class Checkpoint:
                 )
         if reported:
             self._on_stuck(None)
+
+    def _log_wait(self, step: str, waited_s: float, **detail: Any) -> None:
+        if self._log is not None:
+            self._log.warning(
+                "waiting_for_broker", step=step, waited_s=round(waited_s, 1), **detail
+            )
 
     def _broker_answers(self) -> bool:
         """One metadata request through this producer (for one topic the batch writes to, not
@@ -327,6 +352,7 @@ class TransactionalCheckpoint(Checkpoint):
 
         thread = threading.Thread(target=target, name=f"txn-{name}", daemon=True)
         started = time.monotonic()
+        next_log = started + WAIT_LOG_EVERY_S
         thread.start()
         while True:
             thread.join(1.0)
@@ -336,6 +362,9 @@ class TransactionalCheckpoint(Checkpoint):
                 return
             waited = time.monotonic() - started
             self._on_wait(waited)
+            if time.monotonic() >= next_log:
+                next_log = time.monotonic() + WAIT_LOG_EVERY_S
+                self._log_wait(name, waited)
             if waited > self._stuck_after_s:
                 raise _TransactionCallStuck(f"{name} blocked for {waited:.0f} s")
 
@@ -349,6 +378,7 @@ class TransactionalCheckpoint(Checkpoint):
         if self._log is not None:
             self._log.warning("transactional_producer_replaced", reason=reason)
         self._producer = self._new_producer()  # same transactional.id: fences the old one
+        self._unacked = 0  # the old producer's reports are never served
 
     def commit_stored(self) -> None:
         """Nothing to do: offsets are committed by the transactions."""
