@@ -135,8 +135,8 @@ class Checkpoint:
         If the broker answers but the outputs still are not acknowledged (a stuck producer, see
         :mod:`worker.ack_watch`), :meth:`_stuck` is called once per batch. Progress is counted
         in delivery reports, not in ``flush``'s return value: that is librdkafka's out-queue
-        length, which also counts log and error events waiting to be served, and those come
-        and go while a producer is stuck.
+        length, which also counts log and error events waiting to be served, so it can fall
+        while no output was acknowledged.
         """
         watch = self._ack_watch()
         started = time.monotonic()
