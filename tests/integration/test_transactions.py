@@ -19,8 +19,8 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import NewTopic
+from helpers import read_all  # type: ignore[import-not-found]
 
 from worker.ack_watch import AckWatch
 from worker.config import KafkaSettings
@@ -44,49 +44,24 @@ class _Log:
     info = warning = error = debug = _record
 
 
-def _create(bootstrap: str, topics: dict[str, dict[str, str]]) -> None:
+def _create(bootstrap: str, *topics: str) -> None:
     admin = admin_client(KafkaSettings(bootstrap))
-    futures = admin.create_topics(
-        [NewTopic(name, 1, 1, config=config) for name, config in topics.items()]
-    )
-    for future in futures.values():
+    for future in admin.create_topics([NewTopic(name, 1, 1) for name in topics]).values():
         future.result(30)
 
 
-def _read_committed(bootstrap: str, topic: str, timeout_s: float) -> tuple[list[bytes], float]:
+def _read_committed(bootstrap: str, topic: str) -> tuple[list[bytes], float]:
     """Values a read_committed reader gets from ``topic`` until it reaches the end, and how
     long that took (the end is the last stable offset: an open transaction holds it back)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-        }
-    )
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    values: list[bytes] = []
     started = time.monotonic()
-    try:
-        while time.monotonic() - started < timeout_s:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == -191:  # _PARTITION_EOF
-                    return values, time.monotonic() - started
-                continue
-            values.append(msg.value())
-        return values, time.monotonic() - started
-    finally:
-        consumer.close()
+    messages = read_all(bootstrap, topic, 1, timeout_s=30)
+    return [m.value() for m in messages], time.monotonic() - started
 
 
 def test_stuck_outputs_abandon_the_transaction_early(kafka_bootstrap):
     suffix = uuid.uuid4().hex[:8]
     healthy, stuck = f"healthy-{suffix}", f"absent-{suffix}"
-    _create(kafka_bootstrap, {healthy: {}})
+    _create(kafka_bootstrap, healthy)
     settings = KafkaSettings(kafka_bootstrap)
     log = _Log()
     consumer = make_consumer(settings, f"group-{suffix}", log, auto_commit=False)
@@ -126,7 +101,7 @@ def test_stuck_outputs_abandon_the_transaction_early(kafka_bootstrap):
         # read_committed readers back: they reach the end at once and see only the new batch.
         checkpoint.produce(healthy, b"k", b"second")
         checkpoint.complete({})
-        values, took = _read_committed(kafka_bootstrap, healthy, timeout_s=30)
+        values, took = _read_committed(kafka_bootstrap, healthy)
         assert values == [b"second"], values
         assert took < 15, took
     finally:
@@ -139,7 +114,7 @@ def test_at_least_once_reports_stuck_outputs_and_keeps_them(kafka_bootstrap):
     worker fails liveness) and keeps waiting, and clears the report once the wait ends."""
     suffix = uuid.uuid4().hex[:8]
     healthy, stuck = f"healthy-{suffix}", f"absent-{suffix}"
-    _create(kafka_bootstrap, {healthy: {}})
+    _create(kafka_bootstrap, healthy)
     settings = KafkaSettings(kafka_bootstrap)
     log = _Log()
     consumer = make_consumer(settings, f"group-{suffix}", log)
@@ -177,7 +152,7 @@ def test_at_least_once_reports_stuck_outputs_and_keeps_them(kafka_bootstrap):
 def test_a_successor_fences_the_zombie_and_only_its_outputs_are_visible(kafka_bootstrap):
     suffix = uuid.uuid4().hex[:8]
     topic = f"fenced-{suffix}"
-    _create(kafka_bootstrap, {topic: {}})
+    _create(kafka_bootstrap, topic)
     settings = KafkaSettings(kafka_bootstrap)
     log = _Log()
     consumers = [make_consumer(settings, f"group-{suffix}", log, auto_commit=False) for _ in "ab"]
@@ -197,7 +172,7 @@ def test_a_successor_fences_the_zombie_and_only_its_outputs_are_visible(kafka_bo
         with pytest.raises(DeliveryError, match="fatal") as raised:
             zombie.complete({})
         assert not isinstance(raised.value, TransactionAbandonedError)  # exit, do not rewind
-        values, _ = _read_committed(kafka_bootstrap, topic, timeout_s=30)
+        values, _ = _read_committed(kafka_bootstrap, topic)
         assert values == [b"successor"], values
     finally:
         for c in consumers:

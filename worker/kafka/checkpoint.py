@@ -52,11 +52,7 @@ class DeliveryError(BrokerError):
     """Outputs of a batch were not acknowledged; its offsets were not stored."""
 
 
-def _no_wait_hook(waited_s: float) -> None:
-    return None
-
-
-def _no_stuck_hook(reason: str | None) -> None:
+def _ignore(_: object) -> None:
     return None
 
 
@@ -68,8 +64,8 @@ class Checkpoint:
         producer: Producer,
         consumer: Consumer,
         *,
-        on_wait: Callable[[float], None] = _no_wait_hook,
-        on_stuck: Callable[[str | None], None] = _no_stuck_hook,
+        on_wait: Callable[[float], None] = _ignore,
+        on_stuck: Callable[[str | None], None] = _ignore,
         ack_watch: Callable[[], AckWatch] = AckWatch,
         log: Any = None,
     ) -> None:
