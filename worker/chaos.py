@@ -52,10 +52,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from worker.codec import codec_for
 from worker.config import KafkaSettings, TopicSettings
+from worker.input_feeder import InputFeeder
 from worker.kafka.admin import ensure_topics
 from worker.simulate import LIVE_START_MS, SimulatorSettings, build, corrupt
 
@@ -232,21 +233,22 @@ def _event_records(n: int, seed: int) -> list[dict[str, Any]]:
 
 def _produce_input(
     bootstrap: str, topic: str, events: list[dict[str, Any]], duration_s: float
-) -> int:
+) -> tuple[int, InputFeeder]:
     """Produce the events evenly over ``duration_s`` (0: at once), every CORRUPT_EVERY-th one
-    malformed; return how many were malformed. Kafka timestamps are "now": the simulated event
+    malformed; return how many were malformed, and the feeder (how often it had to replace its
+    producer). Kafka timestamps are "now": the simulated event
     times lie in the past and would fall behind the topic's retention."""
     codec = codec_for("BrowsingEvent")
     rng = random.Random(7)
-    producer = Producer(
+    feeder = InputFeeder(
         {
             "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
             "linger.ms": 20,
             "partitioner": "murmur2_random",
             "compression.type": "lz4",
             "message.timeout.ms": 600000,
-        }
+        },
+        topic,
     )
     bad = 0
     started = time.monotonic()
@@ -257,18 +259,13 @@ def _produce_input(
             bad += 1
         if duration_s > 0 and i % 50 == 0:
             ahead = i / len(events) * duration_s - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
-        while True:
-            try:
-                producer.produce(topic, key=e["user_id"].encode(), value=value)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-    if producer.flush(600) != 0:
-        raise RuntimeError("input not acknowledged")
-    return bad
+            while ahead > 0:
+                time.sleep(min(ahead, 0.2))
+                feeder.check()
+                ahead = i / len(events) * duration_s - (time.monotonic() - started)
+        feeder.send(e["user_id"].encode(), value)
+    feeder.close(600)
+    return bad, feeder
 
 
 class Group:
@@ -608,7 +605,15 @@ def _wait_fraction(
         if progress.fraction(progress.committed()) >= fraction:
             return
         time.sleep(0.1)
-    raise TimeoutError(f"progress stuck below {fraction:.0%}")
+    committed, ends = progress.committed(), progress.ends()
+    if committed and ends:
+        pairs = enumerate(zip(committed, ends, strict=True))
+        behind = ", ".join(f"{p}: {c}/{e}" for p, (c, e) in pairs if c < e)
+    else:
+        behind = "broker not answering"
+    raise TimeoutError(
+        f"progress stuck below {fraction:.0%} (partitions behind, committed/end: {behind})"
+    )
 
 
 def _read_committed(
@@ -717,14 +722,16 @@ def run_scenario(
     shortest = {**MIN_DURATION_S, "freeze": 2 * fault_s + 10, "slow": 2 * fault_s + 10}
     shortest["soak"] = 30.0
     duration_s = 0.0 if scenario == "none" else max(shortest[scenario], len(events) / rate)
-    produced: list[int] = []
-    feeder = threading.Thread(
-        target=lambda: produced.append(
-            _produce_input(broker.bootstrap, topics.events, events, duration_s)
-        ),
-        name="input",
-        daemon=True,
-    )
+    produced: list[tuple[int, InputFeeder]] = []
+    feeder_failed: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            produced.append(_produce_input(broker.bootstrap, topics.events, events, duration_s))
+        except BaseException as exc:  # surfaced by the scenario, not lost with the thread
+            feeder_failed.append(exc)
+
+    feeder = threading.Thread(target=feed, name="input", daemon=True)
     bad_ids = {
         events[i - 1]["event_id"] for i in range(CORRUPT_EVERY, len(events) + 1, CORRUPT_EVERY)
     }
@@ -848,6 +855,8 @@ def run_scenario(
 
                 fault(f"output throttled {fault_s:g} s", throttled, True)
         feeder.join()
+        if feeder_failed:
+            raise RuntimeError(f"input feeder failed: {feeder_failed[0]}") from feeder_failed[0]
         _wait_fraction(progress, group, 1.0)
         result.peak_rss_mb = round(group.peak_rss_mb())
         if scenario == "soak":
@@ -870,7 +879,13 @@ def run_scenario(
     result.sessions_peak = group.sessions_peak()
     result.worker_restarts_needed = group.unexpected_exits
     result.notes.extend(group.exit_notes)
-    result.bad_sent = produced[0] if produced else -1
+    result.bad_sent = produced[0][0] if produced else -1
+    if produced and produced[0][1].replaced:
+        input_feeder = produced[0][1]
+        result.notes.append(
+            f"input producer replaced {input_feeder.replaced}x, {input_feeder.resent:,} queued "
+            "events re-sent (librdkafka #5430)"
+        )
     result.seconds = round(time.monotonic() - started, 1)
     suggestions = _read_committed(
         broker.bootstrap,
