@@ -194,6 +194,11 @@ class WorkerMetrics:
             " (at-least-once; fails liveness)",
             registry=r,
         )
+        self.producer_replacements = Counter(
+            "worker_producer_replacements_total",
+            "Output producers replaced because they were stuck or their transaction was abandoned",
+            registry=r,
+        )
         self.model_info = Gauge(
             "worker_model_info", "Loaded model version", ["version"], registry=r
         )

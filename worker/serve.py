@@ -162,6 +162,7 @@ class Worker:
                 self.consumer,
                 on_wait=self._waiting_for_broker,
                 on_stuck=self._outputs_stuck,
+                replacement=new_producer,
                 log=self.log,
             )
         self._product_id_of = artifact.tables.product_ids.__getitem__
@@ -413,9 +414,11 @@ class Worker:
         if self.changelog is not None:
             self._write_changelog(events, partitions, next_offsets)
         t3 = time.perf_counter()
+        replaced_before = self.checkpoint.replaced
         try:
             self.checkpoint.complete(next_offsets)
         except TransactionAbandonedError as exc:
+            self.metrics.producer_replacements.inc(self.checkpoint.replaced - replaced_before)
             if self._stop.is_set():
                 # Shutting down: nothing of the batch was committed; the partitions' next owner
                 # (or this worker restarted) resumes from the committed offsets and state.
@@ -423,6 +426,7 @@ class Worker:
             else:
                 self._rewind(str(exc))
             return BatchOutcome(answered=0, dead_lettered=0)
+        self.metrics.producer_replacements.inc(self.checkpoint.replaced - replaced_before)
         self.health.backpressure = False
         t4 = time.perf_counter()
         acked_ms = now_ms()

@@ -1,4 +1,4 @@
-"""The exactly-once checkpoint over the real broker: a stuck producer and a zombie.
+"""The checkpoint over the real broker: a stuck producer (both modes) and a zombie.
 
 * An exactly-once batch whose outputs the broker answers for but never acknowledges is
   abandoned well before the transaction timeout, and its open transaction stops holding
@@ -8,6 +8,8 @@
   passed, while the broker itself answers every request. That is how a producer that lost a
   partition's leader after a broker freeze looks from the worker: queued outputs, no
   acknowledgement, a broker that is up.
+* At-least-once cannot drop such a batch; it re-sends its queued outputs through a fresh
+  producer once, and reports itself stuck if that one is stuck too.
 * A zombie (a worker that lost its partitions but still runs) is fenced by its successor with
   the same transactional id: its open transaction is aborted, its commit fails fatally (the
   process exits instead of rewinding) and readers see only the successor's outputs.
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -37,9 +40,12 @@ from worker.kafka.clients import make_consumer, make_producer
 class _Log:
     def __init__(self) -> None:
         self.lines: list[tuple[str, dict]] = []
+        self.times: list[tuple[str, float]] = []  # event, seconds since the log was made
+        self._t0 = time.monotonic()
 
     def _record(self, event: str, **kw) -> None:
         self.lines.append((event, kw))
+        self.times.append((event, time.monotonic() - self._t0))
 
     info = warning = error = debug = _record
 
@@ -109,43 +115,93 @@ def test_stuck_outputs_abandon_the_transaction_early(kafka_bootstrap):
         consumer.close()
 
 
-def test_at_least_once_reports_stuck_outputs_and_keeps_them(kafka_bootstrap):
-    """At-least-once does not drop a stuck batch (per-user order): it reports itself stuck (the
-    worker fails liveness) and keeps waiting, and clears the report once the wait ends."""
-    suffix = uuid.uuid4().hex[:8]
-    healthy, stuck = f"healthy-{suffix}", f"absent-{suffix}"
-    _create(kafka_bootstrap, healthy)
+def _alo_checkpoint(kafka_bootstrap: str, suffix: str, log: _Log, reports: list, started: float):
     settings = KafkaSettings(kafka_bootstrap)
-    log = _Log()
     consumer = make_consumer(settings, f"group-{suffix}", log)
-    # The absent topic's output fails after 15 s instead of librdkafka's default 30 s.
-    producer = make_producer(
-        settings,
-        log,
-        **{"allow.auto.create.topics": False, "topic.metadata.propagation.max.ms": 15000},
-    )
-    reports: list[tuple[float, str | None]] = []
-    started = time.monotonic()
+
+    def new_producer():
+        # An absent topic's output fails after 15 s instead of librdkafka's default 30 s.
+        return make_producer(
+            settings,
+            log,
+            **{"allow.auto.create.topics": False, "topic.metadata.propagation.max.ms": 15000},
+        )
+
     checkpoint = Checkpoint(
-        producer,
+        new_producer(),
         consumer,
         on_stuck=lambda reason: reports.append((time.monotonic() - started, reason)),
         ack_watch=lambda: AckWatch(quiet_s=2.0, stuck_s=3.0, probe_every_s=1.0),
+        replacement=new_producer,
         log=log,
     )
+    return checkpoint, consumer
+
+
+def test_at_least_once_resends_queued_outputs_through_a_fresh_producer(kafka_bootstrap):
+    """At-least-once cures a producer that keeps outputs queued while the broker answers (a
+    partition librdkafka lost, #5430): the queued outputs are purged and re-sent, in order,
+    through a fresh producer. Here the topic appears once the first producer was given up:
+    every output then arrives exactly once, and the worker never reported itself stuck."""
+    suffix = uuid.uuid4().hex[:8]
+    healthy, late = f"healthy-{suffix}", f"late-{suffix}"
+    _create(kafka_bootstrap, healthy)
+    log, reports, started = _Log(), [], time.monotonic()
+    checkpoint, consumer = _alo_checkpoint(kafka_bootstrap, suffix, log, reports, started)
+
+    def create_once_replaced() -> None:
+        deadline = time.monotonic() + 60
+        while checkpoint.replaced == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _create(kafka_bootstrap, late)
+
+    creator = threading.Thread(target=create_once_replaced, daemon=True)
+    creator.start()
+    try:
+        checkpoint.produce(healthy, b"k", b"first")
+        for i in range(50):
+            checkpoint.produce(late, b"k", str(i).encode())
+        checkpoint.complete({})
+        assert checkpoint.replaced == 1
+        assert reports == [], reports
+        replaced = [kw for e, kw in log.lines if e == "producer_replaced"]
+        assert len(replaced) == 1 and replaced[0]["resent"] == 50, replaced
+        assert [m.value() for m in read_all(kafka_bootstrap, healthy, 1)] == [b"first"]
+        values = [m.value() for m in read_all(kafka_bootstrap, late, 1, expect=50)]
+        assert values == [str(i).encode() for i in range(50)]  # once each, in order
+    finally:
+        creator.join(5)
+        checkpoint.producer.flush(0)
+        consumer.close()
+
+
+def test_at_least_once_reports_a_second_stuck_producer_and_keeps_its_outputs(kafka_bootstrap):
+    """The fresh producer is given up on once per batch. If its outputs are stuck too, it does
+    not drop them (per-user order): it reports itself stuck (the worker fails liveness), keeps
+    waiting, and clears the report once the wait ends (here: librdkafka's verdict)."""
+    suffix = uuid.uuid4().hex[:8]
+    healthy, stuck = f"healthy-{suffix}", f"absent-{suffix}"
+    _create(kafka_bootstrap, healthy)
+    log, reports, started = _Log(), [], time.monotonic()
+    checkpoint, consumer = _alo_checkpoint(kafka_bootstrap, suffix, log, reports, started)
     try:
         checkpoint.produce(healthy, b"k", b"first")
         checkpoint.produce(stuck, b"k", b"never")
         with pytest.raises(DeliveryError, match="UNKNOWN_TOPIC"):
             checkpoint.complete({})
         waited = time.monotonic() - started
-        assert waited > 14, waited  # it waited for librdkafka's verdict, did not give up
+        replaced_at = next(t for e, t in log.times if e == "producer_replaced")
+        assert 5 <= replaced_at < 12, replaced_at
+        # The fresh producer's output fails 15 s after it was sent: it waited for that.
+        assert waited > replaced_at + 14, (waited, replaced_at)
         (stuck_at, reason), (cleared_at, cleared) = reports
-        assert "while the broker answers" in reason and 5 <= stuck_at < 12, reports
-        assert cleared is None and cleared_at >= 14, reports
+        assert "while the broker answers" in reason, reason
+        assert replaced_at + 5 <= stuck_at < replaced_at + 12, (reports, replaced_at)
+        assert cleared is None and cleared_at >= replaced_at + 14, reports
         assert [e for e, _ in log.lines].count("outputs_stuck") == 1
+        assert checkpoint.replaced == 1
     finally:
-        producer.flush(0)
+        checkpoint.producer.flush(0)
         consumer.close()
 
 

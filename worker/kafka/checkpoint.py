@@ -8,8 +8,12 @@ For every micro-batch, in this order:
    meanwhile: backpressure instead of memory growth), calling ``on_wait`` every second so the
    process can report itself live but not ready; it resumes by itself when the broker returns.
    If the broker answers but the outputs still are not acknowledged (a stuck producer,
-   :mod:`worker.ack_watch`), exactly-once abandons the transaction at once; at-least-once
-   keeps waiting but reports itself not live (``on_stuck``), so the kubelet restarts it.
+   :mod:`worker.ack_watch`), exactly-once abandons the transaction at once. At-least-once
+   (given a ``replacement`` producer factory) purges the outputs still queued in the stuck
+   producer (never sent, so re-sending cannot duplicate them), waits until what it had in
+   flight is settled, and re-sends them in order through a fresh producer, once per batch; if
+   that one is stuck too, it keeps waiting but reports itself not live (``on_stuck``), so the
+   kubelet restarts it.
 3. **Verify**: if any record failed (``message.timeout.ms`` passed, or a permanent error),
    raise :class:`DeliveryError`. No offset of the batch is stored, so the whole batch is
    redelivered after a restart (at-least-once).
@@ -31,6 +35,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -46,6 +51,9 @@ TXN_STUCK_S = 20.0
 TXN_STUCK_STOPPING_S = 5.0
 #: Bound of the metadata request that asks whether the broker answers (see ``AckWatch``).
 PROBE_TIMEOUT_S = 5.0
+#: At-least-once, replacing a stuck producer: report itself stuck if what the old producer had
+#: in flight is not settled after this long.
+SETTLE_REPORT_S = 30.0
 
 
 class DeliveryError(BrokerError):
@@ -67,9 +75,17 @@ class Checkpoint:
         on_wait: Callable[[float], None] = _ignore,
         on_stuck: Callable[[str | None], None] = _ignore,
         ack_watch: Callable[[], AckWatch] = AckWatch,
+        replacement: Callable[[], Producer] | None = None,
         log: Any = None,
     ) -> None:
         self._producer = producer
+        # At-least-once with a replacement: the batch's unacknowledged outputs are kept (index ->
+        # produce arguments) so the queued ones can be re-sent through a fresh producer.
+        self._replacement = replacement
+        self._unsent: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self._purged: list[int] = []
+        self._seq = 0
+        self.replaced = 0
         self._consumer = consumer
         self._on_wait = on_wait
         self._on_stuck = on_stuck
@@ -85,6 +101,16 @@ class Checkpoint:
         self._unacked -= 1
         if err is not None:
             self._failures.append(f"{msg.topic()}: {err.name()}: {err.str()}")
+
+    def _on_tracked_delivery(self, i: int, err: KafkaError | None, msg: Any) -> None:
+        """Delivery callback of a kept output: purged ones are re-sent, not failures."""
+        if err is None:
+            self._unsent.pop(i, None)
+        elif err.code() == KafkaError._PURGE_QUEUE:
+            self._unacked -= 1
+            self._purged.append(i)
+            return
+        self.on_delivery(err, msg)
 
     @property
     def producer(self) -> Producer:
@@ -106,19 +132,26 @@ class Checkpoint:
 
         ``partition`` -1 lets the partitioner choose (murmur2 of the key).
         """
-        extra = {"partition": partition} if partition >= 0 else {}
+        kwargs: dict[str, Any] = {
+            "value": value,
+            "key": key,
+            "headers": headers,
+            "timestamp": timestamp_ms,
+        }
+        if partition >= 0:
+            kwargs["partition"] = partition
+        if self._replacement is None:
+            self._send(topic, kwargs, self.on_delivery)
+        else:
+            i, self._seq = self._seq, self._seq + 1
+            self._unsent[i] = ((topic,), kwargs)
+            self._send(topic, kwargs, partial(self._on_tracked_delivery, i))
+        self.produced += 1
+
+    def _send(self, topic: str, kwargs: dict[str, Any], on_delivery: Callable[..., None]) -> None:
         while True:
             try:
-                self._producer.produce(
-                    topic,
-                    value=value,
-                    key=key,
-                    headers=headers,
-                    timestamp=timestamp_ms,
-                    on_delivery=self.on_delivery,
-                    **extra,
-                )
-                self.produced += 1
+                self._producer.produce(topic, on_delivery=on_delivery, **kwargs)
                 self._unacked += 1
                 self._last_topic = topic
                 return
@@ -138,6 +171,7 @@ class Checkpoint:
         started = time.monotonic()
         watch.observe(started, self._unacked)
         reported = False
+        replaced = False  # at most once per batch: a second stuck producer is reported
         next_log = started + WAIT_LOG_EVERY_S
         while self._producer.flush(FLUSH_SLICE_S) > 0:
             now = time.monotonic()
@@ -158,13 +192,53 @@ class Checkpoint:
                     broker_answering_s=watch.answering_for(now),
                 )
             if not reported and watch.stuck(now):
-                reported = True
-                self._stuck(
+                reason = (
                     f"{outstanding} outputs unacknowledged for {watch.quiet_for(now):.0f} s "
                     "while the broker answers"
                 )
+                if self._replacement is not None and not replaced:
+                    replaced = True
+                    self._resend_through_fresh_producer(reason, started)
+                    watch = self._ack_watch()
+                    watch.observe(time.monotonic(), self._unacked)
+                    continue
+                reported = True
+                self._stuck(reason)
+        self._unsent.clear()
         if reported:
             self._on_stuck(None)
+
+    def _resend_through_fresh_producer(self, reason: str, started: float) -> None:
+        """At-least-once cure for a producer that stopped serving a partition (for example
+        librdkafka #5430, a partition whose leader it lost for good after its broker was
+        fenced): purge the outputs still queued (never sent: re-sending them cannot duplicate
+        them), wait until what was in flight is settled (a partition's queued outputs come
+        after its in-flight ones, so per-key order is kept), and re-send the purged ones in
+        order through a fresh producer."""
+        assert self._replacement is not None
+        old = self._producer
+        self._purged = []
+        old.purge(in_queue=True, in_flight=False, blocking=True)
+        settling = time.monotonic()
+        reported = False
+        while old.flush(FLUSH_SLICE_S) > 0:  # in flight: acknowledged or failed, never lost
+            self._on_wait(time.monotonic() - started)
+            if not reported and time.monotonic() - settling > SETTLE_REPORT_S:
+                reported = True
+                self._stuck(f"{reason}; in-flight outputs not settled after purging the rest")
+        if reported:
+            self._on_stuck(None)
+        purged = sorted(self._purged)
+        self._purged = []
+        self._producer = self._replacement()
+        self.replaced += 1
+        if self._log is not None:
+            self._log.warning(
+                "producer_replaced", reason=reason, resent=len(purged), cause="stuck producer"
+            )
+        for i in purged:
+            (topic,), kwargs = self._unsent[i]
+            self._send(topic, kwargs, partial(self._on_tracked_delivery, i))
 
     def _log_wait(self, step: str, waited_s: float, **detail: Any) -> None:
         if self._log is not None:
@@ -374,6 +448,7 @@ class TransactionalCheckpoint(Checkpoint):
         if self._log is not None:
             self._log.warning("transactional_producer_replaced", reason=reason)
         self._producer = self._new_producer()  # same transactional.id: fences the old one
+        self.replaced += 1
         self._unacked = 0  # the old producer's reports are never served
 
     def commit_stored(self) -> None:
