@@ -81,7 +81,6 @@ class Monitor:
         self._next: dict[tuple[str, int], int] = {}
         self._stored: dict[tuple[str, int], int] = {}
         self.reports: list[WindowReport] = []
-        self.producer = make_producer(settings.kafka, log)
         self.consumer = make_consumer(
             settings.kafka,
             settings.group_id,
@@ -93,7 +92,23 @@ class Monitor:
                 "stats_cb": self._on_stats,
             },
         )
-        self.checkpoint = Checkpoint(self.producer, self.consumer)
+        # Like the worker's at-least-once checkpoint: the loop stays live while the broker is
+        # away, a stuck producer's queued outputs are re-sent through a fresh one, and a second
+        # stuck producer fails liveness.
+        self.checkpoint = Checkpoint(
+            make_producer(settings.kafka, log),
+            self.consumer,
+            on_wait=self._waiting_for_broker,
+            on_stuck=self._outputs_stuck,
+            replacement=lambda: make_producer(settings.kafka, log),
+            log=log,
+        )
+
+    def _waiting_for_broker(self, _waited_s: float) -> None:
+        self.health.beat()
+
+    def _outputs_stuck(self, reason: str | None) -> None:
+        self.health.outputs_stuck = reason is not None
 
     def _on_stats(self, stats_json: str) -> None:
         try:
@@ -142,7 +157,7 @@ class Monitor:
                     last_prune = time.monotonic()
                     self._prune()
         finally:
-            self.producer.flush(10)
+            self.checkpoint.producer.flush(10)
             try:
                 self.consumer.close()
             except Exception as exc:
