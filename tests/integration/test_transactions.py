@@ -160,15 +160,21 @@ def test_at_least_once_resends_queued_outputs_through_a_fresh_producer(kafka_boo
     try:
         checkpoint.produce(healthy, b"k", b"first")
         for i in range(50):
-            checkpoint.produce(late, b"k", str(i).encode())
+            checkpoint.produce(
+                late, b"k", str(i).encode(), headers=[("n", str(i).encode())], timestamp_ms=1000 + i
+            )
         checkpoint.complete({})
         assert checkpoint.replaced == 1
         assert reports == [], reports
         replaced = [kw for e, kw in log.lines if e == "producer_replaced"]
         assert len(replaced) == 1 and replaced[0]["resent"] == 50, replaced
         assert [m.value() for m in read_all(kafka_bootstrap, healthy, 1)] == [b"first"]
-        values = [m.value() for m in read_all(kafka_bootstrap, late, 1, expect=50)]
-        assert values == [str(i).encode() for i in range(50)]  # once each, in order
+        got = read_all(kafka_bootstrap, late, 1, expect=50)
+        assert [m.value() for m in got] == [str(i).encode() for i in range(50)]  # once, in order
+        # Re-sent as they were: key, headers and timestamp.
+        assert [(m.key(), m.headers(), m.timestamp()[1]) for m in got] == [
+            (b"k", [("n", str(i).encode())], 1000 + i) for i in range(50)
+        ]
     finally:
         creator.join(5)
         checkpoint.producer.flush(0)

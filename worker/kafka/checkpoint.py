@@ -79,12 +79,12 @@ class Checkpoint:
         log: Any = None,
     ) -> None:
         self._producer = producer
-        # At-least-once with a replacement: the batch's unacknowledged outputs are kept (index ->
-        # produce arguments) so the queued ones can be re-sent through a fresh producer.
+        # At-least-once with a replacement: the batch's outputs, by sequence number, so the
+        # queued ones a purge hands back can be re-sent as they were, in order, through a fresh
+        # producer (a purged message comes back without its headers and timestamp).
         self._replacement = replacement
-        self._unsent: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self._batch: list[tuple[str, dict[str, Any]]] = []
         self._purged: list[int] = []
-        self._seq = 0
         self.replaced = 0
         self._consumer = consumer
         self._on_wait = on_wait
@@ -103,10 +103,8 @@ class Checkpoint:
             self._failures.append(f"{msg.topic()}: {err.name()}: {err.str()}")
 
     def _on_tracked_delivery(self, i: int, err: KafkaError | None, msg: Any) -> None:
-        """Delivery callback of a kept output: purged ones are re-sent, not failures."""
-        if err is None:
-            self._unsent.pop(i, None)
-        elif err.code() == KafkaError._PURGE_QUEUE:
+        """Delivery callback of a numbered output: purged ones are kept to be re-sent."""
+        if err is not None and err.code() == KafkaError._PURGE_QUEUE:
             self._unacked -= 1
             self._purged.append(i)
             return
@@ -143,9 +141,8 @@ class Checkpoint:
         if self._replacement is None:
             self._send(topic, kwargs, self.on_delivery)
         else:
-            i, self._seq = self._seq, self._seq + 1
-            self._unsent[i] = ((topic,), kwargs)
-            self._send(topic, kwargs, partial(self._on_tracked_delivery, i))
+            self._batch.append((topic, kwargs))
+            self._send(topic, kwargs, partial(self._on_tracked_delivery, len(self._batch) - 1))
         self.produced += 1
 
     def _send(self, topic: str, kwargs: dict[str, Any], on_delivery: Callable[..., None]) -> None:
@@ -204,7 +201,7 @@ class Checkpoint:
                     continue
                 reported = True
                 self._stuck(reason)
-        self._unsent.clear()
+        self._batch.clear()
         if reported:
             self._on_stuck(None)
 
@@ -237,7 +234,7 @@ class Checkpoint:
                 "producer_replaced", reason=reason, resent=len(purged), cause="stuck producer"
             )
         for i in purged:
-            (topic,), kwargs = self._unsent[i]
+            topic, kwargs = self._batch[i]
             self._send(topic, kwargs, partial(self._on_tracked_delivery, i))
 
     def _log_wait(self, step: str, waited_s: float, **detail: Any) -> None:
