@@ -13,6 +13,10 @@ committed. Then it reads every suggestion (``read_committed``) and checks:
 * **identical** (exactly-once): every suggestion equals the one an undisturbed exactly-once run
   over the same input made (same products, same scores): session state was restored, not reset.
 
+The input is produced by :class:`worker.input_feeder.InputFeeder`, which replaces its producer
+if librdkafka stops serving one of its partitions (#5430, seen after ``freeze``); the table notes
+it when that happens.
+
 Faults: ``kill9`` (SIGKILL a worker mid-batch, restart it, 3 times), ``broker`` (stop and
 restart the broker; workers must ride it out without restarting), ``scale`` (1 -> 3 -> 2
 workers), ``sigterm`` (SIGTERM every worker at once, then restart them), ``mixed`` (all of them).
