@@ -236,7 +236,11 @@ def _event_records(n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def _produce_input(
-    bootstrap: str, topic: str, events: list[dict[str, Any]], duration_s: float
+    bootstrap: str,
+    topic: str,
+    events: list[dict[str, Any]],
+    duration_s: float,
+    started: Callable[[InputFeeder], None] = lambda _: None,
 ) -> tuple[int, InputFeeder]:
     """Produce the events evenly over ``duration_s`` (0: at once), every CORRUPT_EVERY-th one
     malformed; return how many were malformed, and the feeder (how often it had to replace its
@@ -254,6 +258,7 @@ def _produce_input(
         },
         topic,
     )
+    started(feeder)
     bad = 0
     started = time.monotonic()
     for i, e in enumerate(events, 1):
@@ -728,10 +733,13 @@ def run_scenario(
     duration_s = 0.0 if scenario == "none" else max(shortest[scenario], len(events) / rate)
     produced: list[tuple[int, InputFeeder]] = []
     feeder_failed: list[BaseException] = []
+    feeding: list[InputFeeder] = []
 
     def feed() -> None:
         try:
-            produced.append(_produce_input(broker.bootstrap, topics.events, events, duration_s))
+            produced.append(
+                _produce_input(broker.bootstrap, topics.events, events, duration_s, feeding.append)
+            )
         except BaseException as exc:  # surfaced by the scenario, not lost with the thread
             feeder_failed.append(exc)
 
@@ -769,6 +777,12 @@ def run_scenario(
         t0 = time.monotonic()
         action()
         t_end = time.monotonic()
+        if watch_memory and feeding:
+            # What the feeder queued while the broker was away lands first (up to 15 s): the
+            # backlog at the fault's end includes it.
+            deadline = time.monotonic() + 15
+            while feeding[0].unacknowledged > 2_000 and time.monotonic() < deadline:
+                time.sleep(0.1)
         backlog = progress.backlog() if watch_memory else -1
         result.faults += 1
         recovery = _wait_recovered(progress, at, ends_at, t0)
