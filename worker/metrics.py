@@ -244,6 +244,17 @@ class MonitorMetrics:
             "Assigned partitions the client has not fetched for FETCH_STALL_S (fails liveness)",
             registry=r,
         )
+        self.outputs_stuck = Gauge(
+            "monitor_outputs_stuck",
+            "1 while accuracy records stay unacknowledged though the broker answers, after one"
+            " fresh producer was tried too (fails liveness)",
+            registry=r,
+        )
+        self.producer_replacements = Counter(
+            "monitor_producer_replacements_total",
+            "Output producers replaced because they were stuck",
+            registry=r,
+        )
         self.pending = Gauge(
             "monitor_pending_purchases", "Purchases waiting for their suggestions", registry=r
         )

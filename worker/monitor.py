@@ -109,6 +109,7 @@ class Monitor:
 
     def _outputs_stuck(self, reason: str | None) -> None:
         self.health.outputs_stuck = reason is not None
+        self.metrics.outputs_stuck.set(1 if reason is not None else 0)
 
     def _on_stats(self, stats_json: str) -> None:
         try:
@@ -288,7 +289,11 @@ class Monitor:
         self.reports.extend(reports)
         # Offsets are stored after the reports are acknowledged, and only up to the records the
         # join still needs (see _replay_offsets), so a restarted monitor reads them again.
-        self.checkpoint.complete(self._replay_offsets(next_offsets))
+        replaced_before = self.checkpoint.replaced
+        try:
+            self.checkpoint.complete(self._replay_offsets(next_offsets))
+        finally:
+            self.metrics.producer_replacements.inc(self.checkpoint.replaced - replaced_before)
 
     def _replay_offsets(
         self, next_offsets: dict[tuple[str, int], int]

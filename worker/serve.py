@@ -418,7 +418,6 @@ class Worker:
         try:
             self.checkpoint.complete(next_offsets)
         except TransactionAbandonedError as exc:
-            self.metrics.producer_replacements.inc(self.checkpoint.replaced - replaced_before)
             if self._stop.is_set():
                 # Shutting down: nothing of the batch was committed; the partitions' next owner
                 # (or this worker restarted) resumes from the committed offsets and state.
@@ -426,7 +425,8 @@ class Worker:
             else:
                 self._rewind(str(exc))
             return BatchOutcome(answered=0, dead_lettered=0)
-        self.metrics.producer_replacements.inc(self.checkpoint.replaced - replaced_before)
+        finally:
+            self.metrics.producer_replacements.inc(self.checkpoint.replaced - replaced_before)
         self.health.backpressure = False
         t4 = time.perf_counter()
         acked_ms = now_ms()
