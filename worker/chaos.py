@@ -240,12 +240,12 @@ def _produce_input(
     topic: str,
     events: list[dict[str, Any]],
     duration_s: float,
-    started: Callable[[InputFeeder], None] = lambda _: None,
-) -> tuple[int, InputFeeder]:
+    on_feeder: Callable[[InputFeeder], None] = lambda _: None,
+) -> int:
     """Produce the events evenly over ``duration_s`` (0: at once), every CORRUPT_EVERY-th one
-    malformed; return how many were malformed, and the feeder (how often it had to replace its
-    producer). Kafka timestamps are "now": the simulated event
-    times lie in the past and would fall behind the topic's retention."""
+    malformed; return how many were malformed. ``on_feeder`` gets the feeder before the first
+    event (how far it is and how often it replaced its producer). Kafka timestamps are "now":
+    the simulated event times lie in the past and would fall behind the topic's retention."""
     codec = codec_for("BrowsingEvent")
     rng = random.Random(7)
     feeder = InputFeeder(
@@ -258,7 +258,7 @@ def _produce_input(
         },
         topic,
     )
-    started(feeder)
+    on_feeder(feeder)
     bad = 0
     started = time.monotonic()
     for i, e in enumerate(events, 1):
@@ -274,7 +274,7 @@ def _produce_input(
                 ahead = i / len(events) * duration_s - (time.monotonic() - started)
         feeder.send(e["user_id"].encode(), value)
     feeder.close(600)
-    return bad, feeder
+    return bad
 
 
 class Group:
@@ -731,7 +731,7 @@ def run_scenario(
     shortest = {**MIN_DURATION_S, "freeze": 2 * fault_s + 10, "slow": 2 * fault_s + 10}
     shortest["soak"] = 30.0
     duration_s = 0.0 if scenario == "none" else max(shortest[scenario], len(events) / rate)
-    produced: list[tuple[int, InputFeeder]] = []
+    produced: list[int] = []
     feeder_failed: list[BaseException] = []
     feeding: list[InputFeeder] = []
 
@@ -897,9 +897,9 @@ def run_scenario(
     result.sessions_peak = group.sessions_peak()
     result.worker_restarts_needed = group.unexpected_exits
     result.notes.extend(group.exit_notes)
-    result.bad_sent = produced[0][0] if produced else -1
-    if produced and produced[0][1].replaced:
-        input_feeder = produced[0][1]
+    result.bad_sent = produced[0] if produced else -1
+    if feeding and feeding[0].replaced:
+        input_feeder = feeding[0]
         result.notes.append(
             f"input producer replaced {input_feeder.replaced}x, {input_feeder.resent:,} queued "
             "events re-sent (librdkafka #5430)"

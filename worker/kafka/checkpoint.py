@@ -214,7 +214,6 @@ class Checkpoint:
         order through a fresh producer."""
         assert self._replacement is not None
         old = self._producer
-        self._purged = []
         old.purge(in_queue=True, in_flight=False, blocking=True)
         settling = time.monotonic()
         reported = False
