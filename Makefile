@@ -9,21 +9,21 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test test-unit test-integration lint format kafka-start kafka-stop kafka-status clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml devtools/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,fast]"
+	$(BIN)/pip install --quiet -e ".[dev,fast]" -e devtools
 	touch $(STAMP)
 
 install: $(STAMP)
 
 ## Command one: the whole system on a local Apache Kafka for about a minute.
 demo: $(STAMP)
-	$(BIN)/worker demo
+	$(BIN)/worker-dev demo
 
 ## Command two: lint, unit and integration tests (integration tests start a real broker).
 test: $(STAMP)
-	$(BIN)/ruff check worker tests
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
@@ -33,20 +33,20 @@ test-integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration
 
 lint: $(STAMP)
-	$(BIN)/ruff check worker tests
-	$(BIN)/ruff format --check worker tests
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: $(STAMP)
-	$(BIN)/ruff format worker tests
+	$(BIN)/ruff format .
 
 kafka-start: $(STAMP)
-	$(BIN)/worker kafka start
+	$(BIN)/worker-dev kafka start
 
 kafka-stop: $(STAMP)
-	$(BIN)/worker kafka stop
+	$(BIN)/worker-dev kafka stop
 
 kafka-status: $(STAMP)
-	$(BIN)/worker kafka status
+	$(BIN)/worker-dev kafka status
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from tests.kafka_fixtures import kafka_bootstrap  # noqa: F401  (session fixture re-exported)
+from worker.config import TopicSettings
 
-from kafka_fixtures import kafka_bootstrap  # noqa: E402,F401  (session fixture re-exported)
-
-from worker.config import TopicSettings  # noqa: E402
-
-#: Small but real: a simulated history and a LightGBM ranker trained on it by `worker.train`.
+#: Small but real: a simulated history and a LightGBM ranker trained on it by `worker.apps.train`.
 TEST_SIM = dict(n_products=800, n_categories=20, n_users=3000, seed=3)
 
 
 @pytest.fixture(scope="session")
 def simulator_settings():
-    from worker.simulate import SimulatorSettings
+    from worker.apps.simulate import SimulatorSettings
 
     return SimulatorSettings(**TEST_SIM)
 
@@ -29,8 +25,8 @@ def simulator_settings():
 @pytest.fixture(scope="session")
 def trained_models_dir(tmp_path_factory, simulator_settings) -> Path:
     """A models directory with one artifact trained on half a day of simulated history."""
-    from worker.simulate import write_history
-    from worker.train import TrainSettings, train
+    from worker.apps.simulate import write_history
+    from worker.apps.train import TrainSettings, train
 
     root = tmp_path_factory.mktemp("model")
     write_history(root / "history", simulator_settings, days=0.5)

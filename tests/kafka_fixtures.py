@@ -4,7 +4,7 @@ Order of choice:
 
 1. ``KAFKA_BOOTSTRAP_SERVERS`` set: an existing cluster, nothing to start or stop.
 2. A Docker engine answers ``docker info``: testcontainers' ``KafkaContainer`` in KRaft mode.
-3. Otherwise the project's own launcher (``worker.localkafka``): a real Apache Kafka on free
+3. Otherwise the project's own launcher (``devtools.localkafka``): a real Apache Kafka on free
    ports, with its own state dir under a temp dir, so tests never touch a developer's demo broker.
 
 A broker that cannot be had is an error, never a skip: tests that need Kafka must fail in CI
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.localkafka import free_ports
+from devtools.localkafka import free_ports
 
 Cleanup = Callable[[], None]
 
@@ -60,7 +60,7 @@ def _start_testcontainer() -> tuple[str, Cleanup]:
 
 
 def _start_local() -> tuple[str, Cleanup]:
-    from worker.localkafka import LocalKafkaConfig, start, stop
+    from devtools.localkafka import LocalKafkaConfig, start, stop
 
     home = Path(tempfile.mkdtemp(prefix="worker-test-kafka-"))
     port, controller_port = free_ports(2)

@@ -1,7 +1,8 @@
 """``worker`` command line: one settings object per command, CLI flag > environment > default.
 
-Subcommands: ``kafka`` (local broker), ``topics``, ``simulate``, ``train``, ``run`` (the
-worker), ``monitor``, ``demo``.
+Subcommands: ``topics``, ``simulate``, ``train``, ``run`` (the worker), ``monitor``. The
+development tooling (local broker, chaos harness, benchmark, demo) is ``worker-dev``
+(:mod:`devtools.cli`), which production does not install.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from worker.config import (
     env,
     kafka_properties,
 )
-from worker.errors import InfrastructureError, WorkerError
+from worker.core.errors import InfrastructureError, WorkerError
 
 EXIT_INFRASTRUCTURE = 2
 
@@ -88,13 +89,6 @@ def _models_arg(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="worker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser(
-        "kafka",
-        help="local Apache Kafka (no Docker): start|stop|status|wipe|classpath",
-        add_help=False,
-    )
-    p.add_argument("rest", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("topics", help="create the project's topics (idempotent)")
     _add_kafka_args(p)
@@ -232,45 +226,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="flush every window and exit once all partitions are read (batch mode)",
     )
 
-    p = sub.add_parser("chaos", help="fault-injection harness: kills, broker restart, rebalances")
-    p.add_argument(
-        "--scenarios",
-        default="kill9,broker,scale,sigterm,mixed,freeze,slow,soak",
-        help="comma-separated subset of kill9,broker,scale,sigterm,mixed,freeze,slow,soak",
-    )
-    p.add_argument("--modes", default="at-least-once,exactly-once")
-    p.add_argument("--events", type=int, default=200_000, help="input events per scenario")
-    p.add_argument(
-        "--rate",
-        type=float,
-        default=2000.0,
-        help="input events/s while faults are injected (a scenario lasts at least events/rate)",
-    )
-    p.add_argument(
-        "--fault-s",
-        type=float,
-        default=30.0,
-        help="how long the broker stays frozen (freeze) or the output throttled (slow)",
-    )
-    p.add_argument("--work-dir", type=Path, default=Path("var/chaos"))
-    p.add_argument(
-        "--bootstrap-servers",
-        default=env("KAFKA_BOOTSTRAP_SERVERS", "") or None,
-        help="an existing cluster (no broker restart scenario); default: own broker",
-    )
-    _models_arg(p)
-
-    p = sub.add_parser("bench", help="throughput, latency and memory, side by side with peers")
-    from worker import bench
-
-    bench.add_arguments(p)
-
-    p = sub.add_parser("demo", help="the whole system on the local broker for about a minute")
-    p.add_argument("--duration-s", type=float, default=60.0)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--rate", type=float, default=1000.0, help="offered events/s (approximate)")
-    p.add_argument("--work-dir", type=Path, default=Path(env("WORKER_DEMO_DIR", "var/demo")))
-    _models_arg(p)
     return parser
 
 
@@ -278,12 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("run", "monitor"):
         _exit_cleanly_on_sigterm_while_starting()  # as early as possible, before parsing
-    if argv and argv[0] == "kafka":
-        from worker import localkafka
-
-        return localkafka.main(argv[1:])
     args = build_parser().parse_args(argv)
-    from worker.logging import configure_logging
+    from worker.ops.logging import configure_logging
 
     log = configure_logging(component=args.command)
     try:
@@ -307,7 +258,7 @@ def cmd_topics(args: argparse.Namespace, log: Any) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, log: Any) -> int:
-    from worker import simulate
+    from worker.apps import simulate
 
     settings = simulate.SimulatorSettings(
         n_products=args.products, n_categories=args.categories, n_users=args.users, seed=args.seed
@@ -344,7 +295,7 @@ def cmd_simulate(args: argparse.Namespace, log: Any) -> int:
 
 
 def cmd_train(args: argparse.Namespace, log: Any) -> int:
-    from worker.train import TrainSettings, format_evaluation, train
+    from worker.apps.train import TrainSettings, format_evaluation, train
 
     settings = TrainSettings(
         num_trees=args.trees,
@@ -369,7 +320,7 @@ def cmd_train(args: argparse.Namespace, log: Any) -> int:
 def _registry(args: argparse.Namespace) -> Any:
     if not args.schema_registry_url:
         return None
-    from worker.schema_registry import HttpSchemaRegistry
+    from worker.wire.registry import HttpSchemaRegistry
 
     return HttpSchemaRegistry(args.schema_registry_url)
 
@@ -384,10 +335,10 @@ def _exit_cleanly_on_sigterm_while_starting() -> None:
 
 def cmd_run(args: argparse.Namespace, log: Any) -> int:
     _exit_cleanly_on_sigterm_while_starting()
-    from worker.features import FEATURE_NAMES
+    from worker.apps.serve import Worker
+    from worker.core.features import FEATURE_NAMES
     from worker.kafka.admin import ensure_topics, wait_for_cluster
-    from worker.model import load_artifact
-    from worker.serve import Worker
+    from worker.model.artifact import load_artifact
 
     settings = WorkerSettings(
         kafka=_kafka(args),
@@ -416,7 +367,7 @@ def cmd_run(args: argparse.Namespace, log: Any) -> int:
     ensure_topics(settings.kafka, settings.topics, log)
     if settings.state_changelog:
         from worker.kafka.admin import partition_count
-        from worker.kafka.state import changelog_topic, ensure_changelog
+        from worker.kafka.changelog import changelog_topic, ensure_changelog
 
         ensure_changelog(
             settings.kafka,
@@ -430,8 +381,8 @@ def cmd_run(args: argparse.Namespace, log: Any) -> int:
 
 def cmd_monitor(args: argparse.Namespace, log: Any) -> int:
     _exit_cleanly_on_sigterm_while_starting()
+    from worker.apps.monitor import Monitor
     from worker.kafka.admin import ensure_topics, wait_for_cluster
-    from worker.monitor import Monitor
 
     settings = MonitorSettings(
         kafka=_kafka(args),
@@ -452,51 +403,12 @@ def cmd_monitor(args: argparse.Namespace, log: Any) -> int:
     return Monitor(settings, log).run()
 
 
-def cmd_chaos(args: argparse.Namespace, log: Any) -> int:
-    from worker.chaos import format_memory, format_table, run_chaos
-
-    results = run_chaos(
-        scenarios=args.scenarios.split(","),
-        modes=args.modes.split(","),
-        n_events=args.events,
-        rate=args.rate,
-        fault_s=args.fault_s,
-        models_dir=args.models_dir,
-        work_dir=args.work_dir,
-        bootstrap=args.bootstrap_servers,
-        log=lambda line: print(line, flush=True),
-    )
-    print()
-    print(format_table(results))
-    memory = format_memory(results)
-    if memory:
-        print()
-        print("worker memory (MiB; largest worker process)")
-        print(memory)
-    return 0 if all(r.passed for r in results) else 1
-
-
-def cmd_bench(args: argparse.Namespace, log: Any) -> int:
-    from worker import bench
-
-    return bench.run(args, log)
-
-
-def cmd_demo(args: argparse.Namespace, log: Any) -> int:
-    from worker.demo import run_demo
-
-    return run_demo(args, log)
-
-
 COMMANDS = {
     "topics": cmd_topics,
     "simulate": cmd_simulate,
     "train": cmd_train,
     "run": cmd_run,
     "monitor": cmd_monitor,
-    "demo": cmd_demo,
-    "chaos": cmd_chaos,
-    "bench": cmd_bench,
 }
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.errors import ConfigError
+from worker.core.errors import ConfigError
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 SECRET_MARKERS = (

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import fastavro
 import pytest
-from helpers import (  # type: ignore[import-not-found]
+
+from devtools.localkafka import free_ports
+from tests.helpers import (
     cli_args,
     committed_offsets,
     end_offsets,
@@ -20,12 +22,10 @@ from helpers import (  # type: ignore[import-not-found]
     spawn,
     stop,
 )
-
-from worker.codec import codec_for, load_schema
 from worker.config import KafkaSettings
 from worker.kafka.admin import ensure_topics
 from worker.kafka.dead_letter import header_map
-from worker.localkafka import free_ports
+from worker.wire.codec import codec_for, load_schema
 
 pytestmark = pytest.mark.kafka
 

@@ -8,12 +8,12 @@ import time
 from collections import defaultdict
 
 import pytest
-from helpers import cli_args, produce, read_all, spawn  # type: ignore[import-not-found]
 
-from worker.codec import codec_for
+from tests.helpers import cli_args, produce, read_all, spawn
 from worker.config import KafkaSettings
 from worker.kafka.admin import ensure_topics
-from worker.model import read_metadata
+from worker.model.artifact import read_metadata
+from worker.wire.codec import codec_for
 
 pytestmark = pytest.mark.kafka
 

@@ -22,7 +22,10 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
-from helpers import (  # type: ignore[import-not-found]
+
+from devtools import localkafka
+from devtools.localkafka import LocalKafkaConfig
+from tests.helpers import (
     cli_args,
     http_get,
     json_lines,
@@ -33,11 +36,8 @@ from helpers import (  # type: ignore[import-not-found]
     stop,
     wait_metric,
 )
-from kafka_fixtures import free_ports  # type: ignore[import-not-found]
-
-from worker import localkafka
-from worker.codec import codec_for
-from worker.localkafka import LocalKafkaConfig
+from tests.kafka_fixtures import free_ports
+from worker.wire.codec import codec_for
 
 pytestmark = pytest.mark.kafka
 

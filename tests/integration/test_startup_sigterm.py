@@ -14,8 +14,9 @@ import subprocess
 import time
 
 import pytest
-from helpers import spawn  # type: ignore[import-not-found]
-from kafka_fixtures import free_ports  # type: ignore[import-not-found]
+
+from tests.helpers import spawn
+from tests.kafka_fixtures import free_ports
 
 
 @pytest.mark.parametrize("command", ["run", "monitor"])

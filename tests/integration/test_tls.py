@@ -25,7 +25,10 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
-from helpers import (  # type: ignore[import-not-found]
+
+from devtools import localkafka
+from devtools.localkafka import LocalKafkaConfig
+from tests.helpers import (
     cli_args,
     json_lines,
     one_fatal_error,
@@ -35,12 +38,9 @@ from helpers import (  # type: ignore[import-not-found]
     stop,
     wait_metric,
 )
-from kafka_fixtures import free_ports  # type: ignore[import-not-found]
-
-from worker import localkafka
-from worker.codec import codec_for
-from worker.errors import LocalKafkaError
-from worker.localkafka import LocalKafkaConfig
+from tests.kafka_fixtures import free_ports
+from worker.core.errors import LocalKafkaError
+from worker.wire.codec import codec_for
 
 pytestmark = pytest.mark.kafka
 

@@ -23,9 +23,8 @@ import uuid
 
 import pytest
 from confluent_kafka.admin import NewTopic
-from helpers import read_all  # type: ignore[import-not-found]
 
-from worker.ack_watch import AckWatch
+from tests.helpers import read_all
 from worker.config import KafkaSettings
 from worker.kafka.admin import admin_client
 from worker.kafka.checkpoint import (
@@ -35,6 +34,7 @@ from worker.kafka.checkpoint import (
     TransactionalCheckpoint,
 )
 from worker.kafka.clients import make_consumer, make_producer
+from worker.kafka.watches import AckWatch
 
 
 class _Log:

@@ -1,5 +1,6 @@
-"""The Kafka edge: client construction, topic admin, dead letters and the commit protocol.
+"""The Kafka edge: client construction, topic admin, the commit protocol, the session changelog,
+watches over the clients, and dead letters.
 
-Nothing outside this package and the loops (``worker.serve``, ``worker.monitor``) imports
+Nothing outside this package and the loops (``worker.apps.serve``, ``worker.apps.monitor``) imports
 confluent_kafka.
 """

@@ -10,7 +10,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from worker.config import KafkaSettings, TopicSettings
-from worker.errors import BrokerError
+from worker.core.errors import BrokerError
 from worker.kafka.clients import client_hooks
 
 #: The dead-letter topics keep the original bytes of oversized records, up to this size.

@@ -8,7 +8,7 @@ For every micro-batch, in this order:
    meanwhile: backpressure instead of memory growth), calling ``on_wait`` every second so the
    process can report itself live but not ready; it resumes by itself when the broker returns.
    If the broker answers but the outputs still are not acknowledged (a stuck producer,
-   :mod:`worker.ack_watch`), exactly-once abandons the transaction at once. At-least-once
+   :mod:`worker.kafka.watches`), exactly-once abandons the transaction at once. At-least-once
    (given a ``replacement`` producer factory) purges the outputs still queued in the stuck
    producer (never sent, so re-sending cannot duplicate them), waits until what it had in
    flight is settled, and re-sends them in order through a fresh producer, once per batch; if
@@ -40,8 +40,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from worker.ack_watch import AckWatch
-from worker.errors import BrokerError
+from worker.core.errors import BrokerError
+from worker.kafka.watches import AckWatch
 
 FLUSH_SLICE_S = 1.0
 #: A wait for the broker logs ``waiting_for_broker`` this often.
@@ -159,7 +159,7 @@ class Checkpoint:
         """Step 2: wait until the producer's queue is empty, however long the broker is away.
 
         If the broker answers but the outputs still are not acknowledged (a stuck producer, see
-        :mod:`worker.ack_watch`), :meth:`_stuck` is called once per batch. Progress is counted
+        :mod:`worker.kafka.watches`), :meth:`_stuck` is called once per batch. Progress is counted
         in delivery reports, not in ``flush``'s return value: that is librdkafka's out-queue
         length, which also counts log and error events waiting to be served, so it can fall
         while no output was acknowledged.

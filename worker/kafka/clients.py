@@ -8,8 +8,8 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from worker.config import KafkaSettings
-from worker.errors import BrokerError
-from worker.logging import RepeatFilter
+from worker.core.errors import BrokerError
+from worker.ops.logging import RepeatFilter
 
 
 def _error_cb(log: Any):

@@ -1,8 +1,0 @@
-"""The peers that ``worker bench`` measures side by side with the worker.
-
-* :mod:`bench.peers.run_mlserver`: MLServer's Kafka mode with the LightGBM runtime.
-* :mod:`bench.peers.run_quix`: a Quix Streams app running the worker's own pipeline.
-
-Each peer runs in its own venv (:mod:`bench.peers.envs`); the drivers run in the project's env.
-See ``bench/peers/README.md``.
-"""

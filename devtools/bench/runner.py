@@ -1,0 +1,1555 @@
+"""``worker-dev bench``: the reference benchmark of the worker, with its peers, in one run.
+
+The reference workload (see ``docs/benchmark.md``):
+
+* ``--events`` (default 1,000,000) browsing events of the simulator's live stream (the default
+  catalogue and population: 5,000 products, 20,000 users, the catalogue the model is trained on),
+  pre-produced once per run on a 12-partition topic of the local broker and reused by every
+  configuration (each with its own consumer group, reading from the beginning). Payload
+  ``event_time`` is the simulated time (sessions evolve as in the simulated shop); the Kafka
+  timestamp is the wall clock at produce time.
+* The model of ``worker train`` with its default settings (200 trees x 63 leaves, trained on
+  ``worker simulate --days 2``); trained into the work dir when ``--models-dir`` has none.
+* The worker with its defaults (``worker run``: 50 candidates, top-10, micro-batches of up to 500
+  events or 20 ms, at-least-once with the session changelog), one process per configuration
+  process, each its own ``python -m worker.cli run``.
+
+What one run measures, in this order:
+
+1. **Throughput**, 1 and 2 worker processes, over the backlog: steady state between 10 % and 90 %
+   of the events consumed (``worker_events_consumed_total`` scraped from ``/metrics`` every
+   0.5 s); CPU seconds per million events from ``/proc/<pid>/stat`` (utime + stime) over the same
+   window; the stage breakdown from ``worker_stage_seconds_sum`` (fetch = wall time minus the
+   stages: time in ``consume()`` plus loop overhead); peak RSS per process (``VmHWM``).
+2. **Scoring ceiling**: the model call alone (``scorer.score``) on pre-built feature matrices of
+   the worker's batch shape (500 events x 50 candidates x 20 features) built with the worker's
+   own session, candidate and feature code from the same events; per scoring backend available.
+3. **Latency** at a fixed offered load of half the measured 1-process maximum: a paced producer
+   (``event_time`` = wall clock at send) feeds one worker; latency = broker append time of the
+   suggestion (its topic uses ``message.timestamp.type=LogAppendTime``: when the broker
+   acknowledged it) minus ``event_time``, over the steady part (after a warm-up).
+4. **State size**: a fresh interpreter loads the model artifact as the worker does and fills a
+   :class:`worker.core.session.SessionStore` with ``--rss-users`` (default 1,000,000) distinct users
+   through :func:`worker.core.pipeline.advance_sessions` (3 events each, in batches); it reports its
+   peak RSS, the state's share, and that idle sessions expire (``expire_idle``).
+5. **Peers** (unless ``--skip-peers``), each in its own venv (:mod:`devtools.bench.peers.envs`):
+   MLServer's Kafka mode (mlserver-lightgbm, the same ``model.txt``) measured by a rate sweep,
+   plain and with adaptive batching; the Quix Streams app (the worker's feature code) over the
+   same events topic, per message and with its batching sink; each peer's latency at half its own
+   maximum.
+
+It ends with one table of every figure, the targets met / not met and the ratios, and writes
+``--json-out``; ``--plot-out`` draws throughput and latency per configuration (matplotlib from a
+small venv of its own, never the project's env).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+GIB = 2**30
+MIB = 2**20
+SAMPLE_INTERVAL_S = 0.5
+STAGES = ("decode", "state", "candidates", "features", "scoring", "encode", "produce")
+PLOT_REQUIREMENTS = ("matplotlib==3.10.7",)
+
+#: Targets of the issue: (figure key, comparison, bound, text).
+TARGETS = (
+    ("ratio_e2e_to_ceiling", ">=", 0.6, "e2e throughput >= 0.6 x scoring ceiling"),
+    ("ratio_throughput_vs_mlserver", ">=", 10.0, "throughput >= 10 x MLServer"),
+    ("ratio_throughput_vs_quix", ">=", 2.0, "throughput >= 2 x Quix"),
+    ("latency_p99_ms", "<=", 50.0, "p99 at half load <= 50 ms"),
+    ("scaling_factor", ">=", 1.8, "two processes >= 1.8 x one"),
+    ("rss_1m_users_mib", "<=", 1024.0, "<= 1 GiB RSS with the active users"),
+)
+
+
+# -- arguments --------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``worker bench``."""
+    p.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        help="an existing broker; default: a local Apache Kafka started in --work-dir",
+    )
+    p.add_argument("--work-dir", type=Path, default=Path("var/bench"))
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="models dir (LATEST) or artifact dir; default <work-dir>/models, trained there "
+        "with `worker simulate --days 2` + `worker train` defaults when absent",
+    )
+    p.add_argument("--events", type=int, default=None, help="pre-produced events (1,000,000)")
+    p.add_argument("--partitions", type=int, default=12)
+    p.add_argument(
+        "--small",
+        action="store_true",
+        help="the CI smoke variant: 20,000 events, 50,000 users in state, short latency run, "
+        "peers limited to a few hundred requests each",
+    )
+    p.add_argument("--rss-users", type=int, default=None, help="distinct users in state (1M)")
+    p.add_argument("--latency-s", type=float, default=None, help="measured seconds (60)")
+    p.add_argument("--warmup-s", type=float, default=None, help="latency warm-up seconds (10)")
+    p.add_argument("--ceiling-events", type=int, default=None, help="events for the ceiling")
+    p.add_argument("--max-batch-size", type=int, default=500)
+    p.add_argument("--max-batch-wait-ms", type=int, default=20)
+    p.add_argument("--candidates", type=int, default=50)
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        help="extra argument of every `worker run` (repeatable), "
+        "e.g. --worker-arg=--no-state-changelog",
+    )
+    p.add_argument("--users", type=int, default=20000, help="simulated population")
+    p.add_argument("--products", type=int, default=5000, help="simulated catalogue")
+    p.add_argument("--categories", type=int, default=60)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--skip-peers", action="store_true")
+    p.add_argument("--env-root", type=Path, default=None, help="peer venvs (<work-dir>/envs)")
+    p.add_argument("--quix-events", type=int, default=None, help="backlog events per Quix mode")
+    p.add_argument("--quix-modes", default="per-message,batch-sink")
+    p.add_argument(
+        "--quix-latency-modes",
+        default="per-message",
+        help="Quix modes whose latency is measured (batch-sink's rate mode gets no answer to "
+        "its warm-up in devtools.bench.peers.run_quix, see docs/benchmark.md)",
+    )
+    p.add_argument("--peer-latency-s", type=float, default=None, help="peer latency run seconds")
+    p.add_argument(
+        "--mlserver-step-s", type=float, default=None, help="seconds per MLServer sweep step"
+    )
+    p.add_argument("--mlserver-start-rate", type=float, default=None)
+    p.add_argument("--mlserver-max-steps", type=int, default=None)
+    p.add_argument(
+        "--phases",
+        default="throughput,ceiling,latency,state,peers",
+        help="comma-separated subset to run (a partial run; the reference run runs all)",
+    )
+    p.add_argument(
+        "--latency-rate",
+        type=float,
+        default=None,
+        help="offered events/s of the latency run (default: half the measured 1-process max)",
+    )
+    p.add_argument("--json-out", type=Path, default=None)
+    p.add_argument("--plot-out", type=Path, default=None, help="PNG of throughput and latency")
+    p.add_argument("--keep-broker", action="store_true", help="leave the own broker running")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    events: int
+    rss_users: int
+    latency_s: float
+    warmup_s: float
+    ceiling_events: int
+    quix_events: int
+    peer_latency_s: float
+    mlserver_step_s: float
+    mlserver_start_rate: float
+    mlserver_max_steps: int
+
+
+def sizes_of(args: argparse.Namespace) -> Sizes:
+    small = bool(args.small)
+    base = (
+        Sizes(20_000, 50_000, 8.0, 3.0, 5_000, 600, 4.0, 2.0, 100.0, 1)
+        if small
+        else Sizes(1_000_000, 1_000_000, 60.0, 10.0, 20_000, 60_000, 20.0, 8.0, 150.0, 8)
+    )
+
+    def pick(name: str, default: Any) -> Any:
+        value = getattr(args, name, None)
+        return default if value is None else value
+
+    return Sizes(
+        events=pick("events", base.events),
+        rss_users=pick("rss_users", base.rss_users),
+        latency_s=pick("latency_s", base.latency_s),
+        warmup_s=pick("warmup_s", base.warmup_s),
+        ceiling_events=pick("ceiling_events", base.ceiling_events),
+        quix_events=pick("quix_events", base.quix_events),
+        peer_latency_s=pick("peer_latency_s", base.peer_latency_s),
+        mlserver_step_s=pick("mlserver_step_s", base.mlserver_step_s),
+        mlserver_start_rate=pick("mlserver_start_rate", base.mlserver_start_rate),
+        mlserver_max_steps=pick("mlserver_max_steps", base.mlserver_max_steps),
+    )
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _stat(pid: int) -> tuple[float, int] | None:
+    """(cpu seconds utime+stime, rss bytes) of one process, None if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tck, int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+_METRIC_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """``{name or name{labels}: value}`` of a Prometheus text exposition."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _METRIC_RE.match(line.strip())
+        if m:
+            with contextlib.suppress(ValueError):
+                out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def _http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status), response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), ""
+    except (urllib.error.URLError, OSError):
+        return 0, ""
+
+
+def _r(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    import confluent_kafka
+    import lightgbm
+
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "lightgbm": lightgbm.__version__,
+        "confluent_kafka": confluent_kafka.version()[0],
+        "librdkafka": confluent_kafka.libversion()[0],
+        "shared": "broker, load generator, workers and peers share these cores",
+    }
+
+
+# -- the worker process -----------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    t: float
+    consumed: float
+    stages: dict[str, float]
+    cpu_s: float
+
+
+@dataclass
+class WorkerProc:
+    name: str
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+    last: Sample | None = None
+    hwm_kib: int = 0
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def sample(self) -> Sample | None:
+        status, text = _http_get(f"http://127.0.0.1:{self.port}/metrics")
+        stat = _stat(self.proc.pid)
+        self.hwm_kib = max(self.hwm_kib, _status_kib(self.proc.pid, "VmHWM"))
+        if status != 200 or stat is None:
+            return self.last
+        metrics = parse_prometheus(text)
+        stages = {s: metrics.get(f'worker_stage_seconds_sum{{stage="{s}"}}', 0.0) for s in STAGES}
+        self.last = Sample(
+            time.monotonic(), metrics.get("worker_events_consumed_total", 0.0), stages, stat[0]
+        )
+        return self.last
+
+    def ready(self) -> bool:
+        return _http_get(f"http://127.0.0.1:{self.port}/readyz")[0] == 200
+
+    def stop(self, timeout_s: float = 40.0) -> int | None:
+        self.hwm_kib = max(self.hwm_kib, _status_kib(self.proc.pid, "VmHWM"))
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def check(self) -> None:
+        if not self.alive():
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"worker {self.name} exited with {self.proc.returncode}:\n{tail}")
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not complete a measurement."""
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    sizes: Sizes
+    log: Any
+    work_dir: Path
+    bootstrap: str = ""
+    models_dir: Path = Path("models")
+    prefix: str = ""
+    events_topic: str = ""
+    results: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    served_backend: str = "lightgbm"
+    peer_failures: list[str] = field(default_factory=list)
+    _kafka_cfg: Any = None
+    _procs: list[WorkerProc] = field(default_factory=list)
+
+    def say(self, text: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def sim_settings(self):
+        from worker.apps.simulate import SimulatorSettings
+
+        a = self.args
+        return SimulatorSettings(
+            n_products=a.products, n_categories=a.categories, n_users=a.users, seed=a.seed
+        )
+
+    def start_broker(self) -> None:
+        if self.args.bootstrap_servers:
+            self.bootstrap = self.args.bootstrap_servers
+            self.results["broker"] = {"bootstrap": self.bootstrap, "started_by_bench": False}
+            return
+        from devtools.bench.peers.workload import free_port
+        from devtools.localkafka import LocalKafkaConfig, start
+
+        port = free_port()
+        controller = free_port()
+        while controller == port:
+            controller = free_port()
+        home = self.work_dir / "kafka"
+        if home.exists():
+            shutil.rmtree(home)
+        self._kafka_cfg = LocalKafkaConfig(
+            home=home, port=port, controller_port=controller, heap_mb=1024
+        )
+        self.say(f"starting a local Apache Kafka in {home}")
+        self.bootstrap = start(self._kafka_cfg)
+        self.results["broker"] = {
+            "bootstrap": self.bootstrap,
+            "started_by_bench": True,
+            "kafka_version": self._kafka_cfg.kafka_version,
+            "heap_mb": self._kafka_cfg.heap_mb,
+        }
+
+    def stop_broker(self) -> None:
+        if self._kafka_cfg is not None and not self.args.keep_broker:
+            from devtools.localkafka import stop
+
+            with contextlib.suppress(Exception):
+                stop(self._kafka_cfg)
+            shutil.rmtree(self._kafka_cfg.home, ignore_errors=True)
+
+    def ensure_model(self) -> None:
+        from worker.model.artifact import read_metadata, resolve_artifact_dir
+
+        models = self.args.models_dir or self.work_dir / "models"
+        try:
+            resolve_artifact_dir(models)
+        except Exception as exc:
+            if self.args.models_dir is not None and self.args.models_dir.exists():
+                raise
+            self.say(f"no model in {models}: training one with `worker train` defaults")
+            history = self.work_dir / "history"
+            a = self.args
+            sim = [
+                sys.executable, "-m", "worker.cli", "simulate", "--out", str(history),
+                "--days", "2", "--users", str(a.users), "--products", str(a.products),
+                "--categories", str(a.categories), "--seed", str(a.seed),
+            ]  # fmt: skip
+            train = [
+                sys.executable, "-m", "worker.cli", "train", "--dataset", str(history),
+                "--models-dir", str(models),
+            ]  # fmt: skip
+            log_path = self.work_dir / "train.log"
+            with log_path.open("w") as log:
+                for cmd in (sim, train):
+                    if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode:
+                        raise BenchError(f"{' '.join(cmd[2:4])} failed, see {log_path}") from exc
+        self.models_dir = models
+        self.artifact_dir = resolve_artifact_dir(models)
+        meta = read_metadata(models)
+        settings = meta.get("settings", {})
+        self.results["model"] = {
+            "artifact": str(self.artifact_dir),
+            "version": meta.get("version"),
+            "trees": settings.get("num_trees"),
+            "leaves": settings.get("num_leaves"),
+            "training_queries": meta.get("training_queries"),
+            "training_window": meta.get("training_window"),
+        }
+
+    def produce_workload(self) -> None:
+        """Produce ``events`` simulated events once; every configuration reads them."""
+        from devtools.bench.peers.workload import create_topics, make_load_producer
+        from worker.apps.simulate import LIVE_START_MS, build
+        from worker.wire.codec import codec_for
+
+        n = self.sizes.events
+        self.events_topic = f"{self.prefix}-events"
+        create_topics(self.bootstrap, {self.events_topic: (self.args.partitions, {})})
+        self.wait_topic(self.events_topic)
+        _, simulator = build(self.sim_settings())
+        codec = codec_for("BrowsingEvent")
+        producer = make_load_producer(self.bootstrap)
+        users: set[str] = set()
+        first_ms = last_ms = None
+        sent = 0
+        started = time.monotonic()
+        self.say(
+            f"producing {n:,} events to {self.events_topic} ({self.args.partitions} partitions)"
+        )
+        for kind, record in simulator.records(LIVE_START_MS, LIVE_START_MS + 400 * 86_400_000):
+            if kind != "event":
+                continue
+            key = record["user_id"].encode("utf-8")
+            value = codec.encode(record)
+            while True:
+                try:
+                    producer.produce(self.events_topic, value=value, key=key, timestamp=now_ms())
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            users.add(record["user_id"])
+            first_ms = record["event_time"] if first_ms is None else first_ms
+            last_ms = record["event_time"]
+            sent += 1
+            if sent % 10_000 == 0:
+                producer.poll(0)
+            if sent >= n:
+                break
+        remaining = producer.flush(120)
+        if remaining or sent < n:
+            raise BenchError(f"workload: {sent} generated, {remaining} unacknowledged")
+        seconds = time.monotonic() - started
+        self.results["workload"] = {
+            "events": n,
+            "topic": self.events_topic,
+            "partitions": self.args.partitions,
+            "distinct_users": len(users),
+            "simulated_hours": round((last_ms - first_ms) / 3_600_000, 1),
+            "simulator": self.sim_settings().__dict__,
+            "produce_s": round(seconds, 1),
+            "event_time": "simulated time (Kafka timestamp: wall clock at produce)",
+        }
+        self.say(f"produced in {seconds:.1f} s ({len(users):,} users)")
+
+    # -- worker processes --------------------------------------------------------------------
+
+    def start_worker(
+        self, name: str, events_topic: str, suggestions_topic: str, group: str
+    ) -> WorkerProc:
+        from devtools.bench.peers.workload import free_port
+
+        port = free_port()
+        log_path = self.work_dir / f"{self.prefix}-{name}.log"
+        a = self.args
+        cmd = [
+            sys.executable, "-m", "worker.cli", "run",
+            "--bootstrap-servers", self.bootstrap,
+            "--events-topic", events_topic,
+            "--suggestions-topic", suggestions_topic,
+            "--purchases-topic", f"{self.prefix}-purchases",
+            "--accuracy-topic", f"{self.prefix}-accuracy",
+            "--partitions", str(a.partitions),
+            "--models-dir", str(self.models_dir),
+            "--group-id", group,
+            "--metrics-port", str(port),
+            "--max-batch-size", str(a.max_batch_size),
+            "--max-batch-wait-ms", str(a.max_batch_wait_ms),
+            "--candidates", str(a.candidates),
+            "--top-k", str(a.top_k),
+            *a.worker_arg,
+        ]  # fmt: skip
+        env = {**os.environ, "WORKER_LOG_FORMAT": "json", "WORKER_LOG_LEVEL": "info"}
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        worker = WorkerProc(name, proc, port, log_path)
+        self._procs.append(worker)
+        self.worker_command = " ".join(cmd[1:])
+        return worker
+
+    def stop_all(self) -> None:
+        for w in self._procs:
+            with contextlib.suppress(Exception):
+                w.stop()
+        self._procs.clear()
+
+    def create_output_topic(self, name: str) -> None:
+        from devtools.bench.peers.workload import LOG_APPEND_TIME, create_topics
+
+        create_topics(self.bootstrap, {name: (self.args.partitions, LOG_APPEND_TIME)})
+        self.wait_topic(name)
+
+    def wait_topic(self, name: str, timeout_s: float = 30.0) -> None:
+        """Until the topic's metadata shows all its partitions (creation is asynchronous)."""
+        from devtools.bench.peers.workload import partition_count
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if partition_count(self.bootstrap, name) >= self.args.partitions:
+                    return
+            except RuntimeError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(f"topic {name} did not appear within {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+    # -- 1. throughput -----------------------------------------------------------------------
+
+    def measure_backlog(self, n_procs: int) -> dict[str, Any]:
+        label = f"backlog{n_procs}p"
+        n = self.sizes.events
+        suggestions = f"{self.prefix}-{label}-suggestions"
+        self.create_output_topic(suggestions)
+        group = f"{self.prefix}-{label}"
+        self.say(f"{n_procs} worker process(es) over the {n:,}-event backlog")
+        procs = [
+            self.start_worker(f"{label}-w{i}", self.events_topic, suggestions, group)
+            for i in range(n_procs)
+        ]
+        history: list[tuple[float, float, dict[str, float], float]] = []
+        last_total, last_change = -1.0, time.monotonic()
+        try:
+            while True:
+                time.sleep(SAMPLE_INTERVAL_S)
+                samples = []
+                for w in procs:
+                    w.check()
+                    samples.append(w.sample())
+                if any(s is None for s in samples):
+                    if time.monotonic() - last_change > 180:
+                        raise BenchError(f"{label}: workers never served /metrics")
+                    continue
+                total = sum(s.consumed for s in samples)  # type: ignore[union-attr]
+                stages = {st: sum(s.stages[st] for s in samples) for st in STAGES}  # type: ignore[union-attr]
+                cpu = sum(s.cpu_s for s in samples)  # type: ignore[union-attr]
+                history.append((time.monotonic(), total, stages, cpu))
+                if total >= n:
+                    break
+                if total != last_total:
+                    last_total, last_change = total, time.monotonic()
+                elif time.monotonic() - last_change > 120:
+                    raise BenchError(f"{label}: stalled at {total:.0f} of {n} events")
+        finally:
+            codes = [w.stop() for w in procs]
+            self._procs = [w for w in self._procs if w not in procs]
+        window = _steady_window(history, n)
+        (t_a, c_a, s_a, cpu_a), (t_b, c_b, s_b, cpu_b) = window
+        wall = t_b - t_a
+        events = c_b - c_a
+        rate = events / wall
+        stage_s = {st: s_b[st] - s_a[st] for st in STAGES}
+        busy = sum(stage_s.values())
+        fetch = max(wall * n_procs - busy, 0.0)
+        breakdown = {"fetch": fetch, **stage_s}
+        result = {
+            "processes": n_procs,
+            "events": n,
+            "throughput_per_s": round(rate, 1),
+            "window": {"from_events": int(c_a), "to_events": int(c_b), "seconds": round(wall, 2)},
+            "cpu_s_per_million": round((cpu_b - cpu_a) / events * 1e6, 1),
+            "cpu_utilisation": round((cpu_b - cpu_a) / wall, 2),
+            "peak_rss_mib": [round(w.hwm_kib / 1024, 1) for w in procs],
+            "stages_us_per_event": {k: round(v / events * 1e6, 1) for k, v in breakdown.items()},
+            "stages_share": {k: round(v / (wall * n_procs), 3) for k, v in breakdown.items()},
+            "exit_codes": codes,
+            "group": group,
+        }
+        result["scoring_backend"] = sorted({served_backend(w.log_path) for w in procs})
+        if n_procs == 1:
+            self.served_backend = result["scoring_backend"][0]
+        self.say(
+            f"{n_procs} process(es): {rate:,.0f} events/s, "
+            f"{result['cpu_s_per_million']} CPU s per million, RSS {result['peak_rss_mib']} MiB"
+        )
+        return result
+
+    # -- 2. scoring ceiling ------------------------------------------------------------------
+
+    def measure_ceiling(self) -> dict[str, Any]:
+        from devtools.bench.peers.workload import build_feature_matrices
+        from worker.model.artifact import load_artifact
+        from worker.model.scoring import BoosterScorer
+
+        batch = self.args.max_batch_size
+        n = max(self.sizes.ceiling_events // batch, 1) * batch
+        self.say(f"scoring ceiling: building features of {n:,} events ({batch} per batch)")
+        events = stream_events(self.sim_settings(), n)
+        mats = build_feature_matrices(self.artifact_dir, events, self.args.candidates, chunk=batch)
+        self.feature_matrices = mats  # (n, candidates, 20), reused by the MLServer peer
+        batches = [
+            np.ascontiguousarray(mats[i : i + batch].reshape(-1, mats.shape[2]))
+            for i in range(0, n, batch)
+        ]
+        artifact = load_artifact(self.artifact_dir)
+        scorers: dict[str, Any] = {"lightgbm": BoosterScorer(artifact.booster, num_threads=1)}
+        notes: dict[str, str] = {}
+        try:
+            from worker.model.scoring import make_scorer  # type: ignore[import-not-found]
+        except ImportError:
+            notes["lleaves"] = "worker.model.scoring not present: lightgbm backend only"
+        else:
+            for backend in ("lightgbm", "lleaves"):
+                try:
+                    scorer = make_scorer(
+                        self.artifact_dir, artifact.booster, backend=backend, num_threads=1
+                    )
+                except Exception as exc:  # a backend that is not installed or fails to compile
+                    notes[backend] = f"{type(exc).__name__}: {exc}"[:300]
+                    continue
+                actual = getattr(scorer, "name", backend)
+                if actual != backend:  # make_scorer falls back to LightGBM instead of failing
+                    notes[backend] = f"not available: make_scorer fell back to {actual}"
+                    continue
+                scorers[backend] = scorer
+        min_s = 1.0 if self.args.small else 5.0
+        out: dict[str, Any] = {
+            "batch_events": batch,
+            "batch_shape": list(batches[0].shape),
+            "distinct_batches": len(batches),
+            "notes": notes,
+        }
+        for name, scorer in scorers.items():
+            scorer.score(batches[0])  # warm-up (a compiled backend may build on first call)
+            scored, started = 0, time.perf_counter()
+            while True:
+                for b in batches:
+                    scorer.score(b)
+                    scored += batch
+                if time.perf_counter() - started >= min_s:
+                    break
+            seconds = time.perf_counter() - started
+            out[name] = {
+                "events_per_s": round(scored / seconds, 1),
+                "rows_per_s": round(scored * self.args.candidates / seconds, 1),
+                "us_per_event": round(seconds / scored * 1e6, 2),
+                "events_scored": scored,
+            }
+            self.say(f"ceiling {name}: {scored / seconds:,.0f} events/s")
+        out["served_backend"] = self.served_backend
+        return out
+
+    # -- 3. latency at half load -------------------------------------------------------------
+
+    def measure_latency(self, rate: float) -> dict[str, Any]:
+        from devtools.bench.peers.workload import (
+            OutputCollector,
+            create_topics,
+            latency_summary,
+            make_load_producer,
+            produce_paced,
+        )
+        from worker.wire.codec import codec_for
+
+        label = "latency"
+        topic = f"{self.prefix}-{label}-events"
+        suggestions = f"{self.prefix}-{label}-suggestions"
+        create_topics(self.bootstrap, {topic: (self.args.partitions, {})})
+        self.wait_topic(topic)
+        self.create_output_topic(suggestions)
+        warm, measured = self.sizes.warmup_s, self.sizes.latency_s
+        n = int(rate * (warm + measured))
+        self.say(f"latency: 1 process at {rate:,.0f} events/s for {warm + measured:.0f} s")
+        # Unique event ids: latency is matched by event_id.
+        events = [
+            {**e, "event_id": f"{self.prefix}-lat-{i}"}
+            for i, e in enumerate(stream_events(self.sim_settings(), n))
+        ]
+        event_codec = codec_for("BrowsingEvent")
+        sugg_codec = codec_for("ProductSuggestion")
+        raw: list[tuple[bytes | None, int]] = []  # decoded after the run: less load meanwhile
+        arrivals: dict[str, tuple[int, int]] = {}
+        lock = threading.Lock()
+
+        def on_suggestion(key: bytes | None, value: bytes | None, ts_ms: int) -> None:
+            raw.append((value, ts_ms))  # list.append is atomic under the GIL
+
+        send_ms = [0] * n
+
+        def make_value(index: int, sent_ms: int) -> tuple[bytes, bytes]:
+            record = {**events[index], "event_time": sent_ms}
+            send_ms[index] = sent_ms
+            return record["user_id"].encode("utf-8"), event_codec.encode(record)
+
+        worker = self.start_worker(f"{label}-w0", topic, suggestions, f"{self.prefix}-{label}")
+        collector = OutputCollector(self.bootstrap, suggestions, on_suggestion).start()
+        try:
+            deadline = time.monotonic() + 120
+            while not worker.ready():
+                worker.check()
+                if time.monotonic() > deadline:
+                    raise BenchError("latency worker never became ready")
+                time.sleep(0.2)
+            producer = make_load_producer(self.bootstrap)
+            worker.sample()
+            produce_paced(
+                producer,
+                ((topic, None, b"", None) for _ in range(n)),
+                rate=rate,
+                make_value=make_value,
+            )
+            deadline = time.monotonic() + 60
+            while True:
+                done = len(raw)
+                if done >= n or time.monotonic() > deadline:
+                    break
+                worker.check()
+                time.sleep(0.1)
+            sample = worker.sample()
+        finally:
+            code = worker.stop()
+            self._procs = [w for w in self._procs if w is not worker]
+            collector.stop()
+        with lock:
+            for value, ts_ms in raw:
+                rec = sugg_codec.decode(value)
+                arrivals[rec["event_id"]] = (ts_ms, rec["produced_time"])
+        first = int(rate * warm)
+        ids = [events[i]["event_id"] for i in range(first, n)]
+        with lock:
+            acked = [
+                arrivals[e][0] - send_ms[i]
+                for i, e in zip(range(first, n), ids, strict=True)
+                if e in arrivals
+            ]
+            produced = [
+                arrivals[e][1] - send_ms[i]
+                for i, e in zip(range(first, n), ids, strict=True)
+                if e in arrivals
+            ]
+            answered = sum(1 for e in events if e["event_id"] in arrivals)
+        summary = latency_summary(acked)
+        self.say(
+            f"latency at {rate:,.0f}/s: p50 {summary.get('p50_ms')} p95 {summary.get('p95_ms')} "
+            f"p99 {summary.get('p99_ms')} ms"
+        )
+        return {
+            "offered_rate_per_s": round(rate, 1),
+            "events": n,
+            "answered": answered,
+            "warmup_s": warm,
+            "measured_s": measured,
+            "latency_acknowledged": summary,
+            "latency_produced_time": latency_summary(produced),
+            "peak_rss_mib": round(worker.hwm_kib / 1024, 1),
+            "cpu_s": round(sample.cpu_s, 1) if sample else None,
+            "exit_code": code,
+        }
+
+    # -- 4. state size -----------------------------------------------------------------------
+
+    def measure_state(self) -> dict[str, Any]:
+        users = self.sizes.rss_users
+        self.say(f"session state: {users:,} distinct users in a fresh interpreter")
+        code = STATE_PROBE.replace("__MODELS__", repr(str(self.artifact_dir))).replace(
+            "__USERS__", str(users)
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=1800
+        )
+        if proc.returncode != 0:
+            raise BenchError(f"state probe failed:\n{proc.stderr[-3000:]}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        self.say(
+            f"state: {result['users']:,} users, peak RSS {result['peak_rss_mib']} MiB "
+            f"(state {result['state_mib']} MiB); after expiry {result['users_after_expiry']} users"
+        )
+        return result
+
+    # -- 5. peers ----------------------------------------------------------------------------
+
+    def peer_features(self, count: int) -> np.ndarray:
+        mats = self.feature_matrices
+        return mats[np.arange(count) % len(mats)]
+
+    def run_mlserver(self, env_root: Path) -> dict[str, Any]:
+        from devtools.bench.peers.envs import ensure_env
+        from devtools.bench.peers.run_mlserver import run_mlserver_peer
+
+        python = ensure_env("mlserver", env_root)
+        model_txt = self.artifact_dir / "model.txt"
+        s = self.sizes
+        work = self.work_dir / "peers"
+        out: dict[str, Any] = {}
+        modes = {
+            "plain": {"max_batch_size": 0, "max_batch_time_s": 0.0},
+            "adaptive-batching": {"max_batch_size": 32, "max_batch_time_s": 0.005},
+        }
+        start = s.mlserver_start_rate
+        for mode, batching in modes.items():
+            steps: list[dict[str, Any]] = []
+            rate = start
+            best: dict[str, Any] | None = None
+            for _ in range(s.mlserver_max_steps):
+                count = max(int(rate * s.mlserver_step_s), 50)
+                self.say(f"MLServer {mode}: {count:,} requests at {rate:,.0f}/s")
+                try:
+                    res = run_mlserver_peer(
+                        self.bootstrap, model_txt, count, self.args.candidates, work,
+                        rate=rate, features=self.peer_features(count), python=python,
+                        stall_timeout_s=20.0, **batching,
+                    )  # fmt: skip
+                except Exception as exc:  # a failed step ends the sweep; earlier steps stand
+                    steps.append({"offered_per_s": rate, "error": f"{type(exc).__name__}: {exc}"})
+                    if best is None:
+                        raise
+                    break
+                fig = res["figures"]
+                lat = fig.get("latency", {})
+                kept_up = fig["answered"] >= count and lat.get("p99_ms", 1e9) <= 1000.0
+                steps.append(
+                    {
+                        "offered_per_s": rate,
+                        "requests": count,
+                        "answered": fig["answered"],
+                        "throughput_per_s": fig["throughput"].get("per_s"),
+                        "latency": lat,
+                        "cpu_ms_per_event": fig["cpu_ms_per_event"],
+                        "peak_rss_mib": fig["peak_hwm_mb"],
+                        "kept_up": kept_up,
+                    }
+                )
+                out.setdefault("config", {})[mode] = res["config"]
+                if not kept_up:
+                    break
+                best = steps[-1]
+                rate = round(rate * 1.5)
+            entry: dict[str, Any] = {"steps": steps}
+            if best is not None:
+                entry["max_sustained_per_s"] = best["throughput_per_s"]
+                entry["max_offered_kept_up_per_s"] = best["offered_per_s"]
+                half = best["offered_per_s"] / 2
+                count = max(int(half * s.peer_latency_s), 50)
+                self.say(f"MLServer {mode}: latency at {half:,.0f}/s (half its maximum)")
+                res = run_mlserver_peer(
+                    self.bootstrap, model_txt, count, self.args.candidates, work,
+                    rate=half, features=self.peer_features(count), python=python,
+                    stall_timeout_s=20.0, **batching,
+                )  # fmt: skip
+                entry["latency_at_half"] = {
+                    "offered_per_s": half,
+                    **res["figures"].get("latency", {}),
+                    "cpu_ms_per_event": res["figures"]["cpu_ms_per_event"],
+                    "peak_rss_mib": res["figures"]["peak_hwm_mb"],
+                }
+            else:
+                entry["max_sustained_per_s"] = steps[0]["throughput_per_s"] if steps else None
+                entry["note"] = "did not keep up at the first rate of the sweep"
+            out[mode] = entry
+            if best is not None and mode == "plain":
+                start = max(start, best["offered_per_s"])
+        return out
+
+    def run_quix(self, env_root: Path) -> dict[str, Any]:
+        from devtools.bench.peers.envs import ensure_env
+
+        python = ensure_env("quix", env_root)
+        s = self.sizes
+        work = self.work_dir / "peers"
+        n = min(s.quix_events, self.sizes.events)
+        out: dict[str, Any] = {}
+        latency_modes = {m for m in self.args.quix_latency_modes.split(",") if m}
+        for mode in [m for m in self.args.quix_modes.split(",") if m]:
+            self.say(f"Quix {mode}: backlog of the first {n:,} events of the workload topic")
+            try:
+                out[mode] = self._quix_mode(mode, n, python, work, mode in latency_modes)
+            except Exception as exc:  # one mode failing still reports the others
+                self.say(f"Quix {mode} failed: {exc}")
+                out[mode] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                self.peer_failures.append(f"quix {mode}: {type(exc).__name__}: {exc}")
+        return out
+
+    def _quix_mode(
+        self, mode: str, n: int, python: Path, work: Path, with_latency: bool
+    ) -> dict[str, Any]:
+        from devtools.bench.peers.run_quix import run_quix_peer
+
+        s = self.sizes
+        res = run_quix_peer(
+            self.bootstrap, self.models_dir, self.events_topic, n, work,
+            mode=mode, candidates=self.args.candidates, top_k=self.args.top_k,
+            python=python, simulator=self.sim_settings(),
+        )  # fmt: skip
+        fig = res["figures"]
+        entry: dict[str, Any] = {
+            "events": n,
+            "answered": fig["answered"],
+            "throughput_per_s": fig["throughput"].get("per_s"),
+            "cpu_ms_per_event": fig["cpu_ms_per_event"],
+            "peak_rss_mib": fig["peak_hwm_mb"],
+            "config": res["config"],
+        }
+        rate = (entry["throughput_per_s"] or 0) / 2
+        if rate > 0 and with_latency:
+            count = max(int(rate * s.peer_latency_s), 50)
+            res = None
+            for attempt in (1, 2):  # the driver can race the creation of its output topic
+                self.say(f"Quix {mode}: latency at {rate:,.0f}/s (half its maximum)")
+                try:
+                    res = run_quix_peer(
+                        self.bootstrap, self.models_dir,
+                        f"{self.prefix}-quix-{mode}-rate-{attempt}", count, work, rate=rate,
+                        mode=mode, candidates=self.args.candidates, top_k=self.args.top_k,
+                        python=python, simulator=self.sim_settings(),
+                    )  # fmt: skip
+                    break
+                except Exception as exc:
+                    self.say(f"Quix {mode} latency attempt {attempt} failed: {exc}")
+                    entry["latency_error"] = f"{type(exc).__name__}: {exc}"[:1000]
+            if res is None:
+                self.peer_failures.append(f"quix {mode} latency: {entry['latency_error']}")
+                return entry
+            entry.pop("latency_error", None)
+            entry["latency_at_half"] = {
+                "offered_per_s": round(rate, 1),
+                **res["figures"].get("latency", {}),
+                "cpu_ms_per_event": res["figures"]["cpu_ms_per_event"],
+                "peak_rss_mib": res["figures"]["peak_hwm_mb"],
+            }
+        return entry
+
+    # -- clean-up ----------------------------------------------------------------------------
+
+    def delete_run_topics(self) -> None:
+        if self._kafka_cfg is not None:
+            return  # the own broker is wiped
+        from confluent_kafka.admin import AdminClient
+
+        from devtools.bench.peers.workload import delete_topics
+
+        with contextlib.suppress(Exception):
+            admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 3})
+            names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(self.prefix)]
+            delete_topics(self.bootstrap, names)
+
+
+@contextlib.contextmanager
+def topics_visible_on_create(module: Any):
+    """Make a peer driver's ``create_topics`` wait until the new topics' metadata is visible.
+
+    The drivers create their output topic and read its partition count right away; on a busy
+    broker the metadata can lag (``topic ... does not exist``). Until
+    ``devtools.bench.peers.workload`` waits itself, this wraps the function the driver module
+    imported, for the duration of a call.
+    """
+    from devtools.bench.peers.workload import partition_count
+
+    original = module.create_topics
+
+    def create_and_wait(bootstrap: str, topics: dict[str, Any], *a: Any, **kw: Any) -> None:
+        original(bootstrap, topics, *a, **kw)
+        deadline = time.monotonic() + 30
+        for name, (partitions, _) in topics.items():
+            while True:
+                try:
+                    if partition_count(bootstrap, name) >= partitions:
+                        break
+                except RuntimeError:
+                    pass
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+
+    module.create_topics = create_and_wait
+    try:
+        yield
+    finally:
+        module.create_topics = original
+
+
+def stream_events(settings: Any, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` browsing events of the simulator's live stream, each once, in order."""
+    from worker.apps.simulate import LIVE_START_MS, build
+
+    _, simulator = build(settings)
+    out: list[dict[str, Any]] = []
+    for kind, record in simulator.records(LIVE_START_MS, LIVE_START_MS + 400 * 86_400_000):
+        if kind == "event":
+            out.append(record)
+            if len(out) >= n:
+                break
+    if len(out) < n:
+        raise BenchError(f"the simulator produced only {len(out)} events")
+    return out
+
+
+def _steady_window(
+    history: list[tuple[float, float, dict[str, float], float]], n: int
+) -> tuple[tuple, tuple]:
+    """The samples nearest to 10 % and 90 % of ``n`` events consumed (steady state: start-up,
+    rebalances and the tail are left out)."""
+    lo = next((h for h in history if h[1] >= 0.1 * n), history[0])
+    hi = next((h for h in history if h[1] >= 0.9 * n), history[-1])
+    if hi[0] - lo[0] < 1.0 or hi[1] <= lo[1]:  # too short a run for the middle: take it all
+        lo = next((h for h in history if h[1] > 0), history[0])
+        hi = history[-1]
+        if hi[0] <= lo[0]:
+            lo = history[0]
+    if hi[1] <= lo[1]:
+        raise BenchError("not enough samples to measure a steady state")
+    return lo, hi
+
+
+def served_backend(worker_log: Path) -> str:
+    """The scoring backend a worker used: its ``scoring_backend`` log line (``lightgbm`` when the
+    worker does not log one: it then scores with ``Booster.predict``)."""
+    backend = "lightgbm"
+    with contextlib.suppress(OSError):
+        for line in worker_log.read_text(errors="replace").splitlines():
+            if '"scoring_backend' in line:
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if record.get("event") == "scoring_backend":
+                        backend = str(record.get("backend", backend))
+    return backend
+
+
+#: Run in a fresh interpreter: the artifact as the worker loads it, then the session state.
+STATE_PROBE = textwrap.dedent(
+    """
+    import gc, json, sys, time
+    from pathlib import Path
+    import numpy as np
+    from worker.core.features import FEATURE_NAMES
+    from worker.model.artifact import load_artifact
+    from worker.core.pipeline import advance_sessions
+    from worker.core.records import BrowsingEvent
+    from worker.core.session import SessionStore
+
+    def kib(key):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        return 0
+
+    artifact = load_artifact(Path(__MODELS__), expected_features=FEATURE_NAMES)
+    tables = artifact.tables
+    gc.collect()
+    base_kib = kib("VmRSS")
+    users = __USERS__
+    store = SessionStore(max_users=2_000_000, idle_ttl_ms=3_600_000)  # worker defaults
+    ids = tables.product_ids
+    rng = np.random.default_rng(7)
+    t0 = 1_767_225_600_000
+    per_user, chunk = 3, 20_000
+    started = time.monotonic()
+    for round_ in range(per_user):
+        for lo in range(0, users, chunk):
+            hi = min(lo + chunk, users)
+            items = rng.integers(0, len(ids), hi - lo).astype(np.int32)
+            events = [
+                BrowsingEvent(f"e{round_}-{u}", f"user-{u:07d}", f"s-{u:07d}", 0,
+                              ids[int(items[i])], None, None, t0 + round_ * 60_000 + u)
+                for i, u in enumerate(range(lo, hi))
+            ]
+            advance_sessions(store, events, items)
+    fill_s = time.monotonic() - started
+    gc.collect()
+    filled_kib = kib("VmRSS")
+    n_users = len(store)
+    # Expiry: one event an idle TTL later moves the watermark; everyone else is idle.
+    late = t0 + 3 * 60_000 + users + store.idle_ttl_ms + 1
+    advance_sessions(store, [BrowsingEvent("late", "user-late", "s-late", 0, ids[0], None, None,
+                                           late)], np.zeros(1, dtype=np.int32))
+    expired = store.expire_idle()
+    gc.collect()
+    print(json.dumps({
+        "users": n_users,
+        "events_per_user": per_user,
+        "fill_s": round(fill_s, 1),
+        "baseline_rss_mib": round(base_kib / 1024, 1),
+        "rss_filled_mib": round(filled_kib / 1024, 1),
+        "peak_rss_mib": round(kib("VmHWM") / 1024, 1),
+        "state_mib": round((filled_kib - base_kib) / 1024, 1),
+        "bytes_per_user": round((filled_kib - base_kib) * 1024 / max(n_users, 1)),
+        "expired": expired,
+        "users_after_expiry": len(store),
+        "rss_after_expiry_mib": round(kib("VmRSS") / 1024, 1),
+    }))
+    """
+)
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def derive_figures(results: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures and ratios from the raw results."""
+    f: dict[str, Any] = {}
+    one = results.get("throughput_1p", {})
+    two = results.get("throughput_2p", {})
+    f["throughput_1p_per_s"] = one.get("throughput_per_s")
+    f["throughput_2p_per_s"] = two.get("throughput_per_s")
+    if one.get("throughput_per_s") and two.get("throughput_per_s"):
+        f["scaling_factor"] = round(two["throughput_per_s"] / one["throughput_per_s"], 2)
+    f["cpu_s_per_million_1p"] = one.get("cpu_s_per_million")
+    f["cpu_s_per_million_2p"] = two.get("cpu_s_per_million")
+    lat = results.get("latency", {}).get("latency_acknowledged", {})
+    f["latency_offered_per_s"] = results.get("latency", {}).get("offered_rate_per_s")
+    for p in ("p50", "p95", "p99"):
+        f[f"latency_{p}_ms"] = lat.get(f"{p}_ms")
+    rss = [*one.get("peak_rss_mib", []), *two.get("peak_rss_mib", [])]
+    if results.get("latency", {}).get("peak_rss_mib"):
+        rss.append(results["latency"]["peak_rss_mib"])
+    f["peak_rss_per_process_mib"] = max(rss) if rss else None
+    state = results.get("state", {})
+    f["state_users"] = state.get("users")
+    f["state_probe_peak_rss_mib"] = state.get("peak_rss_mib")
+    base = two.get("peak_rss_mib") or one.get("peak_rss_mib")
+    if state.get("state_mib") is not None and base:
+        # A worker holding them: a worker's measured peak plus the state's measured size. The
+        # 2-process run's peaks are used: those workers found the compiled model in the cache,
+        # while the first worker of a new model compiles it (LLVM) at start-up, a transient
+        # peak before any session exists.
+        f["rss_1m_users_mib"] = round(max(base) + state["state_mib"], 1)
+        f["rss_1m_users_basis"] = "max peak RSS of the 2-process run + measured state size"
+    f["users_after_expiry"] = state.get("users_after_expiry")
+    ceiling = results.get("ceiling", {})
+    backend = ceiling.get("served_backend", "lightgbm")
+    f["ceiling_backend"] = backend
+    for name in ("lightgbm", "lleaves"):
+        if name in ceiling:
+            f[f"ceiling_{name}_per_s"] = ceiling[name]["events_per_s"]
+    for name in ("lightgbm", "lleaves"):
+        if f.get("throughput_1p_per_s") and name in ceiling:
+            f[f"ratio_e2e_to_ceiling_{name}"] = round(
+                f["throughput_1p_per_s"] / ceiling[name]["events_per_s"], 3
+            )
+    if f.get("throughput_1p_per_s") and backend in ceiling:
+        f["ratio_e2e_to_ceiling"] = round(
+            f["throughput_1p_per_s"] / ceiling[backend]["events_per_s"], 3
+        )
+    peers = results.get("peers", {})
+    mls = peers.get("mlserver", {})
+    mls_best = max(
+        (
+            m
+            for m in (mls.get("plain"), mls.get("adaptive-batching"))
+            if m and m.get("max_sustained_per_s")
+        ),
+        key=lambda m: m["max_sustained_per_s"],
+        default=None,
+    )
+    if mls_best is not None:
+        f["mlserver_best_per_s"] = mls_best["max_sustained_per_s"]
+        if f.get("throughput_1p_per_s"):
+            f["ratio_throughput_vs_mlserver"] = round(
+                f["throughput_1p_per_s"] / mls_best["max_sustained_per_s"], 2
+            )
+    p99 = _best_p99(m for m in (mls.get("plain"), mls.get("adaptive-batching")) if m)
+    if p99 is not None:
+        f["mlserver_best_p99_ms"] = p99
+        if f.get("latency_p99_ms"):
+            f["ratio_p99_vs_mlserver"] = round(f["latency_p99_ms"] / p99, 2)
+    quix = peers.get("quix", {})
+    q_best = max(
+        (q for q in quix.values() if isinstance(q, dict) and q.get("throughput_per_s")),
+        key=lambda q: q["throughput_per_s"],
+        default=None,
+    )
+    if q_best is not None:
+        f["quix_best_per_s"] = q_best["throughput_per_s"]
+        if f.get("throughput_1p_per_s"):
+            f["ratio_throughput_vs_quix"] = round(
+                f["throughput_1p_per_s"] / q_best["throughput_per_s"], 2
+            )
+    p99 = _best_p99(q for q in quix.values() if isinstance(q, dict))
+    if p99 is not None:
+        f["quix_best_p99_ms"] = p99
+        if f.get("latency_p99_ms"):
+            f["ratio_p99_vs_quix"] = round(f["latency_p99_ms"] / p99, 2)
+    return f
+
+
+def _best_p99(entries) -> float | None:
+    """The lowest p99 among a peer's modes with a latency measurement."""
+    values = [
+        e["latency_at_half"]["p99_ms"]
+        for e in entries
+        if e.get("latency_at_half", {}).get("p99_ms") is not None
+    ]
+    return min(values) if values else None
+
+
+def evaluate_targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for key, op, bound, text in TARGETS:
+        value = figures.get(key)
+        if value is None:
+            status = "not measured"
+        else:
+            ok = value >= bound if op == ">=" else value <= bound
+            status = "met" if ok else "NOT met"
+        out.append({"target": text, "figure": key, "value": value, "bound": f"{op} {bound:g}",
+                    "status": status})  # fmt: skip
+    return out
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and abs(value) >= 100:
+        text = f"{value:,.0f}"
+    elif isinstance(value, float):
+        text = f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    else:
+        text = str(value)
+    return f"{text} {unit}".rstrip()
+
+
+def format_report(results: dict[str, Any]) -> str:
+    f = results["figures"]
+    r = results
+    rows: list[tuple[str, str]] = []
+    add = rows.append
+    add(("throughput, 1 process", _fmt(f.get("throughput_1p_per_s"), "events/s")))
+    add(("throughput, 2 processes", _fmt(f.get("throughput_2p_per_s"), "events/s")))
+    add(("scaling factor 2 / 1", _fmt(f.get("scaling_factor"), "x")))
+    add(("CPU per million events, 1 process", _fmt(f.get("cpu_s_per_million_1p"), "CPU s")))
+    add(("CPU per million events, 2 processes", _fmt(f.get("cpu_s_per_million_2p"), "CPU s")))
+    lat = r.get("latency", {})
+    add((
+        f"latency p50 / p95 / p99 at {_fmt(f.get('latency_offered_per_s'))}/s (half max)",
+        " / ".join(_fmt(f.get(f"latency_{p}_ms")) for p in ("p50", "p95", "p99")) + " ms",
+    ))  # fmt: skip
+    pt = lat.get("latency_produced_time", {})
+    if pt:
+        add((
+            "  same, to produced_time (before the ack)",
+            " / ".join(_fmt(pt.get(f"{p}_ms")) for p in ("p50", "p95", "p99")) + " ms",
+        ))  # fmt: skip
+    one, two = r.get("throughput_1p", {}), r.get("throughput_2p", {})
+    add(("peak RSS, 1-process run", _fmt(", ".join(map(str, one.get("peak_rss_mib", []))), "MiB")))
+    add(
+        (
+            "peak RSS, 2-process run (each)",
+            _fmt(", ".join(map(str, two.get("peak_rss_mib", []))), "MiB"),
+        )
+    )
+    add(("peak RSS, latency run", _fmt(lat.get("peak_rss_mib"), "MiB")))
+    st = r.get("state", {})
+    if st:
+        add((f"state probe: {st['users']:,} users, peak RSS", _fmt(st.get("peak_rss_mib"), "MiB")))
+        add(
+            (
+                "  of which session state",
+                f"{_fmt(st.get('state_mib'))} MiB ({st.get('bytes_per_user')} B/user)",
+            )
+        )
+        add(("RSS with those users (worker peak + state)", _fmt(f.get("rss_1m_users_mib"), "MiB")))
+        add(
+            (
+                "  users after idle expiry",
+                f"{st.get('users_after_expiry'):,} (expired {st.get('expired'):,})",
+            )
+        )
+    ce = r.get("ceiling", {})
+    for name in ("lightgbm", "lleaves"):
+        if name in ce:
+            add(
+                (
+                    f"scoring ceiling, {name} (model call alone)",
+                    _fmt(ce[name]["events_per_s"], "events/s"),
+                )
+            )
+    add((f"e2e / ceiling ({f.get('ceiling_backend')})", _fmt(f.get("ratio_e2e_to_ceiling"))))
+    if one.get("stages_us_per_event"):
+        add(("stage breakdown, 1 process", "us/event (share of wall)"))
+        for stage, us in one["stages_us_per_event"].items():
+            add((f"  {stage}", f"{us} ({100 * one['stages_share'][stage]:.0f} %)"))
+    peers = r.get("peers", {})
+    for mode, m in peers.get("mlserver", {}).items():
+        if mode == "config" or not isinstance(m, dict):
+            continue
+        h = m.get("latency_at_half", {})
+        add(
+            (f"MLServer {mode}: max sustained (sweep)", _fmt(m.get("max_sustained_per_s"), "req/s"))
+        )
+        if h:
+            add(
+                (
+                    f"  latency p50/p95/p99 at {_fmt(h.get('offered_per_s'))}/s",
+                    " / ".join(_fmt(h.get(f"{p}_ms")) for p in ("p50", "p95", "p99")) + " ms",
+                )
+            )
+    for mode, q in peers.get("quix", {}).items():
+        if not isinstance(q, dict):
+            continue
+        h = q.get("latency_at_half", {})
+        add((f"Quix {mode}: backlog throughput", _fmt(q.get("throughput_per_s"), "events/s")))
+        if h:
+            add(
+                (
+                    f"  latency p50/p95/p99 at {_fmt(h.get('offered_per_s'))}/s",
+                    " / ".join(_fmt(h.get(f"{p}_ms")) for p in ("p50", "p95", "p99")) + " ms",
+                )
+            )
+    if "ratio_throughput_vs_mlserver" in f:
+        add(("ours / MLServer (best), throughput", _fmt(f["ratio_throughput_vs_mlserver"], "x")))
+        add(("ours / MLServer (best), p99 latency", _fmt(f.get("ratio_p99_vs_mlserver"), "x")))
+    if "ratio_throughput_vs_quix" in f:
+        add(("ours / Quix (best), throughput", _fmt(f["ratio_throughput_vs_quix"], "x")))
+        add(("ours / Quix (best), p99 latency", _fmt(f.get("ratio_p99_vs_quix"), "x")))
+    width = max(len(k) for k, _ in rows) + 2
+    lines = ["", "=== worker bench ===", *[f"{k:<{width}}{v}" for k, v in rows], "", "targets:"]
+    for t in r.get("targets", []):
+        lines.append(f"  {t['target']:<42} {_fmt(t['value']):>10}  ({t['bound']})  {t['status']}")
+    for failure in r.get("failures", []):
+        lines.append(f"FAILED: {failure[:500]}")
+    m = r.get("machine", {})
+    lines.append("")
+    lines.append(
+        f"machine: {m.get('cpus')} CPUs ({m.get('cpu_model')}), {m.get('memory_gib')} GiB; "
+        f"{m.get('shared')}; {r.get('date')}"
+    )
+    return "\n".join(lines)
+
+
+# -- plot -------------------------------------------------------------------------------------
+
+PLOT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = json.load(open(sys.argv[1]))
+    f = r["figures"]
+    peers = r.get("peers", {})
+    tp = [("worker, 1 process", f.get("throughput_1p_per_s"), "C0"),
+          ("worker, 2 processes", f.get("throughput_2p_per_s"), "C0")]
+    for name in ("lightgbm", "lleaves"):
+        if f.get(f"ceiling_{name}_per_s"):
+            tp.append((f"scoring ceiling ({name})", f[f"ceiling_{name}_per_s"], "C7"))
+    lat = [("worker, 1 process", r.get("latency", {}).get("offered_rate_per_s"),
+            r.get("latency", {}).get("latency_acknowledged", {}), "C0")]
+    for mode, m in peers.get("quix", {}).items():
+        if isinstance(m, dict):
+            tp.append((f"Quix {mode}", m.get("throughput_per_s"), "C2"))
+            if m.get("latency_at_half"):
+                h = m["latency_at_half"]
+                lat.append((f"Quix {mode}", h.get("offered_per_s"), h, "C2"))
+    for mode, m in peers.get("mlserver", {}).items():
+        if isinstance(m, dict) and "steps" in m:
+            tp.append((f"MLServer {mode}", m.get("max_sustained_per_s"), "C3"))
+            if m.get("latency_at_half"):
+                h = m["latency_at_half"]
+                lat.append((f"MLServer {mode}", h.get("offered_per_s"), h, "C3"))
+    tp = [t for t in tp if t[1]]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(14, 5.5))
+    ys = range(len(tp))
+    a.barh(list(ys), [t[1] for t in tp], color=[t[2] for t in tp])
+    a.set_yticks(list(ys), [t[0] for t in tp])
+    a.invert_yaxis()
+    a.set_xscale("log")
+    a.set_xlabel("events/s (log scale)")
+    a.set_title("Sustained throughput")
+    for y, t in zip(ys, tp):
+        a.text(t[1], y, f" {t[1]:,.0f}", va="center")
+    labels = [f"{n}\\n@ {rate:,.0f}/s" for n, rate, _, _ in lat]
+    width = 0.25
+    for i, (p, alpha) in enumerate((("p50", 1.0), ("p95", 0.7), ("p99", 0.45))):
+        vals = [h.get(f"{p}_ms") or 0 for _, _, h, _ in lat]
+        xs = [x + (i - 1) * width for x in range(len(lat))]
+        b.bar(xs, vals, width, label=p, color=[c for *_, c in lat], alpha=alpha)
+        for x, v in zip(xs, vals):
+            b.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
+    b.set_xticks(range(len(lat)), labels, fontsize=8)
+    b.axhline(50, color="k", ls="--", lw=0.8)
+    b.text(len(lat) - 0.5, 50, "target p99 50 ms", va="bottom", ha="right", fontsize=8)
+    b.set_yscale("log")
+    b.set_ylabel("ms (log scale)")
+    b.set_title("Latency event -> suggestion at half of each one's max")
+    b.legend()
+    m = r.get("machine", {})
+    fig.suptitle(f"worker bench, {r['workload']['events']:,} events, {m.get('cpus')} shared cores,"
+                 f" {r.get('date', '')[:10]}")
+    fig.tight_layout()
+    fig.savefig(sys.argv[2], dpi=110)
+    """
+)
+
+
+def make_plot(json_path: Path, png_path: Path, env_root: Path) -> None:
+    """Draw the PNG with matplotlib from a venv of its own (the project's env stays clean)."""
+    env_dir = env_root / "plot"
+    python = env_dir / "bin" / "python"
+    stamp = env_dir / ".bench-plot-stamp"
+    wanted = " ".join(PLOT_REQUIREMENTS)
+    if not (python.is_file() and stamp.is_file() and stamp.read_text() == wanted):
+        if env_dir.exists():
+            shutil.rmtree(env_dir)
+        subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+             *PLOT_REQUIREMENTS],
+            check=True,
+        )  # fmt: skip
+        stamp.write_text(wanted)
+    script = env_root / "bench_plot.py"
+    script.write_text(PLOT_SCRIPT)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(python), str(script), str(json_path), str(png_path)], check=True)
+
+
+# -- entry ------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, log: Any) -> int:
+    """``worker bench``: see the module docstring. Returns 0 when every figure was measured
+    (targets not met do not fail the command: they are figures, not tests)."""
+    sizes = sizes_of(args)
+    work_dir = args.work_dir.resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args=args, sizes=sizes, log=log, work_dir=work_dir)
+    bench.prefix = f"bench-{dt.datetime.now(dt.timezone.utc):%m%d%H%M}-{uuid.uuid4().hex[:6]}"
+    r = bench.results
+    r["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    argv = sys.argv[1:]
+    argv = argv[1:] if argv[:1] == ["bench"] else argv
+    r["command"] = " ".join(["worker", "bench", *argv])
+    r["machine"] = machine_info()
+    r["sizes"] = sizes.__dict__
+    started = time.monotonic()
+    failures: list[str] = []
+    try:
+        bench.start_broker()
+        bench.ensure_model()
+        phases = set(args.phases.split(","))
+        if phases & {"throughput", "peers"}:
+            bench.produce_workload()
+        if "throughput" in phases:
+            r["throughput_1p"] = bench.measure_backlog(1)
+            r["worker_command"] = bench.worker_command
+            r["throughput_2p"] = bench.measure_backlog(2)
+        if phases & {"ceiling", "peers"}:
+            r["ceiling"] = bench.measure_ceiling()
+        if "latency" in phases:
+            rate = args.latency_rate or r["throughput_1p"]["throughput_per_s"] / 2
+            r["latency"] = bench.measure_latency(rate)
+        if "state" in phases:
+            r["state"] = bench.measure_state()
+        if "peers" in phases and not args.skip_peers:
+            env_root = (args.env_root or work_dir / "envs").resolve()
+            r["peers"] = {}
+            import devtools.bench.peers.run_mlserver as mlserver_driver
+            import devtools.bench.peers.run_quix as quix_driver
+
+            drivers = (
+                ("mlserver", bench.run_mlserver, mlserver_driver),
+                ("quix", bench.run_quix, quix_driver),
+            )
+            for name, fn, driver in drivers:
+                try:
+                    with topics_visible_on_create(driver):
+                        r["peers"][name] = fn(env_root)
+                except Exception as exc:  # one peer failing still reports everything else
+                    failures.append(f"{name}: {type(exc).__name__}: {exc}")
+                    r["peers"][name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                    bench.say(f"peer {name} failed: {exc}")
+    except Exception as exc:
+        failures.append(f"{type(exc).__name__}: {exc}")
+        log.error("bench_failed", error_class=type(exc).__name__, error=str(exc)[:2000])
+    finally:
+        bench.stop_all()
+        bench.delete_run_topics()
+        bench.stop_broker()
+    failures.extend(bench.peer_failures)
+    r["duration_s"] = round(time.monotonic() - started, 1)
+    r["figures"] = derive_figures(r)
+    r["targets"] = evaluate_targets(r["figures"])
+    r["failures"] = failures
+    print(format_report(r), flush=True)
+    json_out = args.json_out or work_dir / f"{bench.prefix}.json"
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(r, indent=2, default=str))
+    print(f"figures written to {json_out}")
+    if args.plot_out and not failures:
+        try:
+            make_plot(json_out, args.plot_out, (args.env_root or work_dir / "envs").resolve())
+            print(f"plot written to {args.plot_out}")
+        except (subprocess.CalledProcessError, OSError) as exc:
+            failures.append(f"plot: {exc}")
+            print(f"plot failed: {exc}", file=sys.stderr)
+    return 1 if failures else 0

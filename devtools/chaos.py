@@ -1,0 +1,1046 @@
+"""``worker chaos``: a bounded fault-injection harness on a real broker.
+
+Each scenario pre-produces ``events`` simulated browsing events (every 1,000th malformed) to a
+fresh 12-partition topic, runs real ``worker run`` processes over them, injects faults when the
+group's committed progress crosses set fractions, and waits until every input offset is
+committed. Then it reads every suggestion (``read_committed``) and checks:
+
+* **missing**: good input events without a suggestion (must be 0 in both modes);
+* **duplicates**: suggestions beyond the first per event (0 in exactly-once mode; at-least-once
+  bounds them by what was in flight at the faults);
+* **order**: per user, the first suggestion of each event appears in input order;
+* **dead-lettered**: malformed inputs in the dead-letter topic (must equal those sent);
+* **identical** (exactly-once): every suggestion equals the one an undisturbed exactly-once run
+  over the same input made (same products, same scores): session state was restored, not reset.
+
+The input is produced by :class:`devtools.input_feeder.InputFeeder`, which replaces its producer
+if librdkafka stops serving one of its partitions (#5430, seen after ``freeze``); the table notes
+it when that happens.
+
+Faults: ``kill9`` (SIGKILL a worker mid-batch, restart it, 3 times), ``broker`` (stop and
+restart the broker; workers must ride it out without restarting), ``scale`` (1 -> 3 -> 2
+workers), ``sigterm`` (SIGTERM every worker at once, then restart them), ``mixed`` (all of them).
+Recovery time of a fault: from the fault until every input event that existed when it struck is
+answered and committed, on every partition.
+
+Bounds (memory is sampled from ``/proc`` twice a second for every worker process):
+
+* ``freeze``: the broker is frozen (SIGSTOP) for ``fault_s`` seconds while input keeps coming
+  (it queues in the input producer), then thawed: the broker is unreachable yet its connections
+  stay open, the hardest case for timeouts;
+* ``slow``: the workers' produce rate is throttled by a broker client quota to a small fraction
+  of the input rate for ``fault_s`` seconds: the output topic is slow and a backlog builds;
+* ``soak``: no fault, the whole input at the steady rate, idle sessions expiring as event time
+  advances.
+
+For these, worker memory must stay bounded: during the fault and the catch-up after it, no
+worker's RSS may grow by more than its fetch and produce buffers plus ``MEMORY_SLACK_MB`` over
+its RSS when the fault struck (the backlog stays in Kafka), and in a soak the RSS of the last
+half of the run may not exceed the first half's peak by more than ``MEMORY_SLACK_MB``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from devtools.input_feeder import InputFeeder
+from worker.apps.simulate import LIVE_START_MS, SimulatorSettings, build, corrupt
+from worker.config import KafkaSettings, TopicSettings
+from worker.kafka.admin import ensure_topics
+from worker.wire.codec import codec_for
+
+SCENARIOS = ("kill9", "broker", "scale", "sigterm", "mixed", "freeze", "slow", "soak")
+#: Shortest input production time per scenario, so its faults (each takes ~10 s to recover
+#: from a kill -9: the group's session timeout) fall mid-stream even on a small input.
+MIN_DURATION_S = {"kill9": 45.0, "broker": 30.0, "scale": 30.0, "sigterm": 25.0, "mixed": 90.0}
+#: Default length of a broker freeze or an output throttle.
+DEFAULT_FAULT_S = 30.0
+#: Produce quota on the workers during ``slow``: about a tenth of what 2,000 events/s need.
+SLOW_PRODUCE_BYTES_PER_S = 32 * 1024
+#: Worker buffers (``worker run`` defaults, MiB) and the allowance for everything else
+#: (interpreter arenas, a batch in flight, librdkafka's own buffers).
+FETCH_BUFFER_MB, PRODUCE_BUFFER_MB, MEMORY_SLACK_MB = 16, 32, 64
+#: Loop age at which the worker's liveness probe fails (worker.ops.metrics.Health).
+STALL_AFTER_S = 30.0
+#: Input events per second of the full run, below what two workers answer, so lag stays small
+#: and the faults, not a backlog, shape the run.
+DEFAULT_RATE = 2000.0
+MODES = ("at-least-once", "exactly-once")
+CORRUPT_EVERY = 1000
+PARTITIONS = 12
+
+
+@dataclass
+class MemoryWindow:
+    """Largest worker RSS (MiB) around one fault, or over the halves of a soak."""
+
+    label: str
+    before_mb: float  # at the fault (the 5 s before it); soak: peak of the first half
+    during_mb: float  # while the fault lasted; soak: peak of the last half
+    after_mb: float  # from the fault's end until its backlog was answered; soak: at the end
+    allowed_growth_mb: float
+    backlog: int = -1  # input events waiting in Kafka when the fault ended (-1: not measured)
+    backlog_before: int = -1  # ... when it struck
+    probes: int = 0  # /readyz answers from the workers during the fault and its catch-up
+    backpressure: int = 0  # ... that said ``backpressure: true``
+    stalled: int = 0  # ... whose loop age would fail the liveness probe (/healthz)
+
+    @property
+    def growth_mb(self) -> float:
+        return max(self.during_mb, self.after_mb) - self.before_mb
+
+    @property
+    def bounded(self) -> bool:
+        return self.growth_mb <= self.allowed_growth_mb
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    mode: str
+    produced: int = 0
+    good: int = 0
+    answered: int = 0
+    missing: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    bad_sent: int = 0
+    order_violations: int = 0
+    faults: int = 0
+    recovery_s: list[float] = field(default_factory=list)
+    duplicate_bound: int = 0
+    identical: str = "n/a"
+    worker_restarts_needed: int = 0
+    peak_rss_mb: float = 0.0
+    seconds: float = 0.0
+    memory: list[MemoryWindow] = field(default_factory=list)
+    sessions_peak: int = -1  # most sessions one worker held (from its progress log lines)
+    users: int = 0  # distinct users in the input
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        """What breaks the guarantees in this result (empty when it passes)."""
+        out = []
+        if self.missing:
+            out.append(f"{self.missing} events unanswered")
+        if self.order_violations:
+            out.append(f"{self.order_violations} per-user order violations")
+        if self.dead_lettered != self.bad_sent:
+            out.append(f"{self.dead_lettered} dead letters for {self.bad_sent} bad records")
+        if self.mode == "exactly-once":
+            if self.duplicates:
+                out.append(f"{self.duplicates} duplicates")
+            if self.identical not in ("yes", "n/a"):
+                out.append(f"suggestions differ from the undisturbed run: {self.identical}")
+        elif self.duplicates > self.duplicate_bound:
+            out.append(f"{self.duplicates} duplicates above the in-flight bound")
+        if self.worker_restarts_needed:
+            out.append(f"{self.worker_restarts_needed} worker exits not caused by the harness")
+        for w in self.memory:
+            if w.stalled:
+                out.append(f"{w.label}: {w.stalled} probes saw a stalled loop (liveness)")
+            if self.scenario == "slow" and 0 <= w.backlog <= w.backlog_before:
+                out.append(f"{w.label}: no backlog built up (the throttle did not bite)")
+            if not w.bounded:
+                out.append(
+                    f"{w.label}: worker RSS grew {w.growth_mb:.0f} MiB "
+                    f"(allowed {w.allowed_growth_mb:.0f})"
+                )
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+class Broker:
+    """The broker under test: the project's local launcher (restartable) or an external one."""
+
+    def __init__(self, bootstrap: str | None, home: Path) -> None:
+        from devtools import localkafka
+
+        self._lk = localkafka
+        self.external = bootstrap is not None
+        if bootstrap is None:
+            port, controller = localkafka.free_ports(2)
+            self.cfg = localkafka.LocalKafkaConfig(home=home, port=port, controller_port=controller)
+            self.bootstrap = localkafka.start(self.cfg)
+        else:
+            self.cfg = None
+            self.bootstrap = bootstrap
+
+    def restart(self, down_s: float) -> None:
+        assert self.cfg is not None
+        self._lk.stop(self.cfg)
+        time.sleep(down_s)
+        self._lk.start(self.cfg)
+
+    def freeze(self, seconds: float) -> None:
+        """SIGSTOP the broker for ``seconds``: unreachable, its connections left open."""
+        assert self.cfg is not None
+        pid = int(self._lk.status(self.cfg)["pid"])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    def throttle(self, client_id: str, produce_bytes_per_s: int | None) -> None:
+        """Set (or with None remove) a produce quota for ``client_id``, with the broker's own
+        ``kafka-configs`` tool (client quotas are not in librdkafka's admin API)."""
+        assert self.cfg is not None
+        libs = self._lk.resolve_classpath(self.cfg)
+        change = (
+            ["--add-config", f"producer_byte_rate={produce_bytes_per_s}"]
+            if produce_bytes_per_s
+            else ["--delete-config", "producer_byte_rate"]
+        )
+        cmd = [self._lk.find_java(), "-Xmx128m", "-cp", f"{libs}/*", "kafka.admin.ConfigCommand"]
+        cmd += ["--bootstrap-server", self.bootstrap, "--alter", "--entity-type", "clients"]
+        cmd += ["--entity-name", client_id, *change]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"kafka-configs failed: {(done.stdout + done.stderr)[-2000:]}")
+
+    def close(self) -> None:
+        if self.cfg is not None:
+            self._lk.stop(self.cfg)
+
+
+def _event_records(n: int, seed: int) -> list[dict[str, Any]]:
+    settings = SimulatorSettings(seed=seed)
+    _, simulator = build(settings)
+    out: list[dict[str, Any]] = []
+    for kind, record in simulator.records(LIVE_START_MS, LIVE_START_MS + 30 * 86_400_000):
+        if kind == "event":
+            out.append(record)
+            if len(out) == n:
+                break
+    return out
+
+
+def _produce_input(
+    bootstrap: str,
+    topic: str,
+    events: list[dict[str, Any]],
+    duration_s: float,
+    on_feeder: Callable[[InputFeeder], None] = lambda _: None,
+) -> int:
+    """Produce the events evenly over ``duration_s`` (0: at once), every CORRUPT_EVERY-th one
+    malformed; return how many were malformed. ``on_feeder`` gets the feeder before the first
+    event (how far it is and how often it replaced its producer). Kafka timestamps are "now":
+    the simulated event times lie in the past and would fall behind the topic's retention."""
+    codec = codec_for("BrowsingEvent")
+    rng = random.Random(7)
+    feeder = InputFeeder(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "partitioner": "murmur2_random",
+            "compression.type": "lz4",
+            "message.timeout.ms": 600000,
+        },
+        topic,
+    )
+    on_feeder(feeder)
+    bad = 0
+    started = time.monotonic()
+    for i, e in enumerate(events, 1):
+        value = codec.encode(e)
+        if i % CORRUPT_EVERY == 0:
+            value = corrupt(value, rng)
+            bad += 1
+        if duration_s > 0 and i % 50 == 0:
+            ahead = i / len(events) * duration_s - (time.monotonic() - started)
+            while ahead > 0:
+                time.sleep(min(ahead, 0.2))
+                feeder.check()
+                ahead = i / len(events) * duration_s - (time.monotonic() - started)
+        feeder.send(e["user_id"].encode(), value)
+    feeder.close(600)
+    return bad
+
+
+class Group:
+    """The worker processes of one scenario."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: TopicSettings,
+        group: str,
+        models_dir: Path,
+        exactly_once: bool,
+        log_dir: Path,
+        extra_args: list[str],
+    ) -> None:
+        self.bootstrap, self.topics, self.group = bootstrap, topics, group
+        self.models_dir, self.exactly_once, self.log_dir = models_dir, exactly_once, log_dir
+        self.extra_args = extra_args
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.started: list[subprocess.Popen] = []  # every process, for the final clean-up
+        self.ports: dict[int, int] = {}  # slot -> the worker's /metrics, /healthz, /readyz port
+        self.unexpected_exits = 0
+        self.exit_notes: list[str] = []  # how each unexpected exit happened
+        self._exits_counted: set[int] = set()  # pids whose non-zero exit is already counted
+
+    def start(self, slot: int) -> None:
+        from devtools.localkafka import free_ports
+
+        self.ports[slot] = free_ports(1)[0]
+        args = [
+            sys.executable,
+            "-m",
+            "worker.cli",
+            "run",
+            "--bootstrap-servers",
+            self.bootstrap,
+            "--events-topic",
+            self.topics.events,
+            "--suggestions-topic",
+            self.topics.suggestions,
+            "--purchases-topic",
+            self.topics.purchases,
+            "--accuracy-topic",
+            self.topics.accuracy,
+            "--partitions",
+            str(self.topics.partitions),
+            "--models-dir",
+            str(self.models_dir),
+            "--group-id",
+            self.group,
+            "--metrics-port",
+            str(self.ports[slot]),
+            "--transactional-id",
+            f"{self.group}-w{slot}",
+            *self.extra_args,
+        ]
+        if self.exactly_once:
+            args.append("--exactly-once")
+        log = open(self.log_dir / f"worker{slot}.log", "ab")  # noqa: SIM115
+        env = {**os.environ, "WORKER_LOG_FORMAT": "json"}
+        self.procs[slot] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.started.append(self.procs[slot])
+
+    def kill9(self, slot: int) -> None:
+        self.procs[slot].send_signal(signal.SIGKILL)
+        self.procs[slot].wait()
+
+    def _answers_http(self, slot: int) -> bool:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.ports[slot]}/healthz", timeout=1.0
+            ):
+                return True
+        except urllib.error.HTTPError:  # 503 is an answer: the loop is there
+            return True
+        except OSError:
+            return False
+
+    def wait_started(self, slot: int, timeout_s: float = 60.0) -> None:
+        """Until the worker's HTTP server answers (it starts with the loop), it exits or
+        ``timeout_s`` passes. The SIGTERM scenarios test the running loop's graceful path; a
+        process signalled while the interpreter is still importing dies of the signal."""
+        deadline = time.monotonic() + timeout_s
+        proc = self.procs[slot]
+        while time.monotonic() < deadline and proc.poll() is None:
+            if self._answers_http(slot):
+                return
+            time.sleep(0.1)
+
+    def sigterm(self, slots: list[int], timeout_s: float = 45.0) -> None:
+        for s in slots:
+            self.wait_started(s)
+        for s in slots:
+            self.procs[s].send_signal(signal.SIGTERM)
+        for s in slots:
+            code = self.procs[s].wait(timeout=timeout_s)
+            if code != 0:
+                self.unexpected_exits += 1
+                self.exit_notes.append(f"worker {s} exited {code} after SIGTERM")
+                self._exits_counted.add(self.procs[s].pid)
+
+    def live_slots(self) -> list[int]:
+        return [s for s, p in self.procs.items() if p.poll() is None]
+
+    def check_unexpected_exits(self) -> None:
+        """A worker that died on its own (not killed by the harness) is a failure."""
+        for slot, proc in list(self.procs.items()):
+            if proc.pid in self._exits_counted:  # counted by sigterm() already
+                del self.procs[slot]
+                continue
+            if proc.poll() is not None and proc.returncode not in (0, -signal.SIGKILL):
+                self.unexpected_exits += 1
+                self.exit_notes.append(f"worker {slot} exited {proc.returncode} on its own")
+                del self.procs[slot]
+
+    def rss_mb(self) -> dict[int, float]:
+        """Current resident set (VmRSS) of each live worker process by slot, in MiB."""
+        out = {}
+        for slot, proc in list(self.procs.items()):
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    out[slot] = int(line.split()[1]) / 1024
+        return out
+
+    def readiness(self) -> list[dict[str, Any]]:
+        """``/readyz`` details of the live workers that answered within a second."""
+        import urllib.error
+        import urllib.request
+
+        out = []
+        for slot in self.live_slots():
+            url = f"http://127.0.0.1:{self.ports[slot]}/readyz"
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as response:
+                    out.append(json.loads(response.read()))
+            except urllib.error.HTTPError as exc:  # 503: not ready, the detail says why
+                out.append(json.loads(exc.read()))
+            except (OSError, ValueError):  # starting, stopping, or busy
+                continue
+        return out
+
+    def sessions_peak(self) -> int:
+        """Most sessions one worker reported holding (its ``worker_progress`` log lines)."""
+        peak = -1
+        for path in self.log_dir.glob("worker*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if '"worker_progress"' in line:
+                    try:
+                        peak = max(peak, int(json.loads(line)["sessions"]))
+                    except (ValueError, KeyError):
+                        continue
+        return peak
+
+    def peak_rss_mb(self) -> float:
+        """Largest peak resident set (VmHWM) among the live worker processes, in MiB."""
+        peak = 0.0
+        for slot in self.live_slots():
+            try:
+                status = Path(f"/proc/{self.procs[slot].pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+        return peak
+
+    def stop_all(self) -> None:
+        self.sigterm(self.live_slots())
+        for proc in self.started:  # none should be left, but never leave one running
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=45)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+class RssSampler:
+    """Largest worker RSS and the workers' ``/readyz``, sampled every ``interval_s`` in a
+    background thread."""
+
+    def __init__(self, group: Group, interval_s: float = 0.5) -> None:
+        self.samples: list[tuple[float, float]] = []  # (monotonic time, largest MiB)
+        self.by_slot: list[tuple[float, dict[int, float]]] = []  # (monotonic time, slot -> MiB)
+        self.probes: list[tuple[float, dict[str, Any]]] = []  # (monotonic time, /readyz detail)
+        self._group, self._interval = group, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            rss = self._group.rss_mb()
+            if rss:
+                self.samples.append((time.monotonic(), max(rss.values())))
+                self.by_slot.append((time.monotonic(), rss))
+            now = time.monotonic()
+            self.probes.extend((now, detail) for detail in self._group.readiness())
+
+    def probed(self, t0: float, t1: float) -> tuple[int, int, int]:
+        """(answers, backpressure reported, stalled: the loop, a partition's fetching or the
+        outputs, as /healthz reports them) among the probes in [t0, t1]."""
+        inside = [d for t, d in self.probes if t0 <= t <= t1]
+        return (
+            len(inside),
+            sum(1 for d in inside if d.get("backpressure")),
+            sum(
+                1
+                for d in inside
+                if d.get("loop_age_s", 0.0) >= STALL_AFTER_S
+                or d.get("fetch_stalled_partitions")
+                or d.get("outputs_stuck")
+            ),
+        )
+
+    def peak(self, t0: float, t1: float) -> float:
+        """Largest sample in [t0, t1] (or the last one before t0 if none fell inside)."""
+        inside = [mb for t, mb in self.samples if t0 <= t <= t1]
+        if inside:
+            return max(inside)
+        before = [mb for t, mb in self.samples if t < t0]
+        return before[-1] if before else float("nan")
+
+    def write_csv(self, path: Path, t0: float) -> None:
+        """The samples as ``seconds,worker,rss_mib`` rows, seconds from ``t0``."""
+        rows = [
+            f"{t - t0:.1f},{slot},{mb:.1f}"
+            for t, per_slot in self.by_slot
+            for slot, mb in sorted(per_slot.items())
+        ]
+        path.write_text("seconds,worker,rss_mib\n" + "\n".join(rows) + "\n")
+
+    def last(self) -> float:
+        return self.samples[-1][1] if self.samples else float("nan")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Progress:
+    """Committed offsets of the group against the input."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str, partitions: int) -> None:
+        self.topic, self.partitions = topic, partitions
+        self._c = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+        )
+        self.total = 0  # input events to answer in all (set by the caller)
+
+    def committed(self) -> list[int]:
+        try:
+            tps = self._c.committed(
+                [TopicPartition(self.topic, p) for p in range(self.partitions)], timeout=5
+            )
+            return [max(tp.offset, 0) for tp in tps]
+        except Exception:  # broker down during the broker scenario
+            return []
+
+    def ends(self) -> list[int]:
+        try:
+            return [
+                self._c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5)[1]
+                for p in range(self.partitions)
+            ]
+        except Exception:  # broker down
+            return []
+
+    def backlog(self, timeout_s: float = 15.0) -> int:
+        """Input events not yet committed by the group (-1 if the broker does not answer)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ends, committed = self.ends(), self.committed()
+            if ends and committed:
+                return sum(ends) - sum(committed)
+            time.sleep(0.5)
+        return -1
+
+    def fraction(self, committed: list[int]) -> float:
+        return sum(committed) / self.total if committed and self.total else 0.0
+
+    def close(self) -> None:
+        self._c.close()
+
+
+def _wait_recovered(
+    progress: Progress,
+    at_fault: list[int],
+    ends_at_fault: list[int],
+    started: float,
+    timeout_s: float = 180.0,
+) -> float:
+    """Seconds from ``started`` until every input event that existed at the fault is answered
+    and committed, on every partition (the killed worker's ones included)."""
+    if at_fault and ends_at_fault:
+        todo = {p for p in range(progress.partitions) if at_fault[p] < ends_at_fault[p]}
+        target = ends_at_fault
+    else:  # the broker was unreachable at the fault: any progress everywhere counts
+        todo, target = set(range(progress.partitions)), [1] * progress.partitions
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = progress.committed()
+        if now:
+            todo = {p for p in todo if now[p] < target[p]}
+            if not todo:
+                return time.monotonic() - started
+        time.sleep(0.2)
+    return float("nan")
+
+
+def _wait_drained(progress: Progress, timeout_s: float = 600.0) -> None:
+    """Wait until the group has committed every input event that exists now."""
+    deadline = time.monotonic() + timeout_s
+    target: list[int] = []
+    while time.monotonic() < deadline:
+        target = target or progress.ends()
+        now = progress.committed()
+        if target and now and all(c >= e for c, e in zip(now, target, strict=True)):
+            return
+        time.sleep(0.2)
+
+
+def _wait_fraction(
+    progress: Progress, group: Group, fraction: float, timeout_s: float = 600
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        group.check_unexpected_exits()
+        if progress.fraction(progress.committed()) >= fraction:
+            return
+        time.sleep(0.1)
+    committed, ends = progress.committed(), progress.ends()
+    if committed and ends:
+        pairs = enumerate(zip(committed, ends, strict=True))
+        behind = ", ".join(f"{p}: {c}/{e}" for p, (c, e) in pairs if c < e)
+    else:
+        behind = "broker not answering"
+    raise TimeoutError(
+        f"progress stuck below {fraction:.0%} (partitions behind, committed/end: {behind})"
+    )
+
+
+def _read_committed(
+    bootstrap: str, topic: str, partitions: int, decode: Callable[[bytes], Any] | None = None
+) -> list[Any]:
+    """Every committed record of the topic (read_committed), decoded if ``decode`` is given."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"verify-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out: list[Any] = []
+    ends: set[int] = set()
+    deadline = time.monotonic() + 300
+    while len(ends) < partitions and time.monotonic() < deadline:
+        for msg in consumer.consume(10000, timeout=1.0):
+            if msg.error() is not None:
+                ends.add(msg.partition())
+                continue
+            ends.discard(msg.partition())
+            out.append(decode(msg.value()) if decode else msg)
+    consumer.close()
+    return out
+
+
+def _headers(msg: Any) -> dict[str, str]:
+    return {k: v.decode() for k, v in msg.headers() or []}
+
+
+def _high_watermarks(bootstrap: str, topic: str, partitions: int) -> int:
+    """Sum of the partitions' end offsets (records written, committed or not)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4().hex}"})
+    try:
+        return sum(
+            c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        )
+    except Exception:  # broker down: count nothing
+        return 0
+    finally:
+        c.close()
+
+
+def _verify(
+    result: ScenarioResult,
+    suggestions: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    bad_ids: set[str],
+) -> dict[str, Any]:
+    good_ids = {e["event_id"] for e in events} - bad_ids
+    per_event: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in suggestions:
+        per_event[s["event_id"]].append(s)
+    result.good = len(good_ids)
+    result.answered = len(per_event)
+    result.missing = len(good_ids - set(per_event))
+    result.duplicates = len(suggestions) - len(per_event)
+    # Per-user order: first suggestions of a user's events in input-offset order.
+    seen: set[str] = set()
+    last_offset: dict[str, int] = {}
+    for s in suggestions:  # topic order within each partition (one user = one partition)
+        if s["event_id"] in seen:
+            continue
+        seen.add(s["event_id"])
+        if s["source_offset"] < last_offset.get(s["user_id"], -1):
+            result.order_violations += 1
+        last_offset[s["user_id"]] = s["source_offset"]
+    return {
+        eid: [(p["product_id"], p["score"]) for p in rows[0]["products"]]
+        for eid, rows in per_event.items()
+    }
+
+
+def run_scenario(
+    scenario: str,
+    mode: str,
+    *,
+    rate: float = DEFAULT_RATE,
+    fault_s: float = DEFAULT_FAULT_S,
+    broker: Broker,
+    events: list[dict[str, Any]],
+    models_dir: Path,
+    work_dir: Path,
+    reference: dict[str, Any] | None,
+    log: Callable[[str], None],
+) -> tuple[ScenarioResult, dict[str, Any]]:
+    exactly_once = mode == "exactly-once"
+    run = f"{scenario}-{'eos' if exactly_once else 'alo'}-{uuid.uuid4().hex[:6]}"
+    topics = TopicSettings(
+        events=f"chaos-events-{run}",
+        suggestions=f"chaos-suggestions-{run}",
+        purchases=f"chaos-purchases-{run}",
+        accuracy=f"chaos-accuracy-{run}",
+        partitions=PARTITIONS,
+    )
+    kafka = KafkaSettings(broker.bootstrap)
+    ensure_topics(kafka, topics, _SilentLog())
+    result = ScenarioResult(scenario, mode, produced=len(events))
+    result.users = len({e["user_id"] for e in events})
+    # A freeze or throttle starts at 30% of the input and ends well before the input does.
+    shortest = {**MIN_DURATION_S, "freeze": 2 * fault_s + 10, "slow": 2 * fault_s + 10}
+    shortest["soak"] = 30.0
+    duration_s = 0.0 if scenario == "none" else max(shortest[scenario], len(events) / rate)
+    produced: list[int] = []
+    feeder_failed: list[BaseException] = []
+    feeding: list[InputFeeder] = []
+
+    def feed() -> None:
+        try:
+            produced.append(
+                _produce_input(broker.bootstrap, topics.events, events, duration_s, feeding.append)
+            )
+        except BaseException as exc:  # surfaced by the scenario, not lost with the thread
+            feeder_failed.append(exc)
+
+    feeder = threading.Thread(target=feed, name="input", daemon=True)
+    bad_ids = {
+        events[i - 1]["event_id"] for i in range(CORRUPT_EVERY, len(events) + 1, CORRUPT_EVERY)
+    }
+    log_dir = work_dir / run
+    log_dir.mkdir(parents=True, exist_ok=True)
+    client_id = f"chaos-{run}"  # the workers' client.id: the entity the ``slow`` quota names
+    group = Group(
+        broker.bootstrap,
+        topics,
+        f"chaos-{run}",
+        models_dir,
+        exactly_once,
+        log_dir,
+        ["-X", f"client.id={client_id}"],
+    )
+    progress = Progress(broker.bootstrap, topics.events, group.group, topics.partitions)
+    progress.total = len(events)
+
+    def fault(name: str, action: Callable[[], None], watch_memory: bool = False) -> None:
+        at = progress.committed()
+        ends_at = progress.ends()
+        # In flight: answered (suggestion or dead letter written) but not yet committed, plus
+        # what the live workers may take up before the fault lands (two batches each).
+        answered = _high_watermarks(broker.bootstrap, topics.suggestions, topics.partitions)
+        answered += _high_watermarks(
+            broker.bootstrap, topics.dead_letter(topics.events), topics.partitions
+        )
+        in_flight = max(0, answered - sum(at)) + 2 * 500 * len(group.live_slots())
+        result.duplicate_bound += in_flight
+        backlog_before = progress.backlog() if watch_memory else -1
+        t0 = time.monotonic()
+        action()
+        t_end = time.monotonic()
+        if watch_memory and feeding:
+            # What the feeder queued while the broker was away lands first (up to 15 s): the
+            # backlog at the fault's end includes it.
+            deadline = time.monotonic() + 15
+            while feeding[0].unacknowledged > 2_000 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        backlog = progress.backlog() if watch_memory else -1
+        result.faults += 1
+        recovery = _wait_recovered(progress, at, ends_at, t0)
+        result.recovery_s.append(round(recovery, 1))
+        log(f"  {run}: {name} at {progress.fraction(at):.0%} -> recovered in {recovery:.1f} s")
+        if watch_memory:
+            # The catch-up window lasts until the backlog at the fault's end is answered too.
+            _wait_drained(progress)
+            time.sleep(max(0.0, t_end + 5.0 - time.monotonic()))
+            probes, backpressure, stalled = sampler.probed(t0, time.monotonic())
+            window = MemoryWindow(
+                name,
+                before_mb=sampler.peak(t0 - 5, t0),
+                during_mb=sampler.peak(t0, t_end),
+                after_mb=sampler.peak(t_end, time.monotonic()),
+                allowed_growth_mb=FETCH_BUFFER_MB + PRODUCE_BUFFER_MB + MEMORY_SLACK_MB,
+                backlog=backlog,
+                backlog_before=backlog_before,
+                probes=probes,
+                backpressure=backpressure,
+                stalled=stalled,
+            )
+            result.memory.append(window)
+            log(
+                f"  {run}: worker RSS {window.before_mb:.0f} MiB at the fault, "
+                f"{window.during_mb:.0f} during, {window.after_mb:.0f} catching up "
+                f"{backlog:,} backlogged events; /readyz said backpressure in {backpressure} "
+                f"of {probes} probes, a stalled loop in {stalled}"
+            )
+
+    started = time.monotonic()
+    initial = 1 if scenario == "scale" else 2
+    for slot in range(initial):
+        group.start(slot)
+    sampler = RssSampler(group)
+    try:
+        plan = _plan(scenario)
+        started = time.monotonic()
+        feeder.start()
+        for fraction, name in plan:
+            # Faults at set points of the input's production time: always mid-stream.
+            time.sleep(max(0.0, started + fraction * duration_s - time.monotonic()))
+            group.check_unexpected_exits()
+            if name == "kill9":
+                victim = random.Random(fraction).choice(group.live_slots())
+
+                def kill_and_restart(victim: int = victim) -> None:
+                    group.kill9(victim)
+                    time.sleep(1.0)
+                    group.start(victim)
+
+                fault("kill -9", kill_and_restart)
+            elif name == "broker":
+                if broker.external:
+                    result.notes.append("broker restart not run: external cluster")
+                    continue
+                fault("broker restart", lambda: broker.restart(3.0))
+            elif name == "scale-up":
+                idle = [s for s in range(3) if s not in group.live_slots()]
+                fault(f"scale {3 - len(idle)}->3", lambda idle=idle: [group.start(s) for s in idle])
+            elif name == "scale-down":
+                fault("scale 3->2", lambda: group.sigterm([max(group.live_slots())]))
+            elif name == "sigterm":
+
+                def all_and_back() -> None:
+                    slots = group.live_slots()
+                    group.sigterm(slots)
+                    for s in slots:
+                        group.start(s)
+
+                fault("SIGTERM all", all_and_back)
+            elif name == "freeze":
+                if broker.external:
+                    result.notes.append("broker freeze not run: external cluster")
+                    continue
+                fault(f"broker frozen {fault_s:g} s", lambda: broker.freeze(fault_s), True)
+            elif name == "slow":
+                if broker.external:
+                    result.notes.append("output throttle not run: external cluster")
+                    continue
+
+                def throttled() -> None:
+                    broker.throttle(client_id, SLOW_PRODUCE_BYTES_PER_S)
+                    try:
+                        time.sleep(fault_s)
+                    finally:
+                        broker.throttle(client_id, None)
+
+                fault(f"output throttled {fault_s:g} s", throttled, True)
+        feeder.join()
+        if feeder_failed:
+            raise RuntimeError(f"input feeder failed: {feeder_failed[0]}") from feeder_failed[0]
+        _wait_fraction(progress, group, 1.0)
+        result.peak_rss_mb = round(group.peak_rss_mb())
+        if scenario == "soak":
+            middle = (started + time.monotonic()) / 2
+            result.memory.append(
+                MemoryWindow(
+                    "soak",
+                    before_mb=sampler.peak(started, middle),
+                    during_mb=sampler.peak(middle, time.monotonic()),
+                    after_mb=sampler.last(),
+                    allowed_growth_mb=MEMORY_SLACK_MB,
+                )
+            )
+    finally:
+        sampler.stop()
+        sampler.write_csv(log_dir / "rss.csv", started)
+        group.check_unexpected_exits()
+        group.stop_all()
+        progress.close()
+    result.sessions_peak = group.sessions_peak()
+    result.worker_restarts_needed = group.unexpected_exits
+    result.notes.extend(group.exit_notes)
+    result.bad_sent = produced[0] if produced else -1
+    if feeding and feeding[0].replaced:
+        input_feeder = feeding[0]
+        result.notes.append(
+            f"input producer replaced {input_feeder.replaced}x, {input_feeder.resent:,} queued "
+            "events re-sent (librdkafka #5430)"
+        )
+    result.seconds = round(time.monotonic() - started, 1)
+    suggestions = _read_committed(
+        broker.bootstrap,
+        topics.suggestions,
+        topics.partitions,
+        codec_for("ProductSuggestion").decode,
+    )
+    answers = _verify(result, suggestions, events, bad_ids)
+    # Distinct source records: under at-least-once a dead letter may be written twice too.
+    dead = _read_committed(broker.bootstrap, topics.dead_letter(topics.events), topics.partitions)
+    result.dead_lettered = len(
+        {(h["dlq.source.partition"], h["dlq.source.offset"]) for h in map(_headers, dead)}
+    )
+    if reference is not None and exactly_once:
+        same = sum(1 for eid, ans in answers.items() if reference.get(eid) == ans)
+        result.identical = (
+            "yes"
+            if same == len(reference) == len(answers)
+            else (f"no ({same} of {len(reference)})")
+        )
+    return result, answers
+
+
+def _plan(scenario: str) -> list[tuple[float, str]]:
+    return {
+        "kill9": [(0.2, "kill9"), (0.45, "kill9"), (0.7, "kill9")],
+        "broker": [(0.35, "broker")],
+        "scale": [(0.25, "scale-up"), (0.6, "scale-down")],
+        "sigterm": [(0.4, "sigterm")],
+        "mixed": [
+            (0.15, "kill9"),
+            (0.3, "scale-up"),
+            (0.45, "broker"),
+            (0.6, "scale-down"),
+            (0.75, "sigterm"),
+            (0.85, "kill9"),
+        ],
+        "freeze": [(0.3, "freeze")],
+        "slow": [(0.3, "slow")],
+        "soak": [],
+        "none": [],
+    }[scenario]
+
+
+class _SilentLog:
+    def info(self, *a: Any, **k: Any) -> None:
+        return None
+
+
+def format_table(results: list[ScenarioResult]) -> str:
+    head = (
+        f"{'scenario':<9}{'mode':<15}{'produced':>9}{'answered':>9}{'missing':>8}{'dups':>6}"
+        f"{'dup bound':>10}{'DLQ':>5}{'order':>6}{'faults':>7}  {'recovery s':<30}"
+        f"{'identical':<10}{'secs':>6}{'RSS MB':>7}  result"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        rec = ",".join(f"{x:g}" for x in r.recovery_s) or "-"
+        bound = "-" if r.mode == "exactly-once" else str(r.duplicate_bound)
+        lines.append(
+            f"{r.scenario:<9}{r.mode:<15}{r.produced:>9,}{r.answered:>9,}{r.missing:>8}"
+            f"{r.duplicates:>6}{bound:>10}{r.dead_lettered:>5}{r.order_violations:>6}"
+            f"{r.faults:>7}  {rec:<30}{r.identical:<10}{r.seconds:>6.0f}{r.peak_rss_mb:>7.0f}  "
+            f"{'PASS' if r.passed else 'FAIL'}"
+            + (" (" + "; ".join(r.failures + r.notes) + ")" if r.failures or r.notes else "")
+        )
+    return "\n".join(lines)
+
+
+def format_memory(results: list[ScenarioResult]) -> str:
+    """Worker memory around each freeze/throttle and over each soak (empty if none ran)."""
+    head = (
+        f"{'scenario':<9}{'mode':<15}{'window':<26}{'RSS before':>11}{'during':>8}"
+        f"{'after':>8}{'growth':>8}{'allowed':>8}{'backlog':>9}{'backpressure':>14}"
+        f"{'stalled':>8}{'sessions':>10}{'users':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        for w in r.memory:
+            backlog = f"{w.backlog:,}" if w.backlog >= 0 else "-"
+            lines.append(
+                f"{r.scenario:<9}{r.mode:<15}{w.label:<26}{w.before_mb:>11.0f}{w.during_mb:>8.0f}"
+                f"{w.after_mb:>8.0f}{w.growth_mb:>8.0f}{w.allowed_growth_mb:>8.0f}{backlog:>9}"
+                f"{f'{w.backpressure}/{w.probes}':>14}{w.stalled:>8}"
+                f"{r.sessions_peak:>10,}{r.users:>8,}"
+            )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def run_chaos(
+    *,
+    scenarios: list[str],
+    modes: list[str],
+    n_events: int,
+    rate: float = DEFAULT_RATE,
+    fault_s: float = DEFAULT_FAULT_S,
+    models_dir: Path,
+    work_dir: Path,
+    bootstrap: str | None,
+    seed: int = 5,
+    log: Callable[[str], None] = print,
+) -> list[ScenarioResult]:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    events = _event_records(n_events, seed)
+    broker = Broker(bootstrap, work_dir / f"kafka-{uuid.uuid4().hex[:6]}")
+    results: list[ScenarioResult] = []
+    try:
+        reference = None
+        if "exactly-once" in modes:
+            log(f"reference: undisturbed exactly-once run over {n_events:,} events")
+            _, reference = run_scenario(
+                "none",
+                "exactly-once",
+                broker=broker,
+                events=events,
+                models_dir=models_dir,
+                work_dir=work_dir,
+                reference=None,
+                log=log,
+            )
+        for scenario in scenarios:
+            for mode in modes:
+                log(f"scenario {scenario} / {mode}: {n_events:,} events")
+                result, _ = run_scenario(
+                    scenario,
+                    mode,
+                    rate=rate,
+                    fault_s=fault_s,
+                    broker=broker,
+                    events=events,
+                    models_dir=models_dir,
+                    work_dir=work_dir,
+                    reference=reference,
+                    log=log,
+                )
+                results.append(result)
+                log(format_table([result]).splitlines()[-1])
+    finally:
+        broker.close()
+    return results

@@ -1,0 +1,132 @@
+"""``worker-dev``: the development tooling of the repository, apart from the product.
+
+Subcommands: ``kafka`` (local Apache Kafka without Docker), ``chaos`` (fault-injection harness),
+``bench`` (benchmark with peers), ``demo`` (the whole system on the local broker for a minute).
+Installed from ``devtools/`` (``pip install -e devtools``); the production image has none of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from devtools.bench import runner
+from worker.cli import EXIT_INFRASTRUCTURE, _models_arg
+from worker.config import env
+from worker.core.errors import InfrastructureError, WorkerError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="worker-dev", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "kafka",
+        help="local Apache Kafka (no Docker): start|stop|status|wipe|classpath",
+        add_help=False,
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("chaos", help="fault-injection harness: kills, broker restart, rebalances")
+    p.add_argument(
+        "--scenarios",
+        default="kill9,broker,scale,sigterm,mixed,freeze,slow,soak",
+        help="comma-separated subset of kill9,broker,scale,sigterm,mixed,freeze,slow,soak",
+    )
+    p.add_argument("--modes", default="at-least-once,exactly-once")
+    p.add_argument("--events", type=int, default=200_000, help="input events per scenario")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=2000.0,
+        help="input events/s while faults are injected (a scenario lasts at least events/rate)",
+    )
+    p.add_argument(
+        "--fault-s",
+        type=float,
+        default=30.0,
+        help="how long the broker stays frozen (freeze) or the output throttled (slow)",
+    )
+    p.add_argument("--work-dir", type=Path, default=Path("var/chaos"))
+    p.add_argument(
+        "--bootstrap-servers",
+        default=env("KAFKA_BOOTSTRAP_SERVERS", "") or None,
+        help="an existing cluster (no broker restart scenario); default: own broker",
+    )
+    _models_arg(p)
+
+    p = sub.add_parser("bench", help="throughput, latency and memory, side by side with peers")
+    runner.add_arguments(p)
+
+    p = sub.add_parser("demo", help="the whole system on the local broker for about a minute")
+    p.add_argument("--duration-s", type=float, default=60.0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rate", type=float, default=1000.0, help="offered events/s (approximate)")
+    p.add_argument("--work-dir", type=Path, default=Path(env("WORKER_DEMO_DIR", "var/demo")))
+    _models_arg(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "kafka":
+        from devtools import localkafka
+
+        return localkafka.main(argv[1:])
+    args = build_parser().parse_args(argv)
+    from worker.ops.logging import configure_logging
+
+    log = configure_logging(component=args.command)
+    try:
+        return COMMANDS[args.command](args, log)
+    except InfrastructureError as exc:
+        log.error("fatal", error_class=type(exc).__name__, error=str(exc))
+        return EXIT_INFRASTRUCTURE
+    except WorkerError as exc:
+        log.error("failed", error_class=type(exc).__name__, error=str(exc))
+        return 1
+
+
+def cmd_chaos(args: argparse.Namespace, log: Any) -> int:
+    from devtools.chaos import format_memory, format_table, run_chaos
+
+    results = run_chaos(
+        scenarios=args.scenarios.split(","),
+        modes=args.modes.split(","),
+        n_events=args.events,
+        rate=args.rate,
+        fault_s=args.fault_s,
+        models_dir=args.models_dir,
+        work_dir=args.work_dir,
+        bootstrap=args.bootstrap_servers,
+        log=lambda line: print(line, flush=True),
+    )
+    print()
+    print(format_table(results))
+    memory = format_memory(results)
+    if memory:
+        print()
+        print("worker memory (MiB; largest worker process)")
+        print(memory)
+    return 0 if all(r.passed for r in results) else 1
+
+
+def cmd_bench(args: argparse.Namespace, log: Any) -> int:
+    return runner.run(args, log)
+
+
+def cmd_demo(args: argparse.Namespace, log: Any) -> int:
+    from devtools.demo import run_demo
+
+    return run_demo(args, log)
+
+
+COMMANDS = {
+    "chaos": cmd_chaos,
+    "bench": cmd_bench,
+    "demo": cmd_demo,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

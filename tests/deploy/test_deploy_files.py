@@ -1,0 +1,400 @@
+"""The deployment files agree with the code: commands the CLI accepts, settings it reads, metric
+names it exports, probe paths and ports it serves, and the scaling and shutdown invariants.
+
+Covers docker-compose.yml, deploy/Dockerfile, deploy/README.md and every YAML in deploy/k8s.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from worker import cli
+from worker.ops import health, metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+DOCKERFILE = DEPLOY / "Dockerfile"
+README = DEPLOY / "README.md"
+K8S_FILES = sorted(K8S.glob("*.yaml"))
+ENV_NAME = re.compile(r"\bWORKER_[A-Z0-9_]*[A-Z0-9]\b|\bWORKER_KAFKA_\b")
+KAFKA_PASS_THROUGH = "WORKER_KAFKA_"
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def load_all(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+
+
+def k8s_docs() -> list[dict[str, Any]]:
+    return [doc for path in K8S_FILES for doc in load_all(path)]
+
+
+def k8s_kind(kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [
+        d
+        for d in k8s_docs()
+        if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def compose() -> dict[str, Any]:
+    return load_all(COMPOSE)[0]
+
+
+def pod_specs() -> list[dict[str, Any]]:
+    specs = []
+    for doc in k8s_docs():
+        if doc.get("kind") in ("Deployment", "Job"):
+            specs.append(doc["spec"]["template"]["spec"])
+    return specs
+
+
+def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(spec.get("initContainers", [])) + list(spec["containers"])
+
+
+def configmap() -> dict[str, str]:
+    return k8s_kind("ConfigMap", "recommender-config")["data"]
+
+
+def worker_argvs_in_script(script: str) -> list[list[str]]:
+    """Every `worker ...` command line in a shell script (lines, `&&`, `||` and `;` split)."""
+    argvs = []
+    for line in script.splitlines():
+        for part in re.split(r"&&|\|\||;", line):
+            tokens = shlex.split(part, comments=True)
+            if tokens and tokens[0] == "worker":
+                argvs.append(tokens[1:])
+    return argvs
+
+
+def container_argv(command: list[str] | None, args: list[str] | None) -> list[list[str]]:
+    """`worker` argument vectors a container (entrypoint/command + args) runs."""
+    full = list(command or ["worker"]) + list(args or [])  # the image's ENTRYPOINT is worker
+    if full[:1] == ["worker"]:
+        return [full[1:]]
+    if full[:2] in (["/bin/sh", "-c"], ["sh", "-c"]):
+        return [argv for script in full[2:] for argv in worker_argvs_in_script(script)]
+    return []
+
+
+def compose_argvs() -> dict[str, list[list[str]]]:
+    result = {}
+    for name, svc in compose()["services"].items():
+        if "recommender-worker" not in svc.get("image", ""):
+            continue
+        entrypoint, command = svc.get("entrypoint"), svc.get("command")
+        if isinstance(entrypoint, str):
+            entrypoint = shlex.split(entrypoint)
+        if isinstance(command, str):
+            command = shlex.split(command)
+        result[name] = container_argv(entrypoint, command)
+    return result
+
+
+def k8s_argvs() -> list[list[str]]:
+    argvs = []
+    for spec in pod_specs():
+        for c in containers(spec):
+            if "recommender-worker" in c["image"]:
+                argvs.extend(container_argv(c.get("command"), c.get("args")))
+    return argvs
+
+
+@pytest.fixture
+def parser(monkeypatch: pytest.MonkeyPatch):
+    """The real CLI parser with its code defaults (no WORKER_* from the test environment)."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("WORKER_") or name == "KAFKA_BOOTSTRAP_SERVERS":
+            monkeypatch.delenv(name)
+    return cli.build_parser()
+
+
+def parse(parser, argv: list[str]):
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:  # argparse reports errors by exiting
+        pytest.fail(f"`worker {' '.join(argv)}` is rejected by worker.cli (exit {exc.code})")
+
+
+def source_text() -> str:
+    return "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "worker").rglob("*.py"))
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def test_every_deploy_yaml_parses():
+    assert K8S_FILES, "deploy/k8s has no YAML"
+    for path in [COMPOSE, *K8S_FILES]:
+        docs = load_all(path)
+        assert docs, f"{path} is empty"
+        for doc in docs:
+            assert isinstance(doc, dict), f"{path}: a document is not a mapping"
+
+
+def test_kustomization_lists_every_manifest_but_the_example_secret():
+    kustomization = load_all(K8S / "kustomization.yaml")[0]
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in K8S_FILES} - {"kustomization.yaml"}
+    assert "secret.example.yaml" not in listed, "the example secret must not be applied"
+    assert listed == on_disk - {"secret.example.yaml"}
+
+
+def test_example_secret_is_marked_as_an_example():
+    text = (K8S / "secret.example.yaml").read_text(encoding="utf-8")
+    assert "EXAMPLE" in text.upper().split("\n", 1)[0]
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def test_compose_commands_are_accepted_by_the_cli(parser):
+    argvs = compose_argvs()
+    expected = {
+        "topics": "topics",
+        "train": "train",
+        "worker": "run",
+        "monitor": "monitor",
+        "simulator": "simulate",
+    }
+    for service, command in expected.items():
+        assert service in argvs, f"compose has no {service} service using the image"
+        assert command in [argv[0] for argv in argvs[service]], f"{service} does not run {command}"
+    for service, vectors in argvs.items():
+        assert vectors, f"compose service {service} runs no `worker` command"
+        for argv in vectors:
+            parse(parser, argv)
+
+
+def test_k8s_commands_are_accepted_by_the_cli(parser):
+    argvs = k8s_argvs()
+    assert {argv[0] for argv in argvs} >= {"run", "monitor", "simulate", "train"}
+    for argv in argvs:
+        parse(parser, argv)
+
+
+def test_train_writes_where_the_worker_reads(parser):
+    cm = configmap()
+    job = k8s_kind("Job")
+    train = [a for a in k8s_argvs() if a[0] == "train"]
+    assert len(train) == 1
+    args = parse(parser, train[0])
+    assert str(args.models_dir) == cm["WORKER_MODELS_DIR"]
+    mounts = {
+        m["mountPath"]
+        for c in job["spec"]["template"]["spec"]["containers"]
+        for m in c.get("volumeMounts", [])
+    }
+    assert cm["WORKER_MODELS_DIR"] in mounts
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+def deploy_env_names() -> set[str]:
+    names: set[str] = set()
+    for path in [COMPOSE, DOCKERFILE, README, *K8S_FILES]:
+        names |= set(ENV_NAME.findall(path.read_text(encoding="utf-8")))
+    return names
+
+
+def test_every_worker_env_var_exists_in_the_code():
+    source = source_text()
+    names = deploy_env_names()
+    assert "WORKER_SHUTDOWN_TIMEOUT_S" in names
+    unknown = sorted(n for n in names if not n.startswith(KAFKA_PASS_THROUGH) and n not in source)
+    assert not unknown, f"WORKER_* variables the code never reads: {unknown}"
+
+
+def test_kafka_pass_through_env_vars_name_librdkafka_properties():
+    """WORKER_KAFKA_<KEY> becomes librdkafka property <key> (`_` -> `.`): it must exist."""
+    from confluent_kafka import KafkaException, Producer
+
+    from worker.config import kafka_properties
+
+    names = {
+        n
+        for n in deploy_env_names()
+        if n.startswith(KAFKA_PASS_THROUGH) and n != KAFKA_PASS_THROUGH
+    }
+    assert {"WORKER_KAFKA_SASL_USERNAME", "WORKER_KAFKA_SASL_PASSWORD"} <= names
+    for name in sorted(names):
+        ((key, value),) = kafka_properties([], environ={name: "x"}).items()
+        try:
+            Producer({key: value, "log_level": 0})
+        except KafkaException as exc:  # bad values are fine here, unknown names are not
+            assert "No such configuration property" not in str(exc), f"{name}: {exc}"
+
+
+def test_configmap_values_are_accepted_by_the_cli(monkeypatch: pytest.MonkeyPatch):
+    """The CLI parses the ConfigMap's values (a non-numeric port or timeout would fail at start)."""
+    for name, value in configmap().items():
+        monkeypatch.setenv(name, value)
+    parser = cli.build_parser()
+    run = parser.parse_args(["run"])
+    assert run.group_id == configmap()["WORKER_GROUP_ID"]
+    assert run.partitions == int(configmap()["WORKER_TOPIC_PARTITIONS"])
+    parser.parse_args(["monitor"])
+
+
+# -- scaling and shutdown ------------------------------------------------------------------------
+
+
+def partitions(parser) -> int:
+    configured = configmap().get("WORKER_TOPIC_PARTITIONS")
+    return int(configured) if configured else parser.parse_args(["run"]).partitions
+
+
+def test_keda_scales_the_worker_group_up_to_the_partition_count(parser):
+    cm = configmap()
+    scaled = k8s_kind("ScaledObject")
+    spec = scaled["spec"]
+    worker = k8s_kind("Deployment", "recommender-worker")
+    assert spec["scaleTargetRef"]["name"] == worker["metadata"]["name"]
+    assert spec["maxReplicaCount"] == partitions(parser)
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    (trigger,) = spec["triggers"]
+    meta = trigger["metadata"]
+    assert trigger["type"] == "kafka"
+    assert meta["consumerGroup"] == cm["WORKER_GROUP_ID"] == "recommender-workers"
+    assert meta["topic"] == cm["WORKER_EVENTS_TOPIC"] == "browsing-events"
+    assert meta["bootstrapServers"] == cm["KAFKA_BOOTSTRAP_SERVERS"]
+    assert int(meta["lagThreshold"]) > 0
+    assert meta.get("allowIdleConsumers", "false") == "false"
+    auth = k8s_kind("TriggerAuthentication")
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    secret = k8s_kind("Secret")
+    for ref in auth["spec"]["secretTargetRef"]:
+        assert ref["name"] == secret["metadata"]["name"]
+        assert ref["key"] in secret["stringData"]
+
+
+def test_worker_deployment_leaves_replicas_to_keda():
+    assert "replicas" not in k8s_kind("Deployment", "recommender-worker")["spec"]
+
+
+def test_compose_worker_replicas_fit_the_partitions(parser):
+    worker = compose()["services"]["worker"]
+    env = worker["environment"]
+    assert int(env["WORKER_TOPIC_PARTITIONS"]) == partitions(parser)
+    assert 1 <= worker["deploy"]["replicas"] <= partitions(parser)
+
+
+def shutdown_timeout_s(parser) -> float:
+    configured = configmap().get("WORKER_SHUTDOWN_TIMEOUT_S")
+    return float(configured) if configured else parser.parse_args(["run"]).shutdown_timeout_s
+
+
+def test_grace_period_exceeds_the_shutdown_timeout(parser):
+    timeout = shutdown_timeout_s(parser)
+    assert timeout == parser.parse_args(["run"]).shutdown_timeout_s == 30
+    worker = k8s_kind("Deployment", "recommender-worker")["spec"]["template"]["spec"]
+    assert worker["terminationGracePeriodSeconds"] > timeout
+    grace = compose()["services"]["worker"]["stop_grace_period"]
+    assert grace.endswith("s") and float(grace[:-1]) > timeout
+    env = compose()["services"]["worker"]["environment"]
+    assert float(env["WORKER_SHUTDOWN_TIMEOUT_S"]) == timeout
+
+
+# -- health and metrics --------------------------------------------------------------------------
+
+
+def served_paths() -> set[str]:
+    import inspect
+
+    return set(re.findall(r'"(/[a-z]+)"', inspect.getsource(health.serve_http)))
+
+
+@pytest.mark.parametrize(
+    ("deployment", "command", "port_var"),
+    [
+        ("recommender-worker", "run", "WORKER_METRICS_PORT"),
+        ("recommender-monitor", "monitor", "WORKER_MONITOR_METRICS_PORT"),
+    ],
+)
+def test_probes_and_scrape_annotations_match_the_http_server(parser, deployment, command, port_var):
+    assert served_paths() == {"/metrics", "/healthz", "/readyz"}
+    default_port = parser.parse_args([command]).metrics_port
+    assert int(configmap()[port_var]) == default_port
+    pod = k8s_kind("Deployment", deployment)["spec"]["template"]
+    (main,) = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in main["ports"]}
+    assert ports["metrics"] == default_port
+    assert main["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert main["startupProbe"]["httpGet"]["path"] == "/healthz"
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        port = main[probe]["httpGet"]["port"]
+        assert port in (default_port, "metrics")
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == default_port
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_compose_healthchecks_and_dockerfile_use_the_served_ports(parser):
+    services = compose()["services"]
+    run_port = parser.parse_args(["run"]).metrics_port
+    monitor_port = parser.parse_args(["monitor"]).metrics_port
+    for service, port in (("worker", run_port), ("monitor", monitor_port)):
+        assert f"127.0.0.1:{port}/healthz" in " ".join(services[service]["healthcheck"]["test"])
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    assert f"EXPOSE {run_port}" in dockerfile
+    assert "/healthz" in dockerfile and "HEALTHCHECK" in dockerfile
+    assert "COPY schemas/ schemas/" in dockerfile  # built into the wheel as package data
+
+
+def exported_metric_names() -> set[str]:
+    names = set()
+    for registry in (metrics.WorkerMetrics().registry, metrics.MonitorMetrics().registry):
+        for family in registry.collect():
+            names.add(family.name)
+            if family.type == "counter":
+                names |= {family.name + "_total", family.name + "_created"}
+            elif family.type == "histogram":
+                names |= {family.name + s for s in ("_bucket", "_sum", "_count", "_created")}
+            else:
+                names.add(family.name)
+    return names
+
+
+def test_alerts_and_readme_use_exported_metric_names():
+    exported = exported_metric_names()
+    rules = k8s_kind("PrometheusRule")
+    exprs = " ".join(r["expr"] for g in rules["spec"]["groups"] for r in g["rules"])
+    used = set(re.findall(r"\b(?:worker|monitor)_[a-z_]+[a-z]\b", exprs))
+    for required in (
+        "worker_consumer_lag_messages",
+        "worker_dead_letters_total",
+        "worker_event_to_suggestion_seconds_bucket",
+        "monitor_hit_rate_at_k",
+        "monitor_baseline_hit_rate_at_k",
+    ):
+        assert required in used
+    assert used <= exported, f"alerts use metrics the code does not export: {used - exported}"
+    # The metric tables of the README: rows starting with a metric name.
+    in_readme = set(
+        re.findall(
+            r"^\| `((?:worker|monitor)_[a-z_]+[a-z])",
+            README.read_text(encoding="utf-8"),
+            flags=re.MULTILINE,
+        )
+    )
+    assert len(in_readme) >= 20
+    unknown = in_readme - exported
+    assert not unknown, f"README names metrics the code does not export: {unknown}"

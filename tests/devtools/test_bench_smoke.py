@@ -1,0 +1,126 @@
+"""Smoke test of ``worker bench``: the small variant end to end on the test broker.
+
+Every figure the benchmark prints must be there and positive; nothing is asserted about speed
+(the CI machine is shared and small). The peers' code path runs too (MLServer and Quix in their
+own venvs, a few hundred requests each) unless ``WORKER_BENCH_SMOKE_SKIP_PEERS=1``: building the
+two venvs takes about a minute with a warm pip cache (``WORKER_BENCH_ENV_ROOT`` reuses a
+directory of venvs across runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.kafka
+
+SKIP_PEERS = os.environ.get("WORKER_BENCH_SMOKE_SKIP_PEERS", "").lower() in ("1", "true", "yes")
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
+def test_bench_small_variant(kafka_bootstrap, tmp_path, simulator_settings, trained_models_dir):
+    from devtools.bench import runner as bench
+    from worker.ops.logging import configure_logging
+
+    json_out = tmp_path / "bench.json"
+    env_root = Path(os.environ.get("WORKER_BENCH_ENV_ROOT", tmp_path / "envs"))
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    argv = [
+        "--small",
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--models-dir",
+        str(trained_models_dir),
+        # The events must come from the catalogue the test model was trained on.
+        "--users",
+        str(simulator_settings.n_users),
+        "--products",
+        str(simulator_settings.n_products),
+        "--categories",
+        str(simulator_settings.n_categories),
+        "--seed",
+        str(simulator_settings.seed),
+        "--events",
+        "6000",
+        "--rss-users",
+        "20000",
+        "--latency-s",
+        "4",
+        "--warmup-s",
+        "2",
+        "--env-root",
+        str(env_root),
+        "--json-out",
+        str(json_out),
+    ]
+    if SKIP_PEERS:
+        argv.append("--skip-peers")
+    args = parser.parse_args(argv)
+
+    code = bench.run(args, configure_logging())
+
+    results = json.loads(json_out.read_text())
+    assert results["failures"] == [], results["failures"]
+    assert code == 0
+    f = results["figures"]
+    for key in (
+        "throughput_1p_per_s",
+        "throughput_2p_per_s",
+        "scaling_factor",
+        "cpu_s_per_million_1p",
+        "cpu_s_per_million_2p",
+        "latency_offered_per_s",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "latency_p99_ms",
+        "peak_rss_per_process_mib",
+        "state_probe_peak_rss_mib",
+        "rss_1m_users_mib",
+        "ceiling_lightgbm_per_s",
+        "ratio_e2e_to_ceiling",
+    ):
+        assert _positive(f.get(key)), (key, f.get(key))
+    assert f["state_users"] == 20000
+    assert f["users_after_expiry"] < f["state_users"]  # idle sessions expire
+    assert results["latency"]["answered"] == results["latency"]["events"]
+
+    one = results["throughput_1p"]
+    assert set(one["stages_us_per_event"]) == {
+        "fetch",
+        "decode",
+        "state",
+        "candidates",
+        "features",
+        "scoring",
+        "encode",
+        "produce",
+    }
+    for stage in ("decode", "state", "features", "scoring", "encode", "produce"):
+        assert _positive(one["stages_us_per_event"][stage]), stage
+    assert all(_positive(r) for r in one["peak_rss_mib"])
+    assert len(results["throughput_2p"]["peak_rss_mib"]) == 2
+
+    statuses = {t["figure"]: t["status"] for t in results["targets"]}
+    assert all(s in ("met", "NOT met") for k, s in statuses.items() if "vs_" not in k), statuses
+
+    if not SKIP_PEERS:
+        for key in (
+            "mlserver_best_per_s",
+            "ratio_throughput_vs_mlserver",
+            "quix_best_per_s",
+            "ratio_throughput_vs_quix",
+            "ratio_p99_vs_quix",
+        ):
+            assert _positive(f.get(key)), (key, f.get(key))
+        assert all(t["status"] != "not measured" for t in results["targets"])
+        assert results["peers"]["mlserver"]["plain"]["steps"][0]["answered"] > 0

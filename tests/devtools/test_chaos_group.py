@@ -1,0 +1,55 @@
+"""The harness counts each worker exit it did not cause exactly once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from devtools.chaos import Group
+from worker.config import TopicSettings
+
+EXIT_3_ON_SIGTERM = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))\n"
+    "print('up', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def _group(tmp_path: Path) -> Group:
+    group = Group("127.0.0.1:1", TopicSettings(), "g", tmp_path, False, tmp_path, extra_args=[])
+    group._answers_http = lambda slot: True  # type: ignore[method-assign]  (no HTTP here)
+    return group
+
+
+def _spawn(code: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    return proc
+
+
+def test_an_exit_after_sigterm_is_counted_once(tmp_path):
+    group = _group(tmp_path)
+    group.procs[0] = _spawn(EXIT_3_ON_SIGTERM)
+    group.sigterm([0])
+    group.check_unexpected_exits()
+    group.check_unexpected_exits()
+    assert group.unexpected_exits == 1
+    assert group.exit_notes == ["worker 0 exited 3 after SIGTERM"]
+
+
+def test_an_exit_on_its_own_is_counted_once_and_a_kill_or_clean_exit_not_at_all(tmp_path):
+    group = _group(tmp_path)
+    group.procs[0] = _spawn("print('up', flush=True); raise SystemExit(2)")
+    group.procs[1] = _spawn("print('up', flush=True)")  # exits 0
+    group.procs[2] = _spawn(EXIT_3_ON_SIGTERM)
+    group.procs[2].kill()  # the harness's kill -9
+    for p in group.procs.values():
+        p.wait(10)
+    time.sleep(0.05)
+    group.check_unexpected_exits()
+    group.check_unexpected_exits()
+    assert group.unexpected_exits == 1
+    assert group.exit_notes == ["worker 0 exited 2 on its own"]

@@ -1,0 +1,60 @@
+"""The harness's verdicts (pure logic; the scenarios themselves run in test_chaos.py)."""
+
+from __future__ import annotations
+
+from devtools.chaos import MemoryWindow, ScenarioResult, format_memory
+
+
+def window(**kw) -> MemoryWindow:
+    base = dict(label="broker frozen 30 s", before_mb=200.0, during_mb=210.0, after_mb=250.0)
+    base.update(allowed_growth_mb=112.0, backlog=60_000, probes=100, backpressure=40)
+    base.update(kw)
+    return MemoryWindow(**base)
+
+
+def passing(mode: str = "at-least-once") -> ScenarioResult:
+    return ScenarioResult("freeze", mode, produced=1000, bad_sent=1, dead_lettered=1)
+
+
+def test_growth_is_measured_from_the_rss_at_the_fault_to_the_larger_later_peak() -> None:
+    assert window().growth_mb == 50.0
+    assert window(during_mb=330.0, after_mb=250.0).growth_mb == 130.0
+    assert window(during_mb=312.0).bounded
+    assert not window(after_mb=312.5).bounded
+
+
+def test_memory_beyond_the_bound_or_a_stalled_loop_fails_the_scenario() -> None:
+    ok = passing()
+    ok.memory.append(window())
+    assert ok.passed, ok.failures
+    grown = passing()
+    grown.memory.append(window(after_mb=400.0))
+    assert grown.failures == ["broker frozen 30 s: worker RSS grew 200 MiB (allowed 112)"]
+    stalled = passing("exactly-once")
+    stalled.memory.append(window(stalled=3))
+    assert stalled.failures == ["broker frozen 30 s: 3 probes saw a stalled loop (liveness)"]
+
+
+def test_other_guarantees_still_decide_alongside_memory() -> None:
+    r = passing("exactly-once")
+    r.memory.append(window())
+    r.duplicates, r.missing = 2, 1
+    assert r.failures == ["1 events unanswered", "2 duplicates"]
+
+
+def test_memory_table_lists_every_window_and_is_empty_without_any() -> None:
+    assert format_memory([passing()]) == ""
+    r = passing()
+    r.memory.append(window())
+    r.sessions_peak, r.users = 4_000, 15_000
+    lines = format_memory([r]).splitlines()
+    assert len(lines) == 3
+    assert "broker frozen 30 s" in lines[2] and "60,000" in lines[2] and "40/100" in lines[2]
+
+
+def test_a_throttle_that_built_no_backlog_fails_the_slow_scenario() -> None:
+    r = ScenarioResult("slow", "at-least-once", produced=1000, bad_sent=1, dead_lettered=1)
+    r.memory.append(window(label="output throttled 30 s", backlog=300, backlog_before=400))
+    assert r.failures == ["output throttled 30 s: no backlog built up (the throttle did not bite)"]
+    r.memory[0].backlog = 50_000
+    assert r.passed

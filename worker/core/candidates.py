@@ -1,0 +1,87 @@
+"""Candidate generation: which products the ranker scores for an event.
+
+For each event, proposals in priority order are
+
+1. the products of the user's session, most recent first;
+2. the co-visitation neighbours of the current product;
+3. the most viewed products of the current product's category;
+4. the most viewed products overall;
+
+duplicates are removed (the first occurrence wins) and the first ``n_candidates`` are kept. The
+global list is long enough that every event gets exactly ``n_candidates`` distinct candidates
+whenever the catalogue has that many products, so a batch is a dense ``(events, n_candidates)``
+matrix. The whole batch is computed with numpy at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from worker.core.catalogue import CatalogueTables
+
+PAD = -1
+
+
+def generate_candidates(
+    tables: CatalogueTables,
+    session_items: np.ndarray,
+    current_items: np.ndarray,
+    n_candidates: int,
+) -> np.ndarray:
+    """Candidates for a batch of events.
+
+    Args:
+        tables: catalogue tables of the serving model.
+        session_items: int32 ``(B, L)`` session products, most recent first, ``-1`` padded.
+        current_items: int32 ``(B,)`` the product of each event.
+        n_candidates: how many candidates per event.
+
+    Returns:
+        int32 ``(B, C)`` candidate product indices, ``C = min(n_candidates, n_products)``;
+        the first candidate of each row is the first distinct proposal.
+    """
+    n_events = current_items.shape[0]
+    width = min(n_candidates, tables.n_products)
+    if n_events == 0:
+        return np.zeros((0, width), dtype=np.int32)
+    proposals = np.concatenate(
+        [
+            session_items,
+            tables.covis_items[current_items],
+            tables.category_top[tables.category[current_items]],
+            np.broadcast_to(tables.global_top, (n_events, tables.global_top.shape[0])),
+        ],
+        axis=1,
+    ).astype(np.int32, copy=False)
+    if proposals.shape[1] < width:  # tiny catalogues or short lists: room for the fill below
+        pad = np.full((n_events, width - proposals.shape[1]), PAD, dtype=np.int32)
+        proposals = np.concatenate([proposals, pad], axis=1)
+    keep = _first_occurrences(proposals)
+    # Stable sort of "not kept" puts kept proposals first, in their original order.
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
+    candidates = np.take_along_axis(proposals, order, axis=1)
+    short = ~np.take_along_axis(keep, order, axis=1)
+    if short.any():  # only for catalogues smaller than the proposal lists can fill
+        candidates = _fill_short_rows(candidates, short, tables.n_products)
+    return candidates
+
+
+def _first_occurrences(proposals: np.ndarray) -> np.ndarray:
+    """Boolean mask of the first occurrence of each non-pad value within each row."""
+    order = np.argsort(proposals, axis=1, kind="stable")
+    sorted_values = np.take_along_axis(proposals, order, axis=1)
+    first_sorted = np.ones_like(sorted_values, dtype=bool)
+    first_sorted[:, 1:] = sorted_values[:, 1:] != sorted_values[:, :-1]
+    first_sorted &= sorted_values != PAD
+    keep = np.empty_like(first_sorted)
+    np.put_along_axis(keep, order, first_sorted, axis=1)
+    return keep
+
+
+def _fill_short_rows(candidates: np.ndarray, short: np.ndarray, n_products: int) -> np.ndarray:
+    out = candidates.copy()
+    for row in np.flatnonzero(short.any(axis=1)):
+        have = set(out[row][~short[row]].tolist())
+        fill = [p for p in range(n_products) if p not in have][: int(short[row].sum())]
+        out[row][short[row]] = fill
+    return out

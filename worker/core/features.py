@@ -1,0 +1,144 @@
+"""Feature definitions: the one implementation used by training and by serving.
+
+A batch of events becomes a :class:`SessionBatch` (dense, padded arrays: one row per event, the
+user's session as it stands right after that event). :func:`build_features` turns it and the
+candidate matrix into one float32 matrix with one row per (event, candidate), all with numpy
+broadcasting over ``(events, candidates, history)``: no per-event Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.core.catalogue import CatalogueTables
+from worker.core.records import ADD_TO_CART, REMOVE_FROM_CART, VIEW
+
+FEATURE_NAMES: list[str] = [
+    "cand_log_pop",  # log1p(views of the candidate in the training window)
+    "cand_category_rank",  # log1p(rank of the candidate within its category)
+    "cand_global_rank",  # log1p(rank of the candidate overall)
+    "cand_log_price",  # log1p(price)
+    "cand_cart_rate",  # smoothed carts per view of the candidate
+    "price_ratio",  # candidate price / current product price
+    "same_category",  # candidate in the category of the current product
+    "is_current",  # candidate is the current product
+    "sess_views",  # views of the candidate in the session
+    "sess_net_carts",  # add-to-cart minus remove-from-cart of the candidate in the session
+    "secs_since_seen",  # seconds since the candidate was last interacted with (1e5 if never)
+    "events_since_seen",  # interactions since then (history length if never)
+    "covis_current",  # co-visitation score current product -> candidate
+    "covis_session",  # summed co-visitation score of the earlier session products -> candidate
+    "category_share",  # share of session interactions in the candidate's category
+    "sess_events",  # interactions in the session so far
+    "sess_duration_s",  # seconds since the session started
+    "sess_carts",  # add-to-cart events in the session
+    "current_is_cart",  # the current event is an add-to-cart
+    "gap_s",  # seconds since the user's previous event in the session (-1 if first)
+]
+N_FEATURES = len(FEATURE_NAMES)
+NEVER_SEEN_S = 1e5
+COVIS_SESSION_ITEMS = 5
+
+
+@dataclass(frozen=True)
+class SessionBatch:
+    """Sessions of a batch of events, right after each event, as padded arrays.
+
+    Row ``b`` describes event ``b``. History arrays are most recent first, ``-1`` padded.
+    """
+
+    items: np.ndarray  # int32 (B, L)
+    types: np.ndarray  # int8 (B, L)
+    times_ms: np.ndarray  # int64 (B, L)
+    current_item: np.ndarray  # int32 (B,)
+    current_type: np.ndarray  # int8 (B,)
+    now_ms: np.ndarray  # int64 (B,)
+    start_ms: np.ndarray  # int64 (B,)
+    n_events: np.ndarray  # int32 (B,)
+    n_carts: np.ndarray  # int32 (B,)
+    prev_ms: np.ndarray  # int64 (B,), -1 if first event of the session
+
+    @property
+    def size(self) -> int:
+        return int(self.current_item.shape[0])
+
+    def take(self, rows: np.ndarray) -> SessionBatch:
+        """The sub-batch of the given rows."""
+        return SessionBatch(
+            **{name: getattr(self, name)[rows] for name in self.__dataclass_fields__}
+        )
+
+
+def build_features(
+    tables: CatalogueTables, batch: SessionBatch, candidates: np.ndarray
+) -> np.ndarray:
+    """Feature matrix, float32 of shape ``(B * C, N_FEATURES)``, rows event-major."""
+    n_events, n_cands = candidates.shape
+    out = np.empty((n_events, n_cands, N_FEATURES), dtype=np.float32)
+    if n_events == 0:
+        return out.reshape(0, N_FEATURES)
+    cur = batch.current_item
+    valid = batch.items >= 0  # (B, L)
+
+    # Static candidate features.
+    out[..., 0] = tables.log_pop[candidates]
+    out[..., 1] = tables.category_rank[candidates]
+    out[..., 2] = tables.global_rank[candidates]
+    cand_price = tables.log_price[candidates]
+    out[..., 3] = cand_price
+    out[..., 4] = tables.cart_rate[candidates]
+    cur_price = tables.log_price[cur][:, None]
+    out[..., 5] = np.expm1(cand_price) / np.maximum(np.expm1(cur_price), 1e-3)
+    cand_cat = tables.category[candidates]
+    out[..., 6] = cand_cat == tables.category[cur][:, None]
+    out[..., 7] = candidates == cur[:, None]
+
+    # Candidate x session history.
+    match = candidates[:, :, None] == batch.items[:, None, :]  # (B, C, L)
+    types = batch.types[:, None, :]
+    out[..., 8] = (match & (types == VIEW)).sum(axis=2)
+    out[..., 9] = (match & (types == ADD_TO_CART)).sum(axis=2) - (
+        match & (types == REMOVE_FROM_CART)
+    ).sum(axis=2)
+    history = batch.items.shape[1]
+    seen = match.any(axis=2)
+    last_pos = np.argmax(match, axis=2)  # most recent first: first match is the latest
+    last_time = np.take_along_axis(batch.times_ms, last_pos, axis=1)
+    secs = (batch.now_ms[:, None] - last_time) / 1000.0
+    out[..., 10] = np.where(seen, secs, NEVER_SEEN_S)
+    out[..., 11] = np.where(seen, last_pos, history)
+
+    # Co-visitation from the current product and from earlier session products.
+    out[..., 12] = _covis_scores(tables, cur[:, None], candidates)
+    earlier = batch.items[:, 1 : 1 + COVIS_SESSION_ITEMS]
+    out[..., 13] = _covis_scores(tables, earlier, candidates)
+
+    # Category share of the session.
+    session_cats = np.where(valid, tables.category[np.maximum(batch.items, 0)], -1)
+    n_valid = np.maximum(valid.sum(axis=1), 1)[:, None]
+    out[..., 14] = (cand_cat[:, :, None] == session_cats[:, None, :]).sum(axis=2) / n_valid
+
+    # Session-level features, broadcast over candidates.
+    out[..., 15] = batch.n_events[:, None]
+    out[..., 16] = ((batch.now_ms - batch.start_ms) / 1000.0)[:, None]
+    out[..., 17] = batch.n_carts[:, None]
+    out[..., 18] = (batch.current_type == ADD_TO_CART)[:, None]
+    gap_s = np.where(batch.prev_ms >= 0, (batch.now_ms - batch.prev_ms) / 1000.0, -1.0)
+    out[..., 19] = gap_s[:, None]
+    return out.reshape(n_events * n_cands, N_FEATURES)
+
+
+def _covis_scores(
+    tables: CatalogueTables, sources: np.ndarray, candidates: np.ndarray
+) -> np.ndarray:
+    """Sum over source products (``(B, S)``, -1 padded) of covis score source -> candidate."""
+    safe = np.maximum(sources, 0)
+    neighbours = tables.covis_items[safe]  # (B, S, M)
+    scores = np.where((sources >= 0)[:, :, None], tables.covis_scores[safe], 0.0)
+    n_events = sources.shape[0]
+    neighbours = neighbours.reshape(n_events, -1)
+    scores = scores.reshape(n_events, -1)
+    match = candidates[:, :, None] == neighbours[:, None, :]  # (B, C, S*M)
+    return (match * scores[:, None, :]).sum(axis=2)

@@ -1,0 +1,181 @@
+"""Typed records of the core, and the validation that turns decoded dicts into them.
+
+Decoding (``worker.wire.codec``) proves the bytes are a record of the right type; validation here
+proves the record is usable: ids present, key agreeing with ``user_id``, a plausible event time.
+Whether the product is known is the catalogue's business (``worker.model.artifact.Catalogue``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from worker.core.errors import InvalidRecordError
+
+EVENT_TYPES = ("VIEW", "ADD_TO_CART", "REMOVE_FROM_CART")
+EVENT_TYPE_CODE = {name: code for code, name in enumerate(EVENT_TYPES)}
+VIEW, ADD_TO_CART, REMOVE_FROM_CART = range(3)
+
+#: Events before 2000-01-01 are not plausible for this shop.
+MIN_EVENT_TIME_MS = 946_684_800_000
+#: How far in the future (relative to the reader's clock) an event time may lie.
+MAX_CLOCK_SKEW_MS = 24 * 3600 * 1000
+MAX_ID_CHARS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class BrowsingEvent:
+    """A validated browsing event. ``event_type`` is a code of :data:`EVENT_TYPES`."""
+
+    event_id: str
+    user_id: str
+    session_id: str
+    event_type: int
+    product_id: str
+    category_id: str | None
+    price: float | None
+    event_time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where a record came from (for suggestions and dead letters)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class RankedProduct:
+    product_id: str
+    rank: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    """The answer to one event: its top-K products, best first."""
+
+    event: BrowsingEvent
+    source: SourceRef
+    model_version: str
+    products: tuple[RankedProduct, ...]
+
+    def to_avro(self, produced_time_ms: int) -> dict[str, Any]:
+        """The ``ProductSuggestion`` record dict."""
+        return {
+            "suggestion_id": f"{self.source.topic}/{self.source.partition}/{self.source.offset}",
+            "user_id": self.event.user_id,
+            "session_id": self.event.session_id,
+            "event_id": self.event.event_id,
+            "source_topic": self.source.topic,
+            "source_partition": self.source.partition,
+            "source_offset": self.source.offset,
+            "model_version": self.model_version,
+            "products": [
+                {"product_id": p.product_id, "rank": p.rank, "score": p.score}
+                for p in self.products
+            ],
+            "event_time": self.event.event_time_ms,
+            "produced_time": produced_time_ms,
+        }
+
+
+def _require_id(record: dict[str, Any], field: str) -> str:
+    value = record.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRecordError(f"field {field!r} is missing or empty")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidRecordError(f"field {field!r} is {len(value)} characters (max {MAX_ID_CHARS})")
+    return value
+
+
+def _check_price(price: Any) -> float | None:
+    if price is not None and not (price >= 0.0 and price < 1e9):  # also rejects NaN
+        raise InvalidRecordError(f"price {price!r} is not a plausible amount")
+    return price  # type: ignore[no-any-return]
+
+
+def check_event_time(event_time_ms: Any, now_ms: int) -> int:
+    """Return the event time if plausible.
+
+    Raises:
+        InvalidRecordError: not an int, before 2000, or more than a day ahead of ``now_ms``.
+    """
+    if not isinstance(event_time_ms, int) or isinstance(event_time_ms, bool):
+        raise InvalidRecordError(f"event_time {event_time_ms!r} is not epoch milliseconds")
+    if event_time_ms < MIN_EVENT_TIME_MS:
+        raise InvalidRecordError(f"event_time {event_time_ms} is before 2000-01-01")
+    if event_time_ms > now_ms + MAX_CLOCK_SKEW_MS:
+        raise InvalidRecordError(
+            f"event_time {event_time_ms} is more than 24 h ahead of the clock ({now_ms})"
+        )
+    return event_time_ms
+
+
+def validate_key(key: bytes | None, user_id: str) -> None:
+    """The Kafka key must be the UTF-8 ``user_id``.
+
+    Raises:
+        InvalidRecordError: null, empty, or a different user.
+    """
+    if not key:
+        raise InvalidRecordError("record key is null or empty; expected the user_id")
+    if key != user_id.encode("utf-8"):
+        raise InvalidRecordError("record key does not match the payload's user_id")
+
+
+def to_browsing_event(record: dict[str, Any], key: bytes | None, now_ms: int) -> BrowsingEvent:
+    """Validate a decoded ``BrowsingEvent`` dict.
+
+    Raises:
+        InvalidRecordError: see :func:`validate_key`, :func:`check_event_time`, empty ids,
+            unknown event type.
+    """
+    user_id = _require_id(record, "user_id")
+    validate_key(key, user_id)
+    event_type = EVENT_TYPE_CODE.get(record.get("event_type"))  # type: ignore[arg-type]
+    if event_type is None:
+        raise InvalidRecordError(f"unknown event_type {record.get('event_type')!r}")
+    price = _check_price(record.get("price"))
+    return BrowsingEvent(
+        event_id=_require_id(record, "event_id"),
+        user_id=user_id,
+        session_id=_require_id(record, "session_id"),
+        event_type=event_type,
+        product_id=_require_id(record, "product_id"),
+        category_id=record.get("category_id"),
+        price=price,
+        event_time_ms=check_event_time(record.get("event_time"), now_ms),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """A validated purchase line."""
+
+    order_id: str
+    user_id: str
+    product_id: str
+    event_time_ms: int
+
+
+def to_purchase(record: dict[str, Any], key: bytes | None, now_ms: int) -> Purchase:
+    """Validate a decoded ``PurchaseOutcome`` dict (same rules as events; quantity >= 1).
+
+    Raises:
+        InvalidRecordError: as for events, or a quantity below 1.
+    """
+    user_id = _require_id(record, "user_id")
+    validate_key(key, user_id)
+    _check_price(record.get("price"))
+    quantity = record.get("quantity", 1)
+    if not isinstance(quantity, int) or quantity < 1:
+        raise InvalidRecordError(f"quantity {quantity!r} is below 1")
+    return Purchase(
+        order_id=_require_id(record, "order_id"),
+        user_id=user_id,
+        product_id=_require_id(record, "product_id"),
+        event_time_ms=check_event_time(record.get("event_time"), now_ms),
+    )

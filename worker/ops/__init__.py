@@ -1,0 +1,1 @@
+"""Operations: structured logging, Prometheus metrics, and the health endpoints' HTTP server."""

@@ -1,0 +1,134 @@
+"""The worker's and the monitor's Prometheus metrics, each in its own registry (served by
+:func:`worker.ops.health.serve_http`)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+STAGE_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class WorkerMetrics:
+    """The worker's metrics, in their own registry (tests may build several)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, CPU, fds
+        r = self.registry
+        self.events_in = Counter(
+            "worker_events_consumed_total", "Browsing events consumed", registry=r
+        )
+        self.suggestions_out = Counter(
+            "worker_suggestions_produced_total",
+            "Suggestions acknowledged by the broker",
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "worker_dead_letters_total",
+            "Records sent to the dead-letter topic",
+            ["error_class"],
+            registry=r,
+        )
+        self.batches = Counter("worker_batches_total", "Micro-batches processed", registry=r)
+        self.batch_size = Histogram(
+            "worker_batch_size_events",
+            "Events per micro-batch",
+            buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "worker_stage_seconds",
+            "Seconds per micro-batch and stage",
+            ["stage"],
+            buckets=STAGE_BUCKETS_S,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "worker_event_to_suggestion_seconds",
+            "Event time to suggestion acknowledged by the broker",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.sessions = Gauge("worker_active_sessions", "Users held in session state", registry=r)
+        self.lag = Gauge(
+            "worker_consumer_lag_messages",
+            "Consumer lag summed over assigned partitions",
+            registry=r,
+        )
+        self.assigned = Gauge("worker_assigned_partitions", "Partitions assigned", registry=r)
+        self.fetch_stalled = Gauge(
+            "worker_fetch_stalled_partitions",
+            "Assigned partitions the client has not fetched for FETCH_STALL_S (fails liveness)",
+            registry=r,
+        )
+        self.outputs_stuck = Gauge(
+            "worker_outputs_stuck",
+            "1 while a batch's outputs stay unacknowledged though the broker answers"
+            " (at-least-once; fails liveness)",
+            registry=r,
+        )
+        self.producer_replacements = Counter(
+            "worker_producer_replacements_total",
+            "Output producers replaced because they were stuck or their transaction was abandoned",
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "worker_model_info", "Loaded model version", ["version"], registry=r
+        )
+
+
+class MonitorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, CPU, fds
+        r = self.registry
+        self.suggestions_in = Counter(
+            "monitor_suggestions_consumed_total", "Suggestions consumed", registry=r
+        )
+        self.purchases_in = Counter(
+            "monitor_purchases_consumed_total", "Purchase lines consumed", registry=r
+        )
+        self.duplicates = Counter(
+            "monitor_duplicate_suggestions_total", "Suggestions seen twice", registry=r
+        )
+        self.dead_letters = Counter(
+            "monitor_dead_letters_total", "Records dead-lettered", ["error_class"], registry=r
+        )
+        self.late = Counter(
+            "monitor_late_purchases_total", "Purchases after their window closed", registry=r
+        )
+        self.reports = Counter("monitor_reports_total", "Window reports emitted", registry=r)
+        self.hit_rate = Gauge(
+            "monitor_hit_rate_at_k", "Hit rate@K of the last closed window", registry=r
+        )
+        self.baseline_hit_rate = Gauge(
+            "monitor_baseline_hit_rate_at_k",
+            "Popularity baseline hit rate@K of the last closed window",
+            registry=r,
+        )
+        self.precision = Gauge(
+            "monitor_precision_at_k", "Precision@K of the last closed window", registry=r
+        )
+        self.cumulative_hit_rate = Gauge(
+            "monitor_cumulative_hit_rate_at_k", "Hit rate@K since start", registry=r
+        )
+        self.fetch_stalled = Gauge(
+            "monitor_fetch_stalled_partitions",
+            "Assigned partitions the client has not fetched for FETCH_STALL_S (fails liveness)",
+            registry=r,
+        )
+        self.outputs_stuck = Gauge(
+            "monitor_outputs_stuck",
+            "1 while accuracy records stay unacknowledged though the broker answers, after one"
+            " fresh producer was tried too (fails liveness)",
+            registry=r,
+        )
+        self.producer_replacements = Counter(
+            "monitor_producer_replacements_total",
+            "Output producers replaced because they were stuck",
+            registry=r,
+        )
+        self.pending = Gauge(
+            "monitor_pending_purchases", "Purchases waiting for their suggestions", registry=r
+        )

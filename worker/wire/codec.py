@@ -1,0 +1,304 @@
+"""Avro on the wire: Confluent framing and Avro single-object encoding.
+
+Two framings are written and read (see the README, section "Wire format"):
+
+* **Confluent framing**, used when a schema registry is configured::
+
+      0x00 | schema id (4 bytes, big-endian) | Avro binary body
+
+* **Avro single-object encoding**, used otherwise::
+
+      0xC3 0x01 | CRC-64-AVRO fingerprint of the writer schema (8 bytes, little-endian) | body
+
+The reader recognises both on every record, whatever it writes, and rejects anything else with a
+typed :class:`~worker.core.errors.DecodeError`. Writer schemas are resolved against the reader
+schema (Avro schema resolution), so records written with an older or newer compatible version
+decode.
+
+Logical types are not applied: ``timestamp-millis`` fields read and write as plain ``int``
+epoch milliseconds. Logical types do not change the binary encoding nor the fingerprint (the
+parsing canonical form drops them), and plain ints keep the hot path free of datetime objects.
+
+This module is pure: schema registry access goes through the :class:`SchemaRegistry` protocol,
+whose HTTP implementation lives in :mod:`worker.wire.registry`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import Any, Protocol
+
+import fastavro
+import fastavro.schema
+
+from worker.core.errors import (
+    ConfigError,
+    CorruptPayloadError,
+    OversizedRecordError,
+    SchemaMismatchError,
+    UnknownFramingError,
+    UnknownSchemaError,
+)
+
+CONFLUENT_MAGIC = b"\x00"
+SINGLE_OBJECT_MARKER = b"\xc3\x01"
+_CONFLUENT_HEADER = struct.Struct(">bI")
+_CONFLUENT_HEADER_BYTES = _CONFLUENT_HEADER.size  # 5
+_SINGLE_OBJECT_HEADER_BYTES = 10
+
+SCHEMA_FILES = {
+    "BrowsingEvent": "browsing_event.avsc",
+    "ProductSuggestion": "product_suggestion.avsc",
+    "PurchaseOutcome": "purchase_outcome.avsc",
+    "AccuracyReport": "accuracy_report.avsc",
+}
+
+
+def schema_file(name: str) -> Traversable:
+    """The ``.avsc`` file of a record schema: package data of :mod:`worker.wire` (``schemas/``, a
+    link to the repository's top-level ``schemas/`` that the wheel ships as files)."""
+    return resources.files("worker.wire") / "schemas" / SCHEMA_FILES[name]
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """Return the JSON of the named record schema (``BrowsingEvent``, ...).
+
+    Raises:
+        ConfigError: the name is unknown or its file is missing or not JSON.
+    """
+    if name not in SCHEMA_FILES:
+        raise ConfigError(f"unknown schema name {name!r}; known: {sorted(SCHEMA_FILES)}")
+    path = schema_file(name)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load schema {name} from {path}: {exc}") from exc
+
+
+def _strip_logical_types(node: Any) -> Any:
+    """Copy of a schema without ``logicalType`` annotations (same binary encoding)."""
+    if isinstance(node, dict):
+        return {k: _strip_logical_types(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_strip_logical_types(v) for v in node]
+    return node
+
+
+def full_name(schema: Mapping[str, Any]) -> str:
+    """Namespace-qualified name of a record schema."""
+    name = str(schema.get("name", ""))
+    if "." in name or not schema.get("namespace"):
+        return name
+    return f"{schema['namespace']}.{name}"
+
+
+@dataclass(frozen=True)
+class ParsedSchema:
+    """A schema parsed once: JSON, fastavro form, canonical form and fingerprint."""
+
+    json: Mapping[str, Any]
+    parsed: Any
+    name: str
+    canonical: str
+    fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO, as written on the wire
+
+    @classmethod
+    def from_json(cls, schema_json: Mapping[str, Any]) -> ParsedSchema:
+        canonical = fastavro.schema.to_parsing_canonical_form(schema_json)
+        return cls(
+            json=schema_json,
+            # Each ParsedSchema gets its own named-type table so that two versions of one record
+            # can live side by side (fastavro otherwise shares names across parse calls).
+            parsed=fastavro.parse_schema(_strip_logical_types(schema_json), named_schemas={}),
+            name=full_name(schema_json),
+            canonical=canonical,
+            fingerprint=bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO")),
+        )
+
+
+class SchemaRegistry(Protocol):
+    """What the codec needs of a Confluent-compatible schema registry."""
+
+    def register(self, subject: str, schema_json: Mapping[str, Any]) -> int:
+        """Register (or look up) the schema under the subject; return its global id."""
+
+    def schema_by_id(self, schema_id: int) -> Mapping[str, Any]:
+        """Return the schema JSON with that global id. Raises UnknownSchemaError if none."""
+
+
+class AvroCodec:
+    """Encodes and decodes one record type.
+
+    ``decode`` accepts both framings. ``encode`` writes Confluent framing when a registry is
+    given (the schema is registered under ``subject`` on first use) and single-object encoding
+    otherwise.
+
+    Args:
+        reader_schema: JSON of the record type this codec reads and writes.
+        registry: a schema registry; ``None`` for single-object encoding.
+        subject: registry subject (Confluent's TopicNameStrategy: ``<topic>-value``).
+        extra_writer_schemas: other versions of the record that single-object payloads may have
+            been written with (older or newer), known by fingerprint.
+        known_foreign_schemas: schemas of *other* record types, so that a payload of the wrong
+            type is reported as :class:`SchemaMismatchError` rather than an unknown fingerprint.
+        max_record_bytes: payloads longer than this raise :class:`OversizedRecordError`.
+    """
+
+    def __init__(
+        self,
+        reader_schema: Mapping[str, Any],
+        *,
+        registry: SchemaRegistry | None = None,
+        subject: str | None = None,
+        extra_writer_schemas: tuple[Mapping[str, Any], ...] = (),
+        known_foreign_schemas: tuple[Mapping[str, Any], ...] = (),
+        max_record_bytes: int = 1 << 20,
+    ) -> None:
+        self.reader = ParsedSchema.from_json(reader_schema)
+        self._registry = registry
+        self._subject = subject or f"{self.reader.name}-value"
+        self._max_record_bytes = max_record_bytes
+        self._by_fingerprint: dict[bytes, ParsedSchema] = {self.reader.fingerprint: self.reader}
+        for extra in extra_writer_schemas:
+            parsed = ParsedSchema.from_json(extra)
+            self._by_fingerprint[parsed.fingerprint] = parsed
+        self._foreign_names: dict[bytes, str] = {}
+        for foreign in known_foreign_schemas:
+            parsed = ParsedSchema.from_json(foreign)
+            self._foreign_names[parsed.fingerprint] = parsed.name
+        self._by_registry_id: dict[int, ParsedSchema] = {}
+        self._writer_id: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.reader.name
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        """Serialize one record with this codec's framing.
+
+        Raises:
+            ValueError / TypeError from fastavro when the record does not fit the schema.
+            SchemaRegistryError: the registry could not register the schema.
+        """
+        buf = io.BytesIO()
+        buf.write(self.header())
+        fastavro.schemaless_writer(buf, self.reader.parsed, record)
+        return buf.getvalue()
+
+    def header(self) -> bytes:
+        """The framing prefix this codec writes."""
+        if self._registry is None:
+            return SINGLE_OBJECT_MARKER + self.reader.fingerprint
+        if self._writer_id is None:
+            self._writer_id = self._registry.register(self._subject, self.reader.json)
+        return _CONFLUENT_HEADER.pack(0, self._writer_id)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def decode(self, payload: bytes | None) -> dict[str, Any]:
+        """Deserialize one framed record into a dict of the reader schema.
+
+        Raises:
+            OversizedRecordError: longer than ``max_record_bytes``.
+            UnknownFramingError: empty, or neither framing.
+            UnknownSchemaError: the id or fingerprint cannot be resolved.
+            SchemaMismatchError: the writer schema is another record type.
+            CorruptPayloadError: the body does not parse or has trailing bytes.
+        """
+        if payload is None or len(payload) == 0:
+            raise UnknownFramingError("empty payload (null or zero-length value)")
+        if len(payload) > self._max_record_bytes:
+            raise OversizedRecordError(
+                f"payload of {len(payload)} bytes exceeds the limit of {self._max_record_bytes}"
+            )
+        writer, body_start = self._writer_for(payload)
+        buf = io.BytesIO(payload)
+        buf.seek(body_start)
+        try:
+            if writer is self.reader:
+                record = fastavro.schemaless_reader(buf, self.reader.parsed, None)
+            else:
+                record = fastavro.schemaless_reader(buf, writer.parsed, self.reader.parsed)
+        except Exception as exc:  # fastavro raises EOFError, ValueError, SchemaResolutionError...
+            raise CorruptPayloadError(
+                f"Avro body of {len(payload) - body_start} bytes does not parse as "
+                f"{writer.name}: {type(exc).__name__}: {exc}"
+            ) from exc
+        trailing = len(payload) - buf.tell()
+        if trailing:
+            raise CorruptPayloadError(f"{trailing} trailing bytes after the Avro body")
+        return record  # type: ignore[return-value]  # a record schema always reads as a dict
+
+    def _writer_for(self, payload: bytes) -> tuple[ParsedSchema, int]:
+        if payload[:2] == SINGLE_OBJECT_MARKER:
+            if len(payload) < _SINGLE_OBJECT_HEADER_BYTES:
+                raise CorruptPayloadError(
+                    f"single-object header truncated: {len(payload)} of 10 bytes"
+                )
+            fingerprint = payload[2:10]
+            writer = self._by_fingerprint.get(fingerprint)
+            if writer is None:
+                foreign = self._foreign_names.get(fingerprint)
+                if foreign is not None:
+                    raise SchemaMismatchError(
+                        f"payload was written as {foreign}, expected {self.reader.name}"
+                    )
+                raise UnknownSchemaError(
+                    f"unknown writer schema fingerprint {fingerprint.hex()} "
+                    f"(expected a version of {self.reader.name})"
+                )
+            return writer, _SINGLE_OBJECT_HEADER_BYTES
+        if payload[:1] == CONFLUENT_MAGIC:
+            if len(payload) < _CONFLUENT_HEADER_BYTES:
+                raise CorruptPayloadError(f"Confluent header truncated: {len(payload)} of 5 bytes")
+            _, schema_id = _CONFLUENT_HEADER.unpack_from(payload)
+            return self._writer_by_id(schema_id), _CONFLUENT_HEADER_BYTES
+        raise UnknownFramingError(
+            f"first bytes {payload[:2].hex()} are neither Confluent framing (00) "
+            "nor Avro single-object encoding (c301)"
+        )
+
+    def _writer_by_id(self, schema_id: int) -> ParsedSchema:
+        cached = self._by_registry_id.get(schema_id)
+        if cached is not None:
+            return cached
+        if self._registry is None:
+            raise UnknownSchemaError(
+                f"Confluent-framed payload with schema id {schema_id}, "
+                "but no schema registry is configured"
+            )
+        schema_json = self._registry.schema_by_id(schema_id)
+        parsed = ParsedSchema.from_json(schema_json)
+        if parsed.name != self.reader.name:
+            raise SchemaMismatchError(
+                f"schema id {schema_id} is {parsed.name}, expected {self.reader.name}"
+            )
+        writer = self._by_fingerprint.get(parsed.fingerprint, parsed)
+        self._by_registry_id[schema_id] = writer
+        return writer
+
+
+def codec_for(
+    name: str,
+    *,
+    registry: SchemaRegistry | None = None,
+    topic: str | None = None,
+    max_record_bytes: int = 1 << 20,
+) -> AvroCodec:
+    """A codec for one of the project's record types, knowing the others as foreign."""
+    others = tuple(load_schema(other) for other in SCHEMA_FILES if other != name)
+    return AvroCodec(
+        load_schema(name),
+        registry=registry,
+        subject=f"{topic}-value" if topic else None,
+        known_foreign_schemas=others,
+        max_record_bytes=max_record_bytes,
+    )
