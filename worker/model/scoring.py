@@ -119,7 +119,6 @@ class LleavesScorer:
         return np.asarray(self._model.predict(features, n_jobs=n_jobs), dtype=np.float64)
 
 
-
 def _compile_into_cache(model: Any, cache_file: Path) -> None:
     """Compile, letting lleaves dump the object to a private temp file, then rename it in place.
 
