@@ -1,4 +1,4 @@
-"""``worker demo``: the whole system on the embedded default, for about a minute.
+"""``worker-dev demo``: the whole system on the embedded default, for about a minute.
 
 1. Start the local Apache Kafka (unless ``KAFKA_BOOTSTRAP_SERVERS`` names a cluster).
 2. Create this run's topics (suffixed with a run id, so every figure is this run's alone).

@@ -802,7 +802,7 @@ def _format_storage(cfg: LocalKafkaConfig, java: str, libs: Path) -> None:
         if record.get("scram") != fingerprint:
             raise LocalKafkaError(
                 f"{cfg.data_dir} was formatted with other SASL users; "
-                "run `python -m devtools.localkafka wipe` (deletes the data) to change them"
+                "run `worker-dev kafka wipe` (deletes the data) to change them"
             )
         return
     cluster_id = new_cluster_id()
@@ -1038,7 +1038,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "certificate made once in HOME/tls; clients set ssl.ca.location to HOME/tls/ca.pem",
     )  # fmt: skip
     parser = argparse.ArgumentParser(
-        prog="worker kafka",
+        prog="worker-dev kafka",
         description="Run a local single-node Apache Kafka (KRaft) without Docker.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1073,7 +1073,7 @@ def _config_from_args(args: argparse.Namespace) -> LocalKafkaConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``worker kafka {start,stop,status,wipe,classpath}``; returns the process exit code."""
+    """``worker-dev kafka {start,stop,status,wipe,classpath}``; returns the process exit code."""
     args = _build_parser().parse_args(argv)
     try:
         cfg = _config_from_args(args)

@@ -1,4 +1,4 @@
-"""Smoke test of ``worker bench``: the small variant end to end on the test broker.
+"""Smoke test of ``worker-dev bench``: the small variant end to end on the test broker.
 
 Every figure the benchmark prints must be there and positive; nothing is asserted about speed
 (the CI machine is shared and small). The peers' code path runs too (MLServer and Quix in their

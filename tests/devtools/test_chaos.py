@@ -1,6 +1,6 @@
 """The fault-injection harness, small variant, every scenario in both modes (CI).
 
-The full variant is `worker chaos --events 200000` (README, section "Delivery under faults").
+The full variant is `worker-dev chaos --events 200000` (README, section "Delivery under faults").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The peers that ``worker bench`` measures side by side with the worker.
+"""The peers that ``worker-dev bench`` measures side by side with the worker.
 
 * :mod:`devtools.bench.peers.run_mlserver`: MLServer's Kafka mode with the LightGBM runtime.
 * :mod:`devtools.bench.peers.run_quix`: a Quix Streams app running the worker's own pipeline.

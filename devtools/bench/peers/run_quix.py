@@ -6,7 +6,7 @@ root on ``PYTHONPATH`` (so it imports this checkout's ``worker`` package).
 Two modes (see :func:`run_quix_peer`):
 
 * **backlog** (``rate=None``): the events topic already holds at least ``n_events`` events
-  (`worker bench` pre-produces them). The app reads it from the beginning with a fresh
+  (`worker-dev bench` pre-produces them). The app reads it from the beginning with a fresh
   consumer group; throughput is the rate of suggestions between the first and the
   ``n_events``-th (broker append times).
 * **rate**: the app starts at the end of the topic (``latest``); the driver sends warm-up events
