@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.core.errors import LocalKafkaError
+from worker.core.errors import InfrastructureError
 
 __all__ = [
     "LocalKafkaConfig",
@@ -68,6 +68,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class LocalKafkaError(InfrastructureError):
+    """The local (embedded) Apache Kafka could not be resolved, formatted, started or stopped."""
+
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_KAFKA_VERSION = "4.1.1"

@@ -15,13 +15,13 @@ import pytest
 from devtools import localkafka
 from devtools.localkafka import (
     LocalKafkaConfig,
+    LocalKafkaError,
     render_log4j2_config,
     render_pom,
     render_server_properties,
     resolve_classpath,
     scram_args,
 )
-from worker.core.errors import LocalKafkaError
 
 POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
 

@@ -27,7 +27,7 @@ import pytest
 from confluent_kafka import Producer
 
 from devtools import localkafka
-from devtools.localkafka import LocalKafkaConfig
+from devtools.localkafka import LocalKafkaConfig, LocalKafkaError
 from tests.helpers import (
     cli_args,
     json_lines,
@@ -39,7 +39,6 @@ from tests.helpers import (
     wait_metric,
 )
 from tests.kafka_fixtures import free_ports
-from worker.core.errors import LocalKafkaError
 from worker.wire.codec import codec_for
 
 pytestmark = pytest.mark.kafka

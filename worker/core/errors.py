@@ -78,6 +78,3 @@ class SchemaRegistryError(InfrastructureError):
 class BrokerError(InfrastructureError):
     """The cluster is unreachable, refused the credentials, or a fatal client error occurred."""
 
-
-class LocalKafkaError(InfrastructureError):
-    """The local (embedded) Apache Kafka could not be resolved, formatted, started or stopped."""
