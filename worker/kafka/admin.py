@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from worker.config import KafkaSettings, TopicSettings
+from worker.config import KafkaSettings, TopicSettings, is_secret
 from worker.core.errors import BrokerError
 from worker.kafka.clients import client_hooks
 
@@ -26,6 +27,96 @@ def admin_client(settings: KafkaSettings, log: Any = None) -> AdminClient:
     return AdminClient(config)
 
 
+class _Refusals:
+    """What librdkafka's ``error_cb`` reported while waiting for the cluster: authentication and
+    TLS handshake failures, which end the wait at once, turned into one clear error that names
+    the bootstrap and the settings to check, never a secret."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        self._props = settings.properties
+        self._secrets = [str(v) for k, v in self._props.items() if is_secret(k) and v]
+        self.auth_errors: list[str] = []
+        self.tls_errors: list[str] = []
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret value of the settings replaced by ``***``."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def on_error(self, err: KafkaError) -> None:
+        """librdkafka ``error_cb``: keep authentication and TLS failures."""
+        code = err.code()
+        if code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+            self.auth_errors.append(err.str())
+        elif code == KafkaError._SSL or (
+            code == KafkaError._TRANSPORT and "certificate verify failed" in err.str()
+        ):
+            self.tls_errors.append(err.str())
+
+    def error(self) -> BrokerError | None:
+        """The error ending the wait at once, if the broker refused the client."""
+        if self.auth_errors:
+            return self._auth_failed()
+        if self.tls_errors:
+            return self._tls_failed()
+        return None
+
+    def _protocol(self) -> str:
+        return str(self._props.get("security.protocol", "plaintext")).upper()
+
+    def _auth_failed(self) -> BrokerError:
+        props, protocol = self._props, self._protocol()
+        mechanism = props.get("sasl.mechanism") or props.get("sasl.mechanisms") or "GSSAPI"
+        how = (
+            f"SASL mechanism {mechanism}, user {props.get('sasl.username') or '<unset>'}"
+            if protocol.startswith("SASL")
+            else f"security.protocol {protocol}"
+        )
+        # librdkafka's "<broker>: SASL authentication error: <why> (after N ms in state S)"
+        reason = self.auth_errors[0].split(": ", 1)[-1]
+        return BrokerError(
+            self.scrub(
+                f"authentication failed for {self._settings.bootstrap_servers} ({how}): "
+                f"check the credentials ({_without_state(reason)})"
+            )
+        )
+
+    def _tls_failed(self) -> BrokerError:
+        bootstrap, protocol = self._settings.bootstrap_servers, self._protocol()
+        # librdkafka's "<broker>: [SSL handshake failed: ]<openssl error>[: <hint>] (after ...)"
+        reason = re.sub(r"^\S+: (SSL handshake failed: )?", "", _without_state(self.tls_errors[0]))
+        verify = "certificate verify failed"
+        if verify in reason:
+            openssl_error = reason[: reason.index(verify) + len(verify)]  # without the hint
+            return BrokerError(
+                self.scrub(
+                    f"TLS handshake with {bootstrap} failed: the broker's "
+                    f"certificate is not trusted ({openssl_error}); set ssl.ca.location to the "
+                    f"CA certificate that signed it (security.protocol {protocol})"
+                )
+            )
+        return BrokerError(
+            self.scrub(
+                f"TLS handshake with {bootstrap} failed ({reason}): check "
+                f"security.protocol ({protocol}) and the ssl.* settings, e.g. ssl.ca.location"
+            )
+        )
+
+
+def _without_state(reason: str) -> str:
+    return re.sub(r"\s*\(after \d+ms in state \w+\)\s*$", "", reason)
+
+
+class _QuietLogger:
+    """Takes librdkafka's own log lines while waiting: every refused reconnect would otherwise
+    print a FAIL line on stderr; the outcome is reported once, by the BrokerError."""
+
+    def log(self, *_args: Any, **_kwargs: Any) -> None:
+        pass
+
+
 def wait_for_cluster(settings: KafkaSettings, timeout_s: float = 30.0) -> int:
     """Block until the cluster answers a metadata request; return its broker count.
 
@@ -40,95 +131,15 @@ def wait_for_cluster(settings: KafkaSettings, timeout_s: float = 30.0) -> int:
             ``ssl.ca.location``), or no answer within ``timeout_s`` (the last client error is
             included).
     """
-    import re
-
-    from confluent_kafka import KafkaError
-
-    from worker.config import is_secret
-
-    props = settings.properties
-    secrets = [str(v) for k, v in props.items() if is_secret(k) and v]
-    auth_errors: list[str] = []
-    tls_errors: list[str] = []
-
-    def scrub(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def on_error(err: Any) -> None:
-        code = err.code()
-        if code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
-            auth_errors.append(err.str())
-        elif code == KafkaError._SSL or (
-            code == KafkaError._TRANSPORT and "certificate verify failed" in err.str()
-        ):
-            tls_errors.append(err.str())
-
-    class _Quiet:
-        """Takes librdkafka's own log lines: every refused reconnect would otherwise print a
-        FAIL line on stderr; the outcome is reported once, by the BrokerError below."""
-
-        def log(self, *_args: Any, **_kwargs: Any) -> None:
-            pass
-
+    refusals = _Refusals(settings)
     config: dict[str, Any] = settings.client_config()
-    config["error_cb"] = on_error
-    if "debug" not in props:
-        config["logger"] = _Quiet()
+    config["error_cb"] = refusals.on_error
+    if "debug" not in settings.properties:
+        config["logger"] = _QuietLogger()
     try:
         admin = AdminClient(config)
     except Exception as exc:  # KafkaException for an invalid configuration
-        raise BrokerError(f"cannot create a Kafka client: {scrub(str(exc))}") from None
-
-    def without_state(reason: str) -> str:
-        return re.sub(r"\s*\(after \d+ms in state \w+\)\s*$", "", reason)
-
-    def auth_failed() -> BrokerError:
-        mechanism = props.get("sasl.mechanism") or props.get("sasl.mechanisms") or "GSSAPI"
-        protocol = str(props.get("security.protocol", "plaintext")).upper()
-        how = (
-            f"SASL mechanism {mechanism}, user {props.get('sasl.username') or '<unset>'}"
-            if protocol.startswith("SASL")
-            else f"security.protocol {protocol}"
-        )
-        # librdkafka's "<broker>: SASL authentication error: <why> (after N ms in state S)"
-        reason = auth_errors[0].split(": ", 1)[-1] if auth_errors else "refused"
-        return BrokerError(
-            scrub(
-                f"authentication failed for {settings.bootstrap_servers} ({how}): "
-                f"check the credentials ({without_state(reason)})"
-            )
-        )
-
-    def tls_failed() -> BrokerError:
-        protocol = str(props.get("security.protocol", "plaintext")).upper()
-        # librdkafka's "<broker>: [SSL handshake failed: ]<openssl error>[: <hint>] (after ...)"
-        reason = re.sub(r"^\S+: (SSL handshake failed: )?", "", without_state(tls_errors[0]))
-        verify = "certificate verify failed"
-        if verify in reason:
-            openssl_error = reason[: reason.index(verify) + len(verify)]  # without the hint
-            return BrokerError(
-                scrub(
-                    f"TLS handshake with {settings.bootstrap_servers} failed: the broker's "
-                    f"certificate is not trusted ({openssl_error}); set ssl.ca.location to the "
-                    f"CA certificate that signed it (security.protocol {protocol})"
-                )
-            )
-        return BrokerError(
-            scrub(
-                f"TLS handshake with {settings.bootstrap_servers} failed ({reason}): check "
-                f"security.protocol ({protocol}) and the ssl.* settings, e.g. ssl.ca.location"
-            )
-        )
-
-    def refused() -> BrokerError | None:
-        """The error ending the wait at once, if the broker refused the client."""
-        if auth_errors:
-            return auth_failed()
-        if tls_errors:
-            return tls_failed()
-        return None
+        raise BrokerError(f"cannot create a Kafka client: {refusals.scrub(str(exc))}") from None
 
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
@@ -140,14 +151,16 @@ def wait_for_cluster(settings: KafkaSettings, timeout_s: float = 30.0) -> int:
         except KafkaException as exc:
             last = exc
         admin.poll(0)  # serves error_cb
-        if (error := refused()) is not None:
+        if (error := refusals.error()) is not None:
             raise error
         time.sleep(0.2)
     admin.poll(0)
-    if (error := refused()) is not None:
+    if (error := refusals.error()) is not None:
         raise error
     raise BrokerError(
-        scrub(f"Kafka at {settings.bootstrap_servers} did not answer in {timeout_s:.0f} s: {last}")
+        refusals.scrub(
+            f"Kafka at {settings.bootstrap_servers} did not answer in {timeout_s:.0f} s: {last}"
+        )
     )
 
 
