@@ -212,7 +212,9 @@ def _next_items(events: Sequence[BrowsingEvent], items: np.ndarray) -> np.ndarra
     return nxt
 
 
-def _purchase_index(purchases: Iterable[dict[str, Any]], index_of: dict[str, int]):
+def _purchase_index(
+    purchases: Iterable[dict[str, Any]], index_of: dict[str, int]
+) -> dict[str, list[tuple[int, int]]]:
     by_user: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for p in purchases:
         item = index_of.get(p["product_id"])
@@ -233,6 +235,29 @@ def _purchased_after(
     }
 
 
+@dataclass
+class _History:
+    """A dataset's usable events in time order, as aligned arrays, split by event time."""
+
+    events: list[BrowsingEvent]
+    items: np.ndarray  # int32 product index per event
+    types: np.ndarray  # int8 event type code
+    times: np.ndarray  # int64 event time (ms)
+    is_train: np.ndarray  # bool: in the training window
+    start_ms: int
+    split_ms: int
+    end_ms: int
+
+
+@dataclass
+class _Examples:
+    """Feature tensors of sampled training events and of every evaluation event with a target."""
+
+    x_train: np.ndarray  # (queries, candidates, features)
+    y_train: np.ndarray  # (queries, candidates) labels 0/1/2
+    eval_batches: list[tuple[np.ndarray, np.ndarray, list[set[int]], np.ndarray]]
+
+
 def train(
     dataset_dir: Path,
     models_dir: Path,
@@ -240,15 +265,57 @@ def train(
     *,
     log: Any = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Train, evaluate and save a model artifact; returns its path and metadata."""
-    import lightgbm
-
+    """Train, evaluate and save a model artifact; returns its path and metadata (the steps of
+    the module docstring)."""
     from worker.apps import dataset
 
     started = time.perf_counter()
     catalogue = dataset.read_catalogue(dataset_dir)
     product_ids = list(catalogue.product_ids)
     index_of = {pid: i for i, pid in enumerate(product_ids)}
+    history = _read_history(dataset_dir, index_of, settings)
+    tables = _training_tables(history, product_ids, catalogue, settings)
+    if log:
+        log.info(
+            "tables_built",
+            products=len(product_ids),
+            events=len(history.events),
+            train_events=int(history.is_train.sum()),
+            seconds=round(time.perf_counter() - started, 1),
+        )
+    purchases = _purchase_index(dataset.iter_purchases(dataset_dir), index_of)
+    rng = np.random.default_rng(settings.seed)
+    examples = _collect_examples(history, tables, purchases, settings, rng)
+    n_queries, n_cands, n_features = examples.x_train.shape
+    if log:
+        log.info(
+            "training",
+            queries=n_queries,
+            rows=n_queries * n_cands,
+            features=n_features,
+            seconds=round(time.perf_counter() - started, 1),
+        )
+    booster, params = _fit(examples.x_train, examples.y_train, settings)
+    train_seconds = time.perf_counter() - started
+    evaluation = _evaluate(booster, tables, examples.eval_batches, settings)
+    metadata = _metadata(booster, params, history, tables, evaluation, settings, dataset_dir)
+    metadata.update(
+        training_queries=n_queries,
+        training_rows=n_queries * n_cands,
+        training_seconds=round(train_seconds, 1),
+    )
+    path = save_artifact(models_dir, metadata["version"], booster, tables, metadata)
+    return path, metadata
+
+
+def _read_history(dataset_dir: Path, index_of: dict[str, int], settings: TrainSettings) -> _History:
+    """Step 1: the dataset's events with a catalogued product, sorted by time, and the split.
+
+    Raises:
+        ValueError: fewer than 100 usable events.
+    """
+    from worker.apps import dataset
+
     records = sorted(
         dataset.iter_events(dataset_dir), key=lambda r: (r["event_time"], r["event_id"])
     )
@@ -262,37 +329,40 @@ def train(
     times = np.fromiter((e.event_time_ms for e in events), dtype=np.int64, count=len(events))
     t_start, t_end = int(times[0]), int(times[-1])
     split_ms = t_start + int((t_end - t_start) * (1.0 - settings.eval_fraction))
-    is_train = times < split_ms
+    return _History(events, items, types, times, times < split_ms, t_start, split_ms, t_end)
 
-    # Tables from the training window, sessions contiguous.
-    session_keys = np.asarray([f"{e.user_id}\x00{e.session_id}" for e in events])
+
+def _training_tables(
+    history: _History, product_ids: list[str], catalogue: Any, settings: TrainSettings
+) -> CatalogueTables:
+    """Step 2: the catalogue tables from the training window, sessions contiguous."""
+    session_keys = np.asarray([f"{e.user_id}\x00{e.session_id}" for e in history.events])
     _, session_codes = np.unique(session_keys, return_inverse=True)
-    train_rows = np.flatnonzero(is_train)
-    by_session = train_rows[np.lexsort((times[train_rows], session_codes[train_rows]))]
-    tables = build_tables(
+    train_rows = np.flatnonzero(history.is_train)
+    by_session = train_rows[np.lexsort((history.times[train_rows], session_codes[train_rows]))]
+    return build_tables(
         product_ids,
         list(catalogue.category_ids),
         np.asarray(catalogue.prices),
-        items[by_session],
-        types[by_session],
+        history.items[by_session],
+        history.types[by_session],
         session_codes[by_session],
         settings,
     )
-    if log:
-        log.info(
-            "tables_built",
-            products=len(product_ids),
-            events=len(events),
-            train_events=int(is_train.sum()),
-            seconds=round(time.perf_counter() - started, 1),
-        )
 
+
+def _collect_examples(
+    history: _History,
+    tables: CatalogueTables,
+    purchases: dict[str, list[tuple[int, int]]],
+    settings: TrainSettings,
+    rng: np.random.Generator,
+) -> _Examples:
+    """Step 3: replay every event through the serving code (sessions, candidates, features);
+    keep the labelled features of sampled training events and of every evaluation event with a
+    target."""
+    events, items, is_train = history.events, history.items, history.is_train
     next_items = _next_items(events, items)
-    purchases = _purchase_index(dataset.iter_purchases(dataset_dir), index_of)
-    rng = np.random.default_rng(settings.seed)
-
-    # Replay through the serving code; keep features of sampled training events and of every
-    # evaluation event with a target.
     sessions = SessionStore(history=settings.history, max_users=10_000_000, idle_ttl_ms=1 << 62)
     train_x: list[np.ndarray] = []
     train_y: list[np.ndarray] = []
@@ -302,7 +372,6 @@ def train(
         hi = min(lo + settings.chunk_events, len(events))
         chunk = events[lo:hi]
         batch = advance_sessions(sessions, chunk, items[lo:hi])
-        rows = np.arange(lo, hi)
         targets_next = next_items[lo:hi]
         bought = [_purchased_after(purchases, e, settings.attribution_window_ms) for e in chunk]
         has_target = (targets_next >= 0) | np.fromiter((bool(b) for b in bought), bool, len(chunk))
@@ -319,28 +388,35 @@ def train(
             if is_eval:
                 eval_batches.append((x, cands, sub_bought, targets_next[local]))
                 continue
-            labels = (cands == targets_next[local][:, None]).astype(np.int8)
-            for r, b in enumerate(sub_bought):
-                if b:
-                    labels[r, np.isin(cands[r], list(b))] = 2
+            labels = _labels(cands, targets_next[local], sub_bought)
             positive = labels.max(axis=1) > 0
             train_x.append(x.reshape(cands.shape[0], cands.shape[1], -1)[positive])
             train_y.append(labels[positive])
-        del rows
     x_train = np.concatenate(train_x)
     y_train = np.concatenate(train_y)
     if x_train.shape[0] > settings.max_train_queries:
         pick = np.sort(rng.choice(x_train.shape[0], settings.max_train_queries, replace=False))
         x_train, y_train = x_train[pick], y_train[pick]
+    return _Examples(x_train, y_train, eval_batches)
+
+
+def _labels(cands: np.ndarray, next_items: np.ndarray, bought: list[set[int]]) -> np.ndarray:
+    """Per candidate: 2 if bought within the attribution window, 1 if the next product in the
+    session, 0 otherwise."""
+    labels = (cands == next_items[:, None]).astype(np.int8)
+    for r, b in enumerate(bought):
+        if b:
+            labels[r, np.isin(cands[r], list(b))] = 2
+    return labels
+
+
+def _fit(
+    x_train: np.ndarray, y_train: np.ndarray, settings: TrainSettings
+) -> tuple[Any, dict[str, Any]]:
+    """Step 4: the LambdaRank booster (one query per event, its candidates as documents)."""
+    import lightgbm
+
     n_queries, n_cands, n_features = x_train.shape
-    if log:
-        log.info(
-            "training",
-            queries=n_queries,
-            rows=n_queries * n_cands,
-            features=n_features,
-            seconds=round(time.perf_counter() - started, 1),
-        )
     params = {
         "objective": "lambdarank",
         "metric": "ndcg",
@@ -364,10 +440,22 @@ def train(
         feature_name=FEATURE_NAMES,
         free_raw_data=True,
     )
-    booster = lightgbm.train(params, train_set, num_boost_round=settings.num_trees)
-    train_seconds = time.perf_counter() - started
+    return lightgbm.train(params, train_set, num_boost_round=settings.num_trees), params
 
-    evaluation = _evaluate(booster, tables, eval_batches, settings)
+
+def _metadata(
+    booster: Any,
+    params: dict[str, Any],
+    history: _History,
+    tables: CatalogueTables,
+    evaluation: Evaluation,
+    settings: TrainSettings,
+    dataset_dir: Path,
+) -> dict[str, Any]:
+    """Step 5: the artifact's metadata; its version is the creation time plus a hash of the
+    model text."""
+    import lightgbm
+
     model_text = booster.model_to_string()
     created = datetime.now(timezone.utc)
     version = (
@@ -375,31 +463,33 @@ def train(
         + "-"
         + hashlib.sha256(model_text.encode()).hexdigest()[:8]
     )
-    metadata = {
+    return {
         "version": version,
         "created_at": created.isoformat(),
         "feature_names": FEATURE_NAMES,
         "dataset": str(dataset_dir),
-        "training_window": {"start_ms": t_start, "end_ms": split_ms, "events": int(is_train.sum())},
-        "evaluation_window": {
-            "start_ms": split_ms,
-            "end_ms": t_end,
-            "events": int((~is_train).sum()),
+        "training_window": {
+            "start_ms": history.start_ms,
+            "end_ms": history.split_ms,
+            "events": int(history.is_train.sum()),
         },
-        "training_queries": n_queries,
-        "training_rows": n_queries * n_cands,
-        "training_seconds": round(train_seconds, 1),
+        "evaluation_window": {
+            "start_ms": history.split_ms,
+            "end_ms": history.end_ms,
+            "events": int((~history.is_train).sum()),
+        },
         "metrics": evaluation.as_dict(),
         "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
         "lightgbm": {"version": lightgbm.__version__, "params": params},
         "popular_top": tables.popular_product_ids(settings.global_top),
     }
-    path = save_artifact(models_dir, version, booster, tables, metadata)
-    return path, metadata
 
 
 def _evaluate(
-    booster: Any, tables: CatalogueTables, eval_batches, settings: TrainSettings
+    booster: Any,
+    tables: CatalogueTables,
+    eval_batches: Iterable[tuple[np.ndarray, np.ndarray, list[set[int]], np.ndarray]],
+    settings: TrainSettings,
 ) -> Evaluation:
     k = settings.top_k
     evaluation = Evaluation(k=k)
