@@ -403,7 +403,7 @@ def _collect_examples(
 def _labels(cands: np.ndarray, next_items: np.ndarray, bought: list[set[int]]) -> np.ndarray:
     """Per candidate: 2 if bought within the attribution window, 1 if the next product in the
     session, 0 otherwise."""
-    labels = (cands == next_items[:, None]).astype(np.int8)
+    labels: np.ndarray = (cands == next_items[:, None]).astype(np.int8)
     for r, b in enumerate(bought):
         if b:
             labels[r, np.isin(cands[r], list(b))] = 2
