@@ -53,7 +53,9 @@ _ONE_MS = dt.timedelta(milliseconds=1)
 
 def load_schema(name: str) -> dict:
     """Parsed Avro schema of a record (``"BrowsingEvent"``, ...), from the package's schemas."""
-    return fastavro.parse_schema(codec.load_schema(name))
+    parsed = fastavro.parse_schema(codec.load_schema(name))
+    assert isinstance(parsed, dict)  # a record schema parses to a dict
+    return parsed
 
 
 # -- writing and reading ---------------------------------------------------------------------------
@@ -145,6 +147,7 @@ def read_catalogue(directory: Path | str) -> Catalogue:
 def _iter_avro(path: Path) -> Iterator[dict]:
     with open(path, "rb") as f:
         for record in fastavro.reader(f):
+            assert isinstance(record, dict)  # the dataset files hold records
             t = record["event_time"]
             if isinstance(t, dt.datetime):  # fastavro decodes timestamp-millis to datetime
                 record["event_time"] = (t - _EPOCH) // _ONE_MS
@@ -288,7 +291,8 @@ def clickstream_stats(events: Iterable[dict], purchases: Iterable[dict]) -> dict
     gaps_ms: list[int] = []
     same_cat = 0
     cat_pairs = 0
-    first_touch_ms: dict[tuple[str, str], int] = {}
+    # (session, product) -> first view or cart; looked up with a purchase's optional session_id.
+    first_touch_ms: dict[tuple[str | None, str], int] = {}
     for session, evs in by_session.items():
         evs.sort(key=lambda x: x[0])
         lengths.append(len(evs))

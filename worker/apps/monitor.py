@@ -83,16 +83,18 @@ class Monitor:
         self._next: dict[tuple[str, int], int] = {}
         self._stored: dict[tuple[str, int], int] = {}
         self.reports: list[WindowReport] = []
+        # librdkafka properties: strings, numbers, booleans and callbacks.
+        consumer_overrides: dict[str, Any] = {
+            "partition.assignment.strategy": "range",
+            "enable.partition.eof": True,
+            "statistics.interval.ms": 5000,
+            "stats_cb": self._on_stats,
+        }
         self.consumer = make_consumer(
             settings.kafka,
             settings.group_id,
             log,
-            **{
-                "partition.assignment.strategy": "range",
-                "enable.partition.eof": True,
-                "statistics.interval.ms": 5000,
-                "stats_cb": self._on_stats,
-            },
+            **consumer_overrides,
         )
         # Like the worker's at-least-once checkpoint: the loop stays live while the broker is
         # away, a stuck producer's queued outputs are re-sent through a fresh one, and a second

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -92,8 +92,8 @@ def paced(
     speedup: float,
     max_rate: float | None,
     duration_s: float,
-    sleep=time.sleep,
-    clock=time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[tuple[str, dict]]:
     """Yield records when their simulated time, divided by ``speedup``, has come (and no faster
     than ``max_rate`` per second); stop after ``duration_s`` of wall time."""

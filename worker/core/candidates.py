@@ -79,7 +79,7 @@ def _first_occurrences(proposals: np.ndarray) -> np.ndarray:
 
 
 def _fill_short_rows(candidates: np.ndarray, short: np.ndarray, n_products: int) -> np.ndarray:
-    out = candidates.copy()
+    out: np.ndarray = candidates.copy()  # numpy's stubs type copy() of a bare ndarray as Any
     for row in np.flatnonzero(short.any(axis=1)):
         have = set(out[row][~short[row]].tolist())
         fill = [p for p in range(n_products) if p not in have][: int(short[row].sum())]

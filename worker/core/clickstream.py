@@ -280,13 +280,15 @@ class _ProductModel:
         target = self.cat_cum_before[categories] + u * self.cat_mass[categories]
         pos = np.searchsorted(self.cum_pop, target, side="right")
         pos = np.clip(pos, self.cat_start[categories], self.cat_end[categories] - 1)
-        return self.order[pos]
+        products: np.ndarray = self.order[pos]  # fancy indexing is typed Any by numpy
+        return products
 
     def neighbour_of(self, products: np.ndarray, u: np.ndarray) -> np.ndarray:
         """One neighbour of each product, weighted by a power of its popularity."""
         cdf = self.neighbour_cdf[products]
         col = np.minimum((cdf <= u[:, None]).sum(axis=1), cdf.shape[1] - 1)
-        return self.neighbours[products, col]
+        neighbours: np.ndarray = self.neighbours[products, col]  # fancy indexing: Any in numpy
+        return neighbours
 
 
 class _Population:
@@ -662,4 +664,5 @@ def _segmented_cumsum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     seg_id = np.cumsum(starts) - 1
     seg_first = np.flatnonzero(starts)
     offset = total[seg_first] - values[seg_first]
-    return total - offset[seg_id]
+    restarted: np.ndarray = total - offset[seg_id]  # fancy indexing is typed Any by numpy
+    return restarted

@@ -141,4 +141,5 @@ def _covis_scores(
     neighbours = neighbours.reshape(n_events, -1)
     scores = scores.reshape(n_events, -1)
     match = candidates[:, :, None] == neighbours[:, None, :]  # (B, C, S*M)
-    return (match * scores[:, None, :]).sum(axis=2)
+    summed: np.ndarray = (match * scores[:, None, :]).sum(axis=2)  # Any in numpy's stubs
+    return summed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
@@ -12,7 +13,7 @@ from worker.core.errors import BrokerError
 from worker.ops.logging import RepeatFilter
 
 
-def _error_cb(log: Any):
+def _error_cb(log: Any) -> Callable[[Any], None]:
     """librdkafka ``error_cb``: an authentication failure is logged once (it repeats on every
     reconnect), other errors as warnings. Only the error name is logged: librdkafka's messages
     never carry credentials, and the names certainly do not."""

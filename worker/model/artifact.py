@@ -66,9 +66,12 @@ def read_metadata(models_dir: Path) -> dict[str, Any]:
     """Metadata of the artifact (without loading the booster)."""
     artifact_dir = resolve_artifact_dir(models_dir)
     try:
-        return json.loads((artifact_dir / "metadata.json").read_text(encoding="utf-8"))
+        metadata: dict[str, Any] = json.loads(
+            (artifact_dir / "metadata.json").read_text(encoding="utf-8")
+        )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"unreadable metadata in {artifact_dir}: {exc}") from exc
+    return metadata
 
 
 def load_tables(models_dir: Path) -> CatalogueTables:

@@ -28,11 +28,11 @@ from __future__ import annotations
 import io
 import json
 import struct
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from importlib.resources.abc import Traversable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import fastavro
 import fastavro.schema
@@ -45,6 +45,12 @@ from worker.core.errors import (
     UnknownFramingError,
     UnknownSchemaError,
 )
+
+if TYPE_CHECKING:  # annotations only
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable
+    else:  # Python 3.10 (requires-python >= 3.10) has it in importlib.abc only
+        from importlib.abc import Traversable
 
 CONFLUENT_MAGIC = b"\x00"
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
@@ -76,9 +82,10 @@ def load_schema(name: str) -> dict[str, Any]:
         raise ConfigError(f"unknown schema name {name!r}; known: {sorted(SCHEMA_FILES)}")
     path = schema_file(name)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load schema {name} from {path}: {exc}") from exc
+    return schema
 
 
 def _strip_logical_types(node: Any) -> Any:
@@ -110,7 +117,8 @@ class ParsedSchema:
 
     @classmethod
     def from_json(cls, schema_json: Mapping[str, Any]) -> ParsedSchema:
-        canonical = fastavro.schema.to_parsing_canonical_form(schema_json)
+        # fastavro takes a dict (it tests isinstance(schema, dict)); a shallow copy of a mapping.
+        canonical = fastavro.schema.to_parsing_canonical_form(dict(schema_json))
         return cls(
             json=schema_json,
             # Each ParsedSchema gets its own named-type table so that two versions of one record

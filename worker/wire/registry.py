@@ -74,7 +74,8 @@ class HttpSchemaRegistry:
             request.add_header("Authorization", self._auth_header)
         try:
             with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
-                return json.loads(response.read())
+                answer: dict[str, Any] = json.loads(response.read())  # the API answers objects
+                return answer
         except urllib.error.HTTPError as exc:
             raise SchemaRegistryError(
                 f"schema registry {method} {path}: HTTP {exc.code} {exc.reason}"
