@@ -9,17 +9,34 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from devtools.bench import runner
-from worker.cli import EXIT_INFRASTRUCTURE, _models_arg
-from worker.config import env
+from worker.cli import EXIT_INFRASTRUCTURE, SettingsParser
+from worker.config import BOOTSTRAP_SERVERS, MODELS_DIR, Setting, as_path
 from worker.core.errors import InfrastructureError, WorkerError
 
+#: The chaos harness's cluster: the product's declaration, but unset means "start our own".
+CHAOS_BOOTSTRAP_SERVERS: Setting[str | None] = replace(
+    BOOTSTRAP_SERVERS,
+    default=None,
+    help="an existing cluster (no broker restart scenario); default: own broker",
+)
+DEMO_DIR = Setting(
+    "work_dir",
+    "--work-dir",
+    as_path,
+    Path("var/demo"),
+    env="WORKER_DEMO_DIR",
+    help="where the demo keeps its dataset and logs",
+)
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="worker-dev", description=__doc__.splitlines()[0])
+
+def build_parser() -> SettingsParser:
+    """The ``worker-dev`` command line; settings resolve as in ``worker`` (flag > env > default)."""
+    parser = SettingsParser(prog="worker-dev", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "kafka",
@@ -49,12 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long the broker stays frozen (freeze) or the output throttled (slow)",
     )
     p.add_argument("--work-dir", type=Path, default=Path("var/chaos"))
-    p.add_argument(
-        "--bootstrap-servers",
-        default=env("KAFKA_BOOTSTRAP_SERVERS", "") or None,
-        help="an existing cluster (no broker restart scenario); default: own broker",
-    )
-    _models_arg(p)
+    p.add_settings(CHAOS_BOOTSTRAP_SERVERS, MODELS_DIR)
 
     p = sub.add_parser("bench", help="throughput, latency and memory, side by side with peers")
     runner.add_arguments(p)
@@ -63,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration-s", type=float, default=60.0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rate", type=float, default=1000.0, help="offered events/s (approximate)")
-    p.add_argument("--work-dir", type=Path, default=Path(env("WORKER_DEMO_DIR", "var/demo")))
-    _models_arg(p)
+    p.add_settings(DEMO_DIR, MODELS_DIR)
     return parser
 
 

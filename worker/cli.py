@@ -3,36 +3,163 @@
 Subcommands: ``topics``, ``simulate``, ``train``, ``run`` (the worker), ``monitor``. The
 development tooling (local broker, chaos harness, benchmark, demo) is ``worker-dev``
 (:mod:`devtools.cli`), which production does not install.
+
+The flags of settings are built from their declarations in :mod:`worker.config`
+(:class:`SettingsParser`); a bad value, from a flag or the environment, ends the command with
+exit code 2 and one line: ``worker run: error: --top-k / WORKER_TOP_K: 'abc' is not an integer``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from worker.config import (
-    DEFAULT_BOOTSTRAP,
+    BOOTSTRAP_SERVERS,
+    MODELS_DIR,
+    SCHEMA_REGISTRY_URL,
+    AtMost,
     KafkaSettings,
     MonitorSettings,
+    OneOf,
+    Setting,
+    SettingError,
     TopicSettings,
     WorkerSettings,
-    env,
+    as_float,
+    declared,
     kafka_properties,
+    non_negative,
+    rules_of,
+    settings_from,
 )
 from worker.core.errors import InfrastructureError, WorkerError
 
 EXIT_INFRASTRUCTURE = 2
+#: Exit code of a bad setting or argument (argparse's own).
+EXIT_USAGE = 2
+
+#: ``worker run`` only: not a setting of the worker, an end condition for batch jobs and tests.
+MAX_IDLE_S: Setting[float | None] = Setting(
+    "max_idle_s",
+    "--max-idle-s",
+    as_float,
+    None,
+    help="exit after this long without input (batch jobs and tests)",
+    check=non_negative,
+)
 
 
-def _add_kafka_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("kafka")
-    g.add_argument(
-        "--bootstrap-servers",
-        default=env("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP),
-        help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS; default %(default)s)",
+class SettingsParser(argparse.ArgumentParser):
+    """An argument parser that resolves declared settings (flag > environment > default).
+
+    A declared setting's flag stores its text (None when absent); once the command line is
+    parsed, each declared setting of this (sub)parser becomes its typed, checked value, and the
+    rules between them are checked. Only the running subcommand's parser resolves, so a bad
+    variable that another subcommand reads does not matter, and ``--help`` always works. A
+    problem ends the program with exit code 2 and one line, ``<prog>: error: <flag> / <ENV>:
+    <problem>``, without the usage text, whether the value came from a flag or the environment.
+    Subparsers are of this class too (argparse creates them with the parent's class).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.declarations: dict[str, Setting[Any]] = {}
+        self.rules: list[AtMost] = []
+
+    def add_settings(self, *settings: Setting[Any], group: Any = None) -> None:
+        """Add the flags of declared settings (to ``group``, an argument group, if given).
+
+        A declaration added before is skipped: commands share some (``--models-dir``).
+
+        Raises:
+            ValueError: another declaration of the same name is already here.
+        """
+        for setting in settings:
+            known = self.declarations.get(setting.name)
+            if known is setting:
+                continue
+            if known is not None:
+                raise ValueError(f"{self.prog}: two settings named {setting.name}")
+            _add_flag(self if group is None else group, setting)
+            self.declarations[setting.name] = setting
+
+    def add_settings_of(self, settings_class: Any, group: Any = None) -> None:
+        """Add the flags of a settings dataclass's declared fields, and its rules."""
+        self.add_settings(*declared(settings_class), group=group)
+        self.rules.extend(rules_of(settings_class))
+
+    def parse_known_args(
+        self, args: Iterable[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        """Parse, then resolve and check this parser's declared settings in the namespace.
+
+        Exits with 2 and one line on stderr when a value is unusable (argparse's way).
+        """
+        parsed, extras = super().parse_known_args(args, namespace)
+        try:
+            self._resolve(parsed)
+        except SettingError as exc:
+            self.exit(EXIT_USAGE, f"{self.prog}: error: {exc}\n")
+        return parsed, extras
+
+    def _resolve(self, parsed: argparse.Namespace) -> None:
+        """Replace each declared setting's raw flag value by its value; check the rules.
+
+        Raises:
+            SettingError: a value is unusable or a rule is broken.
+        """
+        for name, setting in self.declarations.items():
+            setattr(parsed, name, setting.resolve(getattr(parsed, name)))
+        for rule in self.rules:
+            rule.verify(vars(parsed))
+
+
+def _add_flag(container: Any, setting: Setting[Any]) -> None:
+    """The flag of one declared setting; it stores the raw text (or a switch's bool) or None.
+
+    Conversion and checks happen later (:meth:`SettingsParser._resolve`), so that a bad flag
+    value and a bad environment value give the same one-line error.
+    """
+    if setting.is_switch:
+        action: Any = argparse.BooleanOptionalAction if setting.negatable else "store_true"
+        container.add_argument(
+            setting.flag, dest=setting.name, action=action, default=None, help=_help(setting)
+        )
+        return
+    metavar = setting.flag.lstrip("-").upper().replace("-", "_")
+    if isinstance(setting.parse, OneOf):
+        metavar = "{" + ",".join(setting.parse.options) + "}"
+    container.add_argument(
+        setting.flag, dest=setting.name, default=None, metavar=metavar, help=_help(setting)
     )
+
+
+def _help(setting: Setting[Any]) -> str:
+    """The help line: what the setting does, then its environment variable and default."""
+    where = [f"env {setting.env}"] if setting.env else []
+    if setting.default is not None:
+        where.append(f"default {_plain(setting.default)}")
+    text = f"{setting.help} ({'; '.join(where)})".strip() if where else setting.help
+    return text.replace("%", "%%")  # argparse %-formats help
+
+
+def _plain(value: object) -> str:
+    """A default as the help shows it: 3600 rather than 3600.0, false rather than False."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _add_kafka_args(p: SettingsParser) -> None:
+    """The cluster, the pass-through properties, the schema registry and the topics."""
+    g = p.add_argument_group("kafka")
+    p.add_settings(BOOTSTRAP_SERVERS, group=g)
     g.add_argument(
         "-X",
         dest="kafka_props",
@@ -42,52 +169,32 @@ def _add_kafka_args(p: argparse.ArgumentParser) -> None:
         help="librdkafka property passed through (repeatable; VALUE @file reads a file); "
         "also env WORKER_KAFKA_<KEY> with _ for .",
     )
-    g.add_argument(
-        "--schema-registry-url",
-        default=env("WORKER_SCHEMA_REGISTRY_URL", "") or None,
-        help="Confluent-compatible schema registry; unset = Avro single-object encoding",
-    )
-    g.add_argument("--events-topic", default=env("WORKER_EVENTS_TOPIC", "browsing-events"))
-    g.add_argument(
-        "--suggestions-topic", default=env("WORKER_SUGGESTIONS_TOPIC", "product-suggestions")
-    )
-    g.add_argument("--purchases-topic", default=env("WORKER_PURCHASES_TOPIC", "purchases"))
-    g.add_argument(
-        "--accuracy-topic", default=env("WORKER_ACCURACY_TOPIC", "recommendation-accuracy")
-    )
-    g.add_argument(
-        "--partitions",
-        type=int,
-        default=int(env("WORKER_TOPIC_PARTITIONS", "12")),
-        help="partitions of events, suggestions and purchases when created (default 12)",
-    )
+    p.add_settings(SCHEMA_REGISTRY_URL, group=g)
+    p.add_settings_of(TopicSettings, group=g)
 
 
 def _kafka(args: argparse.Namespace) -> KafkaSettings:
-    return KafkaSettings(args.bootstrap_servers, kafka_properties(args.kafka_props))
+    """The cluster settings, with the pass-through properties (environment, then ``-X``).
+
+    Raises:
+        ConfigError: a malformed ``-X`` pair or an unreadable ``@file``.
+    """
+    return settings_from(KafkaSettings, vars(args), properties=kafka_properties(args.kafka_props))
 
 
 def _topics(args: argparse.Namespace) -> TopicSettings:
-    return TopicSettings(
-        events=args.events_topic,
-        suggestions=args.suggestions_topic,
-        purchases=args.purchases_topic,
-        accuracy=args.accuracy_topic,
-        partitions=args.partitions,
-    )
+    """The topic settings from the parsed command line."""
+    return settings_from(TopicSettings, vars(args))
 
 
-def _models_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--models-dir",
-        type=Path,
-        default=Path(env("WORKER_MODELS_DIR", "models")),
-        help="models directory (uses its LATEST) or one artifact directory",
-    )
+def _models_arg(p: SettingsParser) -> None:
+    """``--models-dir`` / ``WORKER_MODELS_DIR``."""
+    p.add_settings(MODELS_DIR)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="worker", description=__doc__.splitlines()[0])
+def build_parser() -> SettingsParser:
+    """The ``worker`` command line; see :class:`SettingsParser` for how settings resolve."""
+    parser = SettingsParser(prog="worker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("topics", help="create the project's topics (idempotent)")
@@ -135,96 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the streaming inference worker")
     _add_kafka_args(p)
     _models_arg(p)
-    p.add_argument("--group-id", default=env("WORKER_GROUP_ID", "recommender-workers"))
-    p.add_argument("--top-k", type=int, default=int(env("WORKER_TOP_K", "10")))
-    p.add_argument("--candidates", type=int, default=int(env("WORKER_CANDIDATES", "50")))
-    p.add_argument("--max-batch-size", type=int, default=int(env("WORKER_MAX_BATCH_SIZE", "500")))
-    p.add_argument(
-        "--max-batch-wait-ms", type=int, default=int(env("WORKER_MAX_BATCH_WAIT_MS", "20"))
-    )
-    p.add_argument(
-        "--max-event-bytes", type=int, default=int(env("WORKER_MAX_EVENT_BYTES", "65536"))
-    )
-    p.add_argument("--max-sessions", type=int, default=int(env("WORKER_MAX_SESSIONS", "2000000")))
-    p.add_argument(
-        "--session-idle-ttl-s", type=float, default=float(env("WORKER_SESSION_IDLE_TTL_S", "3600"))
-    )
-    p.add_argument(
-        "--fetch-buffer-mb",
-        type=int,
-        default=int(env("WORKER_FETCH_BUFFER_MB", "16")),
-        help="records fetched ahead of the loop, at most (the rest of a backlog stays in Kafka)",
-    )
-    p.add_argument(
-        "--produce-buffer-mb",
-        type=int,
-        default=int(env("WORKER_PRODUCE_BUFFER_MB", "32")),
-        help="outputs queued for the broker, at most (produce waits when it is full)",
-    )
-    p.add_argument(
-        "--shutdown-timeout-s", type=float, default=float(env("WORKER_SHUTDOWN_TIMEOUT_S", "30"))
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(env("WORKER_METRICS_PORT", "9100")),
-        help="/metrics, /healthz, /readyz; 0 disables",
-    )
-    p.add_argument(
-        "--scoring-backend",
-        choices=("auto", "lleaves", "lightgbm"),
-        default=env("WORKER_SCORING_BACKEND", "auto"),
-        help="auto = the compiled lleaves model when installed (pip extra 'fast'), else LightGBM",
-    )
-    p.add_argument(
-        "--exactly-once",
-        action=argparse.BooleanOptionalAction,
-        default=env("WORKER_EXACTLY_ONCE", "false").lower() in ("1", "true", "yes"),
-        help="transactional read-process-write; downstream readers use read_committed "
-        "(env WORKER_EXACTLY_ONCE)",
-    )
-    p.add_argument(
-        "--transactional-id",
-        default=env("WORKER_TRANSACTIONAL_ID", "") or None,
-        help="stable per replica (e.g. the pod name) so a restart fences its predecessor; "
-        "default <group>-<host>-<pid>",
-    )
-    p.add_argument(
-        "--state-changelog",
-        action=argparse.BooleanOptionalAction,
-        default=env("WORKER_STATE_CHANGELOG", "true").lower() in ("1", "true", "yes"),
-        help="keep session state in a compacted changelog topic and restore it on assignment",
-    )
-    p.add_argument(
-        "--max-idle-s",
-        type=float,
-        default=None,
-        help="exit after this long without input (batch jobs and tests)",
-    )
+    p.add_settings_of(WorkerSettings)
+    p.add_settings(MAX_IDLE_S)
 
     p = sub.add_parser("monitor", help="rolling accuracy of suggestions against purchases")
     _add_kafka_args(p)
     _models_arg(p)
-    p.add_argument("--group-id", default=env("WORKER_MONITOR_GROUP_ID", "recommender-monitor"))
-    p.add_argument("--k", type=int, default=int(env("WORKER_MONITOR_K", "10")))
-    p.add_argument(
-        "--attribution-window-s",
-        type=float,
-        default=float(env("WORKER_ATTRIBUTION_WINDOW_S", "1800")),
-    )
-    p.add_argument("--window-s", type=float, default=float(env("WORKER_MONITOR_WINDOW_S", "60")))
-    p.add_argument(
-        "--allowed-lateness-s", type=float, default=float(env("WORKER_ALLOWED_LATENESS_S", "2"))
-    )
-    p.add_argument("--idle-partition-grace-s", type=float, default=5.0)
-    p.add_argument(
-        "--metrics-port", type=int, default=int(env("WORKER_MONITOR_METRICS_PORT", "9101"))
-    )
-    p.add_argument(
-        "--exit-at-end",
-        action="store_true",
-        help="flush every window and exit once all partitions are read (batch mode)",
-    )
+    p.add_settings_of(MonitorSettings)
 
     return parser
 
@@ -264,8 +288,8 @@ def cmd_simulate(args: argparse.Namespace, log: Any) -> int:
         n_products=args.products, n_categories=args.categories, n_users=args.users, seed=args.seed
     )
     if args.out:
-        summary = simulate.write_history(args.out, settings, days=args.days)
-        log.info("dataset_written", out=str(args.out), **summary)
+        written = simulate.write_history(args.out, settings, days=args.days)
+        log.info("dataset_written", out=str(args.out), **written)
         return 0
     from worker.kafka.admin import ensure_topics, wait_for_cluster
 
@@ -333,6 +357,25 @@ def _exit_cleanly_on_sigterm_while_starting() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
 
+def worker_settings(args: argparse.Namespace) -> WorkerSettings:
+    """The worker's settings from the parsed ``worker run`` command line.
+
+    Raises:
+        ConfigError: an unreadable ``@file`` or malformed ``-X`` pair; a bad value (the
+            parser already reported those).
+    """
+    return settings_from(WorkerSettings, vars(args), kafka=_kafka(args), topics=_topics(args))
+
+
+def monitor_settings(args: argparse.Namespace) -> MonitorSettings:
+    """The monitor's settings from the parsed ``worker monitor`` command line.
+
+    Raises:
+        ConfigError: as for :func:`worker_settings`.
+    """
+    return settings_from(MonitorSettings, vars(args), kafka=_kafka(args), topics=_topics(args))
+
+
 def cmd_run(args: argparse.Namespace, log: Any) -> int:
     _exit_cleanly_on_sigterm_while_starting()
     from worker.apps.serve import Worker
@@ -340,28 +383,7 @@ def cmd_run(args: argparse.Namespace, log: Any) -> int:
     from worker.kafka.admin import ensure_topics, wait_for_cluster
     from worker.model.artifact import load_artifact
 
-    settings = WorkerSettings(
-        kafka=_kafka(args),
-        topics=_topics(args),
-        group_id=args.group_id,
-        models_dir=args.models_dir,
-        top_k=args.top_k,
-        n_candidates=args.candidates,
-        max_batch_size=args.max_batch_size,
-        max_batch_wait_ms=args.max_batch_wait_ms,
-        max_event_bytes=args.max_event_bytes,
-        max_sessions=args.max_sessions,
-        session_idle_ttl_s=args.session_idle_ttl_s,
-        fetch_buffer_mb=args.fetch_buffer_mb,
-        produce_buffer_mb=args.produce_buffer_mb,
-        shutdown_timeout_s=args.shutdown_timeout_s,
-        metrics_port=args.metrics_port,
-        schema_registry_url=args.schema_registry_url,
-        exactly_once=args.exactly_once,
-        scoring_backend=args.scoring_backend,
-        transactional_id=args.transactional_id,
-        state_changelog=args.state_changelog,
-    )
+    settings = worker_settings(args)
     artifact = load_artifact(settings.models_dir, expected_features=FEATURE_NAMES)
     wait_for_cluster(settings.kafka)
     ensure_topics(settings.kafka, settings.topics, log)
@@ -384,20 +406,7 @@ def cmd_monitor(args: argparse.Namespace, log: Any) -> int:
     from worker.apps.monitor import Monitor
     from worker.kafka.admin import ensure_topics, wait_for_cluster
 
-    settings = MonitorSettings(
-        kafka=_kafka(args),
-        topics=_topics(args),
-        group_id=args.group_id,
-        models_dir=args.models_dir,
-        k=args.k,
-        attribution_window_s=args.attribution_window_s,
-        window_s=args.window_s,
-        allowed_lateness_s=args.allowed_lateness_s,
-        idle_partition_grace_s=args.idle_partition_grace_s,
-        metrics_port=args.metrics_port,
-        schema_registry_url=args.schema_registry_url,
-        exit_at_end=args.exit_at_end,
-    )
+    settings = monitor_settings(args)
     wait_for_cluster(settings.kafka)
     ensure_topics(settings.kafka, settings.topics, log)
     return Monitor(settings, log).run()

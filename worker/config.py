@@ -1,4 +1,11 @@
-"""Settings: CLI flag > environment variable > default, frozen once built.
+"""Settings: each declared once, CLI flag > environment variable > default, frozen once built.
+
+A :class:`Setting` declares one setting: its name, flag, environment variable, type (a parser
+from text), default, help and check. The settings dataclasses below take their defaults from the
+declarations and keep them in their fields' metadata; ``worker.cli`` builds the flags from the
+same declarations, so a flag, its environment variable and its default cannot drift apart. A
+bad value, from the flag, the environment or a constructor, is a :class:`SettingError` whose
+message names the flag and the variable.
 
 Every librdkafka property can be passed through, as ``-X key=value`` on the command line or as
 ``WORKER_KAFKA_<KEY>`` in the environment (``WORKER_KAFKA_SASL_USERNAME`` -> ``sasl.username``).
@@ -8,13 +15,18 @@ are masked whenever settings are shown.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from worker.core.errors import ConfigError
+
+T = TypeVar("T")
+S = TypeVar("S")
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 SECRET_MARKERS = (
@@ -26,15 +38,21 @@ SECRET_MARKERS = (
     "sasl.oauthbearer.config",
 )
 _ENV_KAFKA_PREFIX = "WORKER_KAFKA_"
+#: Key of a dataclass field's metadata that holds the field's :class:`Setting`.
+_DECLARED = "worker.setting"
 
 
 def env(name: str, default: str) -> str:
-    """An environment variable, or the default when unset or empty."""
+    """An environment variable, or the default when unset or empty.
+
+    For values that are not settings; a setting is a :class:`Setting`, which also checks it.
+    """
     value = os.environ.get(name)
     return value if value else default
 
 
 def is_secret(key: str) -> bool:
+    """Whether a property or setting name looks like it holds a secret (never shown)."""
     return any(marker in key.lower() for marker in SECRET_MARKERS)
 
 
@@ -78,12 +96,587 @@ def kafka_properties(
     return props
 
 
+# -- declarations -------------------------------------------------------------------------------
+
+
+class SettingError(ConfigError):
+    """A setting's value is unusable; the message names its flag and environment variable."""
+
+
+# Value types: text -> value. A bad text raises ValueError whose message is the problem without
+# the value ("is not an integer"), so that the caller decides whether the value may be shown.
+
+
+def as_int(text: str) -> int:
+    """An integer, as ``int()`` reads it (surrounding blanks and ``_`` separators allowed).
+
+    Raises:
+        ValueError: not an integer.
+    """
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("is not an integer") from None
+
+
+def as_float(text: str) -> float:
+    """A finite number: ``nan`` and ``inf`` would only fail later, deep in a computation.
+
+    Raises:
+        ValueError: not a number, or not finite.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError("is not a finite number")
+    return value
+
+
+def as_text(text: str) -> str:
+    """The text itself."""
+    return text
+
+
+def as_path(text: str) -> Path:
+    """A filesystem path (not required to exist: the command that reads it says so)."""
+    return Path(text)
+
+
+_TRUE = ("1", "true", "yes")
+_FALSE = ("0", "false", "no")
+
+
+def as_bool(text: str) -> bool:
+    """1/true/yes or 0/false/no, case-insensitive; anything else is not silently false.
+
+    Raises:
+        ValueError: none of those words.
+    """
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError("is not a boolean (true/false, yes/no, 1/0)")
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A value type: one of a fixed set of words (the CLI shows them as the flag's metavar)."""
+
+    options: tuple[str, ...]
+
+    def __call__(self, text: str) -> str:
+        """The word itself.
+
+        Raises:
+            ValueError: not one of the options.
+        """
+        if text not in self.options:
+            raise ValueError(f"is not one of {', '.join(self.options)}")
+        return text
+
+
+# Checks: value -> the problem ("is not positive"), or None when the value is fine.
+
+
+def positive(value: float) -> str | None:
+    """Counts, sizes and durations that must be above zero."""
+    return None if value > 0 else "is not positive"
+
+
+def non_negative(value: float) -> str | None:
+    """Waits and tolerances, where zero means none."""
+    return None if value >= 0 else "is negative"
+
+
+def port(value: int) -> str | None:
+    """A TCP port; 0 where the setting says it disables the listener."""
+    return None if 0 <= value <= 65535 else "is not a port number (0-65535)"
+
+
+def not_empty(value: str) -> str | None:
+    """Names (topics, groups, servers) that Kafka needs."""
+    return None if value.strip() else "is empty"
+
+
+def shown(value: object, secret: bool = False) -> str:
+    """A value as an error message shows it; a secret's value never is."""
+    if secret:
+        return "the value (not shown)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and float(f"{value:g}") == value:
+        return f"{value:g}"  # 0 rather than 0.0, as it was most likely written
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One setting, declared once; its flag, environment fallback and field derive from it.
+
+    Attributes:
+        name: field of the settings object, and attribute of the parsed command line.
+        flag: the command-line flag.
+        parse: the value type: text -> value, ``ValueError`` (the problem) when unusable.
+        default: the value when neither the flag nor the environment variable is given.
+        env: environment variable read when the flag is absent; None for a flag only.
+        help: what it does (the CLI adds the variable and the default).
+        check: value -> the problem, or None when fine; not applied to a None value (unset).
+        negatable: for a switch (``parse=as_bool``), whether ``--no-<flag>`` exists as well.
+        secret: never show the value in an error (also implied by a secret-looking name).
+    """
+
+    name: str
+    flag: str
+    parse: Callable[[str], T]
+    default: T
+    env: str | None = None
+    help: str = ""
+    check: Callable[[Any], str | None] | None = None
+    negatable: bool = True
+    secret: bool = False
+
+    @property
+    def label(self) -> str:
+        """How errors name the setting: ``--top-k / WORKER_TOP_K``."""
+        return f"{self.flag} / {self.env}" if self.env else self.flag
+
+    @property
+    def is_switch(self) -> bool:
+        """A boolean setting: a flag without a value on the command line."""
+        return self.parse is as_bool
+
+    @property
+    def hidden(self) -> bool:
+        """Whether its value must never be shown."""
+        return self.secret or is_secret(self.name) or is_secret(self.env or "")
+
+    def field(self) -> T:
+        """The dataclass field of a settings object: this default, this declaration attached."""
+        return field(default=self.default, metadata={_DECLARED: self})
+
+    def verify(self, value: T) -> T:
+        """The value, if it passes the check.
+
+        Raises:
+            SettingError: it does not.
+        """
+        problem = None if value is None or self.check is None else self.check(value)
+        if problem:
+            raise SettingError(f"{self.label}: {shown(value, self.hidden)} {problem}")
+        return value
+
+    def from_text(self, text: str) -> T:
+        """The value a flag's or an environment variable's text stands for, checked.
+
+        Raises:
+            SettingError: the text is not of the setting's type, or the value fails the check.
+        """
+        try:
+            value = self.parse(text)
+        except ValueError as exc:
+            raise SettingError(f"{self.label}: {shown(text, self.hidden)} {exc}") from None
+        return self.verify(value)
+
+    def resolve(self, given: object, environ: Mapping[str, str] | None = None) -> T:
+        """The value: the flag's (``given``), else the environment variable's, else the default.
+
+        ``given`` is what the command line stored: None when the flag was absent, the text for a
+        flag with a value, a bool for a switch. An empty environment variable counts as unset.
+
+        Raises:
+            SettingError: the flag's or the variable's value is unusable.
+        """
+        if isinstance(given, str):
+            return self.from_text(given)
+        if given is not None:
+            return self.verify(cast(T, given))  # a switch's bool
+        environ = os.environ if environ is None else environ
+        text = environ.get(self.env) if self.env else None
+        return self.from_text(text) if text else self.verify(self.default)
+
+
+@dataclass(frozen=True)
+class AtMost:
+    """A rule between two settings: ``lower``'s value must not exceed ``upper``'s."""
+
+    lower: Setting[Any]
+    upper: Setting[Any]
+
+    def verify(self, values: Mapping[str, Any]) -> None:
+        """Check the rule on values by setting name.
+
+        Raises:
+            SettingError: ``lower`` is above ``upper``; the message names both.
+        """
+        low, high = values[self.lower.name], values[self.upper.name]
+        if low is not None and high is not None and low > high:
+            first = shown(low, self.lower.hidden)
+            second = shown(high, self.upper.hidden)
+            raise SettingError(
+                f"{self.lower.label}: {first} is more than {self.upper.label} ({second})"
+            )
+
+
+def declared(settings_class: Any) -> list[Setting[Any]]:
+    """The declared settings of a settings dataclass, in field order.
+
+    Raises:
+        TypeError: a field holds a declaration of another name (a programming error).
+    """
+    found = []
+    for f in dataclasses.fields(settings_class):
+        setting = f.metadata.get(_DECLARED)
+        if setting is not None:
+            if setting.name != f.name:
+                raise TypeError(f"field {f.name} holds the declaration of {setting.name}")
+            found.append(setting)
+    return found
+
+
+def rules_of(settings_class: Any) -> tuple[AtMost, ...]:
+    """The cross-field rules of a settings dataclass (its ``rules`` class attribute)."""
+    rules: tuple[AtMost, ...] = getattr(settings_class, "rules", ())
+    return rules
+
+
+def check_values(
+    settings: Iterable[Setting[Any]], rules: Iterable[AtMost], values: Mapping[str, Any]
+) -> None:
+    """Check values by setting name: each setting's own check, then the rules between them.
+
+    Raises:
+        SettingError: the first problem found.
+    """
+    for setting in settings:
+        setting.verify(values[setting.name])
+    for rule in rules:
+        rule.verify(values)
+
+
+def validate(settings: Any) -> None:
+    """Check a settings object (called by each class's ``__post_init__``).
+
+    Raises:
+        SettingError: a field's value or a rule between fields is broken.
+    """
+    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+    check_values(declared(type(settings)), rules_of(type(settings)), values)
+
+
+def settings_from(settings_class: Callable[..., S], values: Mapping[str, Any], **given: Any) -> S:
+    """A settings object from values by setting name (e.g. parsed arguments) and ``given``.
+
+    Raises:
+        SettingError: a value or a rule between values is broken.
+    """
+    names = [setting.name for setting in declared(settings_class)]
+    return settings_class(**{name: values[name] for name in names}, **given)
+
+
+# How to reach the cluster, and the topics (every command that talks to Kafka).
+BOOTSTRAP_SERVERS = Setting(
+    "bootstrap_servers",
+    "--bootstrap-servers",
+    as_text,
+    DEFAULT_BOOTSTRAP,
+    env="KAFKA_BOOTSTRAP_SERVERS",
+    help="Kafka bootstrap servers",
+    check=not_empty,
+)
+SCHEMA_REGISTRY_URL: Setting[str | None] = Setting(
+    "schema_registry_url",
+    "--schema-registry-url",
+    as_text,
+    None,
+    env="WORKER_SCHEMA_REGISTRY_URL",
+    help="Confluent-compatible schema registry; unset = Avro single-object encoding",
+    secret=True,  # a URL may carry user:password
+)
+EVENTS_TOPIC = Setting(
+    "events",
+    "--events-topic",
+    as_text,
+    "browsing-events",
+    env="WORKER_EVENTS_TOPIC",
+    help="input topic of browsing events",
+    check=not_empty,
+)
+SUGGESTIONS_TOPIC = Setting(
+    "suggestions",
+    "--suggestions-topic",
+    as_text,
+    "product-suggestions",
+    env="WORKER_SUGGESTIONS_TOPIC",
+    help="output topic of the suggestions",
+    check=not_empty,
+)
+PURCHASES_TOPIC = Setting(
+    "purchases",
+    "--purchases-topic",
+    as_text,
+    "purchases",
+    env="WORKER_PURCHASES_TOPIC",
+    help="topic of purchases (what the monitor scores suggestions against)",
+    check=not_empty,
+)
+ACCURACY_TOPIC = Setting(
+    "accuracy",
+    "--accuracy-topic",
+    as_text,
+    "recommendation-accuracy",
+    env="WORKER_ACCURACY_TOPIC",
+    help="output topic of the monitor's accuracy windows",
+    check=not_empty,
+)
+PARTITIONS = Setting(
+    "partitions",
+    "--partitions",
+    as_int,
+    12,
+    env="WORKER_TOPIC_PARTITIONS",
+    help="partitions of events, suggestions and purchases when created",
+    check=positive,
+)
+MODELS_DIR = Setting(
+    "models_dir",
+    "--models-dir",
+    as_path,
+    Path("models"),
+    env="WORKER_MODELS_DIR",
+    help="models directory (uses its LATEST) or one artifact directory",
+)
+
+# The worker (`worker run`).
+GROUP_ID = Setting(
+    "group_id",
+    "--group-id",
+    as_text,
+    "recommender-workers",
+    env="WORKER_GROUP_ID",
+    help="consumer group of the workers",
+    check=not_empty,
+)
+TOP_K = Setting(
+    "top_k", "--top-k", as_int, 10, env="WORKER_TOP_K", help="suggestions per event", check=positive
+)
+N_CANDIDATES = Setting(
+    "n_candidates",
+    "--candidates",
+    as_int,
+    50,
+    env="WORKER_CANDIDATES",
+    help="candidates scored per event (at least --top-k)",
+    check=positive,
+)
+MAX_BATCH_SIZE = Setting(
+    "max_batch_size",
+    "--max-batch-size",
+    as_int,
+    500,
+    env="WORKER_MAX_BATCH_SIZE",
+    help="events per micro-batch, at most",
+    check=positive,
+)
+MAX_BATCH_WAIT_MS = Setting(
+    "max_batch_wait_ms",
+    "--max-batch-wait-ms",
+    as_int,
+    20,
+    env="WORKER_MAX_BATCH_WAIT_MS",
+    help="how long a micro-batch waits to fill up",
+    check=non_negative,
+)
+MAX_EVENT_BYTES = Setting(
+    "max_event_bytes",
+    "--max-event-bytes",
+    as_int,
+    64 * 1024,
+    env="WORKER_MAX_EVENT_BYTES",
+    help="larger input records are dead-lettered",
+    check=positive,
+)
+MAX_SESSIONS = Setting(
+    "max_sessions",
+    "--max-sessions",
+    as_int,
+    2_000_000,
+    env="WORKER_MAX_SESSIONS",
+    help="user sessions held in memory, at most",
+    check=positive,
+)
+SESSION_IDLE_TTL_S = Setting(
+    "session_idle_ttl_s",
+    "--session-idle-ttl-s",
+    as_float,
+    3600.0,
+    env="WORKER_SESSION_IDLE_TTL_S",
+    help="a session idle this long is dropped",
+    check=positive,
+)
+FETCH_BUFFER_MB = Setting(
+    "fetch_buffer_mb",
+    "--fetch-buffer-mb",
+    as_int,
+    16,
+    env="WORKER_FETCH_BUFFER_MB",
+    help="records fetched ahead of the loop, at most (the rest of a backlog stays in Kafka)",
+    check=positive,
+)
+PRODUCE_BUFFER_MB = Setting(
+    "produce_buffer_mb",
+    "--produce-buffer-mb",
+    as_int,
+    32,
+    env="WORKER_PRODUCE_BUFFER_MB",
+    help="outputs queued for the broker, at most (produce waits when it is full)",
+    check=positive,
+)
+SHUTDOWN_TIMEOUT_S = Setting(
+    "shutdown_timeout_s",
+    "--shutdown-timeout-s",
+    as_float,
+    30.0,
+    env="WORKER_SHUTDOWN_TIMEOUT_S",
+    help="on SIGTERM, how long draining and committing may take before the worker exits anyway",
+    check=non_negative,
+)
+METRICS_PORT = Setting(
+    "metrics_port",
+    "--metrics-port",
+    as_int,
+    9100,
+    env="WORKER_METRICS_PORT",
+    help="/metrics, /healthz, /readyz; 0 disables",
+    check=port,
+)
+SCORING_BACKEND = Setting(
+    "scoring_backend",
+    "--scoring-backend",
+    OneOf(("auto", "lleaves", "lightgbm")),
+    "auto",
+    env="WORKER_SCORING_BACKEND",
+    help="auto = the compiled lleaves model when installed (pip extra 'fast'), else LightGBM",
+)
+EXACTLY_ONCE = Setting(
+    "exactly_once",
+    "--exactly-once",
+    as_bool,
+    False,
+    env="WORKER_EXACTLY_ONCE",
+    help="transactional read-process-write; downstream readers use read_committed",
+)
+TRANSACTIONAL_ID: Setting[str | None] = Setting(
+    "transactional_id",
+    "--transactional-id",
+    as_text,
+    None,
+    env="WORKER_TRANSACTIONAL_ID",
+    help="stable per replica (e.g. the pod name) so a restart fences its predecessor; "
+    "default <group>-<host>-<pid>",
+)
+STATE_CHANGELOG = Setting(
+    "state_changelog",
+    "--state-changelog",
+    as_bool,
+    True,
+    env="WORKER_STATE_CHANGELOG",
+    help="keep session state in a compacted changelog topic and restore it on assignment",
+)
+
+# The accuracy monitor (`worker monitor`).
+MONITOR_GROUP_ID = Setting(
+    "group_id",
+    "--group-id",
+    as_text,
+    "recommender-monitor",
+    env="WORKER_MONITOR_GROUP_ID",
+    help="consumer group of the monitor",
+    check=not_empty,
+)
+MONITOR_K = Setting(
+    "k",
+    "--k",
+    as_int,
+    10,
+    env="WORKER_MONITOR_K",
+    help="suggestions counted per event (hit rate@K)",
+    check=positive,
+)
+ATTRIBUTION_WINDOW_S = Setting(
+    "attribution_window_s",
+    "--attribution-window-s",
+    as_float,
+    1800.0,
+    env="WORKER_ATTRIBUTION_WINDOW_S",
+    help="a purchase is a hit when suggested to the user at most this long before",
+    check=positive,
+)
+MONITOR_WINDOW_S = Setting(
+    "window_s",
+    "--window-s",
+    as_float,
+    60.0,
+    env="WORKER_MONITOR_WINDOW_S",
+    help="length of one accuracy window",
+    check=positive,
+)
+IDLE_PARTITION_GRACE_S = Setting(
+    "idle_partition_grace_s",
+    "--idle-partition-grace-s",
+    as_float,
+    5.0,
+    help="how long a fully read input partition holds back the event-time watermark",
+    check=non_negative,
+)
+ALLOWED_LATENESS_S = Setting(
+    "allowed_lateness_s",
+    "--allowed-lateness-s",
+    as_float,
+    2.0,
+    env="WORKER_ALLOWED_LATENESS_S",
+    help="how late a record may arrive and still count in its window",
+    check=non_negative,
+)
+MONITOR_METRICS_PORT = Setting(
+    "metrics_port",
+    "--metrics-port",
+    as_int,
+    9101,
+    env="WORKER_MONITOR_METRICS_PORT",
+    help="/metrics, /healthz, /readyz; 0 disables",
+    check=port,
+)
+EXIT_AT_END = Setting(
+    "exit_at_end",
+    "--exit-at-end",
+    as_bool,
+    False,
+    help="flush every window and exit once all partitions are read (batch mode)",
+    negatable=False,
+)
+
+
+# -- settings objects ---------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     """How to reach the cluster."""
 
-    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    bootstrap_servers: str = BOOTSTRAP_SERVERS.field()
     properties: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Check the declared fields as the command line does, for objects built in code too.
+
+        Raises:
+            SettingError: a declared field's value is unusable.
+        """
+        validate(self)
 
     def client_config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka config: bootstrap, pass-through properties, then role overrides.
@@ -103,12 +696,22 @@ class KafkaSettings:
 
 @dataclass(frozen=True)
 class TopicSettings:
-    events: str = "browsing-events"
-    suggestions: str = "product-suggestions"
-    purchases: str = "purchases"
-    accuracy: str = "recommendation-accuracy"
-    partitions: int = 12
+    """The project's topic names and how many partitions they get when created."""
+
+    events: str = EVENTS_TOPIC.field()
+    suggestions: str = SUGGESTIONS_TOPIC.field()
+    purchases: str = PURCHASES_TOPIC.field()
+    accuracy: str = ACCURACY_TOPIC.field()
+    partitions: int = PARTITIONS.field()
     replication_factor: int = 1
+
+    def __post_init__(self) -> None:
+        """Check the declared fields as the command line does, for objects built in code too.
+
+        Raises:
+            SettingError: a declared field's value is unusable.
+        """
+        validate(self)
 
     def dead_letter(self, topic: str) -> str:
         return f"{topic}.dlq"
@@ -116,50 +719,65 @@ class TopicSettings:
 
 @dataclass(frozen=True)
 class WorkerSettings:
+    """Everything ``worker run`` needs besides the model artifact."""
+
+    rules: ClassVar[tuple[AtMost, ...]] = (AtMost(TOP_K, N_CANDIDATES),)
+
     kafka: KafkaSettings
     topics: TopicSettings
-    group_id: str = "recommender-workers"
-    models_dir: Path = Path("models")
-    top_k: int = 10
-    n_candidates: int = 50
-    max_batch_size: int = 500
-    max_batch_wait_ms: int = 20
-    max_event_bytes: int = 64 * 1024
-    max_sessions: int = 2_000_000
-    session_idle_ttl_s: float = 3600.0
+    group_id: str = GROUP_ID.field()
+    models_dir: Path = MODELS_DIR.field()
+    top_k: int = TOP_K.field()
+    n_candidates: int = N_CANDIDATES.field()
+    max_batch_size: int = MAX_BATCH_SIZE.field()
+    max_batch_wait_ms: int = MAX_BATCH_WAIT_MS.field()
+    max_event_bytes: int = MAX_EVENT_BYTES.field()
+    max_sessions: int = MAX_SESSIONS.field()
+    session_idle_ttl_s: float = SESSION_IDLE_TTL_S.field()
     #: Bound on records fetched ahead of the loop (librdkafka ``queued.max.messages.kbytes``).
-    fetch_buffer_mb: int = 16
+    fetch_buffer_mb: int = FETCH_BUFFER_MB.field()
     #: Bound on outputs queued for the broker (librdkafka ``queue.buffering.max.kbytes``).
-    produce_buffer_mb: int = 32
-    shutdown_timeout_s: float = 30.0
-    metrics_port: int = 9100
-    schema_registry_url: str | None = None
+    produce_buffer_mb: int = PRODUCE_BUFFER_MB.field()
+    shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S.field()
+    metrics_port: int = METRICS_PORT.field()
+    schema_registry_url: str | None = SCHEMA_REGISTRY_URL.field()
     scoring_threads: int = 1
-    scoring_backend: str = "auto"  # "lleaves" (compiled), "lightgbm", or auto: lleaves if installed
-    exactly_once: bool = False
-    transactional_id: str | None = None
-    state_changelog: bool = True
+    # "lleaves" (compiled), "lightgbm", or auto: lleaves if installed
+    scoring_backend: str = SCORING_BACKEND.field()
+    exactly_once: bool = EXACTLY_ONCE.field()
+    transactional_id: str | None = TRANSACTIONAL_ID.field()
+    state_changelog: bool = STATE_CHANGELOG.field()
 
     def __post_init__(self) -> None:
-        if self.top_k <= 0 or self.n_candidates < self.top_k:
-            raise ConfigError("need 0 < top_k <= n_candidates")
-        if self.max_batch_size <= 0 or self.max_batch_wait_ms < 0:
-            raise ConfigError("max_batch_size must be positive and max_batch_wait_ms >= 0")
-        if self.fetch_buffer_mb < 1 or self.produce_buffer_mb < 1:
-            raise ConfigError("fetch_buffer_mb and produce_buffer_mb must be at least 1")
+        """Check the values as the command line does, for objects built in code too.
+
+        Raises:
+            SettingError: a value, or the rule top_k <= n_candidates, is broken.
+        """
+        validate(self)
 
 
 @dataclass(frozen=True)
 class MonitorSettings:
+    """Everything ``worker monitor`` needs."""
+
     kafka: KafkaSettings
     topics: TopicSettings
-    group_id: str = "recommender-monitor"
-    models_dir: Path = Path("models")
-    k: int = 10
-    attribution_window_s: float = 1800.0
-    window_s: float = 60.0
-    idle_partition_grace_s: float = 5.0
-    allowed_lateness_s: float = 2.0
-    metrics_port: int = 9101
-    schema_registry_url: str | None = None
-    exit_at_end: bool = False
+    group_id: str = MONITOR_GROUP_ID.field()
+    models_dir: Path = MODELS_DIR.field()
+    k: int = MONITOR_K.field()
+    attribution_window_s: float = ATTRIBUTION_WINDOW_S.field()
+    window_s: float = MONITOR_WINDOW_S.field()
+    idle_partition_grace_s: float = IDLE_PARTITION_GRACE_S.field()
+    allowed_lateness_s: float = ALLOWED_LATENESS_S.field()
+    metrics_port: int = MONITOR_METRICS_PORT.field()
+    schema_registry_url: str | None = SCHEMA_REGISTRY_URL.field()
+    exit_at_end: bool = EXIT_AT_END.field()
+
+    def __post_init__(self) -> None:
+        """Check the values as the command line does, for objects built in code too.
+
+        Raises:
+            SettingError: a value is unusable (k, windows, lateness, grace, port).
+        """
+        validate(self)
