@@ -1,25 +1,14 @@
-"""Dead-letter records (headers saying why and where from) and settings (librdkafka
-pass-through, @file secrets, masking)."""
+"""Dead-letter records (headers saying why and where from) and the bounds of the clients'
+buffers. Settings (librdkafka pass-through, @file secrets, masking, validation) are tested in
+tests/unit/test_config.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 import structlog
 
-from worker.config import (
-    KafkaSettings,
-    TopicSettings,
-    WorkerSettings,
-    is_secret,
-    kafka_properties,
-    mask,
-)
-from worker.core.errors import ConfigError, CorruptPayloadError, InvalidRecordError
+from worker.config import KafkaSettings, TopicSettings
+from worker.core.errors import CorruptPayloadError, InvalidRecordError
 from worker.kafka.dead_letter import MAX_MESSAGE_CHARS, dead_letter, header_map
-
-PASSWORD = "hunter2-Sup3rS3cret"
 
 
 def make_dead_letter(**overrides):
@@ -115,150 +104,7 @@ def test_dead_letter_topic_name() -> None:
     assert TopicSettings().dead_letter("purchases") == "purchases.dlq"
 
 
-# -- kafka_properties -------------------------------------------------------------------------
-
-
-def test_environment_variables_become_dotted_librdkafka_properties() -> None:
-    """WORKER_KAFKA_SASL_USERNAME -> sasl.username; other variables and empty values ignored."""
-    environ = {
-        "WORKER_KAFKA_SASL_USERNAME": "alice",
-        "WORKER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-        "WORKER_KAFKA_EMPTY": "",
-        "WORKER_TOP_K": "5",
-        "KAFKA_SASL_PASSWORD": "not ours",
-    }
-    assert kafka_properties(None, environ) == {
-        "sasl.username": "alice",
-        "security.protocol": "SASL_SSL",
-    }
-
-
-def test_cli_pairs_pass_through_and_override_the_environment() -> None:
-    """-X key=value pairs are taken as is (values may contain '='), after the environment."""
-    props = kafka_properties(
-        [
-            "sasl.mechanism=SCRAM-SHA-512",
-            "sasl.username=bob",
-            "sasl.oauthbearer.config=scope=a b=c",
-        ],
-        {"WORKER_KAFKA_SASL_USERNAME": "alice"},
-    )
-    assert props == {
-        "sasl.mechanism": "SCRAM-SHA-512",
-        "sasl.username": "bob",
-        "sasl.oauthbearer.config": "scope=a b=c",
-    }
-
-
-def test_at_file_values_are_read_from_the_file(tmp_path: Path) -> None:
-    """A value '@/path' is the file's content, stripped (secrets mounted as files), from the
-    environment and from -X alike."""
-    secret = tmp_path / "password"
-    secret.write_text(PASSWORD + "\n", encoding="utf-8")
-    props = kafka_properties(
-        [f"ssl.key.password=@{secret}"], {"WORKER_KAFKA_SASL_PASSWORD": f"@{secret}"}
-    )
-    assert props == {"sasl.password": PASSWORD, "ssl.key.password": PASSWORD}
-
-
-def test_unreadable_at_file_is_config_error(tmp_path: Path) -> None:
-    """A missing @file is a ConfigError naming the key, never a raw OSError."""
-    with pytest.raises(ConfigError, match="sasl.password"):
-        kafka_properties([f"sasl.password=@{tmp_path / 'missing'}"], {})
-    with pytest.raises(ConfigError):
-        kafka_properties(None, {"WORKER_KAFKA_SASL_PASSWORD": f"@{tmp_path / 'missing'}"})
-
-
-@pytest.mark.parametrize("pair", ["sasl.username", "=value", ""])
-def test_malformed_cli_pair_is_config_error(pair: str) -> None:
-    """-X without 'key=' is a ConfigError."""
-    with pytest.raises(ConfigError):
-        kafka_properties([pair], {})
-
-
-def test_malformed_cli_pair_error_never_echoes_a_secret_value() -> None:
-    """The ConfigError for a malformed pair may name the key, never the secret after it."""
-    with pytest.raises(ConfigError) as raised:
-        kafka_properties([f"sasl.password:{PASSWORD}"], {})
-    assert PASSWORD not in str(raised.value)
-
-
-def test_kafka_properties_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without an explicit mapping, the process environment is used."""
-    monkeypatch.setenv("WORKER_KAFKA_CLIENT_ID", "recommender-7")
-    assert kafka_properties(None)["client.id"] == "recommender-7"
-
-
-# -- masking ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "key",
-    [
-        "sasl.password",
-        "ssl.key.password",
-        "ssl.keystore.password",
-        "SASL.PASSWORD",
-        "sasl.oauthbearer.client.secret",
-        "ssl.key.pem",
-        "sasl.jaas.config",
-        "token",
-    ],
-)
-def test_mask_hides_secret_values(key: str) -> None:
-    """Secret-looking keys have their value replaced by ***; the key stays visible."""
-    assert is_secret(key)
-    assert mask({key: PASSWORD, "sasl.username": "alice"}) == {key: "***", "sasl.username": "alice"}
-
-
-def test_mask_keeps_ordinary_values_and_copies() -> None:
-    """Non-secret values are kept; the input mapping is not modified."""
-    props = {"security.protocol": "SSL", "sasl.password": PASSWORD}
-    masked = mask(props)
-    assert masked["security.protocol"] == "SSL"
-    assert props["sasl.password"] == PASSWORD
-
-
-def test_repr_of_settings_never_contains_a_password() -> None:
-    """repr/str of KafkaSettings, and of the WorkerSettings holding it, mask secrets, while
-    client_config still hands the real value to the client."""
-    kafka = KafkaSettings(
-        bootstrap_servers="broker:9093",
-        properties={
-            "sasl.username": "alice",
-            "sasl.password": PASSWORD,
-            "ssl.key.password": PASSWORD,
-        },
-    )
-    worker = WorkerSettings(kafka=kafka, topics=TopicSettings())
-    for text in (repr(kafka), str(kafka), repr(worker), str(worker)):
-        assert PASSWORD not in text
-        assert "alice" in text and "broker:9093" in text
-    assert kafka.client_config()["sasl.password"] == PASSWORD
-
-
-def test_client_config_pass_through_wins_over_role_defaults() -> None:
-    """bootstrap first, then role overrides, then pass-through properties."""
-    kafka = KafkaSettings("b:1", {"linger.ms": "50"})
-    config = kafka.client_config(**{"linger.ms": 5, "enable.idempotence": True})
-    assert config == {"bootstrap.servers": "b:1", "linger.ms": "50", "enable.idempotence": True}
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"top_k": 0},
-        {"top_k": 60, "n_candidates": 50},
-        {"max_batch_size": 0},
-        {"max_batch_wait_ms": -1},
-        {"fetch_buffer_mb": 0},
-        {"produce_buffer_mb": 0},
-    ],
-)
-def test_invalid_worker_settings_are_config_errors(kwargs: dict) -> None:
-    """Settings that cannot work fail fast with ConfigError."""
-    with pytest.raises(ConfigError):
-        WorkerSettings(kafka=KafkaSettings(), topics=TopicSettings(), **kwargs)
+# -- client buffers ---------------------------------------------------------------------------
 
 
 def test_client_buffers_are_bounded_by_the_project_not_librdkafka_defaults(monkeypatch) -> None:

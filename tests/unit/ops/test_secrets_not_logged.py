@@ -105,6 +105,28 @@ def test_malformed_pass_through_pair_is_not_echoed():
     assert SECRET not in str(info.value)
 
 
+def test_configuration_errors_of_the_command_line_never_show_a_secret(monkeypatch, capsys):
+    """Through `worker` itself: a malformed -X pair (the pass-through, reported as a fatal log
+    line) and a bad value of a secret-looking setting (the one-line parser error) exit 2
+    without the secret."""
+    from worker import cli
+    from worker.config import Setting, as_int
+
+    monkeypatch.setattr(cli, "_exit_cleanly_on_sigterm_while_starting", lambda: None)
+    monkeypatch.setenv("WORKER_LOG_FORMAT", "json")
+    assert cli.main(["topics", "-X", f"sasl.password:{SECRET}"]) == 2
+    err = capsys.readouterr().err
+    assert "-X expects key=value" in err and SECRET not in err
+    parser = cli.SettingsParser(prog="worker")
+    parser.add_settings(Setting("token_ttl", "--token-ttl", as_int, 1, env="WORKER_TOKEN_TTL"))
+    monkeypatch.setenv("WORKER_TOKEN_TTL", SECRET)
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args([])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "--token-ttl / WORKER_TOKEN_TTL" in err
+    assert SECRET not in err
+
+
 def test_password_starting_with_at_sign_is_not_echoed():
     with pytest.raises(ConfigError) as info:
         kafka_properties([f"sasl.password=@{SECRET}"], {})
