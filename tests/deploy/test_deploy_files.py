@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 import yaml
+from packaging.requirements import Requirement
 
 from worker import cli
 from worker.ops import health, metrics
@@ -398,3 +400,93 @@ def test_alerts_and_readme_use_exported_metric_names():
     assert len(in_readme) >= 20
     unknown = in_readme - exported
     assert not unknown, f"README names metrics the code does not export: {unknown}"
+
+
+# -- the image's dependency set: lock files, Dockerfile, the product's wheel ----------------------
+
+REQUIREMENTS = ROOT / "requirements"
+RUNTIME_LOCK = REQUIREMENTS / "runtime.txt"
+DEV_LOCK = REQUIREMENTS / "dev.txt"
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)\s*(.*)$")
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked(path: Path) -> dict[str, str]:
+    """``name -> version`` of a pip-compile lock; every entry must be ``==`` with hashes."""
+    pins: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = PIN.match(line)
+        assert match, f"{path.name}: not an exact pin: {line[:80]}"
+        assert "--hash=sha256:" in match[3], f"{path.name}: {match[1]} has no hash"
+        pins[canonical(match[1])] = match[2]
+    return pins
+
+
+def pyproject_requirements() -> dict[str, list[Requirement]]:
+    """Requirements by where they are declared: the product's dependencies and extras,
+    devtools' dependencies (without the product itself) and both build backends."""
+    product = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    devtools = tomllib.loads((ROOT / "devtools/pyproject.toml").read_text(encoding="utf-8"))
+    extras = product["project"]["optional-dependencies"]
+    return {
+        "dependencies": [Requirement(r) for r in product["project"]["dependencies"]],
+        "fast": [Requirement(r) for r in extras["fast"]],
+        "dev": [Requirement(r) for r in extras["dev"]],
+        "devtools": [
+            Requirement(r)
+            for r in devtools["project"]["dependencies"]
+            if canonical(Requirement(r).name) != "worker"
+        ],
+        "build": [
+            Requirement(r)
+            for project in (product, devtools)
+            for r in project["build-system"]["requires"]
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("lock", "sections"),
+    [
+        (RUNTIME_LOCK, ("dependencies", "fast")),
+        (DEV_LOCK, ("dependencies", "fast", "dev", "devtools", "build")),
+    ],
+)
+def test_lock_pins_every_declared_dependency_within_its_bounds(lock, sections):
+    pins = locked(lock)
+    declared = pyproject_requirements()
+    for section in sections:
+        for requirement in declared[section]:
+            name = canonical(requirement.name)
+            assert name in pins, f"{lock.name} lacks {requirement} ({section}): run `make lock`"
+            assert requirement.specifier.contains(pins[name], prereleases=True), (
+                f"{lock.name} pins {name}=={pins[name]}, outside {requirement} ({section})"
+            )
+    # This checkout's own packages are installed from it (`--no-deps`), never from an index.
+    assert not {"worker", "worker-devtools"} & pins.keys()
+
+
+def test_dev_lock_has_the_runtime_versions():
+    runtime, dev = locked(RUNTIME_LOCK), locked(DEV_LOCK)
+    assert {name: dev.get(name) for name in runtime} == runtime
+
+
+def test_dev_in_repeats_devtools_dependencies_exactly():
+    lines = (REQUIREMENTS / "dev.in").read_text(encoding="utf-8").splitlines()
+    listed = {
+        canonical(Requirement(line).name): str(Requirement(line).specifier)
+        for line in (raw.split("#", 1)[0].strip() for raw in lines)
+        if line and not line.startswith("-")
+    }
+    for requirement in pyproject_requirements()["devtools"]:
+        assert listed.get(canonical(requirement.name)) == str(requirement.specifier), (
+            f"requirements/dev.in must list {requirement} as devtools/pyproject.toml does"
+        )
+    assert "-c runtime.txt" in lines
+
