@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -490,3 +494,77 @@ def test_dev_in_repeats_devtools_dependencies_exactly():
         )
     assert "-c runtime.txt" in lines
 
+
+def dockerfile_instructions(stage: str) -> list[str]:
+    """Instructions of one stage of the Dockerfile, continuation lines joined."""
+    text = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
+    instructions = [
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+    ]
+    starts = [i for i, line in enumerate(instructions) if line.upper().startswith("FROM ")]
+    for begin, end in zip(starts, [*starts[1:], len(instructions)], strict=True):
+        if instructions[begin].split()[-1] == stage:
+            return instructions[begin:end]
+    raise AssertionError(f"no stage {stage} in {DOCKERFILE}")
+
+
+def test_dockerfile_installs_the_lock_then_the_product_without_dependencies():
+    runs = [i[4:] for i in dockerfile_instructions("build") if i.startswith("RUN ")]
+    pip_installs = [
+        shlex.split(command)
+        for run in runs
+        for command in run.split("&&")
+        if command.split()[:2] == ["pip", "install"]
+    ]
+    assert pip_installs == [
+        ["pip", "install", "--require-hashes", "-r", "requirements/runtime.txt"],
+        ["pip", "install", "--no-deps", "."],
+    ]
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert "==" not in " ".join(runs), "versions belong in requirements/runtime.txt"
+    assert "devtools" not in text.lower(), "the image never holds the development tooling"
+
+
+def test_product_wheel_holds_the_product_and_its_schemas_only(tmp_path):
+    """The wheel the image installs, built from exactly what the Dockerfile copies."""
+    context = tmp_path / "src"
+    for instruction in dockerfile_instructions("build"):
+        if not instruction.startswith("COPY ") or "--from" in instruction:
+            continue
+        *sources, destination = shlex.split(instruction)[1:]
+        for pattern in sources:
+            for source in sorted(ROOT.glob(pattern.rstrip("/"))):
+                target = context / destination
+                if source.is_dir():
+                    shutil.copytree(
+                        source, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+                    )
+                else:
+                    if destination.endswith("/"):
+                        target = target / source.name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(source, target)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
+        + ["--no-index", str(context), "--wheel-dir", str(tmp_path / "dist")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = (tmp_path / "dist").glob("worker-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        scripts = archive.read(entry_points).decode()
+    files = [n for n in names if ".dist-info/" not in n]
+    modules = {n for n in files if n.endswith(".py")}
+    schemas = {n for n in files if n.endswith(".avsc")}
+    assert all(n.startswith("worker/") for n in files), files
+    assert set(files) == modules | schemas, set(files) - modules - schemas
+    in_tree = {p.relative_to(ROOT).as_posix() for p in (ROOT / "worker").rglob("*.py")}
+    assert modules == in_tree, "every module of worker/ and nothing else"
+    avsc = {f"worker/wire/schemas/{p.name}" for p in (ROOT / "schemas").glob("*.avsc")}
+    assert schemas == avsc and len(schemas) == 4
+    assert not [n for n in names if re.search(r"devtools|tests|bench", n)]
+    assert "worker = worker.cli:main" in scripts and "worker-dev" not in scripts
