@@ -11,6 +11,32 @@ import pytest
 from tests.kafka_fixtures import kafka_bootstrap  # noqa: F401  (session fixture re-exported)
 from worker.config import TopicSettings
 
+#: The session fixture that yields a real broker (tests/kafka_fixtures.py).
+BROKER_FIXTURE = "kafka_bootstrap"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that reaches the broker fixture, directly or through other fixtures, carries
+    the `kafka` marker, so that `-m kafka` / `-m "not kafka"` split the suite truthfully
+    (`make test-unit` runs the latter). Checked on every collection; a test without it fails the
+    run before anything starts. Tests that start brokers of their own (tests/integration/
+    test_security.py, test_tls.py, tests/devtools/test_localkafka.py, test_chaos.py) carry the
+    marker at module level too."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if BROKER_FIXTURE in getattr(item, "fixturenames", ())
+        and item.get_closest_marker("kafka") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            f"tests using the {BROKER_FIXTURE} fixture without @pytest.mark.kafka "
+            "(add it, or `pytestmark = pytest.mark.kafka` to the module):\n  "
+            + "\n  ".join(unmarked)
+        )
+
+
 #: Small but real: a simulated history and a LightGBM ranker trained on it by `worker.apps.train`.
 TEST_SIM = dict(n_products=800, n_categories=20, n_users=3000, seed=3)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
 from confluent_kafka.admin import NewTopic
 
 from devtools.input_feeder import InputFeeder
@@ -18,6 +19,8 @@ from tests.helpers import read_all
 from worker.config import KafkaSettings
 from worker.kafka.admin import admin_client
 from worker.kafka.watches import AckWatch
+
+pytestmark = pytest.mark.kafka
 
 
 def test_queued_input_is_resent_once_each_in_order(kafka_bootstrap):

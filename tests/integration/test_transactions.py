@@ -36,6 +36,8 @@ from worker.kafka.checkpoint import (
 from worker.kafka.clients import make_consumer, make_producer
 from worker.kafka.watches import AckWatch
 
+pytestmark = pytest.mark.kafka
+
 
 class _Log:
     def __init__(self) -> None:
