@@ -77,4 +77,3 @@ class SchemaRegistryError(InfrastructureError):
 
 class BrokerError(InfrastructureError):
     """The cluster is unreachable, refused the credentials, or a fatal client error occurred."""
-
