@@ -22,7 +22,7 @@ class InMemorySchemaRegistry:
     _by_canonical: dict[str, int] = field(default_factory=dict)
 
     def register(self, subject: str, schema_json: Mapping[str, Any]) -> int:
-        canonical = fastavro.schema.to_parsing_canonical_form(schema_json)
+        canonical = fastavro.schema.to_parsing_canonical_form(dict(schema_json))
         if canonical not in self._by_canonical:
             schema_id = len(self._by_id) + 1
             self._by_id[schema_id] = schema_json

@@ -146,7 +146,10 @@ class ChangelogRestorer:
                         f"restoring {topic} partitions {sorted(pending)} took over "
                         f"{timeout_s:.0f} s"
                     )
-                for msg in consumer.consume(1000, timeout=0.5):
+                # Records of a compacted topic always have a key (the broker refuses others), and
+                # consumed records a partition: the stubs' Optionals do not apply.
+                fetched: list[Any] = consumer.consume(1000, timeout=0.5)
+                for msg in fetched:
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
