@@ -15,12 +15,14 @@ import argparse
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.config import (
     BOOTSTRAP_SERVERS,
     MODELS_DIR,
     SCHEMA_REGISTRY_URL,
+    SIMULATE_SETTINGS,
+    TRAIN_SETTINGS,
     AtMost,
     KafkaSettings,
     MonitorSettings,
@@ -37,6 +39,10 @@ from worker.config import (
     settings_from,
 )
 from worker.core.errors import InfrastructureError, WorkerError
+
+if TYPE_CHECKING:  # the apps are imported by the command that runs, not to parse the line
+    from worker.apps.simulate import SimulatorSettings
+    from worker.apps.train import TrainSettings
 
 EXIT_INFRASTRUCTURE = 2
 #: Exit code of a bad setting or argument (argparse's own).
@@ -207,37 +213,14 @@ def build_parser() -> SettingsParser:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--out", type=Path, help="write a historical dataset into this directory")
     mode.add_argument("--produce", action="store_true", help="produce live to Kafka")
-    p.add_argument("--days", type=float, default=2.0, help="history length for --out (days)")
-    p.add_argument("--users", type=int, default=20000)
-    p.add_argument("--products", type=int, default=5000)
-    p.add_argument("--categories", type=int, default=60)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument(
-        "--speedup",
-        type=float,
-        default=60.0,
-        help="simulated seconds per wall second for --produce",
-    )
-    p.add_argument("--max-rate", type=float, default=None, help="cap in records/s for --produce")
-    p.add_argument("--duration-s", type=float, default=60.0, help="wall seconds to produce")
-    p.add_argument(
-        "--corrupt-every",
-        type=int,
-        default=0,
-        help="send every N-th event malformed (dead-letter demonstration)",
-    )
+    p.add_settings(*SIMULATE_SETTINGS)
 
     p = sub.add_parser("train", help="train and evaluate a LightGBM ranker; write an artifact")
     p.add_argument(
         "--dataset", type=Path, required=True, help="directory from `worker simulate --out`"
     )
     _models_arg(p)
-    p.add_argument("--trees", type=int, default=200)
-    p.add_argument("--leaves", type=int, default=63)
-    p.add_argument("--max-queries", type=int, default=40000, help="training events sampled")
-    p.add_argument("--candidates", type=int, default=50)
-    p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_settings(*TRAIN_SETTINGS)
 
     p = sub.add_parser("run", help="the streaming inference worker")
     _add_kafka_args(p)
@@ -284,9 +267,7 @@ def cmd_topics(args: argparse.Namespace, log: Any) -> int:
 def cmd_simulate(args: argparse.Namespace, log: Any) -> int:
     from worker.apps import simulate
 
-    settings = simulate.SimulatorSettings(
-        n_products=args.products, n_categories=args.categories, n_users=args.users, seed=args.seed
-    )
+    settings = simulator_settings(args)
     if args.out:
         written = simulate.write_history(args.out, settings, days=args.days)
         log.info("dataset_written", out=str(args.out), **written)
@@ -319,16 +300,9 @@ def cmd_simulate(args: argparse.Namespace, log: Any) -> int:
 
 
 def cmd_train(args: argparse.Namespace, log: Any) -> int:
-    from worker.apps.train import TrainSettings, format_evaluation, train
+    from worker.apps.train import format_evaluation, train
 
-    settings = TrainSettings(
-        num_trees=args.trees,
-        num_leaves=args.leaves,
-        max_train_queries=args.max_queries,
-        n_candidates=args.candidates,
-        top_k=args.top_k,
-        num_threads=args.threads,
-    )
+    settings = train_settings(args)
     path, metadata = train(args.dataset, args.models_dir, settings, log=log)
     print(f"model {metadata['version']} written to {path}")
     print(format_evaluation(metadata))
@@ -374,6 +348,21 @@ def monitor_settings(args: argparse.Namespace) -> MonitorSettings:
         ConfigError: as for :func:`worker_settings`.
     """
     return settings_from(MonitorSettings, vars(args), kafka=_kafka(args), topics=_topics(args))
+
+
+def train_settings(args: argparse.Namespace) -> TrainSettings:
+    """The training settings from the parsed ``worker train`` command line."""
+    from worker.apps.train import TrainSettings
+
+    return settings_from(TrainSettings, vars(args))
+
+
+def simulator_settings(args: argparse.Namespace) -> SimulatorSettings:
+    """The generator's settings from the parsed ``worker simulate`` command line (the other
+    flags, ``--days`` and the pacing, are arguments of write_history and produce_live)."""
+    from worker.apps.simulate import SimulatorSettings
+
+    return settings_from(SimulatorSettings, vars(args))
 
 
 def cmd_run(args: argparse.Namespace, log: Any) -> int:

@@ -5,7 +5,8 @@ from text), default, help and check. The settings dataclasses below take their d
 declarations and keep them in their fields' metadata; ``worker.cli`` builds the flags from the
 same declarations, so a flag, its environment variable and its default cannot drift apart. A
 bad value, from the flag, the environment or a constructor, is a :class:`SettingError` whose
-message names the flag and the variable.
+message names the flag and the variable. The settings of ``worker train`` and ``worker simulate``
+(offline commands) are flags only, without a variable.
 
 Every librdkafka property can be passed through, as ``-X key=value`` on the command line or as
 ``WORKER_KAFKA_<KEY>`` in the environment (``WORKER_KAFKA_SASL_USERNAME`` -> ``sasl.username``).
@@ -200,6 +201,17 @@ def port(value: int) -> str | None:
 def not_empty(value: str) -> str | None:
     """Names (topics, groups, servers) that Kafka needs."""
     return None if value.strip() else "is empty"
+
+
+@dataclass(frozen=True)
+class AtLeast:
+    """A check: the value is at least ``low`` (``AtLeast(2)``: a tree needs two leaves)."""
+
+    low: float
+
+    def __call__(self, value: float) -> str | None:
+        """None when the value is at least ``low``, else the problem."""
+        return None if value >= self.low else f"is less than {shown(self.low)}"
 
 
 def shown(value: object, secret: bool = False) -> str:
@@ -657,6 +669,122 @@ EXIT_AT_END = Setting(
     False,
     help="flush every window and exit once all partitions are read (batch mode)",
     negatable=False,
+)
+
+# Training (`worker train`): flags only, no environment variables; TrainSettings
+# (worker/apps/train.py) takes its defaults from these. Not the worker's --top-k / --candidates,
+# which read WORKER_TOP_K / WORKER_CANDIDATES: a ConfigMap for the worker must not reach training.
+TRAIN_TREES = Setting(
+    "num_trees", "--trees", as_int, 200, help="boosting rounds of the ranker", check=positive
+)
+TRAIN_LEAVES = Setting(
+    "num_leaves", "--leaves", as_int, 63, help="leaves per tree", check=AtLeast(2)
+)
+TRAIN_MAX_QUERIES = Setting(
+    "max_train_queries",
+    "--max-queries",
+    as_int,
+    40_000,
+    help="training events sampled",
+    check=positive,
+)
+TRAIN_CANDIDATES = Setting(
+    "n_candidates",
+    "--candidates",
+    as_int,
+    50,
+    help="candidates per event, in training and evaluation",
+    check=positive,
+)
+TRAIN_TOP_K = Setting(
+    "top_k",
+    "--top-k",
+    as_int,
+    10,
+    help="K of the evaluation's hit rate@K and NDCG@K",
+    check=positive,
+)
+TRAIN_THREADS = Setting(
+    "num_threads", "--threads", as_int, 2, help="LightGBM threads", check=positive
+)
+#: The flags of ``worker train`` (with ``--dataset`` and ``--models-dir``), in help order; each is
+#: a field of TrainSettings (a test checks that the two agree).
+TRAIN_SETTINGS: tuple[Setting[Any], ...] = (
+    TRAIN_TREES,
+    TRAIN_LEAVES,
+    TRAIN_MAX_QUERIES,
+    TRAIN_CANDIDATES,
+    TRAIN_TOP_K,
+    TRAIN_THREADS,
+)
+
+# The simulator (`worker simulate`): flags only. SimulatorSettings (worker/apps/simulate.py)
+# takes the generator's defaults from these; --days is the default history length there, and the
+# rest are the defaults of produce_live's pacing.
+SIMULATE_DAYS = Setting(
+    "days", "--days", as_float, 2.0, help="history length for --out (days)", check=positive
+)
+SIMULATE_USERS = Setting(
+    "n_users", "--users", as_int, 20_000, help="simulated users", check=positive
+)
+SIMULATE_PRODUCTS = Setting(
+    "n_products", "--products", as_int, 5000, help="products in the catalogue", check=positive
+)
+SIMULATE_CATEGORIES = Setting(
+    "n_categories",
+    "--categories",
+    as_int,
+    60,
+    help="product categories (no more than --products are used)",
+    check=positive,
+)
+SIMULATE_SEED = Setting(
+    "seed",
+    "--seed",
+    as_int,
+    1,
+    help="seed of the sessions (same seed, same records)",
+    check=non_negative,
+)
+SIMULATE_SPEEDUP = Setting(
+    "speedup",
+    "--speedup",
+    as_float,
+    60.0,
+    help="simulated seconds per wall second for --produce",
+    check=positive,
+)
+SIMULATE_MAX_RATE: Setting[float | None] = Setting(
+    "max_rate",
+    "--max-rate",
+    as_float,
+    None,
+    help="cap in records/s for --produce (unset: no cap)",
+    check=positive,
+)
+SIMULATE_DURATION_S = Setting(
+    "duration_s", "--duration-s", as_float, 60.0, help="wall seconds to produce", check=positive
+)
+SIMULATE_CORRUPT_EVERY = Setting(
+    "corrupt_every",
+    "--corrupt-every",
+    as_int,
+    0,
+    help="send every N-th event malformed (dead-letter demonstration); 0 never",
+    check=non_negative,
+)
+#: The flags of ``worker simulate`` besides the mode and Kafka, in help order; those that are
+#: fields of SimulatorSettings build it, the others are arguments of write_history/produce_live.
+SIMULATE_SETTINGS: tuple[Setting[Any], ...] = (
+    SIMULATE_DAYS,
+    SIMULATE_USERS,
+    SIMULATE_PRODUCTS,
+    SIMULATE_CATEGORIES,
+    SIMULATE_SEED,
+    SIMULATE_SPEEDUP,
+    SIMULATE_MAX_RATE,
+    SIMULATE_DURATION_S,
+    SIMULATE_CORRUPT_EVERY,
 )
 
 

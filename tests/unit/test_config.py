@@ -1,13 +1,16 @@
 """Settings: each declared once (worker/config.py), resolved flag > environment > default by
 the command line (worker/cli.py), and a bad value, from anywhere, ends the command with exit
 code 2 and one line naming the flag and the environment variable. Also the librdkafka
-pass-through (``-X``, ``WORKER_KAFKA_<KEY>``, ``@file`` values) and the masking of secrets."""
+pass-through (``-X``, ``WORKER_KAFKA_<KEY>``, ``@file`` values) and the masking of secrets.
+``train`` and ``simulate`` have flag-only settings, declared the same way."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -17,9 +20,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker import cli
+from worker.apps import simulate
+from worker.apps.simulate import SimulatorSettings
+from worker.apps.train import TrainSettings
 from worker.config import (
     MODELS_DIR,
     SCHEMA_REGISTRY_URL,
+    SIMULATE_SETTINGS,
+    TRAIN_SETTINGS,
+    AtLeast,
     KafkaSettings,
     MonitorSettings,
     OneOf,
@@ -43,7 +52,14 @@ from worker.config import (
 from worker.core.errors import ConfigError, InfrastructureError
 
 PASSWORD = "hunter2-Sup3rS3cret"
-SETTINGS_CLASSES = (KafkaSettings, TopicSettings, WorkerSettings, MonitorSettings)
+SETTINGS_CLASSES = (
+    KafkaSettings,
+    TopicSettings,
+    WorkerSettings,
+    MonitorSettings,
+    TrainSettings,
+    SimulatorSettings,
+)
 
 
 def _unique(settings: list[Setting[Any]]) -> list[Setting[Any]]:
@@ -501,10 +517,11 @@ def test_value_types() -> None:
 
 
 def test_checks() -> None:
-    """positive, non_negative, port: None when fine, else the problem."""
+    """positive, non_negative, port, AtLeast: None when fine, else the problem."""
     assert positive(1) is None and positive(0) == "is not positive"
     assert non_negative(0) is None and non_negative(-0.1) == "is negative"
     assert port(0) is None and port(65535) is None and port(65536) is not None
+    assert AtLeast(2)(2) is None and AtLeast(2)(1) == "is less than 2"
 
 
 # -- settings objects built in code ---------------------------------------------------------------
@@ -560,6 +577,196 @@ def test_valid_edge_values_are_accepted() -> None:
     )
     with pytest.raises(SettingError, match="--partitions / WORKER_TOPIC_PARTITIONS: 0 is not"):
         TopicSettings(partitions=0)
+
+
+# -- train and simulate: flag-only settings -----------------------------------------------------
+
+#: The flags of `worker train` and `worker simulate` and their defaults, as they were written
+#: before they were declared (scripts, the k8s train job and the README use them).
+TRAIN_FLAGS = {
+    "--trees": 200,
+    "--leaves": 63,
+    "--max-queries": 40_000,
+    "--candidates": 50,
+    "--top-k": 10,
+    "--threads": 2,
+}
+SIMULATE_FLAGS = {
+    "--days": 2.0,
+    "--users": 20_000,
+    "--products": 5000,
+    "--categories": 60,
+    "--seed": 1,
+    "--speedup": 60.0,
+    "--max-rate": None,
+    "--duration-s": 60.0,
+    "--corrupt-every": 0,
+}
+#: The simulate flags that are not SimulatorSettings fields: arguments of the functions below.
+SIMULATE_RUN = {
+    "days": simulate.write_history,
+    "max_rate": simulate.produce_live,
+    "corrupt_every": simulate.produce_live,
+}
+OFFLINE = [("train", s) for s in TRAIN_SETTINGS] + [("simulate", s) for s in SIMULATE_SETTINGS]
+OFFLINE_ARGV = {"train": ["--dataset", "ds"], "simulate": ["--out", "ds"]}
+
+
+def offline_built(command: str, argv: list[str]) -> tuple[Any, Any]:
+    """Parse ``worker train|simulate <required> <argv>``; build the command's settings object."""
+    args = cli.build_parser().parse_args([command, *OFFLINE_ARGV[command], *argv])
+    make = cli.train_settings if command == "train" else cli.simulator_settings
+    return args, make(args)
+
+
+def test_train_and_simulate_keep_their_flags_and_defaults_without_variables() -> None:
+    """Each flag of train and simulate is one declaration: the same names and defaults as
+    before, no environment variable; train's are exactly TrainSettings' declared fields, and
+    simulate's are SimulatorSettings' plus the history length and the pacing."""
+    assert {s.flag: s.default for s in TRAIN_SETTINGS} == TRAIN_FLAGS
+    assert {s.flag: s.default for s in SIMULATE_SETTINGS} == SIMULATE_FLAGS
+    assert all(s.env is None for s in (*TRAIN_SETTINGS, *SIMULATE_SETTINGS))
+    assert set(declared(TrainSettings)) == set(TRAIN_SETTINGS)
+    generator = set(declared(SimulatorSettings))
+    assert generator <= set(SIMULATE_SETTINGS)
+    assert {s.name for s in set(SIMULATE_SETTINGS) - generator} == {
+        "days",
+        "speedup",
+        "max_rate",
+        "duration_s",
+        "corrupt_every",
+    }
+
+
+def test_train_and_simulate_parsed_defaults_are_the_dataclass_defaults() -> None:
+    """With no flag, the command lines build exactly TrainSettings() and SimulatorSettings(),
+    and the other simulate flags default to what write_history and produce_live default to."""
+    assert offline_built("train", [])[1] == TrainSettings()
+    args, generator = offline_built("simulate", [])
+    assert generator == SimulatorSettings()
+    for name, function in SIMULATE_RUN.items():
+        assert getattr(args, name) == inspect.signature(function).parameters[name].default
+    assert (args.speedup, args.duration_s) == (60.0, 60.0)
+    assert args.days == simulate.DEFAULT_HISTORY_DAYS
+
+
+@pytest.mark.parametrize("pair", OFFLINE, ids=_pair_id)
+def test_every_train_and_simulate_flag_reaches_its_settings(
+    pair: tuple[str, Setting[Any]],
+) -> None:
+    """A value given as the flag is the value of the settings field (or of the parsed
+    argument, for simulate's history length and pacing)."""
+    command, setting = pair
+    value = 5.0 if setting.default is None else other_value(setting)
+    args, settings_object = offline_built(command, argv_for(setting, value))
+    assert getattr(args, setting.name) == value
+    if setting in declared(type(settings_object)):
+        assert getattr(settings_object, setting.name) == value
+
+
+def test_valid_train_command_line_builds_its_settings() -> None:
+    """`worker train` with every flag: the TrainSettings the tests and chaos harness build."""
+    argv = ["--trees", "30", "--leaves", "15", "--max-queries", "3000", "--candidates", "40"]
+    args, settings_object = offline_built("train", [*argv, "--top-k", "5", "--threads", "1"])
+    assert settings_object == TrainSettings(
+        num_trees=30,
+        num_leaves=15,
+        max_train_queries=3000,
+        n_candidates=40,
+        top_k=5,
+        num_threads=1,
+    )
+    assert (args.dataset, args.models_dir) == (Path("ds"), MODELS_DIR.default)
+
+
+def test_valid_simulate_command_line_builds_its_settings() -> None:
+    """`worker simulate --produce` as the README and the demo run it, and `--out` with the
+    generator's flags."""
+    args = cli.build_parser().parse_args(
+        ["simulate", "--produce", "--speedup", "20", "--max-rate", "500", "--duration-s", "600"]
+        + ["--corrupt-every", "2000", "--users", "3000", "--products", "800"]
+        + ["--categories", "20", "--seed", "3"]
+    )
+    assert (args.produce, args.out) == (True, None)
+    assert cli.simulator_settings(args) == SimulatorSettings(
+        n_products=800, n_categories=20, n_users=3000, seed=3
+    )
+    assert (args.speedup, args.max_rate, args.duration_s, args.corrupt_every) == (
+        20.0,
+        500.0,
+        600.0,
+        2000,
+    )
+    args, _ = offline_built("simulate", ["--days", "0.5"])
+    assert (args.out, args.produce, args.days) == (Path("ds"), False, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["train", "--dataset", "x", "--trees", "abc"], "--trees: 'abc' is not an integer"),
+        (["train", "--dataset", "x", "--trees", "0"], "--trees: 0 is not positive"),
+        (["train", "--dataset", "x", "--leaves", "1"], "--leaves: 1 is less than 2"),
+        (["train", "--dataset", "x", "--max-queries=-5"], "--max-queries: -5 is not positive"),
+        (["train", "--dataset", "x", "--candidates", "1.5"], "--candidates: '1.5' is not an"),
+        (["train", "--dataset", "x", "--top-k", "0"], "--top-k: 0 is not positive"),
+        (["train", "--dataset", "x", "--threads", "0"], "--threads: 0 is not positive"),
+        (["simulate", "--out", "d", "--users=-1"], "--users: -1 is not positive"),
+        (["simulate", "--out", "d", "--products", "0"], "--products: 0 is not positive"),
+        (["simulate", "--out", "d", "--categories", "x"], "--categories: 'x' is not an integer"),
+        (["simulate", "--out", "d", "--seed=-1"], "--seed: -1 is negative"),
+        (["simulate", "--out", "d", "--days", "0"], "--days: 0 is not positive"),
+        (["simulate", "--out", "d", "--days", "nan"], "--days: 'nan' is not a finite number"),
+        (["simulate", "--produce", "--speedup", "0"], "--speedup: 0 is not positive"),
+        (["simulate", "--produce", "--max-rate", "0"], "--max-rate: 0 is not positive"),
+        (["simulate", "--produce", "--max-rate", "x"], "--max-rate: 'x' is not a number"),
+        (["simulate", "--produce", "--duration-s=-1"], "--duration-s: -1 is not positive"),
+        (["simulate", "--produce", "--corrupt-every=-1"], "--corrupt-every: -1 is negative"),
+    ],
+)
+def test_bad_train_or_simulate_value_exits_2_with_one_line_naming_the_flag(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As for run and monitor: exit code 2, one line, the flag alone (no variable)."""
+    (error,) = fails(argv, capsys)
+    assert error.startswith(f"worker {argv[0]}: error: {line}")
+
+
+def test_train_and_simulate_read_no_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train's --top-k and --candidates are not the worker's: WORKER_TOP_K, WORKER_CANDIDATES
+    (even unusable) do not reach training, whose flags have no environment fallback."""
+    monkeypatch.setenv("WORKER_TOP_K", "abc")
+    monkeypatch.setenv("WORKER_CANDIDATES", "3")
+    monkeypatch.setenv("WORKER_USERS", "abc")
+    assert offline_built("train", [])[1] == TrainSettings()
+    assert offline_built("simulate", [])[1] == SimulatorSettings()
+
+
+def test_train_and_simulate_keep_their_required_arguments(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--dataset is required; --out and --produce are a required, exclusive pair (argparse's
+    usage and error, exit code 2)."""
+    assert fails(["train"], capsys)[-1].endswith("required: --dataset")
+    assert fails(["simulate"], capsys)[-1].endswith("--out --produce is required")
+    assert fails(["simulate", "--out", "d", "--produce"], capsys)[-1].endswith(
+        "not allowed with argument --out"
+    )
+
+
+def test_train_and_simulate_settings_built_in_code_are_checked() -> None:
+    """TrainSettings and SimulatorSettings check their flagged fields like the command line
+    does; the constructors the tests, the chaos harness and the benchmark use still work."""
+    with pytest.raises(SettingError, match="^--trees: 0 is not positive$"):
+        TrainSettings(num_trees=0)
+    with pytest.raises(SettingError, match="^--users: -1 is not positive$"):
+        SimulatorSettings(n_users=-1)
+    quick = replace(
+        TrainSettings(), num_trees=30, num_leaves=15, max_train_queries=3000, min_data_in_leaf=20
+    )
+    assert (quick.num_trees, quick.top_k, quick.history) == (30, 10, 20)
+    assert TrainSettings(covis_neighbours=2, category_top=2, global_top=3).covis_neighbours == 2
+    assert SimulatorSettings(n_products=800, n_categories=20, n_users=3000, seed=3).seed == 3
 
 
 # -- worker-dev --------------------------------------------------------------------------------

@@ -21,6 +21,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from worker.config import (
+    SIMULATE_CATEGORIES,
+    SIMULATE_CORRUPT_EVERY,
+    SIMULATE_DAYS,
+    SIMULATE_MAX_RATE,
+    SIMULATE_PRODUCTS,
+    SIMULATE_SEED,
+    SIMULATE_USERS,
+    validate,
+)
 from worker.core.clickstream import (
     Catalogue,
     ClickstreamSimulator,
@@ -31,18 +41,32 @@ from worker.core.clickstream import (
 DAY_MS = 86_400_000
 #: 2026-01-01T00:00:00Z: start of the default training history.
 HISTORY_START_MS = 1_767_225_600_000
-DEFAULT_HISTORY_DAYS = 2.0
+DEFAULT_HISTORY_DAYS = SIMULATE_DAYS.default  # the default of --days
 #: The live stream starts at 18:00 UTC of the day after the history: the busy evening hours.
 LIVE_START_MS = HISTORY_START_MS + int(DEFAULT_HISTORY_DAYS * DAY_MS) + 18 * 3_600_000
 
 
 @dataclass(frozen=True)
 class SimulatorSettings:
-    n_products: int = 5000
-    n_categories: int = 60
-    n_users: int = 20000
-    seed: int = 1
+    """The generator: catalogue, users, seeds.
+
+    The fields with a ``worker simulate`` flag take their default, and their check, from its
+    declaration in :mod:`worker.config` (``SIMULATE_SETTINGS``).
+    """
+
+    n_products: int = SIMULATE_PRODUCTS.field()
+    n_categories: int = SIMULATE_CATEGORIES.field()
+    n_users: int = SIMULATE_USERS.field()
+    seed: int = SIMULATE_SEED.field()
     catalogue_seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Check the flagged fields as the command line does, for objects built in code too.
+
+        Raises:
+            SettingError: a flagged field's value is unusable (``--users: -1 is not positive``).
+        """
+        validate(self)
 
 
 def build(settings: SimulatorSettings) -> tuple[Catalogue, ClickstreamSimulator]:
@@ -130,8 +154,8 @@ def produce_live(
     *,
     speedup: float,
     duration_s: float,
-    max_rate: float | None = None,
-    corrupt_every: int = 0,
+    max_rate: float | None = SIMULATE_MAX_RATE.default,
+    corrupt_every: int = SIMULATE_CORRUPT_EVERY.default,
     start_ms: int = LIVE_START_MS,
     registry: Any = None,
     log: Any = None,

@@ -27,6 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from worker.config import (
+    TRAIN_CANDIDATES,
+    TRAIN_LEAVES,
+    TRAIN_MAX_QUERIES,
+    TRAIN_THREADS,
+    TRAIN_TOP_K,
+    TRAIN_TREES,
+    validate,
+)
 from worker.core.candidates import generate_candidates
 from worker.core.catalogue import CatalogueTables
 from worker.core.features import FEATURE_NAMES, SessionBatch, build_features
@@ -39,10 +48,14 @@ from worker.model.scoring import BoosterScorer
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Knobs of ``worker train``; defaults make the production-like model."""
+    """Knobs of ``worker train``; defaults make the production-like model.
 
-    n_candidates: int = 50
-    top_k: int = 10
+    The fields with a ``worker train`` flag take their default, and their check, from its
+    declaration in :mod:`worker.config` (``TRAIN_SETTINGS``); the others are plain defaults.
+    """
+
+    n_candidates: int = TRAIN_CANDIDATES.field()
+    top_k: int = TRAIN_TOP_K.field()
     history: int = 20
     covis_neighbours: int = 20
     covis_window: int = 3  # session positions either side that count as co-visited
@@ -50,14 +63,22 @@ class TrainSettings:
     global_top: int = 100
     attribution_window_ms: int = 30 * 60 * 1000
     eval_fraction: float = 0.2
-    max_train_queries: int = 40_000
-    num_trees: int = 200
-    num_leaves: int = 63
+    max_train_queries: int = TRAIN_MAX_QUERIES.field()
+    num_trees: int = TRAIN_TREES.field()
+    num_leaves: int = TRAIN_LEAVES.field()
     learning_rate: float = 0.05
     min_data_in_leaf: int = 50
-    num_threads: int = 2
+    num_threads: int = TRAIN_THREADS.field()
     seed: int = 7
     chunk_events: int = 4096
+
+    def __post_init__(self) -> None:
+        """Check the flagged fields as the command line does, for objects built in code too.
+
+        Raises:
+            SettingError: a flagged field's value is unusable (``--trees: 0 is not positive``).
+        """
+        validate(self)
 
 
 @dataclass
