@@ -2,7 +2,8 @@
 
 For every micro-batch, in this order:
 
-1. **Produce** every output of the batch (suggestions and dead letters) to the producer's queue.
+1. **Produce** every output of the batch (suggestions, dead letters, changelog records) to the
+   producer's queue.
 2. **Flush**: wait until the broker has acknowledged every one of them (``acks=all``,
    idempotent producer). While the broker is unreachable this waits (the loop fetches nothing
    meanwhile: backpressure instead of memory growth), calling ``on_wait`` every second so the
@@ -11,7 +12,8 @@ For every micro-batch, in this order:
    :mod:`worker.kafka.watches`), exactly-once abandons the transaction at once. At-least-once
    (given a ``replacement`` producer factory) purges the outputs still queued in the stuck
    producer (never sent, so re-sending cannot duplicate them), waits until what it had in
-   flight is settled, and re-sends them in order through a fresh producer, once per batch; if
+   flight is settled, and re-sends them in order through a fresh producer
+   (:mod:`worker.kafka.resend`), once per batch; if
    that one is stuck too, it keeps waiting but reports itself not live (``on_stuck``), so the
    kubelet restarts it.
 3. **Verify**: if any record failed (``message.timeout.ms`` passed, or a permanent error),
@@ -34,13 +36,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from worker.core.errors import BrokerError
+from worker.kafka.resend import Outbox, Output, SettlePolicy, Unsettled
 from worker.kafka.watches import AckWatch
 
 FLUSH_SLICE_S = 1.0
@@ -49,8 +51,8 @@ WAIT_LOG_EVERY_S = 10.0
 TXN_STUCK_S = 20.0
 #: The same once shutdown was requested: the shutdown has a deadline of its own.
 TXN_STUCK_STOPPING_S = 5.0
-#: Bound of the metadata request that asks whether the broker answers (see ``AckWatch``).
-PROBE_TIMEOUT_S = 5.0
+#: A blocking transaction call is checked on this often (seconds).
+GUARD_SLICE_S = 1.0
 #: At-least-once, replacing a stuck producer: report itself stuck if what the old producer had
 #: in flight is not settled after this long.
 SETTLE_REPORT_S = 30.0
@@ -65,7 +67,25 @@ def _ignore(_: object) -> None:
 
 
 class Checkpoint:
-    """Produce, flush, verify, then store offsets (see the module docstring)."""
+    """Produce, flush, verify, then store offsets (see the module docstring).
+
+    Args:
+        producer: the producer of the outputs.
+        consumer: the consumer whose offsets are stored (only its ``store_offsets``, ``commit``
+            and, in exactly-once mode, ``consumer_group_metadata`` are used).
+        on_wait: called about every second while a batch waits for the broker (seconds so far).
+        on_stuck: called with a reason when the outputs stay unacknowledged while the broker
+            answers (at-least-once keeps waiting), with None when that is over.
+        ack_watch: makes the watch that tells a broker away from a stuck producer.
+        replacement: makes a fresh producer; given, a stuck producer's queued outputs are
+            re-sent through one (once per batch, see :mod:`worker.kafka.resend`).
+        log: a structlog-style logger, or None.
+        clock: monotonic seconds (injectable for tests).
+    """
+
+    #: A stuck producer's queued outputs are re-sent through a ``replacement`` (at-least-once);
+    #: exactly-once abandons the transaction instead.
+    RESENDS_STUCK_OUTPUTS = True
 
     def __init__(
         self,
@@ -77,42 +97,24 @@ class Checkpoint:
         ack_watch: Callable[[], AckWatch] = AckWatch,
         replacement: Callable[[], Producer] | None = None,
         log: Any = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._producer = producer
-        # At-least-once with a replacement: the batch's outputs, by sequence number, so the
-        # queued ones a purge hands back can be re-sent as they were, in order, through a fresh
-        # producer (a purged message comes back without its headers and timestamp).
-        self._replacement = replacement
-        self._batch: list[tuple[str, dict[str, Any]]] = []
-        self._purged: list[int] = []
-        self.replaced = 0
+        self._outbox = Outbox(producer, replacement, watch=ack_watch, clock=clock)
+        self._resend = self.RESENDS_STUCK_OUTPUTS and replacement is not None
         self._consumer = consumer
         self._on_wait = on_wait
         self._on_stuck = on_stuck
-        self._ack_watch = ack_watch
         self._log = log
-        self._failures: list[str] = []
-        self._last_topic: str | None = None
-        self._unacked = 0  # produced by the current producer, no delivery report yet
-        self.produced = 0
-
-    def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        """Producer delivery callback (failures are kept; successes only counted)."""
-        self._unacked -= 1
-        if err is not None:
-            self._failures.append(f"{msg.topic()}: {err.name()}: {err.str()}")
-
-    def _on_tracked_delivery(self, i: int, err: KafkaError | None, msg: Any) -> None:
-        """Delivery callback of a numbered output: purged ones are kept to be re-sent."""
-        if err is not None and err.code() == KafkaError._PURGE_QUEUE:
-            self._unacked -= 1
-            self._purged.append(i)
-            return
-        self.on_delivery(err, msg)
+        self._clock = clock
 
     @property
     def producer(self) -> Producer:
-        return self._producer
+        return self._outbox.producer
+
+    @property
+    def replaced(self) -> int:
+        """How many times the producer was replaced (stuck, or its transaction abandoned)."""
+        return self._outbox.replaced
 
     def begin(self) -> None:
         """Start a batch (a transaction in exactly-once mode; nothing otherwise)."""
@@ -130,126 +132,94 @@ class Checkpoint:
 
         ``partition`` -1 lets the partitioner choose (murmur2 of the key).
         """
-        kwargs: dict[str, Any] = {
-            "value": value,
-            "key": key,
-            "headers": headers,
-            "timestamp": timestamp_ms,
-        }
-        if partition >= 0:
-            kwargs["partition"] = partition
-        if self._replacement is None:
-            self._send(topic, kwargs, self.on_delivery)
-        else:
-            self._batch.append((topic, kwargs))
-            self._send(topic, kwargs, partial(self._on_tracked_delivery, len(self._batch) - 1))
-        self.produced += 1
+        self.send(Output(topic, key, value, headers, timestamp_ms, partition))
 
-    def _send(self, topic: str, kwargs: dict[str, Any], on_delivery: Callable[..., None]) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, on_delivery=on_delivery, **kwargs)
-                self._unacked += 1
-                self._last_topic = topic
-                return
-            except BufferError:
-                self._producer.poll(0.05)
+    def send(self, output: Output) -> None:
+        """Step 1 for one :class:`Output`."""
+        self._outbox.send(output)
+
+    def send_all(self, outputs: Iterable[Output]) -> None:
+        """Step 1 for a batch's outputs, in order."""
+        send = self.send
+        for output in outputs:
+            send(output)
 
     def _flush(self) -> None:
         """Step 2: wait until the producer's queue is empty, however long the broker is away.
 
         If the broker answers but the outputs still are not acknowledged (a stuck producer, see
-        :mod:`worker.kafka.watches`), :meth:`_stuck` is called once per batch. Progress is counted
-        in delivery reports, not in ``flush``'s return value: that is librdkafka's out-queue
-        length, which also counts log and error events waiting to be served, so it can fall
-        while no output was acknowledged.
+        :mod:`worker.kafka.watches`), :meth:`_stuck` is called once per batch (at-least-once
+        with a replacement first re-sends the queued outputs through a fresh producer, once).
+        Progress is counted in delivery reports, not in ``flush``'s return value: that is
+        librdkafka's out-queue length, which also counts log and error events waiting to be
+        served, so it can fall while no output was acknowledged.
         """
-        watch = self._ack_watch()
-        started = time.monotonic()
-        watch.observe(started, self._unacked)
+        outbox = self._outbox
+        outbox.restart_watch()
+        started = self._clock()
         reported = False
         replaced = False  # at most once per batch: a second stuck producer is reported
         next_log = started + WAIT_LOG_EVERY_S
-        while self._producer.flush(FLUSH_SLICE_S) > 0:
-            now = time.monotonic()
-            self._on_wait(now - started)
+        while outbox.producer.flush(FLUSH_SLICE_S) > 0:
+            self._on_wait(self._clock() - started)
             self._give_up_if_hurried()
-            outstanding = self._unacked
-            watch.observe(now, outstanding)
-            if watch.wants_probe(now):
-                watch.probed(time.monotonic(), self._broker_answers())
-            now = time.monotonic()
+            stuck = outbox.stuck()
+            now = self._clock()
+            watch = outbox.watch
             if now >= next_log:
                 next_log = now + WAIT_LOG_EVERY_S
                 self._log_wait(
                     "flush",
                     now - started,
-                    unacknowledged=outstanding,
+                    unacknowledged=outbox.in_producer,
                     since_ack_s=round(watch.quiet_for(now), 1),
                     broker_answering_s=watch.answering_for(now),
                 )
-            if not reported and watch.stuck(now):
-                reason = (
-                    f"{outstanding} outputs unacknowledged for {watch.quiet_for(now):.0f} s "
-                    "while the broker answers"
-                )
-                if self._replacement is not None and not replaced:
-                    replaced = True
-                    self._resend_through_fresh_producer(reason, started)
-                    watch = self._ack_watch()
-                    watch.observe(time.monotonic(), self._unacked)
-                    continue
-                reported = True
-                self._stuck(reason)
-        self._batch.clear()
+            if reported or not stuck:
+                continue
+            reason = (
+                f"{outbox.in_producer} outputs unacknowledged for {watch.quiet_for(now):.0f} s "
+                "while the broker answers"
+            )
+            if self._resend and not replaced:
+                replaced = True
+                self._resend_through_fresh_producer(reason, started)
+                continue
+            reported = True
+            self._stuck(reason)
         if reported:
             self._on_stuck(None)
 
     def _resend_through_fresh_producer(self, reason: str, started: float) -> None:
-        """At-least-once cure for a producer that stopped serving a partition (for example
-        librdkafka #5430, a partition whose leader it lost for good after its broker was
-        fenced): purge the outputs still queued (never sent: re-sending them cannot duplicate
-        them), wait until what was in flight is settled (a partition's queued outputs come
-        after its in-flight ones, so per-key order is kept), and re-send the purged ones in
-        order through a fresh producer."""
-        assert self._replacement is not None
-        old = self._producer
-        old.purge(in_queue=True, in_flight=False, blocking=True)
-        settling = time.monotonic()
-        reported = False
-        while old.flush(FLUSH_SLICE_S) > 0:  # in flight: acknowledged or failed, never lost
-            self._on_wait(time.monotonic() - started)
-            if not reported and time.monotonic() - settling > SETTLE_REPORT_S:
-                reported = True
-                self._stuck(f"{reason}; in-flight outputs not settled after purging the rest")
-        if reported:
-            self._on_stuck(None)
-        purged = sorted(self._purged)
-        self._purged = []
-        self._producer = self._replacement()
-        self.replaced += 1
+        """At-least-once cure for a producer that stopped serving a partition (librdkafka
+        #5430): :meth:`Outbox.replace`, waiting as long as the in-flight outputs take to settle
+        and reporting itself stuck after ``SETTLE_REPORT_S`` of that."""
+
+        def report(unsettled: str | None) -> None:
+            if unsettled is None:
+                self._on_stuck(None)
+            else:
+                self._stuck(f"{reason}; {unsettled}")
+
+        resent = self._outbox.replace(
+            SettlePolicy(
+                settle_s=SETTLE_REPORT_S,
+                if_unsettled=Unsettled.REPORT_AND_WAIT,
+                report=report,
+                on_wait=lambda _: self._on_wait(self._clock() - started),
+                slice_s=FLUSH_SLICE_S,
+            )
+        )
         if self._log is not None:
             self._log.warning(
-                "producer_replaced", reason=reason, resent=len(purged), cause="stuck producer"
+                "producer_replaced", reason=reason, resent=resent, cause="stuck producer"
             )
-        for i in purged:
-            topic, kwargs = self._batch[i]
-            self._send(topic, kwargs, partial(self._on_tracked_delivery, i))
 
     def _log_wait(self, step: str, waited_s: float, **detail: Any) -> None:
         if self._log is not None:
             self._log.warning(
                 "waiting_for_broker", step=step, waited_s=round(waited_s, 1), **detail
             )
-
-    def _broker_answers(self) -> bool:
-        """One metadata request through this producer (for one topic the batch writes to, not
-        the whole cluster's): does the broker answer it?"""
-        try:
-            self._producer.list_topics(topic=self._last_topic, timeout=PROBE_TIMEOUT_S)
-        except KafkaException:
-            return False
-        return True
 
     def _stuck(self, reason: str) -> None:
         """At-least-once keeps waiting (the outputs are not lost, and dropping them would break
@@ -278,13 +248,15 @@ class Checkpoint:
             )
         except KafkaException as exc:
             # Partitions taken away while this batch waited for the broker: their new owner
-            # starts from the last committed offset and answers these events again.
+            # starts from the last committed offset and answers these events again. (librdkafka
+            # stores the offsets of the partitions still assigned and raises only when it could
+            # store none.)
             if self._log is not None:
                 self._log.warning("offsets_not_stored", error=str(exc))
 
     def _raise_failures(self) -> None:
-        if self._failures:
-            failures, self._failures = self._failures, []
+        failures = self._outbox.take_failures()
+        if failures:
             raise DeliveryError(
                 f"{len(failures)} outputs failed; offsets not stored; first: {failures[0]}"
             )
@@ -318,6 +290,8 @@ class TransactionalCheckpoint(Checkpoint):
     committed transaction).
     """
 
+    RESENDS_STUCK_OUTPUTS = False
+
     def __init__(
         self,
         producer_factory: Callable[[], Producer],
@@ -325,14 +299,15 @@ class TransactionalCheckpoint(Checkpoint):
         **kwargs: Any,
     ) -> None:
         self._producer_factory = producer_factory
-        super().__init__(self._new_producer(), consumer, **kwargs)
+        # The replacement (same transactional.id) fences the old producer; it never re-sends.
+        super().__init__(self._new_producer(), consumer, replacement=self._new_producer, **kwargs)
         self._open = False
         self._stuck_after_s = TXN_STUCK_S
         self._hurried_at: float | None = None
 
     def hurry(self) -> None:
         self._stuck_after_s = TXN_STUCK_STOPPING_S
-        self._hurried_at = time.monotonic()
+        self._hurried_at = self._clock()
 
     def _stuck(self, reason: str) -> None:
         """Exactly-once abandons the transaction at once (the producer is replaced, which
@@ -344,7 +319,7 @@ class TransactionalCheckpoint(Checkpoint):
         ``TXN_STUCK_STOPPING_S`` the transaction is abandoned (its producer replaced, which aborts
         it at once, so read_committed readers are not held back until it times out)."""
         if self._hurried_at is not None:
-            waited = time.monotonic() - self._hurried_at
+            waited = self._clock() - self._hurried_at
             if waited > TXN_STUCK_STOPPING_S:
                 raise _TransactionCallStuck(f"flush unacknowledged {waited:.0f} s into shutdown")
 
@@ -361,12 +336,12 @@ class TransactionalCheckpoint(Checkpoint):
 
     def begin(self) -> None:
         if not self._open:
-            self._producer.begin_transaction()
+            self.producer.begin_transaction()
             self._open = True
 
-    def produce(self, *args: Any, **kwargs: Any) -> None:
+    def send(self, output: Output) -> None:
         self.begin()
-        super().produce(*args, **kwargs)
+        super().send(output)
 
     def complete(self, next_offsets: dict[tuple[str, int], int]) -> None:
         if not self._open and not next_offsets:
@@ -378,11 +353,13 @@ class TransactionalCheckpoint(Checkpoint):
             if next_offsets:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
                 metadata = self._consumer.consumer_group_metadata()
+                producer = self.producer
                 self._guarded(
                     "send_offsets_to_transaction",
-                    lambda: self._producer.send_offsets_to_transaction(offsets, metadata, 60),
+                    lambda: producer.send_offsets_to_transaction(offsets, metadata, 60),
                 )
-            self._guarded("commit_transaction", lambda: self._producer.commit_transaction(60))
+            producer = self.producer
+            self._guarded("commit_transaction", lambda: producer.commit_transaction(60))
         except _TransactionCallStuck as exc:
             self._replace_producer(str(exc))
             raise TransactionAbandonedError(f"transaction abandoned: {exc}") from exc
@@ -417,35 +394,38 @@ class TransactionalCheckpoint(Checkpoint):
                 outcome.append(exc)
 
         thread = threading.Thread(target=target, name=f"txn-{name}", daemon=True)
-        started = time.monotonic()
+        started = self._clock()
         next_log = started + WAIT_LOG_EVERY_S
         thread.start()
         while True:
-            thread.join(1.0)
+            thread.join(GUARD_SLICE_S)
             if outcome:
                 if outcome[0] is not None:
                     raise outcome[0]
                 return
-            waited = time.monotonic() - started
+            waited = self._clock() - started
             self._on_wait(waited)
-            if time.monotonic() >= next_log:
-                next_log = time.monotonic() + WAIT_LOG_EVERY_S
+            if self._clock() >= next_log:
+                next_log = self._clock() + WAIT_LOG_EVERY_S
                 self._log_wait(name, waited)
             if waited > self._stuck_after_s:
                 raise _TransactionCallStuck(f"{name} blocked for {waited:.0f} s")
 
     def _abort_or_replace(self, reason: str) -> None:
+        producer = self.producer
         try:
-            self._guarded("abort_transaction", lambda: self._producer.abort_transaction(30))
+            self._guarded("abort_transaction", lambda: producer.abort_transaction(30))
         except (KafkaException, _TransactionCallStuck):
             self._replace_producer(reason)
+            return
+        # The aborted outputs will be produced again; the purge reports abort_transaction leaves
+        # to be served are not failures of the next batch.
+        self._outbox.forget()
 
     def _replace_producer(self, reason: str) -> None:
         if self._log is not None:
             self._log.warning("transactional_producer_replaced", reason=reason)
-        self._producer = self._new_producer()  # same transactional.id: fences the old one
-        self.replaced += 1
-        self._unacked = 0  # the old producer's reports are never served
+        self._outbox.abandon()  # same transactional.id: the fresh producer fences the old one
 
     def commit_stored(self) -> None:
         """Nothing to do: offsets are committed by the transactions."""
