@@ -11,13 +11,37 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+#: A probe that gave up before its answer (a paused or busy process): not worth a line.
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
+
+
+class _ProbeServer(ThreadingHTTPServer):
+    """The stdlib server, except that a failed request is one structured log line, never a
+    traceback on stderr (which would break the JSON log), and a client that went away before
+    its answer is not reported at all."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, _CLIENT_GONE):
+            return
+        structlog.get_logger().warning(
+            "http_request_failed",
+            client=str(client_address[0]) if client_address else None,
+            error_class=type(error).__name__,
+            error=str(error),
+        )
 
 
 def rss_mib() -> float:
@@ -103,6 +127,6 @@ def serve_http(
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             return  # probes are not worth a log line each
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server = _ProbeServer(("0.0.0.0", port), Handler)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
+import struct
 import time
 import urllib.error
 import urllib.request
 
 import pytest
+from structlog.testing import capture_logs
 
 from worker.ops.health import Health, serve_http
 from worker.ops.metrics import WorkerMetrics
@@ -109,3 +112,41 @@ def test_metrics_endpoint_serves_prometheus_text(served):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
     assert "worker_events_consumed_total 7.0" in text
+
+
+def _abort(port: int, path: str) -> None:
+    """A probe that sends its request and resets the connection before the answer."""
+    client = socket.create_connection(("127.0.0.1", port))
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.sendall(f"GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n".encode())
+    client.close()
+
+
+def test_probes_that_give_up_early_print_nothing(served, capfd):
+    """A probe that times out on a busy worker must not put a traceback on stderr (the log is
+    JSON lines); the server goes on answering."""
+    health, _, port = served
+    for path in ("/metrics", "/healthz", "/readyz") * 5:
+        _abort(port, path)
+    health.beat()
+    assert _get(port, "/healthz")[0] == 200
+    time.sleep(0.2)  # the aborted requests' threads finish
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err
+    assert captured.err == ""
+
+
+def test_a_failing_request_is_one_structured_line(served, capfd):
+    health, _, port = served
+
+    def broken() -> tuple[bool, dict]:
+        raise RuntimeError("probe state unreadable")
+
+    health.live = broken  # type: ignore[method-assign]  (the failure under test)
+    with capture_logs() as logs:
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            _get(port, "/healthz")
+        time.sleep(0.2)
+    assert "Traceback" not in capfd.readouterr().err
+    assert [e["event"] for e in logs] == ["http_request_failed"]
+    assert logs[0]["error_class"] == "RuntimeError"
