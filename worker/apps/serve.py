@@ -12,24 +12,18 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from worker.apps.batch import BatchResult, BatchStep, InputRecord, now_ms
 from worker.config import WorkerSettings
-from worker.core.errors import BrokerError, DataError
+from worker.core.errors import BrokerError
 from worker.core.pipeline import Recommender
-from worker.core.records import BrowsingEvent, SourceRef, to_browsing_event
 from worker.core.session import SessionStore
-from worker.kafka.admin import DLQ_MAX_MESSAGE_BYTES
-from worker.kafka.changelog import (
-    CHECKPOINT_KEY,
-    ChangelogRestorer,
-    changelog_topic,
-    checkpoint_value,
-)
+from worker.kafka.changelog import ChangelogRestorer, changelog_topic
 from worker.kafka.checkpoint import (
     Checkpoint,
     TransactionAbandonedError,
@@ -42,7 +36,6 @@ from worker.kafka.clients import (
     make_producer,
     start_at,
 )
-from worker.kafka.dead_letter import dead_letter
 from worker.kafka.watches import FetchWatch
 from worker.model.artifact import ModelArtifact
 from worker.model.scoring import make_scorer
@@ -50,14 +43,12 @@ from worker.ops.health import Health, rss_mib, serve_http
 from worker.ops.metrics import WorkerMetrics
 from worker.wire.codec import codec_for
 from worker.wire.registry import HttpSchemaRegistry
-from worker.wire.session_codec import encode_session
 from worker.wire.suggestion_writer import SuggestionWriter
 
 PROGRESS_LOG_INTERVAL_S = 10.0
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+#: Stages of a batch in ``worker_stage_seconds{stage}`` and the ``batch_scored`` log line (the
+#: names the benchmark reads; see :func:`_reported_stages`).
+STAGES = ("decode", "state", "candidates", "features", "scoring", "encode", "produce")
 
 
 @dataclass
@@ -66,34 +57,93 @@ class BatchOutcome:
     dead_lettered: int
 
 
-class Worker:
-    """The streaming inference loop of one process."""
-
-    def __init__(self, settings: WorkerSettings, artifact: ModelArtifact, log: Any) -> None:
-        self.settings = settings
-        self.artifact = artifact
-        self.log = log.bind(model_version=artifact.version)
-        registry = (
-            HttpSchemaRegistry(settings.schema_registry_url)
-            if settings.schema_registry_url
-            else None
-        )
-        topics = settings.topics
-        self.event_codec = codec_for(
+def batch_step(
+    settings: WorkerSettings,
+    artifact: ModelArtifact,
+    recommender: Recommender,
+    changelog: str | None,
+) -> BatchStep:
+    """The worker's :class:`BatchStep`: its codecs (through the schema registry when one is
+    configured), suggestion writer and topics."""
+    registry = (
+        HttpSchemaRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
+    )
+    topics = settings.topics
+    suggestion_codec = codec_for("ProductSuggestion", registry=registry, topic=topics.suggestions)
+    return BatchStep(
+        event_codec=codec_for(
             "BrowsingEvent",
             registry=registry,
             topic=topics.events,
             max_record_bytes=settings.max_event_bytes,
-        )
-        self.suggestion_codec = codec_for(
-            "ProductSuggestion", registry=registry, topic=topics.suggestions
-        )
-        self.suggestion_writer = SuggestionWriter(
-            self.suggestion_codec.header(),
+        ),
+        recommender=recommender,
+        suggestion_writer=SuggestionWriter(
+            suggestion_codec.header(),
             artifact.tables.product_ids.tolist(),
             topics.events,
             artifact.version,
-        )
+        ),
+        suggestions_topic=topics.suggestions,
+        dead_letter_topic=topics.dead_letter(topics.events),
+        changelog_topic=changelog,
+    )
+
+
+def consumer_overrides(settings: WorkerSettings) -> dict[str, Any]:
+    """librdkafka properties of the worker's input consumer (on top of make_consumer's)."""
+    return {
+        "partition.assignment.strategy": "cooperative-sticky",
+        "queued.max.messages.kbytes": settings.fetch_buffer_mb * 1024,
+        # One fetch response is at most a quarter of the buffer: it arrives compressed and is
+        # decompressed next to it, several times its size.
+        "fetch.max.bytes": max(1, settings.fetch_buffer_mb // 4) * 1024 * 1024,
+        "statistics.interval.ms": 5000,
+    }
+
+
+def producer_overrides(settings: WorkerSettings) -> dict[str, Any]:
+    """librdkafka properties of the worker's producers (on top of make_producer's)."""
+    overrides: dict[str, Any] = {}
+    if settings.exactly_once:
+        overrides = {
+            "transactional.id": settings.transactional_id
+            or f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}",
+            # Long enough to ride out a broker restart; a killed worker restarted with the
+            # same transactional id fences its open transaction at once anyway.
+            "transaction.timeout.ms": 60000,
+        }
+    overrides["queue.buffering.max.kbytes"] = settings.produce_buffer_mb * 1024
+    return overrides
+
+
+class Worker:
+    """The streaming inference loop of one process."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        artifact: ModelArtifact,
+        log: Any,
+        *,
+        consumer_factory: Callable[..., Consumer] = make_consumer,
+        producer_factory: Callable[..., Any] = make_producer,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Args:
+        settings: the worker's settings.
+        artifact: the model to serve.
+        log: a structlog-style logger.
+        consumer_factory / producer_factory: make the Kafka clients, with
+            :func:`~worker.kafka.clients.make_consumer`'s and
+            :func:`~worker.kafka.clients.make_producer`'s signatures (fakes in tests).
+        clock: monotonic seconds of the commit protocol's waits (a fake clock in tests).
+        """
+        self.settings = settings
+        self.artifact = artifact
+        self.log = log.bind(model_version=artifact.version)
+        # The worker owns the session state: the step advances it, rebalances drop and restore
+        # it, housekeeping expires it.
         self.sessions = SessionStore(
             max_users=settings.max_sessions, idle_ttl_ms=int(settings.session_idle_ttl_s * 1000)
         )
@@ -106,10 +156,11 @@ class Worker:
                 num_threads=settings.scoring_threads,
                 log=self.log,
             ),
-            self.sessions,
             n_candidates=settings.n_candidates,
             top_k=settings.top_k,
         )
+        self.changelog = changelog_topic(settings.group_id) if settings.state_changelog else None
+        self.step = batch_step(settings, artifact, self.recommender, self.changelog)
         self.metrics = WorkerMetrics()
         self.metrics.model_info.labels(version=artifact.version).set(1)
         self.health = Health()
@@ -120,55 +171,48 @@ class Worker:
         self._answered = 0
         self._dead = 0
         self._consumed = 0
-        kafka = settings.kafka
-        self.changelog = changelog_topic(settings.group_id) if settings.state_changelog else None
-        self.restorer = ChangelogRestorer(kafka, self.changelog, log) if self.changelog else None
-        producer_overrides: dict[str, Any] = {}
-        if settings.exactly_once:
-            producer_overrides = {
-                "transactional.id": settings.transactional_id
-                or f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}",
-                # Long enough to ride out a broker restart; a killed worker restarted with the
-                # same transactional id fences its open transaction at once anyway.
-                "transaction.timeout.ms": 60000,
-            }
-
-        producer_overrides["queue.buffering.max.kbytes"] = settings.produce_buffer_mb * 1024
-
-        def new_producer() -> Any:
-            return make_producer(kafka, self.log, **producer_overrides)
-
-        self.consumer: Consumer = make_consumer(
-            kafka,
+        self.restorer = (
+            ChangelogRestorer(settings.kafka, self.changelog, log, consumer_factory)
+            if self.changelog
+            else None
+        )
+        self.consumer: Consumer = consumer_factory(
+            settings.kafka,
             settings.group_id,
             self.log,
             auto_commit=not settings.exactly_once,
-            **{
-                "partition.assignment.strategy": "cooperative-sticky",
-                "queued.max.messages.kbytes": settings.fetch_buffer_mb * 1024,
-                # One fetch response is at most a quarter of the buffer: it arrives compressed
-                # and is decompressed next to it, several times its size.
-                "fetch.max.bytes": max(1, settings.fetch_buffer_mb // 4) * 1024 * 1024,
-                "statistics.interval.ms": 5000,
-                "stats_cb": self._on_stats,
-            },
+            **consumer_overrides(settings),
+            stats_cb=self._on_stats,
         )
-        self.checkpoint: Checkpoint
-        if settings.exactly_once:
-            self.checkpoint = TransactionalCheckpoint(
-                new_producer, self.consumer, on_wait=self._waiting_for_broker, log=self.log
-            )
-        else:
-            self.checkpoint = Checkpoint(
-                new_producer(),
+        self.checkpoint = self._make_checkpoint(producer_factory, clock)
+        self._index_of = artifact.tables._index.get  # type: ignore[attr-defined]
+
+    def _make_checkpoint(
+        self, producer_factory: Callable[..., Any], clock: Callable[[], float]
+    ) -> Checkpoint:
+        """The commit protocol of the configured mode, with its producers."""
+        overrides = producer_overrides(self.settings)
+
+        def new_producer() -> Any:
+            return producer_factory(self.settings.kafka, self.log, **overrides)
+
+        if self.settings.exactly_once:
+            return TransactionalCheckpoint(
+                new_producer,
                 self.consumer,
                 on_wait=self._waiting_for_broker,
-                on_stuck=self._outputs_stuck,
-                replacement=new_producer,
                 log=self.log,
+                clock=clock,
             )
-        self._product_id_of = artifact.tables.product_ids.__getitem__
-        self._index_of = artifact.tables._index.get  # type: ignore[attr-defined]
+        return Checkpoint(
+            new_producer(),
+            self.consumer,
+            on_wait=self._waiting_for_broker,
+            on_stuck=self._outputs_stuck,
+            replacement=new_producer,
+            log=self.log,
+            clock=clock,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -341,84 +385,25 @@ class Worker:
 
     # -- the batch -----------------------------------------------------------------------------
 
-    def process(self, messages: list[Any]) -> BatchOutcome:
-        """Answer one micro-batch and store its offsets once every output is acknowledged."""
+    def process(self, messages: Sequence[Any]) -> BatchOutcome:
+        """Answer one micro-batch and store its offsets once every output is acknowledged.
+
+        Consumer error events among ``messages`` are handled here, before the step.
+
+        Raises:
+            BrokerError: a fatal consumer error.
+            DeliveryError: an output failed (nothing stored; the process exits and the batch is
+                redelivered).
+        """
+        records = self._records(messages)
+        batch = self.step(records, self.sessions, {p for _, p in self._assigned})
+        self._count_rejections(batch)
         t0 = time.perf_counter()
-        clock_ms = now_ms()
-        events: list[BrowsingEvent] = []
-        items: list[int] = []
-        sources: list[SourceRef] = []
-        partitions: list[int] = []
-        dead = []
-        next_offsets: dict[tuple[str, int], int] = {}
-        tables = self.artifact.tables
-        for msg in messages:
-            err = msg.error()
-            if err is not None:
-                self._on_consume_error(err)
-                continue
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            next_offsets[(topic, partition)] = offset + 1
-            try:
-                event = to_browsing_event(self.event_codec.decode(msg.value()), msg.key(), clock_ms)
-                item = tables.index_of(event.product_id)
-            except DataError as exc:
-                dead.append(
-                    dead_letter(
-                        error=exc,
-                        topic=topic,
-                        partition=partition,
-                        offset=offset,
-                        timestamp_ms=msg.timestamp()[1],
-                        key=msg.key(),
-                        value=msg.value(),
-                        original_headers=msg.headers(),
-                        max_value_bytes=DLQ_MAX_MESSAGE_BYTES - 64 * 1024,
-                    )
-                )
-                self.metrics.dead_letters.labels(error_class=type(exc).__name__).inc()
-                self.log.debug(
-                    "record_dead_lettered",
-                    error_class=type(exc).__name__,
-                    error=str(exc),
-                    partition=partition,
-                    offset=offset,
-                )
-                continue
-            events.append(event)
-            items.append(item)
-            sources.append(SourceRef(topic, partition, offset))
-            partitions.append(partition)
+        self.checkpoint.send_all(batch.outputs())
         t1 = time.perf_counter()
-        ranked = self.recommender.recommend(
-            events,
-            np.asarray(items, dtype=np.int32),
-            partitions,
-            [s.offset for s in sources],
-        )
-        t2 = time.perf_counter()
-        produced_ms = now_ms()
-        topics = self.settings.topics
-        offsets = [s.offset for s in sources]
-        values = self.suggestion_writer.encode_batch(
-            events, partitions, offsets, ranked.items, ranked.scores, produced_ms
-        )
-        for event, value in zip(events, values, strict=True):
-            self.checkpoint.produce(
-                topics.suggestions,
-                key=event.user_id.encode("utf-8"),
-                value=value,
-                timestamp_ms=produced_ms,
-            )
-        dlq_topic = topics.dead_letter(topics.events)
-        for d in dead:
-            self.checkpoint.produce(dlq_topic, key=d.key, value=d.value, headers=d.headers)
-        if self.changelog is not None:
-            self._write_changelog(events, partitions, next_offsets)
-        t3 = time.perf_counter()
         replaced_before = self.checkpoint.replaced
         try:
-            self.checkpoint.complete(next_offsets)
+            self.checkpoint.complete(batch.next_offsets)
         except TransactionAbandonedError as exc:
             if self._stop.is_set():
                 # Shutting down: nothing of the batch was committed; the partitions' next owner
@@ -430,24 +415,36 @@ class Worker:
         finally:
             self.metrics.producer_replacements.inc(self.checkpoint.replaced - replaced_before)
         self.health.backpressure = False
-        t4 = time.perf_counter()
-        acked_ms = now_ms()
-        self._record_batch(
-            len(messages),
-            events,
-            len(dead),
-            acked_ms,
-            {
-                "decode": t1 - t0,
-                "state": ranked.timings.state_s,
-                "candidates": ranked.timings.candidates_s,
-                "features": ranked.timings.features_s,
-                "scoring": ranked.timings.scoring_s,
-                "encode": (t3 - t2) + ranked.timings.ranking_s,
-                "produce": t4 - t3,
-            },
-        )
-        return BatchOutcome(answered=len(events), dead_lettered=len(dead))
+        t2 = time.perf_counter()
+        stages = _reported_stages(batch.stages_s, produce_s=t1 - t0, checkpoint_s=t2 - t1)
+        self._record_batch(len(messages), batch, now_ms(), stages)
+        return BatchOutcome(answered=len(batch.entries), dead_lettered=len(batch.rejections))
+
+    def _records(self, messages: Sequence[Any]) -> list[InputRecord]:
+        """The records among ``messages``; consumer error events are handled on the way.
+
+        Raises:
+            BrokerError: a fatal consumer error.
+        """
+        records = []
+        for msg in messages:
+            err = msg.error()
+            if err is None:
+                records.append(msg)
+            else:
+                self._on_consume_error(err)
+        return records
+
+    def _count_rejections(self, batch: BatchResult) -> None:
+        for rejection in batch.rejections:
+            self.metrics.dead_letters.labels(error_class=rejection.error_class).inc()
+            self.log.debug(
+                "record_dead_lettered",
+                error_class=rejection.error_class,
+                error=rejection.error,
+                partition=rejection.partition,
+                offset=rejection.offset,
+            )
 
     def _rewind(self, reason: str) -> None:
         """After an abandoned transaction: back to the last committed offsets and the session
@@ -472,66 +469,26 @@ class Worker:
             "batch_rewound", reason=reason, partitions=sorted(numbers), rss_mib=rss_mib()
         )
 
-    def _write_changelog(
-        self,
-        events: list[BrowsingEvent],
-        partitions: list[int],
-        next_offsets: dict[tuple[str, int], int],
-    ) -> None:
-        """The new session of every user of the batch, tombstones of forgotten users, and per
-        input partition a checkpoint record with the offset this state is consistent with."""
-        touched = dict(zip((e.user_id for e in events), partitions, strict=True))
-        for user_id, partition in touched.items():
-            session = self.sessions.get(user_id)
-            if session is None:  # evicted within this very batch: its tombstone follows
-                continue
-            self.checkpoint.produce(
-                self.changelog,  # type: ignore[arg-type]
-                key=user_id.encode("utf-8"),
-                value=encode_session(session, self._product_id_of),
-                partition=partition,
-            )
-        owned = {p for _, p in self._assigned}
-        for user_id, partition in self.sessions.drain_forgotten():
-            if partition in owned and user_id not in self.sessions:
-                self.checkpoint.produce(
-                    self.changelog,  # type: ignore[arg-type]
-                    key=user_id.encode("utf-8"),
-                    value=None,
-                    partition=partition,
-                )
-        for (_, partition), offset in next_offsets.items():
-            self.checkpoint.produce(
-                self.changelog,  # type: ignore[arg-type]
-                key=CHECKPOINT_KEY,
-                value=checkpoint_value(offset),
-                partition=partition,
-            )
-
     def _record_batch(
-        self,
-        n_messages: int,
-        events: list[BrowsingEvent],
-        n_dead: int,
-        acked_ms: int,
-        stages: dict[str, float],
+        self, n_messages: int, batch: BatchResult, acked_ms: int, stages: dict[str, float]
     ) -> None:
         m = self.metrics
+        answered, n_dead = len(batch.entries), len(batch.rejections)
         self._consumed += n_messages
-        self._answered += len(events)
+        self._answered += answered
         self._dead += n_dead
         m.events_in.inc(n_messages)
-        m.suggestions_out.inc(len(events))
+        m.suggestions_out.inc(answered)
         m.batches.inc()
         m.batch_size.observe(n_messages)
         for stage, seconds in stages.items():
             m.stage_seconds.labels(stage=stage).observe(seconds)
-        for event in events:
-            m.latency.observe(max(0, acked_ms - event.event_time_ms) / 1000.0)
+        for entry in batch.entries:
+            m.latency.observe(max(0, acked_ms - entry.event.event_time_ms) / 1000.0)
         self.log.debug(
             "batch_scored",
             events=n_messages,
-            answered=len(events),
+            answered=answered,
             dead_lettered=n_dead,
             **{f"{k}_ms": round(v * 1000, 3) for k, v in stages.items()},
         )
@@ -542,3 +499,20 @@ class Worker:
         if err.fatal():
             raise BrokerError(f"fatal consumer error: {err.name()}: {err.str()}")
         self.log.warning("consume_error", error=err.name(), retriable=err.retriable())
+
+
+def _reported_stages(
+    step_s: dict[str, float], produce_s: float, checkpoint_s: float
+) -> dict[str, float]:
+    """The batch's timings under the stage names reported so far: ``decode`` is the step's
+    parse, ``encode`` its rank, encode and changelog stages plus handing the outputs to the
+    producer, ``produce`` the commit protocol's flush, verify and store."""
+    return {
+        "decode": step_s["parse"],
+        "state": step_s["state"],
+        "candidates": step_s["candidates"],
+        "features": step_s["features"],
+        "scoring": step_s["scoring"],
+        "encode": step_s["rank"] + step_s["encode"] + step_s["changelog"] + produce_s,
+        "produce": checkpoint_s,
+    }

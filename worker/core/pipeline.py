@@ -1,8 +1,9 @@
 """The recommendation pipeline of one micro-batch, pure: sessions -> candidates -> features ->
 one model call -> top-K.
 
-Training replays history through :meth:`Recommender.advance_sessions` and the same candidate and
-feature functions, so serving and training cannot drift apart.
+Training replays history through :func:`advance_sessions` (the loop serving runs in
+:func:`advance_entries`) and the same candidate and feature functions, so serving and training
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -25,23 +26,49 @@ class Scorer(Protocol):
     def score(self, features: np.ndarray) -> np.ndarray: ...
 
 
+class BatchEntry(NamedTuple):
+    """One validated event of a micro-batch, with everything the batch's path needs about it."""
+
+    event: BrowsingEvent
+    #: Catalogue index of the event's product.
+    item: int
+    #: Input partition (tags the session, so it can be dropped when the partition moves), -1 if
+    #: the event did not come from Kafka.
+    partition: int = -1
+    #: Input offset (a redelivered event does not enter the state twice), -1 if unknown.
+    offset: int = -1
+    #: The record's key: the user id as UTF-8 (:func:`~worker.core.records.to_browsing_event`
+    #: checked that), reused to key the event's outputs so it is never encoded again. None if
+    #: the event did not come from Kafka.
+    key: bytes | None = None
+
+
 def advance_sessions(
-    sessions: SessionStore,
-    events: Sequence[BrowsingEvent],
-    items: np.ndarray,
-    partitions: Sequence[int] | None = None,
-    offsets: Sequence[int] | None = None,
+    sessions: SessionStore, events: Sequence[BrowsingEvent], items: np.ndarray
 ) -> SessionBatch:
-    """Record each event in its user's session, in order, and snapshot the session after it.
+    """Record each event in its user's session, in order, and snapshot the session after it
+    (history replay: events without partition or offset, as training reads them).
 
     Args:
         sessions: the store, updated in place.
         events: validated events in processing order (per-user order preserved).
         items: int32 ``(B,)`` catalogue index of each event's product.
-        partitions: input partition of each event (tags the sessions), or None.
-        offsets: input offset of each event (redeliveries do not enter the state twice), or None.
     """
-    n_events = len(events)
+    return advance_entries(
+        sessions, [BatchEntry(e, i) for e, i in zip(events, items.tolist(), strict=True)]
+    )
+
+
+def advance_entries(sessions: SessionStore, entries: Sequence[BatchEntry]) -> SessionBatch:
+    """Record each entry's event in its user's session, in order, and snapshot the session
+    after it; an entry whose offset its user's session has already recorded from the same
+    partition (a redelivery) leaves the session as it is.
+
+    Args:
+        sessions: the store, updated in place.
+        entries: the batch's events in processing order (per-user order preserved).
+    """
+    n_events = len(entries)
     history = sessions.history
     codes_out = np.full((n_events, history), -1, dtype=np.int32)
     times_out = np.zeros((n_events, history), dtype=np.int64)
@@ -49,12 +76,7 @@ def advance_sessions(
     n_ev = np.empty(n_events, dtype=np.int32)
     n_carts = np.empty(n_events, dtype=np.int32)
     prev = np.empty(n_events, dtype=np.int64)
-    item_list = items.tolist()
-    partition_list = list(partitions) if partitions is not None else [-1] * n_events
-    offset_list = list(offsets) if offsets is not None else [-1] * n_events
-    for row, (event, item, partition, offset) in enumerate(
-        zip(events, item_list, partition_list, offset_list, strict=True)
-    ):
+    for row, (event, item, partition, offset, _) in enumerate(entries):
         session = sessions.record(
             event.user_id,
             event.session_id,
@@ -76,9 +98,13 @@ def advance_sessions(
         items=np.where(codes_out >= 0, codes_out >> 2, -1).astype(np.int32),
         types=np.where(codes_out >= 0, codes_out & 3, -1).astype(np.int8),
         times_ms=times_out,
-        current_item=np.asarray(items, dtype=np.int32),
-        current_type=np.fromiter((e.event_type for e in events), dtype=np.int8, count=n_events),
-        now_ms=np.fromiter((e.event_time_ms for e in events), dtype=np.int64, count=n_events),
+        current_item=np.fromiter((e.item for e in entries), dtype=np.int32, count=n_events),
+        current_type=np.fromiter(
+            (e.event.event_type for e in entries), dtype=np.int8, count=n_events
+        ),
+        now_ms=np.fromiter(
+            (e.event.event_time_ms for e in entries), dtype=np.int64, count=n_events
+        ),
         start_ms=start,
         n_events=n_ev,
         n_carts=n_carts,
@@ -94,13 +120,15 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 @dataclass
 class StageTimings:
-    """Seconds spent per stage of one batch."""
+    """Seconds spent per stage of one batch: recording the events in their sessions (``state``),
+    generating candidates, building features, the model call (``scoring``), and picking the
+    top-K of every event (``rank``)."""
 
     state_s: float = 0.0
     candidates_s: float = 0.0
     features_s: float = 0.0
     scoring_s: float = 0.0
-    ranking_s: float = 0.0
+    rank_s: float = 0.0
 
 
 @dataclass
@@ -126,34 +154,34 @@ class RankedBatch:
 
 
 class Recommender:
-    """Sessions, candidates, features and scoring for micro-batches of validated events."""
+    """Candidates, features and scoring for micro-batches of validated events.
+
+    Holds the catalogue and the model; the session state is its caller's, passed to each
+    :meth:`recommend` call.
+    """
 
     def __init__(
         self,
         tables: CatalogueTables,
         scorer: Scorer,
-        sessions: SessionStore,
         *,
         n_candidates: int = 50,
         top_k: int = 10,
     ) -> None:
         self.tables = tables
         self.scorer = scorer
-        self.sessions = sessions
         self.n_candidates = n_candidates
         self.k = top_k
 
-    def recommend(
-        self,
-        events: Sequence[BrowsingEvent],
-        items: np.ndarray,
-        partitions: Sequence[int] | None = None,
-        offsets: Sequence[int] | None = None,
-    ) -> RankedBatch:
-        """Rank candidates for every event with one model call; sessions advance in order."""
+    def recommend(self, sessions: SessionStore, entries: Sequence[BatchEntry]) -> RankedBatch:
+        """Rank candidates for every entry with one model call; sessions advance in order.
+
+        Returns:
+            Row ``i`` of the result answers ``entries[i]``.
+        """
         timings = StageTimings()
         t0 = time.perf_counter()
-        batch = advance_sessions(self.sessions, events, items, partitions, offsets)
+        batch = advance_entries(sessions, entries)
         t1 = time.perf_counter()
         candidates = generate_candidates(
             self.tables, batch.items, batch.current_item, self.n_candidates
@@ -171,5 +199,5 @@ class Recommender:
         timings.candidates_s = t2 - t1
         timings.features_s = t3 - t2
         timings.scoring_s = t4 - t3
-        timings.ranking_s = t5 - t4
+        timings.rank_s = t5 - t4
         return RankedBatch(best_items, best_scores, self.tables.product_ids, timings)

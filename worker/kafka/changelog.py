@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -23,8 +24,9 @@ from worker.core.errors import BrokerError, DataError
 from worker.core.session import SessionStore
 from worker.kafka.admin import admin_client
 from worker.kafka.clients import make_consumer
+from worker.kafka.resend import Output
 from worker.ops.health import rss_mib
-from worker.wire.session_codec import decode_session
+from worker.wire.session_codec import decode_session, encode_session
 
 #: Key of the per-partition checkpoint record: the input offset the state is consistent with.
 #: A NUL byte cannot start a user id that passed validation (ids are non-empty text).
@@ -79,19 +81,70 @@ def checkpoint_value(next_offset: int) -> bytes:
     return str(next_offset).encode()
 
 
+def changelog_records(
+    topic: str,
+    touched: Mapping[str, tuple[bytes | None, int]],
+    sessions: SessionStore,
+    forgotten: Iterable[tuple[str, int]],
+    owned_partitions: Collection[int],
+    next_offsets: Mapping[tuple[str, int], int],
+    product_id_of: Callable[[int], str],
+) -> list[Output]:
+    """A batch's changelog records, in the order they are produced: the session of every user
+    the batch touched, a tombstone for every user forgotten (evicted or expired) on a partition
+    still owned, and per input partition a checkpoint record with the offset this state is
+    consistent with.
+
+    Args:
+        topic: the changelog topic.
+        touched: user id -> (key bytes, input partition) of the users of the batch, in the order
+            they first appear in it (the partition of the user's last event wins).
+        sessions: the store after the batch.
+        forgotten: ``(user_id, partition)`` forgotten since the last batch
+            (:meth:`SessionStore.drain_forgotten`).
+        owned_partitions: the input partitions this worker holds now.
+        next_offsets: next input offset per (topic, partition) of the batch.
+        product_id_of: catalogue index -> product id (sessions are written with product ids).
+    """
+    records = []
+    for user_id, (key, partition) in touched.items():
+        session = sessions.get(user_id)
+        if session is None:  # evicted within this very batch: its tombstone follows
+            continue
+        records.append(
+            Output(topic, key, encode_session(session, product_id_of), partition=partition)
+        )
+    for user_id, partition in forgotten:
+        if partition in owned_partitions and user_id not in sessions:
+            records.append(Output(topic, user_id.encode("utf-8"), None, partition=partition))
+    for (_, partition), offset in next_offsets.items():
+        records.append(Output(topic, CHECKPOINT_KEY, checkpoint_value(offset), partition=partition))
+    return records
+
+
 class ChangelogRestorer:
     """Reads changelog partitions back into a SessionStore, through one consumer kept for the
     worker's lifetime (a librdkafka client per restore would cost threads and buffers each
-    rebalance, and the process's resident memory would climb with every one)."""
+    rebalance, and the process's resident memory would climb with every one).
 
-    def __init__(self, settings: KafkaSettings, topic: str, log: Any) -> None:
+    ``consumer_factory`` has :func:`~worker.kafka.clients.make_consumer`'s signature (a fake in
+    tests)."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        log: Any,
+        consumer_factory: Callable[..., Consumer] = make_consumer,
+    ) -> None:
         self._settings, self.topic, self._log = settings, topic, log
+        self._make_consumer = consumer_factory
         self._consumer: Consumer | None = None
 
     def _client(self) -> Consumer:
         if self._consumer is None:
             # Through make_consumer: its librdkafka log lines go to the JSON log.
-            self._consumer = make_consumer(
+            self._consumer = self._make_consumer(
                 self._settings,
                 f"restore-{uuid.uuid4().hex}",
                 self._log,

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from worker.core.pipeline import BatchEntry
 from worker.core.records import BrowsingEvent
 
 
@@ -71,7 +72,22 @@ class SuggestionWriter:
         scores: np.ndarray,
         produced_time_ms: int,
     ) -> list[bytes]:
-        """One framed record per event; ``items``/``scores`` are ``(B, K)``, best first."""
+        """:meth:`encode` for events given with their partitions and offsets side by side."""
+        entries = [
+            BatchEntry(event, -1, partition, offset)
+            for event, partition, offset in zip(events, partitions, offsets, strict=True)
+        ]
+        return self.encode(entries, items, scores, produced_time_ms)
+
+    def encode(
+        self,
+        entries: Sequence[BatchEntry],
+        items: np.ndarray,
+        scores: np.ndarray,
+        produced_time_ms: int,
+    ) -> list[bytes]:
+        """One framed record per entry (its event, partition and offset); ``items``/``scores``
+        are ``(B, K)``, best first, row ``i`` answering ``entries[i]``."""
         k = items.shape[1] if items.ndim == 2 else 0
         packer = self._packers.setdefault(k, struct.Struct("<" + "d" * k))
         ranks = [self._rank(r) for r in range(1, k + 1)]
@@ -79,8 +95,8 @@ class SuggestionWriter:
         produced = zigzag_varint(produced_time_ms)
         products = self._products
         out = []
-        for event, partition, offset, row, row_scores in zip(
-            events, partitions, offsets, items.tolist(), scores.tolist(), strict=True
+        for (event, _, partition, offset, _), row, row_scores in zip(
+            entries, items.tolist(), scores.tolist(), strict=True
         ):
             packed = packer.pack(*row_scores)
             parts = [

@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import quixstreams
 from confluent_kafka import Producer
 from quixstreams import Application, message_context
@@ -46,7 +45,7 @@ from quixstreams.sinks import BatchingSink, SinkBatch
 
 from worker.core.errors import DataError
 from worker.core.features import FEATURE_NAMES
-from worker.core.pipeline import Recommender
+from worker.core.pipeline import BatchEntry, Recommender
 from worker.core.records import SourceRef, Suggestion, to_browsing_event
 from worker.core.session import SessionStore
 from worker.model.artifact import load_artifact
@@ -101,6 +100,7 @@ class RecommendSink(BatchingSink):
     def __init__(
         self,
         recommender: Recommender,
+        sessions: SessionStore,
         version: str,
         bootstrap: str,
         topic: str,
@@ -108,6 +108,7 @@ class RecommendSink(BatchingSink):
     ) -> None:
         super().__init__()
         self._recommender = recommender
+        self._sessions = sessions
         self._version = version
         self._topic = topic
         self._codec = codec_for("ProductSuggestion")
@@ -116,8 +117,8 @@ class RecommendSink(BatchingSink):
     def write(self, batch: SinkBatch) -> None:
         items = list(batch)
         events = [item.value[0] for item in items]
-        indices = np.asarray([item.value[1] for item in items], dtype=np.int32)
-        ranked = self._recommender.recommend(events, indices, [batch.partition] * len(events))
+        entries = [BatchEntry(item.value[0], item.value[1], batch.partition) for item in items]
+        ranked = self._recommender.recommend(self._sessions, entries)
         produced = now_ms()
         for item, event, products in zip(items, events, ranked.products, strict=True):
             source = SourceRef(batch.topic, batch.partition, item.offset)
@@ -136,10 +137,10 @@ def build_app(args: argparse.Namespace) -> Application:
     recommender = Recommender(
         tables,
         BoosterScorer(artifact.booster, num_threads=1),
-        SessionStore(history=args.history),
         n_candidates=args.candidates,
         top_k=args.top_k,
     )
+    sessions = SessionStore(history=args.history)
     producer_config = json.loads(args.producer_config)
     app = Application(
         broker_address=args.bootstrap,
@@ -170,8 +171,8 @@ def build_app(args: argparse.Namespace) -> Application:
         def recommend_one(value: dict[str, Any], key: bytes, timestamp: int, headers: Any):
             ctx = message_context()
             event = to_browsing_event(value, key, now_ms())
-            item = np.asarray([tables.index_of(event.product_id)], dtype=np.int32)
-            ranked = recommender.recommend([event], item, [ctx.partition])  # one predict
+            entry = BatchEntry(event, tables.index_of(event.product_id), ctx.partition)
+            ranked = recommender.recommend(sessions, [entry])  # one predict
             source = SourceRef(ctx.topic, ctx.partition, ctx.offset)
             COUNTERS["answered"] += 1
             return Suggestion(event, source, version, ranked.products[0]).to_avro(now_ms())
@@ -186,7 +187,9 @@ def build_app(args: argparse.Namespace) -> Application:
 
         sdf = sdf.apply(validate, metadata=True)
         sdf.sink(
-            RecommendSink(recommender, version, args.bootstrap, args.output_topic, producer_config)
+            RecommendSink(
+                recommender, sessions, version, args.bootstrap, args.output_topic, producer_config
+            )
         )
     return app
 

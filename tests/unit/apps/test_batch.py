@@ -1,0 +1,282 @@
+"""The pure batch step: messages in; suggestions, dead letters, changelog records and next
+offsets out, without a Kafka client."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from worker.apps.batch import STEP_STAGES, BatchStep
+from worker.core.pipeline import Recommender
+from worker.core.records import SourceRef, Suggestion
+from worker.core.session import SessionStore
+from worker.kafka.changelog import CHECKPOINT_KEY
+from worker.model.scoring import BoosterScorer
+from worker.testing import FakeMessage, tiny_artifact, tiny_catalogue
+from worker.wire.codec import codec_for
+from worker.wire.session_codec import decode_session
+from worker.wire.suggestion_writer import SuggestionWriter
+
+EVENTS = "events"
+T0 = 1_700_000_000_000
+CLOCK_MS = T0 + 3_600_000  # the worker's clock while the scenario runs
+PRODUCED_MS = CLOCK_MS + 5
+USERS = {f"u{i}": i % 3 for i in range(8)}  # user -> input partition
+USER_KEYS = {user.encode() for user in USERS}
+
+
+def _event(user: str, product: str, kind: str, t_ms: int, n: int) -> dict:
+    return {
+        "event_id": f"{user}-e{n}",
+        "user_id": user,
+        "session_id": f"s-{user}",
+        "event_type": kind,
+        "product_id": product,
+        "category_id": None,
+        "price": None,
+        "event_time": t_ms,
+    }
+
+
+def scenario() -> list[list[FakeMessage]]:
+    """Two micro-batches over three partitions of eight users: good events, one bad record of
+    each kind (undecodable with headers of its own, key of another user, unknown product, event
+    time before 2000, no key), and in the second batch a redelivery of the first batch's last
+    two records of partition 1."""
+    codec = codec_for("BrowsingEvent")
+    products = tiny_catalogue().product_ids.tolist()
+    rng = random.Random(5)
+    offsets = {0: 100, 1: 200, 2: 300}
+    kinds = ["VIEW", "VIEW", "VIEW", "ADD_TO_CART", "REMOVE_FROM_CART"]
+
+    def message(partition: int, key: bytes | None, value: bytes, headers=None) -> FakeMessage:
+        offset = offsets[partition]
+        offsets[partition] += 1
+        return FakeMessage(EVENTS, partition, offset, key, value, headers, timestamp_ms=T0)
+
+    def good(user: str, n: int) -> FakeMessage:
+        record = _event(user, rng.choice(products), rng.choice(kinds), T0 + n * 7_000, n)
+        return message(USERS[user], user.encode(), codec.encode(record))
+
+    first: list[FakeMessage] = []
+    for n in range(24):
+        first.append(good(f"u{n % 8}", n))
+        if n == 3:
+            first.append(message(0, b"u0", b"garbage", [("trace", b"abc")]))
+        if n == 9:
+            wrong = codec.encode(_event("u1", products[1], "VIEW", T0, 90))
+            first.append(message(1, b"someone-else", wrong))
+        if n == 14:
+            unknown = codec.encode(_event("u2", "p999", "VIEW", T0 + 1, 91))
+            first.append(message(2, b"u2", unknown, [("origin", b"web")]))
+        if n == 18:
+            old = codec.encode(_event("u4", products[2], "VIEW", 1_000, 92))
+            first.append(message(1, b"u4", old))
+        if n == 20:
+            first.append(message(0, None, codec.encode(_event("u3", products[3], "VIEW", T0, 93))))
+    redelivered = [m for m in first if m.partition() == 1][-2:]
+    second = redelivered + [good(f"u{n % 8}", n) for n in range(24, 40)]
+    return [first, second]
+
+
+# -- the step ------------------------------------------------------------------------------------
+
+#: sha256 of the two batches' outputs (topic, key, value, headers, timestamp, partition, in
+#: produce order) and stored offsets, computed through the pre-refactor ``Worker.process``
+#: (commit 0f07b06) on :func:`scenario` with the same model, clock and settings.
+GOLDEN_SHA256 = "f913e847a4bd6bd58ac1d511dd180ab63c73766db159a14c1dfa1628d300140c"
+TOP_K, N_CANDIDATES, MAX_SESSIONS = 5, 20, 6
+SUGGESTIONS, DLQ, CHANGELOG = "suggestions", "events.dlq", "g.sessions-changelog"
+DLQ_HEADERS = [
+    "dlq.error.class",
+    "dlq.error.message",
+    "dlq.source.topic",
+    "dlq.source.partition",
+    "dlq.source.offset",
+    "dlq.source.timestamp",
+    "dlq.original.bytes",
+]
+
+
+def _artifact():
+    return tiny_artifact(Path("/nonexistent"))
+
+
+def _step(changelog: str | None = CHANGELOG) -> BatchStep:
+    artifact = _artifact()
+    clock = iter([CLOCK_MS, PRODUCED_MS] * 10)
+    return BatchStep(
+        event_codec=codec_for("BrowsingEvent", topic=EVENTS, max_record_bytes=64 * 1024),
+        recommender=Recommender(
+            artifact.tables,
+            BoosterScorer(artifact.booster),
+            n_candidates=N_CANDIDATES,
+            top_k=TOP_K,
+        ),
+        suggestion_writer=SuggestionWriter(
+            codec_for("ProductSuggestion").header(),
+            artifact.tables.product_ids.tolist(),
+            EVENTS,
+            artifact.version,
+        ),
+        suggestions_topic=SUGGESTIONS,
+        dead_letter_topic=DLQ,
+        changelog_topic=changelog,
+        clock_ms=lambda: next(clock),
+    )
+
+
+def _store() -> SessionStore:
+    return SessionStore(max_users=MAX_SESSIONS, idle_ttl_ms=3_600_000)
+
+
+def _digest(results) -> str:
+    def hexed(b):
+        return b.hex() if b is not None else None
+
+    out = [
+        {
+            "outcome": [len(r.entries), len(r.rejections)],
+            "produced": [
+                [
+                    o.topic,
+                    hexed(o.key),
+                    hexed(o.value),
+                    [[h, v.hex()] for h, v in o.headers] if o.headers is not None else None,
+                    o.timestamp_ms,
+                    o.partition,
+                ]
+                for o in r.outputs()
+            ],
+            "stored": [[[t, p, o] for (t, p), o in r.next_offsets.items()]],
+        }
+        for r in results
+    ]
+    return hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()
+
+
+def test_the_outputs_are_byte_identical_to_the_pre_refactor_worker():
+    step, sessions = _step(), _store()
+    results = [step(batch, sessions, {0, 1, 2}) for batch in scenario()]
+    assert _digest(results) == GOLDEN_SHA256
+
+
+def test_a_batch_of_good_and_bad_records_gives_suggestions_dead_letters_changelog_and_offsets():
+    step, sessions = _step(), _store()
+    first = scenario()[0]
+    result = step(first, sessions, {0, 1, 2})
+
+    assert len(result.entries) == len(result.suggestions) == 24
+    # Suggestions: keyed by the user, stamped with the produced time, in input order, and
+    # byte-equal to fastavro's encoding of the records an independent run of the ranker gives.
+    independent = Recommender(
+        _artifact().tables,
+        BoosterScorer(_artifact().booster),
+        n_candidates=N_CANDIDATES,
+        top_k=TOP_K,
+    ).recommend(_store(), result.entries)
+    codec = codec_for("ProductSuggestion")
+    for entry, products, out in zip(
+        result.entries, independent.products, result.suggestions, strict=True
+    ):
+        source = SourceRef(EVENTS, entry.partition, entry.offset)
+        reference = Suggestion(entry.event, source, "tiny-1", products).to_avro(PRODUCED_MS)
+        assert out.value == codec.encode(reference)
+        assert (out.topic, out.key, out.timestamp_ms, out.headers, out.partition) == (
+            SUGGESTIONS,
+            entry.event.user_id.encode(),
+            PRODUCED_MS,
+            None,
+            -1,
+        )
+    # Dead letters: the original key, value and headers, and headers saying why and where from.
+    expected_errors = {
+        (0, 102): ("UnknownFramingError", b"u0", [("trace", b"abc")]),
+        (1, 204): ("InvalidRecordError", b"someone-else", []),
+        (2, 304): ("UnknownProductError", b"u2", [("origin", b"web")]),
+        (1, 208): ("InvalidRecordError", b"u4", []),
+        (0, 109): ("InvalidRecordError", None, []),
+    }
+    by_source = {}
+    for rejection in result.rejections:
+        headers = dict(rejection.record.headers)
+        source = (int(headers["dlq.source.partition"]), int(headers["dlq.source.offset"]))
+        by_source[source] = rejection
+        error_class, key, original = expected_errors[source]
+        message = next(m for m in first if (m.partition(), m.offset()) == source)
+        assert rejection.error_class == error_class == headers["dlq.error.class"].decode()
+        assert (rejection.partition, rejection.offset) == source
+        assert rejection.record.topic == DLQ
+        assert rejection.record.key == key and rejection.record.value == message.value()
+        assert headers["dlq.source.topic"] == EVENTS.encode()
+        assert headers["dlq.source.timestamp"] == str(T0).encode()
+        names = [name for name, _ in rejection.record.headers[: len(DLQ_HEADERS)]]
+        assert names == DLQ_HEADERS  # then the record's own headers, as they were
+        assert rejection.record.headers[len(DLQ_HEADERS) :] == original
+    assert set(by_source) == set(expected_errors)
+    # Every other record is answered, in input order.
+    assert [(e.partition, e.offset) for e in result.entries] == [
+        (m.partition(), m.offset()) for m in first if (m.partition(), m.offset()) not in by_source
+    ]
+
+    # Changelog: the sessions of the users still held, tombstones of the evicted ones, one
+    # checkpoint record per input partition with its next offset.
+    records = {(o.key, o.partition): o.value for o in result.changelog}
+    assert all(o.topic == CHANGELOG for o in result.changelog)
+    index_of = _artifact().tables._index.get
+    for user in sessions.users():
+        restored = decode_session(records[(user.encode(), USERS[user])], index_of)
+        assert restored == sessions.get(user)
+    evicted = set(USERS) - set(sessions.users())
+    assert len(evicted) == len(USERS) - MAX_SESSIONS
+    assert {k.decode() for (k, _), v in records.items() if v is None} == evicted
+    checkpoints = {p: int(v) for (k, p), v in records.items() if k == CHECKPOINT_KEY}
+    assert checkpoints == {0: 111, 1: 211, 2: 307}
+    assert result.next_offsets == {(EVENTS, 0): 111, (EVENTS, 1): 211, (EVENTS, 2): 307}
+    assert list(result.stages_s) == list(STEP_STAGES)
+    assert all(s >= 0 for s in result.stages_s.values())
+    assert result.outputs() == [
+        *result.suggestions,
+        *(r.record for r in result.rejections),
+        *result.changelog,
+    ]
+
+
+def test_a_redelivered_event_is_answered_again_but_not_recorded_twice():
+    step, sessions = _step(), _store()
+    first, second = scenario()
+    step(first, sessions, {0, 1, 2})
+    redelivered = second[:2]
+    users = {m.key().decode() for m in redelivered if m.key() in USER_KEYS}
+    before = {u: (sessions.get(u).n_events, list(sessions.get(u).codes)) for u in users}
+    result = step(redelivered, sessions, {0, 1, 2})
+    assert {(e.partition, e.offset) for e in result.entries} == {
+        (m.partition(), m.offset()) for m in redelivered if m.key() in USER_KEYS
+    }
+    assert len(result.suggestions) == len(result.entries) > 0  # answered again
+    after = {u: (sessions.get(u).n_events, list(sessions.get(u).codes)) for u in users}
+    assert after == before  # but the state holds each event once
+
+
+def test_without_a_changelog_no_records_are_written_and_forgotten_users_do_not_pile_up():
+    step, sessions = _step(changelog=None), _store()
+    for batch in scenario():
+        result = step(batch, sessions, {0, 1, 2})
+        assert result.changelog == []
+    assert sessions.drain_forgotten() == []
+
+
+def test_tombstones_are_written_only_for_partitions_still_owned():
+    step, sessions = _step(), _store()
+    result = step(scenario()[0], sessions, owned_partitions={1})
+    tombstones = [(o.key, o.partition) for o in result.changelog if o.value is None]
+    assert tombstones and all(partition == 1 for _, partition in tombstones)
+
+
+def test_an_empty_batch_gives_nothing_but_timings():
+    step, sessions = _step(), _store()
+    result = step([], sessions, {0})
+    assert result.outputs() == [] and result.next_offsets == {}
+    assert list(result.stages_s) == list(STEP_STAGES)

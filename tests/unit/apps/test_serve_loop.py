@@ -1,0 +1,425 @@
+"""The worker loop (``Worker.run`` / ``Worker.process``) over the fake consumer and producer of
+``worker.testing``: no broker, a tiny model, a fake clock for the commit protocol's waits."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError
+
+from devtools.bench import runner
+from worker.apps import serve
+from worker.apps.serve import Worker
+from worker.config import KafkaSettings, TopicSettings, WorkerSettings
+from worker.core.pipeline import BatchEntry, advance_entries
+from worker.core.records import to_browsing_event
+from worker.core.session import SessionStore
+from worker.kafka.changelog import changelog_topic
+from worker.kafka.checkpoint import DeliveryError
+from worker.kafka.dead_letter import header_map
+from worker.testing import (
+    FakeBroker,
+    FakeClock,
+    FakeConsumer,
+    FakeMessage,
+    FakeProducer,
+    tiny_artifact,
+)
+from worker.wire.codec import codec_for
+
+EVENTS, SUGGESTIONS = "events", "suggestions"
+DLQ = f"{EVENTS}.dlq"
+GROUP = "g"
+PARTITIONS = [(EVENTS, 0), (EVENTS, 1), (EVENTS, 2)]
+T0 = 1_700_000_000_000
+
+
+class Log:
+    """A structlog-style logger keeping (event, fields)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict]] = []
+
+    def bind(self, **_: object) -> Log:
+        return self
+
+    def _record(self, event: str, **fields) -> None:
+        self.lines.append((event, fields))
+
+    info = warning = error = debug = critical = _record
+
+    def events(self) -> list[str]:
+        return [e for e, _ in self.lines]
+
+    def fields(self, event: str) -> list[dict]:
+        return [f for e, f in self.lines if e == event]
+
+
+class Harness:
+    """A worker wired to fakes: one broker (3 partitions per topic), one fake clock, the
+    consumers and producers the worker makes, recorded in creation order."""
+
+    def __init__(self, **settings) -> None:
+        self.broker = FakeBroker(partitions=3)
+        self.clock = FakeClock()
+        self.log = Log()
+        self.consumers: list[FakeConsumer] = []
+        self.producers: list[FakeProducer] = []
+        self.setup_producer = lambda producer, n: None  # n: how many were made before it
+        defaults = dict(
+            kafka=KafkaSettings("fake:9092"),
+            topics=TopicSettings(events=EVENTS, suggestions=SUGGESTIONS, partitions=3),
+            group_id=GROUP,
+            top_k=5,
+            n_candidates=20,
+            max_batch_size=500,
+            metrics_port=0,
+            scoring_backend="lightgbm",
+        )
+        self.settings = WorkerSettings(**{**defaults, **settings})
+        self.codec = codec_for("BrowsingEvent")
+        self.rng = random.Random(11)
+        self.products = tiny_artifact(Path("/x")).tables.product_ids.tolist()
+        self.sent: dict[tuple[int, int], bytes | None] = {}  # (partition, offset) -> key
+
+    def consumer(self, _kafka, group_id, _log, *, auto_commit=True, **overrides) -> FakeConsumer:
+        config = {"enable.auto.commit": auto_commit, **overrides}
+        consumer = FakeConsumer(self.broker, group_id, config, clock=self.clock)
+        self.consumers.append(consumer)
+        return consumer
+
+    def producer(self, _kafka, _log, **overrides) -> FakeProducer:
+        producer = FakeProducer(self.broker, overrides, clock=self.clock)
+        self.setup_producer(producer, len(self.producers))
+        self.producers.append(producer)
+        return producer
+
+    def worker(self) -> Worker:
+        w = Worker(
+            self.settings,
+            tiny_artifact(Path("/nonexistent")),
+            self.log,
+            consumer_factory=self.consumer,
+            producer_factory=self.producer,
+            clock=self.clock,
+        )
+        self.main = self.consumers[0]
+        self.main.schedule("assign", PARTITIONS)
+        return w
+
+    def write_events(self, n: int, *, bad_every: int = 0) -> None:
+        """``n`` events of 9 users (user i on partition i % 3), every ``bad_every``-th one
+        undecodable (with a header of its own)."""
+        for i in range(n):
+            user = f"u{self.rng.randrange(9)}"
+            partition = int(user[1:]) % 3
+            if bad_every and i % bad_every == bad_every - 1:
+                value, headers = b"not avro", [("h", str(i).encode())]
+            else:
+                record = {
+                    "event_id": f"e{i}",
+                    "user_id": user,
+                    "session_id": f"s-{user}",
+                    "event_type": self.rng.choice(["VIEW", "VIEW", "ADD_TO_CART"]),
+                    "product_id": self.rng.choice(self.products),
+                    "category_id": None,
+                    "price": None,
+                    "event_time": T0 + i * 1000,
+                }
+                value, headers = self.codec.encode(record), None
+            m = self.broker.add(EVENTS, partition, user.encode(), value, headers, T0)
+            self.sent[(m.partition(), m.offset())] = value
+
+    def answered(self) -> list[tuple[int, int]]:
+        """(partition, offset) of the input each visible suggestion answers, in log order."""
+        return [(p, o) for _, p, o in self.answers()]
+
+    def answers(self) -> list[tuple[bytes, int, int]]:
+        """(key, source partition, source offset) of each visible suggestion, in log order."""
+        codec = codec_for("ProductSuggestion")
+        out = []
+        for m in self.broker.messages(SUGGESTIONS):
+            record = codec.decode(m.value())
+            out.append((m.key(), record["source_partition"], record["source_offset"]))
+        return out
+
+    def in_user_order(self) -> bool:
+        """Each user's suggestions are in the log in the order of the user's events."""
+        by_user: dict[bytes, list[tuple[int, int]]] = {}
+        for key, partition, offset in self.answers():
+            by_user.setdefault(key, []).append((partition, offset))
+        return all(seen == sorted(seen) for seen in by_user.values())
+
+    def dead_lettered(self) -> list[tuple[int, int]]:
+        out = []
+        for m in self.broker.messages(DLQ):
+            h = header_map(m.headers())
+            out.append((int(h["dlq.source.partition"]), int(h["dlq.source.offset"])))
+        return out
+
+    def ends(self) -> dict[tuple[str, int], int]:
+        return {(EVENTS, p): self.broker.end_offset(EVENTS, p) for _, p in PARTITIONS}
+
+
+def run(w: Worker) -> int:
+    return w.run(install_signal_handlers=False, max_idle_s=0.0)
+
+
+def reference_sessions(h: Harness) -> dict[str, tuple]:
+    """Every user's session after each good input was recorded exactly once, in order."""
+    store = SessionStore(max_users=h.settings.max_sessions)
+    tables = tiny_artifact(Path("/x")).tables
+    codec = codec_for("BrowsingEvent")
+    for (partition, offset), value in sorted(h.sent.items()):
+        if value == b"not avro":
+            continue
+        record = codec.decode(value)
+        event = to_browsing_event(record, record["user_id"].encode(), T0 + 10**9)
+        entry = BatchEntry(event, tables.index_of(event.product_id), partition, offset)
+        advance_entries(store, [entry])
+    return {u: _view(store.get(u)) for u in store.users()}
+
+
+def _view(session) -> tuple:
+    return (session.n_events, list(session.codes), list(session.times_ms), session.offset)
+
+
+def sessions_of(w: Worker) -> dict[str, tuple]:
+    return {u: _view(w.sessions.get(u)) for u in w.sessions.users()}
+
+
+# -- at-least-once -------------------------------------------------------------------------------
+
+
+def test_every_input_ends_as_a_suggestion_or_a_dead_letter_and_offsets_follow_acknowledgements():
+    h = Harness(max_batch_size=40)
+    h.write_events(150, bad_every=13)
+    w = h.worker()
+    stores: list[list[tuple[str, int, int]]] = []
+    consumer = h.main
+    store = consumer.store_offsets
+
+    def store_offsets(message=None, offsets=None):
+        # Every input below each stored offset is answered or dead-lettered by now.
+        done = set(h.answered()) | set(h.dead_lettered())
+        for tp in offsets:
+            assert {(tp.partition, o) for o in range(tp.offset)} <= done, tp
+        stores.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
+        store(message, offsets)
+
+    consumer.store_offsets = store_offsets  # type: ignore[method-assign]
+    assert run(w) == 0
+
+    answered, dead = h.answered(), h.dead_lettered()
+    assert len(dead) == 150 // 13 and all(h.sent[d] == b"not avro" for d in dead)
+    assert sorted(answered + dead) == sorted(h.sent)  # each input exactly once
+    assert h.in_user_order()
+    assert len(stores) == 4  # 150 inputs in batches of at most 40
+    assert h.broker.committed[GROUP] == h.ends()  # committed on close (revoke + auto-commit)
+    assert sessions_of(w) == {} and "partitions_revoked" in h.log.events()
+    assert w._consumed == 150 and w._answered == len(answered) and w._dead == len(dead)
+
+
+def test_metrics_and_batch_log_name_every_stage_the_benchmark_reads():
+    h = Harness()
+    h.write_events(20)
+    w = h.worker()
+    run(w)
+    labels = {
+        s.labels["stage"]
+        for metric in w.metrics.registry.collect()
+        if metric.name == "worker_stage_seconds"
+        for s in metric.samples
+    }
+    assert labels == set(serve.STAGES) == set(runner.STAGES)
+    (scored,) = h.log.fields("batch_scored")
+    assert [k for k in scored if k.endswith("_ms")] == [f"{s}_ms" for s in serve.STAGES]
+
+
+def test_a_failed_delivery_stops_the_worker_with_nothing_stored():
+    h = Harness()
+    h.setup_producer = lambda p, n: p.fail_topics.update(
+        {SUGGESTIONS: KafkaError.MSG_SIZE_TOO_LARGE}
+    )
+    h.write_events(30)
+    w = h.worker()
+    with pytest.raises(DeliveryError, match="MSG_SIZE_TOO_LARGE"):
+        run(w)
+    assert not any(name == "store_offsets" for name, _ in h.main.calls)
+    assert h.broker.committed.get(GROUP, {}) == {}  # the batch will be redelivered
+    assert h.main.closed  # the consumer left the group on the way out
+
+
+def test_consumer_errors_are_handled_before_the_step():
+    h = Harness()
+    w = h.worker()
+    eof = FakeMessage(EVENTS, 1, 0, None, None, error=KafkaError(KafkaError._PARTITION_EOF))
+    h.main.add_batch([eof])
+    fatal = KafkaError(KafkaError._FATAL, "fenced", fatal=True)
+    h.main.add_batch([FakeMessage(EVENTS, 1, 0, None, None, error=fatal)])
+    with pytest.raises(Exception, match="fatal consumer error: _FATAL"):
+        run(w)
+    assert h.broker.messages(SUGGESTIONS) == [] and h.broker.messages(DLQ) == []
+
+
+# -- rebalances in the middle of a batch ---------------------------------------------------------
+
+
+def test_a_partition_revoked_while_the_batch_waits_is_committed_then_its_sessions_dropped():
+    h = Harness()
+    h.write_events(60)
+    w = h.worker()
+    revoked = (EVENTS, 1)
+    h.producers[0].during_flush.append(lambda: h.main.schedule("revoke", [revoked]))
+    seen: list[dict] = []
+    on_revoke = w._on_revoke
+
+    def on_revoke_spy(consumer, partitions):
+        on_partition_1 = {u for u in w.sessions.users() if int(u[1:]) % 3 == 1}
+        on_revoke(consumer, partitions)
+        seen.append(
+            {
+                "partitions": sorted(tp.partition for tp in partitions),
+                "before": on_partition_1,
+                "after": {u for u in w.sessions.users() if int(u[1:]) % 3 == 1},
+                "committed": dict(h.broker.committed[GROUP]),
+            }
+        )
+
+    w._on_revoke = on_revoke_spy  # type: ignore[method-assign]  (run() subscribes with it)
+    run(w)
+
+    revocation = seen[0]  # then the close revokes the rest
+    assert revocation["partitions"] == [1]
+    # Nothing lost: the batch's offset of the revoked partition was committed before it moved.
+    assert revocation["committed"][revoked] == h.ends()[revoked]
+    assert revocation["before"] and revocation["after"] == set()
+    event = h.log.fields("partitions_revoked")[0]
+    assert event == {"partitions": [1], "sessions_dropped": len(revocation["before"])}
+    assert sorted(h.answered()) == sorted(h.sent)
+
+
+def test_a_partition_lost_while_the_batch_waits_keeps_its_offset_for_the_next_owner():
+    h = Harness()
+    h.write_events(60)
+    w = h.worker()
+    lost = (EVENTS, 2)
+    h.producers[0].during_flush.append(lambda: h.main.take_away([lost]))
+    run(w)
+
+    committed = h.broker.committed[GROUP]
+    assert lost not in committed  # its next owner answers its events again: nothing lost
+    ends = h.ends()
+    assert committed == {tp: ends[tp] for tp in PARTITIONS if tp != lost}
+    asked = [(EVENTS, p, ends[(EVENTS, p)]) for p in range(3)]
+    assert ("store_offsets", asked) in h.main.calls  # asked for all three, got two
+    (event,) = h.log.fields("partitions_lost")
+    assert event["partitions"] == [2] and event["sessions_dropped"] > 0
+    assert not [u for u in w.sessions.users() if int(u[1:]) % 3 == 2]
+    assert "offsets_not_stored" not in h.log.events()  # librdkafka stored the others
+
+
+def test_every_partition_of_the_batch_lost_meanwhile_is_logged_not_fatal():
+    h = Harness()
+    h.write_events(30)
+    w = h.worker()
+    h.producers[0].during_flush.append(lambda: h.main.take_away(PARTITIONS))
+    assert run(w) == 0
+    assert "offsets_not_stored" in h.log.events()
+    assert h.broker.committed.get(GROUP, {}) == {}
+    assert len(w.sessions) == 0
+
+
+# -- at-least-once: a stuck producer ------------------------------------------------------------
+
+
+def test_a_stuck_producer_is_replaced_and_its_outputs_resent_in_order_with_headers_and_times():
+    h = Harness()
+    h.setup_producer = lambda p, n: setattr(p, "stuck", n == 0)
+    h.write_events(45, bad_every=7)
+    w = h.worker()
+    run(w)
+
+    stuck, fresh = h.producers
+    assert "purge(in_queue=True, in_flight=False)" in stuck.calls
+    (replaced,) = h.log.fields("producer_replaced")
+    everything = [
+        *h.broker.messages(SUGGESTIONS),
+        *h.broker.messages(DLQ),
+        *h.broker.messages(changelog_topic(GROUP)),
+    ]
+    assert replaced["resent"] == len(everything)  # one batch, all of it queued when stuck
+    # Everything arrived once, in the order it was produced.
+    assert sorted(h.answered() + h.dead_lettered()) == sorted(h.sent)
+    assert h.in_user_order()
+    # Re-sent as produced: suggestions keep their timestamp (their produced time), dead
+    # letters their headers (the source record's own last).
+    codec = codec_for("ProductSuggestion")
+    for m in h.broker.messages(SUGGESTIONS):
+        assert m.timestamp()[1] == codec.decode(m.value())["produced_time"] > 0
+    for m in h.broker.messages(DLQ):
+        assert header_map(m.headers())["dlq.error.class"] == "UnknownFramingError"
+        assert m.headers()[-1][0] == "h"
+    assert w.metrics.producer_replacements._value.get() == 1
+    assert h.broker.committed[GROUP] == h.ends()
+    assert not fresh.queued and not fresh.in_flight
+
+
+# -- exactly-once ---------------------------------------------------------------------------------
+
+
+def test_exactly_once_abandon_rewinds_to_the_committed_offsets_and_state():
+    """The first transaction commits; the second one's producer gets stuck, so the transaction
+    is abandoned: the worker replaces the producer (fencing the old one), rewinds to the
+    committed offsets, restores the sessions from the changelog and answers the batch again.
+    A read_committed reader sees every answer once, and no event entered the state twice."""
+    h = Harness(exactly_once=True, max_batch_size=40, transactional_id="worker-0")
+
+    commits: list[dict] = []  # the group's committed offsets after each transaction
+
+    def stuck_from_second_transaction(producer: FakeProducer, n: int) -> None:
+        commit = producer.commit_transaction
+
+        def commit_and_note(timeout=None):
+            commit(timeout)
+            commits.append(dict(h.broker.committed[GROUP]))
+
+        producer.commit_transaction = commit_and_note  # type: ignore[method-assign]
+        if n > 0:
+            return
+
+        def hook() -> None:
+            producer.stuck = producer.calls.count("begin_transaction") >= 2
+            producer.during_flush.append(hook)
+
+        producer.during_flush.append(hook)
+
+    h.setup_producer = stuck_from_second_transaction
+    h.write_events(90)
+    w = h.worker()
+    before_close: list[dict] = []
+    on_revoke = w._on_revoke
+
+    def on_revoke_spy(consumer, partitions):
+        before_close.append(sessions_of(w))
+        on_revoke(consumer, partitions)
+
+    w._on_revoke = on_revoke_spy  # type: ignore[method-assign]
+    run(w)
+
+    assert len(h.producers) == 2
+    assert h.producers[0].calls.count("commit_transaction") == 1
+    assert "transactional_producer_replaced" in h.log.events()
+    (rewound,) = h.log.fields("batch_rewound")
+    assert rewound["partitions"] == [0, 1, 2]
+    # Back to what the first transaction committed (nothing yet on partition 2: its beginning).
+    seeks = sorted(args for name, args in h.main.calls if name == "seek")
+    assert seeks == [(EVENTS, p, commits[0].get((EVENTS, p), -2)) for p in range(3)]
+    answered = h.answered()
+    assert sorted(answered) == sorted(h.sent)  # each answer visible exactly once
+    assert h.broker.committed[GROUP] == h.ends()
+    restored = h.log.fields("sessions_restored")
+    assert len(restored) == 2 and restored[1]["sessions"] > 0  # on assign, then on rewind
+    assert before_close[0] == reference_sessions(h)  # no event in the state twice, none lost
