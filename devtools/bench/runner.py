@@ -73,7 +73,20 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 GIB = 2**30
 MIB = 2**20
 SAMPLE_INTERVAL_S = 0.5
-STAGES = ("decode", "state", "candidates", "features", "scoring", "encode", "produce")
+#: The worker's ``worker_stage_seconds{stage}`` labels, in batch order (the step's
+#: ``worker.apps.batch.STEP_STAGES``, then the loop's ``worker.apps.serve.LOOP_STAGES``).
+STAGES = (
+    "parse",
+    "state",
+    "candidates",
+    "features",
+    "scoring",
+    "rank",
+    "encode",
+    "changelog",
+    "produce",
+    "checkpoint",
+)
 PLOT_REQUIREMENTS = ("matplotlib==3.10.7",)
 
 #: Targets of the issue: (figure key, comparison, bound, text).

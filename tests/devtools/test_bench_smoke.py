@@ -97,15 +97,27 @@ def test_bench_small_variant(kafka_bootstrap, tmp_path, simulator_settings, trai
     one = results["throughput_1p"]
     assert set(one["stages_us_per_event"]) == {
         "fetch",
-        "decode",
+        "parse",
         "state",
         "candidates",
         "features",
         "scoring",
+        "rank",
+        "encode",
+        "changelog",
+        "produce",
+        "checkpoint",
+    }
+    for stage in (
+        "parse",
+        "state",
+        "features",
+        "scoring",
+        "rank",
         "encode",
         "produce",
-    }
-    for stage in ("decode", "state", "features", "scoring", "encode", "produce"):
+        "checkpoint",
+    ):
         assert _positive(one["stages_us_per_event"][stage]), stage
     assert all(_positive(r) for r in one["peak_rss_mib"])
     assert len(results["throughput_2p"]["peak_rss_mib"]) == 2

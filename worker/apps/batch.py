@@ -10,7 +10,7 @@ The step advances the session state it is given (its owner, the worker, passes i
 the one effect besides the returned outputs, and it is what a redelivered event must not repeat
 (each session remembers the input offset of its last event).
 
-Stages, timed in :attr:`BatchResult.stages_s`:
+Stages, timed in :attr:`BatchResult.stages_s` (the loop adds ``produce`` and ``checkpoint``):
 
 ``parse``
     Avro decode, validation and catalogue lookup of every record into a :class:`BatchEntry`;

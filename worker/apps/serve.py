@@ -18,7 +18,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from worker.apps.batch import BatchResult, BatchStep, InputRecord, now_ms
+from worker.apps.batch import STEP_STAGES, BatchResult, BatchStep, InputRecord, now_ms
 from worker.config import WorkerSettings
 from worker.core.errors import BrokerError
 from worker.core.pipeline import Recommender
@@ -46,9 +46,11 @@ from worker.wire.registry import HttpSchemaRegistry
 from worker.wire.suggestion_writer import SuggestionWriter
 
 PROGRESS_LOG_INTERVAL_S = 10.0
-#: Stages of a batch in ``worker_stage_seconds{stage}`` and the ``batch_scored`` log line (the
-#: names the benchmark reads; see :func:`_reported_stages`).
-STAGES = ("decode", "state", "candidates", "features", "scoring", "encode", "produce")
+#: Stages of a batch in ``worker_stage_seconds{stage}`` and the ``batch_scored`` log line: the
+#: step's (:data:`worker.apps.batch.STEP_STAGES`), then handing the outputs to the producer
+#: (``produce``) and the commit protocol's flush, verify and store or commit (``checkpoint``).
+LOOP_STAGES = ("produce", "checkpoint")
+STAGES = STEP_STAGES + LOOP_STAGES
 
 
 @dataclass
@@ -416,7 +418,7 @@ class Worker:
             self.metrics.producer_replacements.inc(self.checkpoint.replaced - replaced_before)
         self.health.backpressure = False
         t2 = time.perf_counter()
-        stages = _reported_stages(batch.stages_s, produce_s=t1 - t0, checkpoint_s=t2 - t1)
+        stages = {**batch.stages_s, "produce": t1 - t0, "checkpoint": t2 - t1}
         self._record_batch(len(messages), batch, now_ms(), stages)
         return BatchOutcome(answered=len(batch.entries), dead_lettered=len(batch.rejections))
 
@@ -499,20 +501,3 @@ class Worker:
         if err.fatal():
             raise BrokerError(f"fatal consumer error: {err.name()}: {err.str()}")
         self.log.warning("consume_error", error=err.name(), retriable=err.retriable())
-
-
-def _reported_stages(
-    step_s: dict[str, float], produce_s: float, checkpoint_s: float
-) -> dict[str, float]:
-    """The batch's timings under the stage names reported so far: ``decode`` is the step's
-    parse, ``encode`` its rank, encode and changelog stages plus handing the outputs to the
-    producer, ``produce`` the commit protocol's flush, verify and store."""
-    return {
-        "decode": step_s["parse"],
-        "state": step_s["state"],
-        "candidates": step_s["candidates"],
-        "features": step_s["features"],
-        "scoring": step_s["scoring"],
-        "encode": step_s["rank"] + step_s["encode"] + step_s["changelog"] + produce_s,
-        "produce": checkpoint_s,
-    }
