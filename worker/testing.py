@@ -30,6 +30,7 @@ from confluent_kafka import (
 from worker.core.catalogue import CatalogueTables
 from worker.core.errors import UnknownSchemaError
 from worker.core.features import FEATURE_NAMES, N_FEATURES
+from worker.core.records import BrowsingEvent, RankedProduct, SourceRef
 from worker.model.artifact import ModelArtifact
 
 
@@ -748,3 +749,42 @@ class FakeConsumer:
     def _check_open(self) -> None:
         if self.closed:
             raise RuntimeError("Consumer closed")
+
+
+# -- reference encodings -------------------------------------------------------------------------
+# Readable, slow versions of what the product does fast, for tests to compare against.
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    """The answer to one event, readable: the reference for :class:`SuggestionWriter`'s batched
+    encoding (tests compare the two byte for byte)."""
+
+    event: BrowsingEvent
+    source: SourceRef
+    model_version: str
+    products: tuple[RankedProduct, ...]
+
+    def to_avro(self, produced_time_ms: int) -> dict[str, Any]:
+        """The ``ProductSuggestion`` record dict."""
+        return {
+            "suggestion_id": f"{self.source.topic}/{self.source.partition}/{self.source.offset}",
+            "user_id": self.event.user_id,
+            "session_id": self.event.session_id,
+            "event_id": self.event.event_id,
+            "source_topic": self.source.topic,
+            "source_partition": self.source.partition,
+            "source_offset": self.source.offset,
+            "model_version": self.model_version,
+            "products": [
+                {"product_id": p.product_id, "rank": p.rank, "score": p.score}
+                for p in self.products
+            ],
+            "event_time": self.event.event_time_ms,
+            "produced_time": produced_time_ms,
+        }
+
+
+def header_map(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
+    """Headers as a dict of strings (last value wins), for readers and tests."""
+    return {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in headers or []}

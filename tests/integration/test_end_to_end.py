@@ -24,7 +24,7 @@ from tests.helpers import (
 )
 from worker.config import KafkaSettings
 from worker.kafka.admin import ensure_topics
-from worker.kafka.dead_letter import header_map
+from worker.testing import header_map
 from worker.wire.codec import codec_for, load_schema
 
 pytestmark = pytest.mark.kafka

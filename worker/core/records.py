@@ -53,35 +53,6 @@ class RankedProduct:
     score: float
 
 
-@dataclass(frozen=True, slots=True)
-class Suggestion:
-    """The answer to one event: its top-K products, best first."""
-
-    event: BrowsingEvent
-    source: SourceRef
-    model_version: str
-    products: tuple[RankedProduct, ...]
-
-    def to_avro(self, produced_time_ms: int) -> dict[str, Any]:
-        """The ``ProductSuggestion`` record dict."""
-        return {
-            "suggestion_id": f"{self.source.topic}/{self.source.partition}/{self.source.offset}",
-            "user_id": self.event.user_id,
-            "session_id": self.event.session_id,
-            "event_id": self.event.event_id,
-            "source_topic": self.source.topic,
-            "source_partition": self.source.partition,
-            "source_offset": self.source.offset,
-            "model_version": self.model_version,
-            "products": [
-                {"product_id": p.product_id, "rank": p.rank, "score": p.score}
-                for p in self.products
-            ],
-            "event_time": self.event.event_time_ms,
-            "produced_time": produced_time_ms,
-        }
-
-
 def _require_id(record: dict[str, Any], field: str) -> str:
     value = record.get(field)
     if not isinstance(value, str) or not value.strip():

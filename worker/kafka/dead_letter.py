@@ -56,8 +56,3 @@ def dead_letter(
         headers.append(("dlq.truncated", b"true"))
     headers.extend(original_headers or [])
     return DeadLetter(key=key, value=value, headers=headers)
-
-
-def header_map(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
-    """Headers as a dict of strings (last value wins), for readers and tests."""
-    return {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in headers or []}

@@ -46,10 +46,11 @@ from quixstreams.sinks import BatchingSink, SinkBatch
 from worker.core.errors import DataError
 from worker.core.features import FEATURE_NAMES
 from worker.core.pipeline import BatchEntry, Recommender
-from worker.core.records import SourceRef, Suggestion, to_browsing_event
+from worker.core.records import SourceRef, to_browsing_event
 from worker.core.session import SessionStore
 from worker.model.artifact import load_artifact
 from worker.model.scoring import BoosterScorer
+from worker.testing import Suggestion
 from worker.wire.codec import codec_for
 
 COUNTERS = {"answered": 0, "skipped": 0, "batches": 0}

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from worker.apps.batch import STEP_STAGES, BatchStep
 from worker.core.pipeline import Recommender
-from worker.core.records import SourceRef, Suggestion
+from worker.core.records import SourceRef
 from worker.core.session import SessionStore
 from worker.kafka.changelog import CHECKPOINT_KEY
 from worker.model.scoring import BoosterScorer
-from worker.testing import FakeMessage, tiny_artifact, tiny_catalogue
+from worker.testing import FakeMessage, Suggestion, tiny_artifact, tiny_catalogue
 from worker.wire.codec import codec_for
 from worker.wire.session_codec import decode_session
 from worker.wire.suggestion_writer import SuggestionWriter

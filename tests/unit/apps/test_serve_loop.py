@@ -18,13 +18,13 @@ from worker.core.records import to_browsing_event
 from worker.core.session import SessionStore
 from worker.kafka.changelog import changelog_topic
 from worker.kafka.checkpoint import DeliveryError
-from worker.kafka.dead_letter import header_map
 from worker.testing import (
     FakeBroker,
     FakeClock,
     FakeConsumer,
     FakeMessage,
     FakeProducer,
+    header_map,
     tiny_artifact,
 )
 from worker.wire.codec import codec_for

@@ -20,11 +20,11 @@ from worker.core.records import (
     Purchase,
     RankedProduct,
     SourceRef,
-    Suggestion,
     check_event_time,
     to_browsing_event,
     to_purchase,
 )
+from worker.testing import Suggestion
 
 NOW_MS = 1_700_000_000_000
 KEY = b"user-1"

@@ -6,7 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.core.records import BrowsingEvent, RankedProduct, SourceRef, Suggestion
+from worker.core.records import BrowsingEvent, RankedProduct, SourceRef
+from worker.testing import Suggestion
 from worker.wire.codec import codec_for
 from worker.wire.suggestion_writer import SuggestionWriter, zigzag_varint
 

@@ -8,7 +8,8 @@ import structlog
 
 from worker.config import KafkaSettings, TopicSettings
 from worker.core.errors import CorruptPayloadError, InvalidRecordError
-from worker.kafka.dead_letter import MAX_MESSAGE_CHARS, dead_letter, header_map
+from worker.kafka.dead_letter import MAX_MESSAGE_CHARS, dead_letter
+from worker.testing import header_map
 
 
 def make_dead_letter(**overrides):
