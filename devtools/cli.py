@@ -15,7 +15,7 @@ from typing import Any
 
 from devtools.bench import runner
 from worker.cli import EXIT_INFRASTRUCTURE, SettingsParser
-from worker.config import BOOTSTRAP_SERVERS, MODELS_DIR, Setting, as_path
+from worker.config import BOOTSTRAP_SERVERS, LOGGING_SETTINGS, MODELS_DIR, Setting, as_path
 from worker.core.errors import InfrastructureError, WorkerError
 
 #: The chaos harness's cluster: the product's declaration, but unset means "start our own".
@@ -76,6 +76,9 @@ def build_parser() -> SettingsParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rate", type=float, default=1000.0, help="offered events/s (approximate)")
     p.add_settings(DEMO_DIR, MODELS_DIR)
+    for name, command in sub.choices.items():
+        if name != "kafka":  # the launcher parses its own arguments
+            command.add_settings(*LOGGING_SETTINGS)
     return parser
 
 
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from worker.ops.logging import configure_logging
 
-    log = configure_logging(component=args.command)
+    log = configure_logging(level=args.log_level, fmt=args.log_format, component=args.command)
     try:
         return COMMANDS[args.command](args, log)
     except InfrastructureError as exc:

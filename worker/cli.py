@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker.config import (
     BOOTSTRAP_SERVERS,
+    LOGGING_SETTINGS,
     MODELS_DIR,
     SCHEMA_REGISTRY_URL,
     SIMULATE_SETTINGS,
@@ -233,6 +234,8 @@ def build_parser() -> SettingsParser:
     _models_arg(p)
     p.add_settings_of(MonitorSettings)
 
+    for command in sub.choices.values():
+        command.add_settings(*LOGGING_SETTINGS)
     return parser
 
 
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from worker.ops.logging import configure_logging
 
-    log = configure_logging(component=args.command)
+    log = configure_logging(level=args.log_level, fmt=args.log_format, component=args.command)
     try:
         return COMMANDS[args.command](args, log)
     except InfrastructureError as exc:

@@ -453,6 +453,39 @@ PARTITIONS = Setting(
     help="partitions of events, suggestions and purchases when created",
     check=positive,
 )
+
+
+def as_log_level(text: str) -> str:
+    """A logging level name, in any case (``INFO`` and ``info`` alike).
+
+    Raises:
+        ValueError: not a level name.
+    """
+    return LOG_LEVELS(text.strip().lower())
+
+
+LOG_LEVELS = OneOf(("debug", "info", "warning", "error"))
+#: Logging, for every command of ``worker`` and ``worker-dev``.
+LOG_LEVEL = Setting(
+    "log_level",
+    "--log-level",
+    as_log_level,
+    "info",
+    env="WORKER_LOG_LEVEL",
+    help="log level: debug adds a batch_scored line per micro-batch; one of "
+    + ", ".join(LOG_LEVELS.options),
+)
+LOG_FORMAT = Setting(
+    "log_format",
+    "--log-format",
+    OneOf(("auto", "json", "console")),
+    "auto",
+    env="WORKER_LOG_FORMAT",
+    help="json: one JSON object per line; console: for humans; auto: console on a terminal, "
+    "else json",
+)
+LOGGING_SETTINGS = (LOG_LEVEL, LOG_FORMAT)
+
 MODELS_DIR = Setting(
     "models_dir",
     "--models-dir",

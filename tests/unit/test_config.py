@@ -926,3 +926,40 @@ def test_client_config_pass_through_wins_over_role_defaults() -> None:
     kafka = KafkaSettings("b:1", {"linger.ms": "50"})
     config = kafka.client_config(**{"linger.ms": 5, "enable.idempotence": True})
     assert config == {"bootstrap.servers": "b:1", "linger.ms": "50", "enable.idempotence": True}
+
+
+@pytest.mark.parametrize("command", ["topics", "simulate", "train", "run", "monitor"])
+def test_every_command_takes_the_log_settings(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--log-level / WORKER_LOG_LEVEL and --log-format / WORKER_LOG_FORMAT are declared once and
+    resolved for every command (flag > environment > default), any case for the level."""
+    required = {"simulate": ["--out", "d"], "train": ["--dataset", "d"]}.get(command, [])
+    parser = cli.build_parser()
+    monkeypatch.delenv("WORKER_LOG_LEVEL", raising=False)
+    monkeypatch.delenv("WORKER_LOG_FORMAT", raising=False)
+    args = parser.parse_args([command, *required])
+    assert (args.log_level, args.log_format) == ("info", "auto")
+    monkeypatch.setenv("WORKER_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("WORKER_LOG_FORMAT", "console")
+    args = parser.parse_args([command, *required])
+    assert (args.log_level, args.log_format) == ("debug", "console")
+    args = parser.parse_args([command, *required, "--log-level", "warning", "--log-format", "json"])
+    assert (args.log_level, args.log_format) == ("warning", "json")
+
+
+def test_bad_log_setting_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, an unknown level silently meant info and an unknown format meant json."""
+    monkeypatch.setenv("WORKER_LOG_LEVEL", "loud")
+    assert fails(["topics"], capsys) == [
+        "worker topics: error: --log-level / WORKER_LOG_LEVEL: 'loud' is not one of debug, "
+        "info, warning, error"
+    ]
+    monkeypatch.delenv("WORKER_LOG_LEVEL")
+    monkeypatch.setenv("WORKER_LOG_FORMAT", "xml")
+    assert fails(["topics"], capsys) == [
+        "worker topics: error: --log-format / WORKER_LOG_FORMAT: 'xml' is not one of auto, json, "
+        "console"
+    ]

@@ -1,15 +1,15 @@
 """structlog set-up: JSON lines (one object per line, stable keys) on stderr.
 
-On a terminal the default is a human-readable renderer instead; ``WORKER_LOG_FORMAT=json`` or
-``console`` chooses explicitly. ``WORKER_LOG_LEVEL`` sets
-the level (default ``info``). Log calls use keyword arguments only, never formatted strings, and
-never carry payloads or secrets.
+Level and format are settings (``--log-level`` / ``WORKER_LOG_LEVEL``, ``--log-format`` /
+``WORKER_LOG_FORMAT``, declared in :mod:`worker.config`); the command line resolves them and
+passes them here. Format ``auto`` is a human-readable renderer on a terminal and JSON otherwise.
+Log calls use keyword arguments only, never formatted strings, and never carry payloads or
+secrets.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 from typing import Any
@@ -17,12 +17,15 @@ from typing import Any
 import structlog
 
 
-def configure_logging(*, level: str | None = None, fmt: str | None = None, **bound: Any) -> Any:
-    """Configure structlog for the process and return a logger bound with ``bound``."""
-    level_name = (level or os.environ.get("WORKER_LOG_LEVEL", "info")).upper()
-    numeric = getattr(logging, level_name, logging.INFO)
-    default_format = "console" if sys.stderr.isatty() else "json"
-    renderer_name = fmt or os.environ.get("WORKER_LOG_FORMAT") or default_format
+def configure_logging(*, level: str = "info", fmt: str = "auto", **bound: Any) -> Any:
+    """Configure structlog for the process and return a logger bound with ``bound``.
+
+    Args:
+        level: ``debug``, ``info``, ``warning`` or ``error`` (any case).
+        fmt: ``json``, ``console`` or ``auto`` (console on a terminal, else json).
+    """
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    renderer_name = fmt if fmt != "auto" else ("console" if sys.stderr.isatty() else "json")
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=False)
         if renderer_name == "console"
