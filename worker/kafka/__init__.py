@@ -1,6 +1,6 @@
 """The Kafka edge: client construction, topic admin, the commit protocol, the session changelog,
 watches over the clients, and dead letters.
 
-Nothing outside this package and the loops (``worker.apps.serve``, ``worker.apps.monitor``) imports
-confluent_kafka.
+Only this package, the apps (the worker loop, the monitor, the simulator's producer) and the
+fakes of ``worker.testing`` import confluent_kafka: an import-linter contract in pyproject.toml.
 """
