@@ -1,7 +1,8 @@
 """``worker`` command line: one settings object per command, CLI flag > environment > default.
 
-Subcommands: ``topics``, ``simulate``, ``train``, ``run`` (the worker), ``monitor``. The
-development tooling (local broker, chaos harness, benchmark, demo) is ``worker-dev``
+Subcommands: ``topics``, ``simulate``, ``train``, ``run`` (the worker), ``monitor``, ``compile``
+(the served model compiled with lleaves into its artifact's cache, for workers of this platform).
+The development tooling (local broker, chaos harness, benchmark, demo) is ``worker-dev``
 (:mod:`devtools.cli`), which production does not install.
 
 The flags of settings are built from their declarations in :mod:`worker.config`
@@ -234,6 +235,13 @@ def build_parser() -> SettingsParser:
     _models_arg(p)
     p.add_settings_of(MonitorSettings)
 
+    p = sub.add_parser(
+        "compile",
+        help="compile the served model with lleaves into its artifact's cache, so that workers "
+        "of this platform (CPU family) load it at start instead of compiling it",
+    )
+    _models_arg(p)
+
     for command in sub.choices.values():
         command.add_settings(*LOGGING_SETTINGS)
     return parser
@@ -404,12 +412,35 @@ def cmd_monitor(args: argparse.Namespace, log: Any) -> int:
     return Monitor(settings, log).run()
 
 
+def cmd_compile(args: argparse.Namespace, log: Any) -> int:
+    """Precompile the artifact ``--models-dir`` serves (its LATEST, or the artifact itself); print
+    the compiled object's path. Without lleaves there is nothing to compile: exit 0 all the same
+    (workers without it score with LightGBM); a failed compile exits 1."""
+    from worker.model.artifact import resolve_artifact_dir
+    from worker.model.scoring import lleaves_available, precompile
+
+    artifact_dir = resolve_artifact_dir(args.models_dir)
+    if not lleaves_available():
+        print(
+            f"nothing compiled for {artifact_dir}: lleaves is not installed (the 'fast' extra); "
+            "workers without it score with LightGBM"
+        )
+        return 0
+    path = precompile(artifact_dir, log=log)
+    if path is None:
+        print(f"compiling {artifact_dir} failed (see the log)", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 COMMANDS = {
     "topics": cmd_topics,
     "simulate": cmd_simulate,
     "train": cmd_train,
     "run": cmd_run,
     "monitor": cmd_monitor,
+    "compile": cmd_compile,
 }
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@ llvmlite versions, compile options, the host CPU and its features: an object com
 may not run on another, and artifact directories can be shared between machines). The cache file
 is written to a private temp file and renamed into place, so concurrent workers compiling the same
 model at once never read a half-written object. A second start loads it in well under a second.
+
+So that no worker compiles at all, :func:`precompile` compiles the model into the artifact's own
+cache where the artifact is made or published (``worker compile``; for an artifact copied to
+machines of another CPU family, run it on one of them: the key includes the host CPU). A worker
+that finds no object for its platform still compiles and caches it, after a ``lleaves_cache_miss``
+warning that names the cause and that command. The ``scoring_backend`` line says how the scorer
+was had: ``loaded_from_cache`` with ``loaded_s``, or ``compiled_s``, and ``ready_s`` in all.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ COMPILE_OPTIONS: dict[str, Any] = {
 }
 #: Largest tolerated |lleaves - LightGBM| on the start-up self-check.
 SELF_CHECK_TOLERANCE = 1e-9
+#: The command that compiles an artifact ahead of time (named by the cache-miss warning).
+PRECOMPILE_COMMAND = "worker compile --models-dir {artifact_dir}"
 
 
 class BoosterScorer:
@@ -215,6 +224,40 @@ def default_cache_dir(artifact_dir: Path) -> Path | None:
     return None
 
 
+def _cached_or_default_dir(artifact_dir: Path, log: Any) -> Path | None:
+    """The cache directory :func:`make_scorer` uses by default.
+
+    A directory that already holds this model's object for this host is used even if it is not
+    writable: an artifact precompiled when it was published may be mounted read-only. Otherwise
+    this start compiles: a ``lleaves_cache_miss`` warning says why and how to avoid it, and the
+    object goes to :func:`default_cache_dir`.
+    """
+    name = cache_file_name(artifact_dir / MODEL_FILE)
+    own = artifact_dir / CACHE_SUBDIR
+    for candidate in (own, USER_CACHE_DIR.expanduser()):
+        if (candidate / name).is_file():
+            return candidate
+    log.warning(
+        "lleaves_cache_miss",
+        cause=_miss_cause(own, name),
+        consequence="this start compiles the model (tens of seconds for a production model)",
+        avoid_with=PRECOMPILE_COMMAND.format(artifact_dir=artifact_dir),
+        cache_file=str(own / name),
+    )
+    return default_cache_dir(artifact_dir)
+
+
+def _miss_cause(cache_dir: Path, name: str) -> str:
+    """Why ``cache_dir`` has no object ``name``: never precompiled, or compiled elsewhere."""
+    model_hash = name.split("-", 1)[0]
+    if cache_dir.is_dir() and any(cache_dir.glob(f"{model_hash}-*.o")):
+        return (
+            "the artifact was compiled on another platform: its objects for this model have "
+            "another build key (host CPU or its features, or the lleaves/llvmlite versions differ)"
+        )
+    return "the artifact was not precompiled: no compiled object for this model in its cache"
+
+
 def _self_check(scorer: LleavesScorer, booster: Any, n_features: int) -> float:
     """Largest |lleaves - LightGBM| on a fixed probe of rows of several scales."""
     rng = np.random.default_rng(0)
@@ -250,8 +293,10 @@ def make_scorer(
         artifact_dir: the artifact directory (holds ``model.txt``).
         booster: its loaded ``lightgbm.Booster``.
         num_threads: threads per ``score`` call.
-        cache_dir: where compiled objects are cached; default ``<artifact_dir>/.lleaves/`` if
-            writable, else ``~/.cache/worker-lleaves/``.
+        cache_dir: where compiled objects are cached; default: whichever of
+            ``<artifact_dir>/.lleaves/`` and ``~/.cache/worker-lleaves/`` holds this model's
+            object for this host, else the first writable of them (after a
+            ``lleaves_cache_miss`` warning).
         log: a structlog-style logger (keyword arguments); default ``structlog.get_logger()``.
 
     Raises:
@@ -278,9 +323,10 @@ def make_scorer(
 
     artifact_dir = Path(artifact_dir)
     model_file = artifact_dir / MODEL_FILE
+    started = time.perf_counter()
     try:
         if cache_dir is None:
-            cache_dir = default_cache_dir(artifact_dir)
+            cache_dir = _cached_or_default_dir(artifact_dir, log)
         elif not _writable_dir(Path(cache_dir)):
             log.warning("lleaves_cache_unusable", cache_dir=str(cache_dir))
             cache_dir = None
@@ -298,12 +344,74 @@ def make_scorer(
             with contextlib.suppress(OSError):
                 scorer.cache_file.unlink()  # never trust that object again
         return fallback(f"lleaves predictions differ from LightGBM by {error:.3g}")
+    how = "loaded_s" if scorer.from_cache else "compiled_s"
     log.info(
         "scoring_backend",
         backend="lleaves",
         requested=backend,
-        from_cache=scorer.from_cache,
-        load_s=round(scorer.load_seconds, 3),
+        loaded_from_cache=scorer.from_cache,
+        **{how: round(scorer.load_seconds, 3)},
+        ready_s=round(time.perf_counter() - started, 3),
         cache_file=str(scorer.cache_file) if scorer.cache_file else None,
     )
     return scorer
+
+
+def precompile(artifact_dir: Path, *, log: Any = None) -> Path | None:
+    """Compile the artifact's model with lleaves into its own cache, ``<artifact_dir>/.lleaves/``.
+
+    Meant for where the artifact is made or published (the end of training; ``worker compile``
+    for an artifact copied to machines of another CPU family, run on one of them), so that a
+    worker of the same platform loads the object in well under a second instead of compiling it
+    at its first start. Same cache key and atomic write as :func:`make_scorer`; an object already
+    there is loaded, not rebuilt. The result passes the start-up self-check against LightGBM, or
+    is deleted.
+
+    Returns:
+        The compiled object's path; None when lleaves is not installed (the ``fast`` extra: the
+        worker then scores with LightGBM) or compiling failed (logged as a
+        ``lleaves_precompile_failed`` warning; the worker would compile at its start, or fall
+        back to LightGBM). Never raises because of lleaves.
+    """
+    if log is None:
+        import structlog
+
+        log = structlog.get_logger()
+    artifact_dir = Path(artifact_dir)
+    if not lleaves_available():
+        log.info("lleaves_precompile_skipped", reason="lleaves is not installed (the fast extra)")
+        return None
+    started = time.perf_counter()
+    try:
+        import lightgbm
+
+        booster = lightgbm.Booster(model_file=str(artifact_dir / MODEL_FILE))
+        scorer = LleavesScorer(artifact_dir / MODEL_FILE, cache_dir=artifact_dir / CACHE_SUBDIR)
+        error = _self_check(scorer, booster, int(booster.num_feature()))
+    except Exception as exc:  # no model, an unwritable artifact, a compile error...
+        log.warning(
+            "lleaves_precompile_failed",
+            artifact=str(artifact_dir),
+            reason=f"{type(exc).__name__}: {exc}",
+        )
+        return None
+    cache_file = scorer.cache_file
+    assert cache_file is not None  # a cache directory was given
+    if not error <= SELF_CHECK_TOLERANCE:
+        with contextlib.suppress(OSError):
+            cache_file.unlink()
+        log.warning(
+            "lleaves_precompile_failed",
+            artifact=str(artifact_dir),
+            reason=f"lleaves predictions differ from LightGBM by {error:.3g}",
+        )
+        return None
+    log.info(
+        "lleaves_precompiled",
+        artifact=str(artifact_dir),
+        cache_file=str(cache_file),
+        already_compiled=scorer.from_cache,
+        compiled_s=None if scorer.from_cache else round(scorer.load_seconds, 3),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return cache_file

@@ -344,3 +344,172 @@ def test_concurrent_compiles_leave_one_complete_object(ranker, tmp_path):
     assert [p.suffix for p in cache.iterdir()] == [".o"]
     third = make_scorer(artifact, ranker[1], backend="lleaves", cache_dir=cache)
     assert third.from_cache
+
+
+# -- precompile: compiled when the artifact is made, loaded at a worker's start -----------------
+
+
+@pytest.fixture
+def small_artifact(ranker, tmp_path, monkeypatch):
+    """An artifact directory holding a 10-tree cut of the ranker (quick to compile), and its
+    booster; the user's cache is a fresh temp dir, never the developer's."""
+    import lightgbm
+
+    _, booster = ranker
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    lightgbm.Booster(model_str=booster.model_to_string(num_iteration=10)).save_model(
+        str(artifact / "model.txt")
+    )
+    monkeypatch.setattr(scoring, "USER_CACHE_DIR", tmp_path / "home-cache")
+    return artifact, lightgbm.Booster(model_file=str(artifact / "model.txt"))
+
+
+@pytest.fixture
+def compiles(monkeypatch) -> list[str]:
+    """Records every lleaves compile (model -> LLVM module); loading a cached object is none."""
+    import lleaves.compiler
+
+    calls: list[str] = []
+    real = lleaves.compiler.compile_to_module
+
+    def counting(model_file, *args, **kwargs):
+        calls.append(str(model_file))
+        return real(model_file, *args, **kwargs)
+
+    monkeypatch.setattr(lleaves.compiler, "compile_to_module", counting)
+    return calls
+
+
+def test_precompile_writes_the_object_a_worker_then_loads_without_compiling(
+    small_artifact, compiles
+):
+    artifact, booster = small_artifact
+    log = RecordingLog()
+    path = scoring.precompile(artifact, log=log)
+    assert path == artifact / scoring.CACHE_SUBDIR / scoring.cache_file_name(artifact / "model.txt")
+    assert path.is_file()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
+    assert len(compiles) == 1
+    [(event, kw)] = log.at("info")
+    assert event == "lleaves_precompiled" and kw["cache_file"] == str(path)
+    assert kw["already_compiled"] is False and kw["compiled_s"] > 0
+    assert log.at("warning") == []
+
+    log = RecordingLog()
+    scorer = make_scorer(artifact, booster, backend="lleaves", log=log)  # as the worker does
+    assert len(compiles) == 1  # loaded, not compiled
+    assert isinstance(scorer, LleavesScorer) and scorer.from_cache and scorer.cache_file == path
+    assert log.at("warning") == []
+    [(event, kw)] = log.at("info")
+    assert event == "scoring_backend" and kw["backend"] == "lleaves"
+    assert kw["loaded_from_cache"] is True and "compiled_s" not in kw
+    assert 0 <= kw["loaded_s"] <= kw["ready_s"]
+    x = _features(np.random.default_rng(4), 500)
+    np.testing.assert_allclose(scorer.score(x), booster.predict(x), rtol=0, atol=1e-9)
+
+    log = RecordingLog()
+    assert scoring.precompile(artifact, log=log) == path  # already there: kept
+    assert len(compiles) == 1
+    assert log.at("info")[0][1]["already_compiled"] is True
+
+
+def test_precompiled_object_is_loaded_from_a_read_only_artifact(
+    small_artifact, compiles, monkeypatch
+):
+    """An artifact published precompiled may be mounted read-only: its object is still used."""
+    artifact, booster = small_artifact
+    path = scoring.precompile(artifact)
+    monkeypatch.setattr(scoring, "_writable_dir", lambda path: False)
+    scorer = make_scorer(artifact, booster, backend="lleaves", log=RecordingLog())
+    assert scorer.name == "lleaves" and scorer.from_cache and scorer.cache_file == path
+    assert len(compiles) == 1
+
+
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["not-precompiled", "other-platform"])
+def test_a_start_without_the_object_compiles_and_says_why(small_artifact, compiles, elsewhere):
+    artifact, booster = small_artifact
+    name = scoring.cache_file_name(artifact / "model.txt")
+    if elsewhere:  # an object of this model with another build key: another CPU or lleaves
+        (artifact / scoring.CACHE_SUBDIR).mkdir()
+        (artifact / scoring.CACHE_SUBDIR / f"{name.split('-')[0]}-0123456789abcdef.o").touch()
+    log = RecordingLog()
+    scorer = make_scorer(artifact, booster, backend="lleaves", log=log)
+    assert scorer.name == "lleaves" and not scorer.from_cache
+    assert scorer.cache_file == artifact / scoring.CACHE_SUBDIR / name  # cached for next time
+    assert len(compiles) == 1
+    [(event, kw)] = log.at("warning")
+    assert event == "lleaves_cache_miss"
+    assert ("another platform" in kw["cause"]) == elsewhere
+    assert ("not precompiled" in kw["cause"]) != elsewhere
+    assert kw["avoid_with"] == f"worker compile --models-dir {artifact}"
+    [(event, kw)] = log.at("info")
+    assert event == "scoring_backend" and kw["loaded_from_cache"] is False
+    assert 0 < kw["compiled_s"] <= kw["ready_s"] and "loaded_s" not in kw
+
+
+def test_precompile_without_lleaves_does_nothing(small_artifact, monkeypatch):
+    artifact, _ = small_artifact
+    monkeypatch.setitem(sys.modules, "lleaves", None)  # makes `import lleaves` raise ImportError
+    log = RecordingLog()
+    assert scoring.precompile(artifact, log=log) is None
+    assert not (artifact / scoring.CACHE_SUBDIR).exists()
+    assert [event for event, _ in log.at("info")] == ["lleaves_precompile_skipped"]
+    assert log.at("warning") == []
+
+
+def test_a_failing_precompile_warns_and_returns_none(small_artifact, monkeypatch):
+    artifact, _ = small_artifact
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("LLVM exploded")
+
+    monkeypatch.setattr(scoring, "LleavesScorer", broken)
+    log = RecordingLog()
+    assert scoring.precompile(artifact, log=log) is None
+    [(event, kw)] = log.at("warning")
+    assert event == "lleaves_precompile_failed" and "LLVM exploded" in kw["reason"]
+
+
+# -- `worker compile` -------------------------------------------------------------------------
+
+
+def _models_dir(artifact: Path, root: Path) -> Path:
+    """A models directory whose LATEST names a copy of ``artifact`` (with a metadata.json)."""
+    models = root / "models"
+    version = models / "v1"
+    version.mkdir(parents=True)
+    shutil.copy(artifact / "model.txt", version / "model.txt")
+    (version / "metadata.json").write_text('{"version": "v1"}\n')
+    (models / "LATEST").write_text("v1\n")
+    return models
+
+
+def test_worker_compile_precompiles_the_served_artifact(small_artifact, tmp_path, capsys):
+    from worker import cli
+
+    models = _models_dir(small_artifact[0], tmp_path)
+    assert cli.main(["compile", "--models-dir", str(models), "--log-format", "json"]) == 0
+    out = capsys.readouterr().out
+    path = Path(out.strip())
+    assert path.parent == models / "v1" / scoring.CACHE_SUBDIR and path.is_file()
+    assert path.name == scoring.cache_file_name(models / "v1" / "model.txt")
+
+
+def test_worker_compile_without_lleaves_exits_0_and_says_so(
+    small_artifact, tmp_path, capsys, monkeypatch
+):
+    from worker import cli
+
+    models = _models_dir(small_artifact[0], tmp_path)
+    monkeypatch.setitem(sys.modules, "lleaves", None)
+    assert cli.main(["compile", "--models-dir", str(models / "v1"), "--log-format", "json"]) == 0
+    assert "nothing compiled" in capsys.readouterr().out
+    assert not (models / "v1" / scoring.CACHE_SUBDIR).exists()
+
+
+def test_worker_compile_without_a_model_fails(tmp_path, capsys):
+    from worker import cli
+
+    assert cli.main(["compile", "--models-dir", str(tmp_path), "--log-format", "json"]) == 2
+    assert "no model at" in capsys.readouterr().err
