@@ -311,11 +311,12 @@ def cmd_simulate(args: argparse.Namespace, log: Any) -> int:
 
 
 def cmd_train(args: argparse.Namespace, log: Any) -> int:
-    from worker.apps.train import format_evaluation, train
+    from worker.apps.train import format_data, format_evaluation, train
 
     settings = train_settings(args)
     path, metadata = train(args.dataset, args.models_dir, settings, log=log)
     print(f"model {metadata['version']} written to {path}")
+    print(format_data(metadata))
     print(format_evaluation(metadata))
     log.info(
         "model_trained",

@@ -740,6 +740,32 @@ TRAIN_TOP_K = Setting(
 TRAIN_THREADS = Setting(
     "num_threads", "--threads", as_int, 2, help="LightGBM threads", check=positive
 )
+
+
+def fraction(value: float) -> str | None:
+    """A share, from 0 to 1."""
+    return None if 0.0 <= value <= 1.0 else "is not a fraction from 0 to 1"
+
+
+TRAIN_MAX_DROPPED_SHARE = Setting(
+    "max_dropped_share",
+    "--max-dropped-share",
+    as_float,
+    0.01,
+    help="refuse to train (exit code 2) when a larger share of the events, or of the purchase "
+    "lines, is unusable (empty user or product id, unknown event type, no event time); a fraction "
+    "from 0 to 1",
+    check=fraction,
+)
+TRAIN_REFIT = Setting(
+    "refit",
+    "--refit",
+    as_bool,
+    True,
+    help="after the evaluation (a model fit on the first 80% of the history's time range, scored "
+    "on the rest), fit the served model again on the whole history; --no-refit serves the "
+    "evaluated model (faster, but blind to the latest 20%)",
+)
 #: The flags of ``worker train`` (with ``--dataset`` and ``--models-dir``), in help order; each is
 #: a field of TrainSettings (a test checks that the two agree).
 TRAIN_SETTINGS: tuple[Setting[Any], ...] = (
@@ -749,6 +775,8 @@ TRAIN_SETTINGS: tuple[Setting[Any], ...] = (
     TRAIN_CANDIDATES,
     TRAIN_TOP_K,
     TRAIN_THREADS,
+    TRAIN_MAX_DROPPED_SHARE,
+    TRAIN_REFIT,
 )
 
 # The simulator (`worker simulate`): flags only. SimulatorSettings (worker/apps/simulate.py)

@@ -590,6 +590,8 @@ TRAIN_FLAGS = {
     "--candidates": 50,
     "--top-k": 10,
     "--threads": 2,
+    "--max-dropped-share": 0.01,
+    "--refit": True,
 }
 SIMULATE_FLAGS = {
     "--days": 2.0,

@@ -2,23 +2,33 @@
 
 Steps (``worker train``):
 
-1. Read the historical dataset (``worker simulate --out DIR`` writes one) and split it by event
-   time: the first ``1 - eval_fraction`` is the training window, the rest the evaluation window.
-2. Build the catalogue tables (popularity, cart rates, co-visitation, top lists) from the
-   training window only.
-3. Replay every event in time order through the serving code (sessions, candidates, features),
-   labelling each candidate: 2 if the user buys it within the attribution window after the event,
-   1 if it is the user's next product in the session, 0 otherwise.
-4. Train a LambdaRank booster on a sample of training-window events that have a positive
-   candidate; evaluate on every evaluation-window event against the popularity baseline.
-5. Write the artifact (``worker.model.artifact.save_artifact``).
+1. Read the historical dataset (``worker simulate --out DIR`` writes one). Every usable record is
+   used: a product missing from ``catalogue.csv`` joins the model's catalogue (category and price
+   from its events). Only unusable records are dropped (empty user or product id, unknown event
+   type, no event time), counted by reason; more than ``max_dropped_share`` of the events or of
+   the purchase lines dropped, and the dataset is refused. The events are split by event time:
+   the first ``1 - eval_fraction`` is the training window, the rest the evaluation window.
+2. Evaluation model: build the catalogue tables (popularity, cart rates, co-visitation, top
+   lists) from the training window; replay every event in time order through the serving code
+   (sessions, candidates, features), labelling each candidate: 2 if the user buys it within the
+   attribution window after the event, 1 if it is the user's next product in the session, 0
+   otherwise; train a LambdaRank booster on a sample of training-window events that have a
+   positive candidate; evaluate it on every evaluation-window event against the popularity
+   baseline.
+3. Served model (``refit``, the default): the same tables and booster again from the whole
+   history, with the same parameters and sample size. The metrics stay those of step 2: a model
+   that has seen the evaluation window cannot be scored on it. Without ``refit`` the evaluation
+   model is served.
+4. Write the artifact (``worker.model.artifact.save_artifact``): the served model, its tables,
+   and metadata saying which data each fit used and what was read, used and dropped.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,7 +40,9 @@ import numpy as np
 from worker.config import (
     TRAIN_CANDIDATES,
     TRAIN_LEAVES,
+    TRAIN_MAX_DROPPED_SHARE,
     TRAIN_MAX_QUERIES,
+    TRAIN_REFIT,
     TRAIN_THREADS,
     TRAIN_TOP_K,
     TRAIN_TREES,
@@ -38,6 +50,7 @@ from worker.config import (
 )
 from worker.core.candidates import generate_candidates
 from worker.core.catalogue import CatalogueTables
+from worker.core.errors import UnusableDatasetError
 from worker.core.features import FEATURE_NAMES, SessionBatch, build_features
 from worker.core.pipeline import advance_sessions, top_k
 from worker.core.records import ADD_TO_CART, EVENT_TYPE_CODE, BrowsingEvent
@@ -71,6 +84,8 @@ class TrainSettings:
     num_threads: int = TRAIN_THREADS.field()
     seed: int = 7
     chunk_events: int = 4096
+    max_dropped_share: float = TRAIN_MAX_DROPPED_SHARE.field()
+    refit: bool = TRAIN_REFIT.field()
 
     def __post_init__(self) -> None:
         """Check the flagged fields as the command line does, for objects built in code too.
@@ -236,11 +251,10 @@ def _next_items(events: Sequence[BrowsingEvent], items: np.ndarray) -> np.ndarra
 def _purchase_index(
     purchases: Iterable[dict[str, Any]], index_of: dict[str, int]
 ) -> dict[str, list[tuple[int, int]]]:
+    """Each user's purchases as (time, product index), in time order; every product is known."""
     by_user: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for p in purchases:
-        item = index_of.get(p["product_id"])
-        if item is not None:
-            by_user[p["user_id"]].append((int(p["event_time"]), item))
+        by_user[p["user_id"]].append((int(p["event_time"]), index_of[p["product_id"]]))
     for rows in by_user.values():
         rows.sort()
     return by_user
@@ -256,6 +270,76 @@ def _purchased_after(
     }
 
 
+# -- step 1: reading, with the count of what is used and dropped ----------------------------------
+
+#: Why a record is unusable, in the order checked: a record counts under its first reason.
+EVENT_DROP_REASONS = ("empty_user_id", "empty_product_id", "unknown_event_type", "no_event_time")
+PURCHASE_DROP_REASONS = ("empty_user_id", "empty_product_id", "no_event_time")
+#: The category of a product that neither catalogue.csv nor its events name.
+UNKNOWN_CATEGORY = ""
+#: Fewer usable events than this make no model.
+MIN_EVENTS = 100
+
+
+def _is_id(value: Any) -> bool:
+    """A usable id: a string with something besides blanks (the worker's rule for live records)."""
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _unusable(record: dict[str, Any], *, event: bool) -> str | None:
+    """Why a dataset record (an event, else a purchase line) cannot be used, or None."""
+    if not _is_id(record.get("user_id")):
+        return "empty_user_id"
+    if not _is_id(record.get("product_id")):
+        return "empty_product_id"
+    if event and record.get("event_type") not in EVENT_TYPE_CODE:
+        return "unknown_event_type"
+    event_time = record.get("event_time")
+    if not isinstance(event_time, int) or isinstance(event_time, bool):
+        return "no_event_time"
+    return None
+
+
+def _is_price(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+@dataclass
+class _Tally:
+    """Records of one kind: how many were read, and the dropped ones by reason."""
+
+    read: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def count(self, reason: str | None) -> bool:
+        """Count one record read (dropped for ``reason``, unless None); whether it is used."""
+        self.read += 1
+        if reason is not None:
+            self.dropped[reason] += 1
+        return reason is None
+
+    @property
+    def n_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+    @property
+    def share_dropped(self) -> float:
+        return self.n_dropped / self.read if self.read else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "read": self.read,
+            "used": self.read - self.n_dropped,
+            "dropped": self.n_dropped,
+            "dropped_by_reason": dict(self.dropped.most_common()),
+        }
+
+
 @dataclass
 class _History:
     """A dataset's usable events in time order, as aligned arrays, split by event time."""
@@ -264,10 +348,175 @@ class _History:
     items: np.ndarray  # int32 product index per event
     types: np.ndarray  # int8 event type code
     times: np.ndarray  # int64 event time (ms)
-    is_train: np.ndarray  # bool: in the training window
+    session_codes: np.ndarray  # int, identifies the (user, session) of each event
+    next_items: np.ndarray  # int32 the product of the user's next event in the session, or -1
+    is_train: np.ndarray  # bool: in the training window (of the evaluation model)
     start_ms: int
     split_ms: int
     end_ms: int
+
+
+@dataclass
+class _Dataset:
+    """Everything training uses of a dataset, and the count of what was read, used, dropped."""
+
+    product_ids: list[str]  # the model's catalogue: catalogue.csv, then the products it lacks
+    categories: list[str]
+    prices: np.ndarray  # float64, NaN where unknown
+    history: _History
+    purchases: dict[str, list[tuple[int, int]]]  # by user: (time, product index), time order
+    summary: dict[str, Any]  # metadata "data"
+
+
+def _read_dataset(dataset_dir: Path, settings: TrainSettings) -> _Dataset:
+    """Step 1: the dataset's usable records, the model's catalogue, the split, and the counts.
+
+    Raises:
+        UnusableDatasetError: more than ``settings.max_dropped_share`` of the events or of the
+            purchase lines are unusable, or fewer than ``MIN_EVENTS`` events are usable.
+    """
+    from worker.apps import dataset
+
+    catalogue = dataset.read_catalogue(dataset_dir)
+    users_read: set[str] = set()
+    products_read: set[str] = set(catalogue.product_ids)
+    event_tally, purchase_tally = _Tally(), _Tally()
+    records: list[dict[str, Any]] = []
+    purchases: list[dict[str, Any]] = []
+    for tally, is_event, kept, read in (
+        (event_tally, True, records, dataset.iter_events(dataset_dir)),
+        (purchase_tally, False, purchases, dataset.iter_purchases(dataset_dir)),
+    ):
+        for r in read:
+            if _is_id(r.get("user_id")):
+                users_read.add(r["user_id"])
+            if _is_id(r.get("product_id")):
+                products_read.add(r["product_id"])
+            if tally.count(_unusable(r, event=is_event)):
+                kept.append(r)
+    product_ids, categories, prices = _model_catalogue(catalogue, records, purchases)
+    users_used = {r["user_id"] for r in records} | {p["user_id"] for p in purchases}
+    summary = {
+        "events": event_tally.as_dict(),
+        "purchase_lines": purchase_tally.as_dict(),
+        "users": {
+            "read": len(users_read),
+            "used": len(users_used),
+            "dropped": len(users_read - users_used),  # users of dropped records only
+        },
+        "products": {
+            "read": len(products_read),  # catalogue.csv and every record's product
+            "used": len(product_ids),  # the model's catalogue
+            "dropped": len(products_read.difference(product_ids)),  # of dropped records only
+            "in_catalogue_csv": len(catalogue),
+            "added_from_events": len(product_ids) - len(catalogue),
+        },
+        "max_dropped_share": settings.max_dropped_share,
+    }
+    _refuse_too_many_dropped(dataset_dir, event_tally, purchase_tally, settings)
+    if len(records) < MIN_EVENTS:
+        raise UnusableDatasetError(
+            f"{dataset_dir}: only {len(records)} usable events; training needs {MIN_EVENTS}"
+        )
+    records.sort(key=lambda r: (r["event_time"], r["event_id"]))
+    events = [event_from_record(r) for r in records]
+    del records
+    index_of = {pid: i for i, pid in enumerate(product_ids)}
+    return _Dataset(
+        product_ids,
+        categories,
+        prices,
+        _history(events, index_of, settings),
+        _purchase_index(purchases, index_of),
+        summary,
+    )
+
+
+def _model_catalogue(
+    catalogue: Any, events: list[dict[str, Any]], purchases: list[dict[str, Any]]
+) -> tuple[list[str], list[str], np.ndarray]:
+    """The model's products: catalogue.csv's, then, sorted by id, those of the usable records
+    that it lacks. Such a product takes the most frequent non-empty category of its events (ties:
+    the smallest id), else UNKNOWN_CATEGORY, and the median known price of its events, else NaN
+    (unknown: log_price 0)."""
+    product_ids = list(catalogue.product_ids)
+    categories = list(catalogue.category_ids)
+    known = set(product_ids)
+    seen_categories: dict[str, Counter[str]] = {}
+    seen_prices: dict[str, list[float]] = defaultdict(list)
+    for r in events:
+        pid = r["product_id"]
+        if pid in known:
+            continue
+        counts = seen_categories.setdefault(pid, Counter())
+        if _is_id(r.get("category_id")):
+            counts[r["category_id"]] += 1
+        if _is_price(r.get("price")):
+            seen_prices[pid].append(float(r["price"]))
+    added = set(seen_categories).union(p["product_id"] for p in purchases)
+    added -= known
+    new_prices = []
+    for pid in sorted(added):
+        named = seen_categories.get(pid)
+        product_ids.append(pid)
+        categories.append(
+            min(named.items(), key=lambda c: (-c[1], c[0]))[0] if named else UNKNOWN_CATEGORY
+        )
+        new_prices.append(float(np.median(seen_prices[pid])) if pid in seen_prices else math.nan)
+    prices = np.concatenate([np.asarray(catalogue.prices, dtype=np.float64), new_prices])
+    return product_ids, categories, prices
+
+
+def _refuse_too_many_dropped(
+    dataset_dir: Path, events: _Tally, purchases: _Tally, settings: TrainSettings
+) -> None:
+    """Refuse the dataset when too much of it is unusable.
+
+    Raises:
+        UnusableDatasetError: more than ``max_dropped_share`` of the events or of the purchase
+            lines are unusable; one line naming the shares, the reasons and the threshold.
+    """
+    problems = [
+        f"{tally.n_dropped:,} of {tally.read:,} {label} ({tally.share_dropped:.1%}: "
+        + ", ".join(f"{n:,} {reason}" for reason, n in tally.dropped.most_common())
+        + ")"
+        for tally, label in ((events, "events"), (purchases, "purchase lines"))
+        if tally.share_dropped > settings.max_dropped_share
+    ]
+    if problems:
+        limit = settings.max_dropped_share
+        raise UnusableDatasetError(
+            f"{dataset_dir}: {' and '.join(problems)} are unusable, more than "
+            f"--max-dropped-share {limit:g} ({limit:.1%}) allows; not training on the rest"
+        )
+
+
+def _history(
+    events: list[BrowsingEvent], index_of: dict[str, int], settings: TrainSettings
+) -> _History:
+    """Usable events in time order as aligned arrays, and the split by event time."""
+    items = np.fromiter((index_of[e.product_id] for e in events), dtype=np.int32, count=len(events))
+    types = np.fromiter((e.event_type for e in events), dtype=np.int8, count=len(events))
+    times = np.fromiter((e.event_time_ms for e in events), dtype=np.int64, count=len(events))
+    session_keys = np.asarray([f"{e.user_id}\x00{e.session_id}" for e in events])
+    _, session_codes = np.unique(session_keys, return_inverse=True)
+    t_start, t_end = int(times[0]), int(times[-1])
+    split_ms = t_start + int((t_end - t_start) * (1.0 - settings.eval_fraction))
+    return _History(
+        events,
+        items,
+        types,
+        times,
+        session_codes,
+        _next_items(events, items),
+        times < split_ms,
+        t_start,
+        split_ms,
+        t_end,
+    )
+
+
+# -- steps 2 and 3: fitting a model on a window of the history ------------------------------------
 
 
 @dataclass
@@ -279,6 +528,19 @@ class _Examples:
     eval_batches: list[tuple[np.ndarray, np.ndarray, list[set[int]], np.ndarray]]
 
 
+@dataclass
+class _Model:
+    """One fit: its tables and booster, and the events after its window, ready to score."""
+
+    tables: CatalogueTables
+    booster: Any
+    params: dict[str, Any]
+    queries: int
+    rows: int
+    seconds: float  # since training started, when this fit ended
+    eval_batches: list[tuple[np.ndarray, np.ndarray, list[set[int]], np.ndarray]]
+
+
 def train(
     dataset_dir: Path,
     models_dir: Path,
@@ -286,88 +548,86 @@ def train(
     *,
     log: Any = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Train, evaluate and save a model artifact; returns its path and metadata (the steps of
-    the module docstring)."""
-    from worker.apps import dataset
+    """Read, evaluate, refit and save a model artifact; returns its path and metadata (the steps
+    of the module docstring).
 
+    Raises:
+        UnusableDatasetError: the dataset has too many unusable records, or too few usable ones.
+    """
     started = time.perf_counter()
-    catalogue = dataset.read_catalogue(dataset_dir)
-    product_ids = list(catalogue.product_ids)
-    index_of = {pid: i for i, pid in enumerate(product_ids)}
-    history = _read_history(dataset_dir, index_of, settings)
-    tables = _training_tables(history, product_ids, catalogue, settings)
+    data = _read_dataset(dataset_dir, settings)
+    history = data.history
+    evaluated = _fit_window(data, history.is_train, settings, "evaluation", started, log)
+    evaluation = _evaluate(evaluated.booster, evaluated.tables, evaluated.eval_batches, settings)
+    evaluated.eval_batches = []  # free them before the refit
+    served = evaluated
+    if settings.refit:
+        everything = np.ones(len(history.events), dtype=bool)
+        served = _fit_window(data, everything, settings, "served", started, log)
+    metadata = _metadata(served, evaluated, evaluation, data, settings, dataset_dir)
+    path = save_artifact(models_dir, metadata["version"], served.booster, served.tables, metadata)
+    return path, metadata
+
+
+def _fit_window(
+    data: _Dataset,
+    window: np.ndarray,
+    settings: TrainSettings,
+    label: str,
+    started: float,
+    log: Any,
+) -> _Model:
+    """Steps 2 and 3: tables and booster from the events of ``window`` (a mask over the
+    history); the features of the events after it with a target are kept for the evaluation."""
+    history = data.history
+    tables = _training_tables(data, window, settings)
     if log:
         log.info(
             "tables_built",
-            products=len(product_ids),
+            model=label,
+            products=len(data.product_ids),
             events=len(history.events),
-            train_events=int(history.is_train.sum()),
+            train_events=int(window.sum()),
             seconds=round(time.perf_counter() - started, 1),
         )
-    purchases = _purchase_index(dataset.iter_purchases(dataset_dir), index_of)
     rng = np.random.default_rng(settings.seed)
-    examples = _collect_examples(history, tables, purchases, settings, rng)
+    examples = _collect_examples(history, tables, data.purchases, window, settings, rng)
     n_queries, n_cands, n_features = examples.x_train.shape
     if log:
         log.info(
             "training",
+            model=label,
             queries=n_queries,
             rows=n_queries * n_cands,
             features=n_features,
             seconds=round(time.perf_counter() - started, 1),
         )
     booster, params = _fit(examples.x_train, examples.y_train, settings)
-    train_seconds = time.perf_counter() - started
-    evaluation = _evaluate(booster, tables, examples.eval_batches, settings)
-    metadata = _metadata(booster, params, history, tables, evaluation, settings, dataset_dir)
-    metadata.update(
-        training_queries=n_queries,
-        training_rows=n_queries * n_cands,
-        training_seconds=round(train_seconds, 1),
+    return _Model(
+        tables,
+        booster,
+        params,
+        n_queries,
+        n_queries * n_cands,
+        time.perf_counter() - started,
+        examples.eval_batches,
     )
-    path = save_artifact(models_dir, metadata["version"], booster, tables, metadata)
-    return path, metadata
-
-
-def _read_history(dataset_dir: Path, index_of: dict[str, int], settings: TrainSettings) -> _History:
-    """Step 1: the dataset's events with a catalogued product, sorted by time, and the split.
-
-    Raises:
-        ValueError: fewer than 100 usable events.
-    """
-    from worker.apps import dataset
-
-    records = sorted(
-        dataset.iter_events(dataset_dir), key=lambda r: (r["event_time"], r["event_id"])
-    )
-    records = [r for r in records if r["product_id"] in index_of]
-    events = [event_from_record(r) for r in records]
-    del records
-    if len(events) < 100:
-        raise ValueError(f"dataset {dataset_dir} has only {len(events)} usable events")
-    items = np.fromiter((index_of[e.product_id] for e in events), dtype=np.int32, count=len(events))
-    types = np.fromiter((e.event_type for e in events), dtype=np.int8, count=len(events))
-    times = np.fromiter((e.event_time_ms for e in events), dtype=np.int64, count=len(events))
-    t_start, t_end = int(times[0]), int(times[-1])
-    split_ms = t_start + int((t_end - t_start) * (1.0 - settings.eval_fraction))
-    return _History(events, items, types, times, times < split_ms, t_start, split_ms, t_end)
 
 
 def _training_tables(
-    history: _History, product_ids: list[str], catalogue: Any, settings: TrainSettings
+    data: _Dataset, window: np.ndarray, settings: TrainSettings
 ) -> CatalogueTables:
-    """Step 2: the catalogue tables from the training window, sessions contiguous."""
-    session_keys = np.asarray([f"{e.user_id}\x00{e.session_id}" for e in history.events])
-    _, session_codes = np.unique(session_keys, return_inverse=True)
-    train_rows = np.flatnonzero(history.is_train)
-    by_session = train_rows[np.lexsort((history.times[train_rows], session_codes[train_rows]))]
+    """The catalogue tables from the events of ``window``, sessions contiguous."""
+    history = data.history
+    rows = np.flatnonzero(window)
+    by_session = rows[np.lexsort((history.times[rows], history.session_codes[rows]))]
     return build_tables(
-        product_ids,
-        list(catalogue.category_ids),
-        np.asarray(catalogue.prices),
+        data.product_ids,
+        data.categories,
+        data.prices,
         history.items[by_session],
         history.types[by_session],
-        session_codes[by_session],
+        history.session_codes[by_session],
         settings,
     )
 
@@ -376,19 +636,23 @@ def _collect_examples(
     history: _History,
     tables: CatalogueTables,
     purchases: dict[str, list[tuple[int, int]]],
+    window: np.ndarray,
     settings: TrainSettings,
     rng: np.random.Generator,
 ) -> _Examples:
-    """Step 3: replay every event through the serving code (sessions, candidates, features);
-    keep the labelled features of sampled training events and of every evaluation event with a
-    target."""
-    events, items, is_train = history.events, history.items, history.is_train
-    next_items = _next_items(events, items)
+    """Replay every event through the serving code (sessions, candidates, features); keep the
+    labelled features of sampled events of ``window`` and of every event outside it with a
+    target (the evaluation's).
+
+    Raises:
+        UnusableDatasetError: no event of the window has a positive candidate.
+    """
+    events, items, next_items = history.events, history.items, history.next_items
     sessions = SessionStore(history=settings.history, max_users=10_000_000, idle_ttl_ms=1 << 62)
     train_x: list[np.ndarray] = []
     train_y: list[np.ndarray] = []
     eval_batches: list[tuple[np.ndarray, np.ndarray, list[set[int]], np.ndarray]] = []
-    keep_probability = min(1.0, 3.0 * settings.max_train_queries / max(1, int(is_train.sum())))
+    keep_probability = min(1.0, 3.0 * settings.max_train_queries / max(1, int(window.sum())))
     for lo in range(0, len(events), settings.chunk_events):
         hi = min(lo + settings.chunk_events, len(events))
         chunk = events[lo:hi]
@@ -396,8 +660,8 @@ def _collect_examples(
         targets_next = next_items[lo:hi]
         bought = [_purchased_after(purchases, e, settings.attribution_window_ms) for e in chunk]
         has_target = (targets_next >= 0) | np.fromiter((bool(b) for b in bought), bool, len(chunk))
-        sampled = is_train[lo:hi] & has_target & (rng.random(hi - lo) < keep_probability)
-        evaluated = ~is_train[lo:hi] & has_target
+        sampled = window[lo:hi] & has_target & (rng.random(hi - lo) < keep_probability)
+        evaluated = ~window[lo:hi] & has_target
         for mask, is_eval in ((sampled, False), (evaluated, True)):
             local = np.flatnonzero(mask)
             if local.size == 0:
@@ -413,6 +677,8 @@ def _collect_examples(
             positive = labels.max(axis=1) > 0
             train_x.append(x.reshape(cands.shape[0], cands.shape[1], -1)[positive])
             train_y.append(labels[positive])
+    if not train_x:
+        raise UnusableDatasetError("no training event has its target among its candidates")
     x_train = np.concatenate(train_x)
     y_train = np.concatenate(train_y)
     if x_train.shape[0] > settings.max_train_queries:
@@ -434,7 +700,7 @@ def _labels(cands: np.ndarray, next_items: np.ndarray, bought: list[set[int]]) -
 def _fit(
     x_train: np.ndarray, y_train: np.ndarray, settings: TrainSettings
 ) -> tuple[Any, dict[str, Any]]:
-    """Step 4: the LambdaRank booster (one query per event, its candidates as documents)."""
+    """The LambdaRank booster (one query per event, its candidates as documents)."""
     import lightgbm
 
     n_queries, n_cands, n_features = x_train.shape
@@ -464,45 +730,69 @@ def _fit(
     return lightgbm.train(params, train_set, num_boost_round=settings.num_trees), params
 
 
+# -- step 4: the artifact's metadata -------------------------------------------------------------
+
+
 def _metadata(
-    booster: Any,
-    params: dict[str, Any],
-    history: _History,
-    tables: CatalogueTables,
+    served: _Model,
+    evaluated: _Model,
     evaluation: Evaluation,
+    data: _Dataset,
     settings: TrainSettings,
     dataset_dir: Path,
 ) -> dict[str, Any]:
-    """Step 5: the artifact's metadata; its version is the creation time plus a hash of the
-    model text."""
+    """The artifact's metadata; its version is the creation time plus a hash of the served
+    model's text."""
     import lightgbm
 
-    model_text = booster.model_to_string()
+    history = data.history
+    model_text = served.booster.model_to_string()
     created = datetime.now(timezone.utc)
     version = (
         created.strftime("%Y%m%dT%H%M%SZ")
         + "-"
         + hashlib.sha256(model_text.encode()).hexdigest()[:8]
     )
+    evaluation_fit = {  # end_ms excluded
+        "start_ms": history.start_ms,
+        "end_ms": history.split_ms,
+        "events": int(history.is_train.sum()),
+    }
+    whole_history = {  # end_ms included: the last event's time
+        "start_ms": history.start_ms,
+        "end_ms": history.end_ms,
+        "events": len(history.events),
+    }
     return {
         "version": version,
         "created_at": created.isoformat(),
         "feature_names": FEATURE_NAMES,
         "dataset": str(dataset_dir),
-        "training_window": {
-            "start_ms": history.start_ms,
-            "end_ms": history.split_ms,
-            "events": int(history.is_train.sum()),
-        },
+        # The served model's window: the whole history, unless refit is off.
+        "training_window": whole_history if settings.refit else evaluation_fit,
+        # Where the metrics come from: the later slice, which the evaluation model never saw.
         "evaluation_window": {
             "start_ms": history.split_ms,
             "end_ms": history.end_ms,
             "events": int((~history.is_train).sum()),
         },
+        "evaluation_model": {
+            "training_window": evaluation_fit,
+            "training_queries": evaluated.queries,
+            "training_rows": evaluated.rows,
+            "is_served_model": not settings.refit,
+        },
         "metrics": evaluation.as_dict(),
         "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
-        "lightgbm": {"version": lightgbm.__version__, "params": params},
-        "popular_top": tables.popular_product_ids(settings.global_top),
+        "lightgbm": {"version": lightgbm.__version__, "params": served.params},
+        # The served model's most viewed products (its tables: the whole history unless refit is
+        # off), not the evaluation model's: the monitor scores live traffic against this
+        # popularity baseline, so it must be the one the served model knows.
+        "popular_top": served.tables.popular_product_ids(settings.global_top),
+        "data": data.summary,
+        "training_queries": served.queries,
+        "training_rows": served.rows,
+        "training_seconds": round(served.seconds, 1),
     }
 
 
@@ -552,3 +842,55 @@ def format_evaluation(metadata: dict[str, Any]) -> str:
                 f"{label:<34}{ranker:<12}{row['events']:>9}{row['hit_rate']:>9.3f}{row['ndcg']:>9.3f}"
             )
     return "\n".join(lines)
+
+
+def format_data(metadata: dict[str, Any]) -> str:
+    """Human-readable summary of the data read, used and dropped, and of the windows each fit
+    used (metadata ``data``, ``evaluation_model``, ``training_window``)."""
+    data = metadata["data"]
+    lines = [f"{'data':<16}{'read':>10}{'used':>10}{'dropped':>10}"]
+    for key, label in (
+        ("events", "events"),
+        ("purchase_lines", "purchase lines"),
+        ("users", "users"),
+        ("products", "products"),
+    ):
+        row = data[key]
+        line = f"{label:<16}{row['read']:>10,}{row['used']:>10,}{row['dropped']:>10,}"
+        reasons = row.get("dropped_by_reason")
+        if reasons:
+            line += "  (" + ", ".join(f"{n:,} {reason}" for reason, n in reasons.items()) + ")"
+        lines.append(line)
+    products = data["products"]
+    lines[-1] += (
+        f"  ({products['in_catalogue_csv']:,} in catalogue.csv, "
+        f"{products['added_from_events']:,} added from the events and purchases)"
+    )
+    limit = data["max_dropped_share"]
+    lines.append(
+        f"limit: more than {limit:.1%} of the events or purchase lines unusable refuses the "
+        "dataset (--max-dropped-share)"
+    )
+    fit = metadata["evaluation_model"]["training_window"]
+    held_out = metadata["evaluation_window"]
+    lines.append(
+        f"evaluated: a model fit on {_span(fit)} ({fit['events']:,} events), "
+        f"scored on {_span(held_out)} ({held_out['events']:,} events)"
+    )
+    if metadata["evaluation_model"]["is_served_model"]:
+        lines.append("served: that model (--no-refit)")
+    else:
+        served = metadata["training_window"]
+        lines.append(
+            f"served: refit on the whole history, {_span(served)} ({served['events']:,} events)"
+        )
+    return "\n".join(lines)
+
+
+def _span(window: dict[str, Any]) -> str:
+    """A window's time range, to the minute (UTC)."""
+
+    def minute(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+    return f"{minute(window['start_ms'])} .. {minute(window['end_ms'])} UTC"

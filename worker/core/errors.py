@@ -67,6 +67,11 @@ class ConfigError(InfrastructureError):
     """A setting is missing or invalid."""
 
 
+class UnusableDatasetError(ConfigError):
+    """``worker train`` refuses a dataset: more of its records are unusable than
+    ``--max-dropped-share`` allows, or too few are usable to train on."""
+
+
 class ModelLoadError(InfrastructureError):
     """The model artifact is missing, incomplete or of an incompatible version."""
 
