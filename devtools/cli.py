@@ -1,7 +1,8 @@
 """``worker-dev``: the development tooling of the repository, apart from the product.
 
 Subcommands: ``kafka`` (local Apache Kafka without Docker), ``chaos`` (fault-injection harness),
-``bench`` (benchmark with peers), ``demo`` (the whole system on the local broker for a minute).
+``bench`` (benchmark with peers), ``demo`` (the whole system on the local broker for a minute),
+``ready`` (a worker's seconds from start to ready and its memory, by catalogue size).
 Installed from ``devtools/`` (``pip install -e devtools``); the production image has none of it.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from devtools import ready
 from devtools.bench import runner
 from worker.cli import EXIT_INFRASTRUCTURE, SettingsParser
 from worker.config import BOOTSTRAP_SERVERS, LOGGING_SETTINGS, MODELS_DIR, Setting, as_path
@@ -76,6 +78,14 @@ def build_parser() -> SettingsParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rate", type=float, default=1000.0, help="offered events/s (approximate)")
     p.add_settings(DEMO_DIR, MODELS_DIR)
+
+    p = sub.add_parser(
+        "ready",
+        help="seconds from a worker's start to ready and its memory, by catalogue size, "
+        "with a precompiled model and without",
+    )
+    ready.add_arguments(p)
+
     for name, command in sub.choices.items():
         if name != "kafka":  # the launcher parses its own arguments
             command.add_settings(*LOGGING_SETTINGS)
@@ -136,10 +146,15 @@ def cmd_demo(args: argparse.Namespace, log: Any) -> int:
     return run_demo(args, log)
 
 
+def cmd_ready(args: argparse.Namespace, log: Any) -> int:
+    return ready.run(args, log)
+
+
 COMMANDS = {
     "chaos": cmd_chaos,
     "bench": cmd_bench,
     "demo": cmd_demo,
+    "ready": cmd_ready,
 }
 
 if __name__ == "__main__":
