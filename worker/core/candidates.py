@@ -4,8 +4,11 @@ For each event, proposals in priority order are
 
 1. the products of the user's session, most recent first;
 2. the co-visitation neighbours of the current product;
-3. the most viewed products of the current product's category;
-4. the most viewed products overall;
+3. the most viewed products of the current product's category (training window);
+4. the trending products of that category, then the trending products overall (live counts of
+   the serving worker, :class:`worker.core.live_catalogue.Trending`; given as arrays, none in
+   training);
+5. the most viewed products overall (training window);
 
 duplicates are removed (the first occurrence wins) and the first ``n_candidates`` are kept. The
 global list is long enough that every event gets exactly ``n_candidates`` distinct candidates
@@ -17,24 +20,31 @@ from __future__ import annotations
 
 import numpy as np
 
-from worker.core.catalogue import CatalogueTables
+from worker.core.catalogue import ProductTables
 
 PAD = -1
 
 
 def generate_candidates(
-    tables: CatalogueTables,
+    tables: ProductTables,
     session_items: np.ndarray,
     current_items: np.ndarray,
     n_candidates: int,
+    *,
+    category_trending: np.ndarray | None = None,
+    trending: np.ndarray | None = None,
 ) -> np.ndarray:
     """Candidates for a batch of events.
 
     Args:
-        tables: catalogue tables of the serving model.
+        tables: catalogue tables of the serving model (the model's, or the live catalogue).
         session_items: int32 ``(B, L)`` session products, most recent first, ``-1`` padded.
         current_items: int32 ``(B,)`` the product of each event.
         n_candidates: how many candidates per event.
+        category_trending: int32 ``(rows of tables.category_top, T)``: per category, its
+            trending products, best first, ``-1`` padded; None for none.
+        trending: int32 ``(G,)`` the trending products overall, best first, ``-1`` padded; None
+            for none.
 
     Returns:
         int32 ``(B, C)`` candidate product indices, ``C = min(n_candidates, n_products)``;
@@ -44,15 +54,18 @@ def generate_candidates(
     width = min(n_candidates, tables.n_products)
     if n_events == 0:
         return np.zeros((0, width), dtype=np.int32)
-    proposals = np.concatenate(
-        [
-            session_items,
-            tables.covis_items[current_items],
-            tables.category_top[tables.category[current_items]],
-            np.broadcast_to(tables.global_top, (n_events, tables.global_top.shape[0])),
-        ],
-        axis=1,
-    ).astype(np.int32, copy=False)
+    current_category = tables.category[current_items]
+    lists = [
+        session_items,
+        tables.covis_items[current_items],
+        tables.category_top[current_category],
+    ]
+    if category_trending is not None and category_trending.shape[1]:
+        lists.append(category_trending[current_category])
+    if trending is not None and trending.shape[0]:
+        lists.append(np.broadcast_to(trending, (n_events, trending.shape[0])))
+    lists.append(np.broadcast_to(tables.global_top, (n_events, tables.global_top.shape[0])))
+    proposals = np.concatenate(lists, axis=1).astype(np.int32, copy=False)
     if proposals.shape[1] < width:  # tiny catalogues or short lists: room for the fill below
         pad = np.full((n_events, width - proposals.shape[1]), PAD, dtype=np.int32)
         proposals = np.concatenate([proposals, pad], axis=1)

@@ -1,14 +1,50 @@
 """The catalogue tables: everything about products that candidates and features need, as
-aligned numpy arrays, and how they are saved inside a model artifact (``tables.npz``)."""
+aligned numpy arrays, and how they are saved inside a model artifact (``tables.npz``).
+
+:class:`CatalogueTables` is the model's catalogue, fixed at training time. Serving extends it
+with the products the model does not know (:class:`worker.core.live_catalogue.LiveCatalogue`);
+candidates and features read either through :class:`ProductTables`, the fields they share.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from worker.core.errors import UnknownProductError
+
+
+class ProductTables(Protocol):
+    """What candidate generation and features read: :class:`CatalogueTables`' arrays, indexed
+    by product index (``0 .. n_products - 1``) or by category index."""
+
+    @property
+    def product_ids(self) -> np.ndarray: ...
+    @property
+    def category(self) -> np.ndarray: ...
+    @property
+    def log_price(self) -> np.ndarray: ...
+    @property
+    def log_pop(self) -> np.ndarray: ...
+    @property
+    def cart_rate(self) -> np.ndarray: ...
+    @property
+    def global_rank(self) -> np.ndarray: ...
+    @property
+    def category_rank(self) -> np.ndarray: ...
+    @property
+    def covis_items(self) -> np.ndarray: ...
+    @property
+    def covis_scores(self) -> np.ndarray: ...
+    @property
+    def category_top(self) -> np.ndarray: ...
+    @property
+    def global_top(self) -> np.ndarray: ...
+    @property
+    def n_products(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -39,6 +75,11 @@ class CatalogueTables:
     def n_products(self) -> int:
         return int(self.product_ids.shape[0])
 
+    @property
+    def index(self) -> dict[str, int]:
+        """Product id -> index (built once; do not modify)."""
+        return self._index  # type: ignore[attr-defined, no-any-return]
+
     def index_of(self, product_id: str) -> int:
         """Index of a product id.
 
@@ -46,7 +87,7 @@ class CatalogueTables:
             UnknownProductError: the product is not in the catalogue of this model.
         """
         try:
-            return self._index[product_id]  # type: ignore[attr-defined, no-any-return]
+            return self.index[product_id]
         except KeyError:
             raise UnknownProductError(
                 f"product {product_id!r} is not in the model's catalogue"

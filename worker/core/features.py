@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.core.catalogue import CatalogueTables
+from worker.core.catalogue import ProductTables
 from worker.core.records import ADD_TO_CART, REMOVE_FROM_CART, VIEW
 
 FEATURE_NAMES: list[str] = [
@@ -72,7 +72,7 @@ class SessionBatch:
 
 
 def build_features(
-    tables: CatalogueTables, batch: SessionBatch, candidates: np.ndarray
+    tables: ProductTables, batch: SessionBatch, candidates: np.ndarray
 ) -> np.ndarray:
     """Feature matrix, float32 of shape ``(B * C, N_FEATURES)``, rows event-major."""
     n_events, n_cands = candidates.shape
@@ -130,9 +130,7 @@ def build_features(
     return out.reshape(n_events * n_cands, N_FEATURES)
 
 
-def _covis_scores(
-    tables: CatalogueTables, sources: np.ndarray, candidates: np.ndarray
-) -> np.ndarray:
+def _covis_scores(tables: ProductTables, sources: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Sum over source products (``(B, S)``, -1 padded) of covis score source -> candidate."""
     safe = np.maximum(sources, 0)
     neighbours = tables.covis_items[safe]  # (B, S, M)

@@ -3,7 +3,8 @@
 Hand-built catalogue tables give hand-checked values; Hypothesis checks the invariants over
 random catalogues and sessions (example counts set explicitly below):
 
-* ``generate_candidates`` against a reference written from its docstring: 300 examples;
+* ``generate_candidates`` against a reference written from its docstring, with and without
+  trending lists: 300 examples;
 * batch invariance of candidates and features: 150 examples.
 """
 
@@ -97,14 +98,22 @@ def test_candidates_are_capped_at_the_catalogue_size() -> None:
 
 
 def reference_candidates(
-    tables: CatalogueTables, session_row: list[int], current: int, n_candidates: int
+    tables: CatalogueTables,
+    session_row: list[int],
+    current: int,
+    n_candidates: int,
+    category_trending: np.ndarray | None = None,
+    trending: np.ndarray | None = None,
 ) -> list[int]:
     """generate_candidates' docstring for one event, one proposal at a time; rows the lists
     cannot fill are completed with the lowest unused product indices."""
+    category = tables.category[current]
     proposals = (
         session_row
         + tables.covis_items[current].tolist()
-        + tables.category_top[tables.category[current]].tolist()
+        + tables.category_top[category].tolist()
+        + ([] if category_trending is None else category_trending[category].tolist())
+        + ([] if trending is None else trending.tolist())
         + tables.global_top.tolist()
     )
     width = min(n_candidates, tables.n_products)
@@ -163,15 +172,26 @@ def random_tables(draw: st.DrawFn) -> CatalogueTables:
 def test_candidates_match_reference_on_random_sessions(
     data: st.DataObject, tables: CatalogueTables, n_candidates: int, history: int
 ) -> None:
-    """300 random catalogues and batches: each row has exactly C = min(n, P) distinct valid
+    """300 random catalogues and batches, half of them with random trending lists (per category
+    and overall, -1 padded, repeats allowed): each row has exactly C = min(n, P) distinct valid
     indices, starts with the distinct session items most recent first (the current item first),
     and equals the reference. (Proposal lists narrower than C: see the full-width test below.)"""
     n = tables.n_products
+    trending_lists: dict[str, np.ndarray] = {}
+    if data.draw(st.booleans()):
+        item = st.integers(-1, n - 1)
+        rows, width = tables.category_top.shape[0], data.draw(st.integers(0, 3))
+        trending_lists["category_trending"] = np.array(
+            data.draw(st.lists(st.lists(item, min_size=width, max_size=width), min_size=rows)),
+            dtype=np.int32,
+        )[:rows].reshape(rows, width)
+        trending_lists["trending"] = np.array(data.draw(st.lists(item, max_size=4)), dtype=np.int32)
     proposal_width = (
         history
         + tables.covis_items.shape[1]
         + tables.category_top.shape[1]
         + tables.global_top.shape[0]
+        + sum(a.shape[-1] for a in trending_lists.values())
     )
     assume(proposal_width >= min(n_candidates, n))
     batch_size = data.draw(st.integers(1, 5))
@@ -183,7 +203,9 @@ def test_candidates_match_reference_on_random_sessions(
         rows.append(row + [-1] * (history - len(row)))
         currents.append(current)
     session = np.array(rows, dtype=np.int32)
-    cands = generate_candidates(tables, session, np.array(currents, dtype=np.int32), n_candidates)
+    cands = generate_candidates(
+        tables, session, np.array(currents, dtype=np.int32), n_candidates, **trending_lists
+    )
 
     width = min(n_candidates, n)
     assert cands.shape == (batch_size, width)
@@ -194,7 +216,9 @@ def test_candidates_match_reference_on_random_sessions(
         assert row[0] == currents[b]
         distinct_session = list(dict.fromkeys(p for p in rows[b] if p >= 0))
         assert row[: len(distinct_session)] == distinct_session[:width]
-        assert row == reference_candidates(tables, rows[b], currents[b], n_candidates)
+        assert row == reference_candidates(
+            tables, rows[b], currents[b], n_candidates, **trending_lists
+        )
 
 
 def test_candidates_have_full_width_even_when_proposal_lists_are_short() -> None:
