@@ -14,10 +14,12 @@ Stages, timed in :attr:`BatchResult.stages_s` (the loop adds ``produce`` and ``c
 
 ``parse``
     Avro decode, validation and catalogue lookup of every record into a :class:`BatchEntry`;
-    records that fail become dead letters.
+    records that fail become dead letters. A product the model does not know is a cold start,
+    not an error: it is looked up in, or added to, the live catalogue
+    (:class:`~worker.core.live_catalogue.LiveCatalogue`) with the event's category and price.
 ``state`` / ``candidates`` / ``features`` / ``scoring`` / ``rank``
-    :meth:`Recommender.recommend`: sessions advanced, candidates, features, one model call,
-    top-K.
+    :meth:`Recommender.recommend`: sessions and trending counts advanced, candidates, features,
+    one model call, top-K.
 ``encode``
     The suggestion records (Avro, :class:`SuggestionWriter`).
 ``changelog``
@@ -89,6 +91,8 @@ class BatchResult:
     #: Next input offset per (topic, partition), rejected records included.
     next_offsets: dict[tuple[str, int], int]
     stages_s: dict[str, float] = field(default_factory=dict)
+    #: Answered events whose product the model does not know.
+    cold_start_events: int = 0
 
     def outputs(self) -> list[Output]:
         """Every output, in the order it is produced: suggestions, dead letters, changelog."""
@@ -121,8 +125,7 @@ class BatchStep:
     ) -> None:
         self._decode = event_codec.decode
         self._recommender = recommender
-        self._index_of = recommender.tables.index_of
-        self._product_id_of = recommender.tables.product_ids.__getitem__
+        self._live = recommender.live
         self._writer = suggestion_writer
         self._suggestions = suggestions_topic
         self._dead_letters = dead_letter_topic
@@ -144,11 +147,13 @@ class BatchStep:
                 other partitions get no tombstone: those belong to their new owner).
         """
         t0 = time.perf_counter()
-        entries, rejections, next_offsets = self._parse(records, self._clock_ms())
+        entries, rejections, next_offsets, cold = self._parse(records, self._clock_ms())
         t1 = time.perf_counter()
         ranked = self._recommender.recommend(sessions, entries)
         t2 = time.perf_counter()
         produced_ms = self._clock_ms()
+        for index, product_id in self._live.drain_named():  # products new since the last batch
+            self._writer.name_product(index, product_id)
         values = self._writer.encode(entries, ranked.items, ranked.scores, produced_ms)
         topic = self._suggestions
         suggestions = [
@@ -167,7 +172,7 @@ class BatchStep:
                 forgotten,
                 owned_partitions,
                 next_offsets,
-                self._product_id_of,
+                self._live.product_id_of,
             )
         t4 = time.perf_counter()
         timings = ranked.timings
@@ -181,29 +186,36 @@ class BatchStep:
             "encode": t3 - t2,
             "changelog": t4 - t3,
         }
-        return BatchResult(entries, suggestions, rejections, changelog, next_offsets, stages_s)
+        return BatchResult(
+            entries, suggestions, rejections, changelog, next_offsets, stages_s, cold
+        )
 
     def _parse(
         self, records: Sequence[InputRecord], clock_ms: int
-    ) -> tuple[list[BatchEntry], list[Rejection], dict[tuple[str, int], int]]:
+    ) -> tuple[list[BatchEntry], list[Rejection], dict[tuple[str, int], int], int]:
         """Decode, validate and look up every record: an entry, or a rejection with its dead
-        letter (original key, value and headers, plus headers saying why and where from)."""
+        letter (original key, value and headers, plus headers saying why and where from); and
+        how many entries are cold starts."""
         entries: list[BatchEntry] = []
         rejections: list[Rejection] = []
         next_offsets: dict[tuple[str, int], int] = {}
-        decode, index_of = self._decode, self._index_of
+        decode, known, add = self._decode, self._live.model.index.get, self._live.add
+        cold = 0
         for msg in records:
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             next_offsets[(topic, partition)] = offset + 1
             key, value = msg.key(), msg.value()
             try:
                 event = to_browsing_event(decode(value), key, clock_ms)
-                item = index_of(event.product_id)
             except DataError as exc:
                 rejections.append(self._reject(exc, msg))
                 continue
+            item = known(event.product_id)
+            if item is None:  # a product the model does not know: a cold start
+                item = add(event.product_id, event.category_id, event.price)
+                cold += 1
             entries.append(BatchEntry(event, item, partition, offset, key))
-        return entries, rejections, next_offsets
+        return entries, rejections, next_offsets, cold
 
     def _reject(self, error: DataError, msg: Any) -> Rejection:
         letter = dead_letter(

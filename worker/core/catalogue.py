@@ -14,8 +14,6 @@ from typing import Protocol
 
 import numpy as np
 
-from worker.core.errors import UnknownProductError
-
 
 class ProductTables(Protocol):
     """What candidate generation and features read: :class:`CatalogueTables`' arrays, indexed
@@ -81,17 +79,13 @@ class CatalogueTables:
         return self._index  # type: ignore[attr-defined, no-any-return]
 
     def index_of(self, product_id: str) -> int:
-        """Index of a product id.
+        """Index of a product id of this catalogue (serving resolves any id, known or not,
+        through :class:`~worker.core.live_catalogue.LiveCatalogue`).
 
         Raises:
-            UnknownProductError: the product is not in the catalogue of this model.
+            KeyError: the product is not in the catalogue of this model.
         """
-        try:
-            return self.index[product_id]
-        except KeyError:
-            raise UnknownProductError(
-                f"product {product_id!r} is not in the model's catalogue"
-            ) from None
+        return self.index[product_id]
 
     def popular_product_ids(self, k: int) -> list[str]:
         """The ``k`` most viewed products of the training window (the popularity baseline)."""

@@ -52,10 +52,6 @@ class InvalidRecordError(DataError):
     """The record decodes but breaks a rule: empty ids, key mismatch, absurd timestamp, ..."""
 
 
-class UnknownProductError(InvalidRecordError):
-    """The record names a product that the serving model's catalogue does not know."""
-
-
 # -- infrastructure errors: fail fast or retry with a bound ------------------------------------
 
 

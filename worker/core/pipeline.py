@@ -18,6 +18,13 @@ import numpy as np
 from worker.core.candidates import generate_candidates
 from worker.core.catalogue import CatalogueTables
 from worker.core.features import SessionBatch, build_features
+from worker.core.live_catalogue import (
+    DEFAULT_CAPACITY,
+    DEFAULT_HALF_LIFE_MS,
+    TRENDING_CATEGORY_TOP,
+    TRENDING_TOP,
+    LiveCatalogue,
+)
 from worker.core.records import ADD_TO_CART, BrowsingEvent, RankedProduct
 from worker.core.session import SessionStore
 
@@ -30,7 +37,8 @@ class BatchEntry(NamedTuple):
     """One validated event of a micro-batch, with everything the batch's path needs about it."""
 
     event: BrowsingEvent
-    #: Catalogue index of the event's product.
+    #: Index of the event's product in the serving catalogue (the model's or a new product's,
+    #: :class:`~worker.core.live_catalogue.LiveCatalogue`).
     item: int
     #: Input partition (tags the session, so it can be dropped when the partition moves), -1 if
     #: the event did not come from Kafka.
@@ -120,9 +128,9 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 @dataclass
 class StageTimings:
-    """Seconds spent per stage of one batch: recording the events in their sessions (``state``),
-    generating candidates, building features, the model call (``scoring``), and picking the
-    top-K of every event (``rank``)."""
+    """Seconds spent per stage of one batch: recording the events in their sessions and in the
+    trending counts (``state``), generating candidates, building features, the model call
+    (``scoring``), and picking the top-K of every event (``rank``)."""
 
     state_s: float = 0.0
     candidates_s: float = 0.0
@@ -137,7 +145,7 @@ class RankedBatch:
 
     items: np.ndarray
     scores: np.ndarray
-    product_ids: np.ndarray  # the catalogue, to name the items
+    product_ids: np.ndarray  # the serving catalogue's ids, to name the items
     timings: StageTimings = field(default_factory=StageTimings)
 
     @property
@@ -156,8 +164,20 @@ class RankedBatch:
 class Recommender:
     """Candidates, features and scoring for micro-batches of validated events.
 
-    Holds the catalogue and the model; the session state is its caller's, passed to each
-    :meth:`recommend` call.
+    Holds the model and the serving catalogue: the model's catalogue (:attr:`tables`) opened to
+    the products the model does not know, with live trending counts (:attr:`live`, a
+    :class:`~worker.core.live_catalogue.LiveCatalogue`, which entries' ``item`` indices refer
+    to). The session state is its caller's, passed to each :meth:`recommend` call.
+
+    Args:
+        tables: the model's catalogue.
+        scorer: the model.
+        n_candidates / top_k: candidates scored and products suggested per event.
+        max_new_products: products the model does not know held at most.
+        trending_half_life_s: half-life of the trending counts (event time).
+        trending: whether trending products are proposed as candidates.
+        live: the serving catalogue, when the caller builds it (the three settings above are
+            then its own).
     """
 
     def __init__(
@@ -167,27 +187,46 @@ class Recommender:
         *,
         n_candidates: int = 50,
         top_k: int = 10,
+        max_new_products: int = DEFAULT_CAPACITY,
+        trending_half_life_s: float = DEFAULT_HALF_LIFE_MS / 1000,
+        trending: bool = True,
+        live: LiveCatalogue | None = None,
     ) -> None:
         self.tables = tables
+        self.live = live or LiveCatalogue(
+            tables,
+            capacity=max_new_products,
+            half_life_ms=trending_half_life_s * 1000,
+            trending_top=TRENDING_TOP if trending else 0,
+            trending_category_top=TRENDING_CATEGORY_TOP if trending else 0,
+        )
         self.scorer = scorer
         self.n_candidates = n_candidates
         self.k = top_k
 
     def recommend(self, sessions: SessionStore, entries: Sequence[BatchEntry]) -> RankedBatch:
-        """Rank candidates for every entry with one model call; sessions advance in order.
+        """Rank candidates for every entry with one model call; sessions advance in order, and
+        the batch's events are counted in the trending table before its candidates are drawn.
 
         Returns:
             Row ``i`` of the result answers ``entries[i]``.
         """
         timings = StageTimings()
+        live = self.live
         t0 = time.perf_counter()
         batch = advance_entries(sessions, entries)
+        live.observe(batch.current_item, batch.current_type, batch.now_ms)
         t1 = time.perf_counter()
         candidates = generate_candidates(
-            self.tables, batch.items, batch.current_item, self.n_candidates
+            live,
+            batch.items,
+            batch.current_item,
+            self.n_candidates,
+            category_trending=live.category_trending,
+            trending=live.trending_overall,
         )
         t2 = time.perf_counter()
-        features = build_features(self.tables, batch, candidates)
+        features = build_features(live, batch, candidates)
         t3 = time.perf_counter()
         scores = self.scorer.score(features).reshape(candidates.shape)
         t4 = time.perf_counter()
@@ -200,4 +239,4 @@ class Recommender:
         timings.features_s = t3 - t2
         timings.scoring_s = t4 - t3
         timings.rank_s = t5 - t4
-        return RankedBatch(best_items, best_scores, self.tables.product_ids, timings)
+        return RankedBatch(best_items, best_scores, live.product_ids, timings)

@@ -2,7 +2,8 @@
 
 Decoding (``worker.wire.codec``) proves the bytes are a record of the right type; validation here
 proves the record is usable: ids present, key agreeing with ``user_id``, a plausible event time.
-Whether the product is known is the catalogue's business (``worker.model.artifact.Catalogue``).
+Whether the model knows the product does not make an event invalid: a product it does not know is
+a cold start, served through the live catalogue (``worker.core.live_catalogue``).
 """
 
 from __future__ import annotations

@@ -104,7 +104,8 @@ def changelog_records(
             (:meth:`SessionStore.drain_forgotten`).
         owned_partitions: the input partitions this worker holds now.
         next_offsets: next input offset per (topic, partition) of the batch.
-        product_id_of: catalogue index -> product id (sessions are written with product ids).
+        product_id_of: serving catalogue index -> product id (sessions are written with product
+            ids, new products' included).
     """
     records = []
     for user_id, (key, partition) in touched.items():
@@ -163,13 +164,14 @@ class ChangelogRestorer:
         self,
         partitions: list[int],
         sessions: SessionStore,
-        index_of: Any,
+        index_of: Callable[[str], int | None],
         log: Any,
         timeout_s: float = 120.0,
         committed: dict[int, int] | None = None,
     ) -> int:
         """Read the changelog partitions to their end and install their sessions; return how
-        many.
+        many. ``index_of`` resolves the sessions' product ids (the worker's live catalogue, which
+        adds the products it does not hold yet; None drops a product).
 
         ``committed`` gives, per partition, the group's committed input offset: the restore goes
         on until the changelog's checkpoint record (written with every batch, in the same

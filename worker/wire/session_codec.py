@@ -1,8 +1,11 @@
 """Session state as bytes, for the compacted changelog topic that survives rebalances and crashes.
 
 A session is stored under its user id with product *ids* (not catalogue indices), so a changelog
-stays readable by a worker that serves another model version; products unknown to the new
-catalogue are dropped from the restored history. The format is JSON with short keys, versioned.
+stays readable by a worker that serves another model version, and by one whose live catalogue
+gave the products the model does not know other indices. The worker resolves every id on
+restore (:meth:`worker.core.live_catalogue.LiveCatalogue.index_of` adds the products it does not
+hold yet), so a session keeps its new products across a rebalance. The format is JSON with short
+keys, versioned.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ FORMAT_VERSION = 1
 
 
 def encode_session(session: Session, product_id_of: Callable[[int], str]) -> bytes:
-    """Serialize one session."""
+    """Serialize one session; ``product_id_of`` names the indices of the serving catalogue."""
     return json.dumps(
         {
             "v": FORMAT_VERSION,
@@ -39,7 +42,8 @@ def encode_session(session: Session, product_id_of: Callable[[int], str]) -> byt
 
 
 def decode_session(payload: bytes, index_of: Callable[[str], int | None]) -> Session:
-    """Deserialize one session; ``index_of`` returns None for products it does not know.
+    """Deserialize one session; ``index_of`` gives each product id's index, or None to drop the
+    product from the restored history.
 
     Raises:
         DataError: not a session of a known format version.

@@ -42,7 +42,8 @@ class SuggestionWriter:
 
     Args:
         header: the framing prefix (``AvroCodec.header()``).
-        product_ids: the catalogue, index -> product id.
+        product_ids: the catalogue, index -> product id (products added later:
+            :meth:`name_product`).
         source_topic: the input topic the events come from.
         model_version: the serving model's version.
     """
@@ -57,6 +58,15 @@ class SuggestionWriter:
         self._version = avro_string(model_version)
         self._ranks: list[bytes] = []
         self._packers: dict[int, struct.Struct] = {}
+
+    def name_product(self, index: int, product_id: str) -> None:
+        """Name (or rename) catalogue index ``index``: for products that join the serving
+        catalogue after the writer was made (:class:`~worker.core.live_catalogue.LiveCatalogue`
+        hands out their indices)."""
+        products = self._products
+        if index >= len(products):
+            products.extend([avro_string("")] * (index + 1 - len(products)))
+        products[index] = avro_string(product_id)
 
     def _rank(self, rank: int) -> bytes:
         while len(self._ranks) < rank:

@@ -8,7 +8,10 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
+
 from worker.apps.batch import STEP_STAGES, BatchStep
+from worker.core.live_catalogue import LiveCatalogue
 from worker.core.pipeline import Recommender
 from worker.core.records import SourceRef
 from worker.core.session import SessionStore
@@ -40,11 +43,12 @@ def _event(user: str, product: str, kind: str, t_ms: int, n: int) -> dict:
     }
 
 
-def scenario() -> list[list[FakeMessage]]:
+def scenario(unknown_product: bool = True) -> list[list[FakeMessage]]:
     """Two micro-batches over three partitions of eight users: good events, one bad record of
-    each kind (undecodable with headers of its own, key of another user, unknown product, event
-    time before 2000, no key), and in the second batch a redelivery of the first batch's last
-    two records of partition 1."""
+    each kind (undecodable with headers of its own, key of another user, event time before 2000,
+    no key), one good event on a product the model does not know (``p999``, a cold start; left
+    out with ``unknown_product=False``), and in the second batch a redelivery of the first
+    batch's last two records of partition 1."""
     codec = codec_for("BrowsingEvent")
     products = tiny_catalogue().product_ids.tolist()
     rng = random.Random(5)
@@ -68,7 +72,7 @@ def scenario() -> list[list[FakeMessage]]:
         if n == 9:
             wrong = codec.encode(_event("u1", products[1], "VIEW", T0, 90))
             first.append(message(1, b"someone-else", wrong))
-        if n == 14:
+        if n == 14 and unknown_product:
             unknown = codec.encode(_event("u2", "p999", "VIEW", T0 + 1, 91))
             first.append(message(2, b"u2", unknown, [("origin", b"web")]))
         if n == 18:
@@ -84,9 +88,17 @@ def scenario() -> list[list[FakeMessage]]:
 # -- the step ------------------------------------------------------------------------------------
 
 #: sha256 of the two batches' outputs (topic, key, value, headers, timestamp, partition, in
-#: produce order) and stored offsets, computed through the pre-refactor ``Worker.process``
-#: (commit 0f07b06) on :func:`scenario` with the same model, clock and settings.
-GOLDEN_SHA256 = "f913e847a4bd6bd58ac1d511dd180ab63c73766db159a14c1dfa1628d300140c"
+#: produce order) and stored offsets on ``scenario(unknown_product=False)`` (known products
+#: only), computed with the same model, clock and settings by the closed-catalogue step of
+#: commit b800026, whose outputs on :func:`scenario` were byte-identical to the pre-refactor
+#: ``Worker.process`` (commit 0f07b06). Without trending proposals the open catalogue changes
+#: nothing for known products.
+GOLDEN_KNOWN_SHA256 = "bc459a56a28960b1d8e08e4bdeaab1d2f97d64269f9a2202781a4877221a13ae"
+#: The same on :func:`scenario` as it is served now: the ``p999`` event is answered (a cold
+#: start: it enters u2's session and changelog record) instead of dead-lettered, and trending
+#: products are proposed (the tiny catalogue's lists are short, so they reach the 20 candidates
+#: of many events). Computed by this step; a change is a change of behaviour.
+GOLDEN_SHA256 = "e6c40c9034b0f70194a2c275cb16e114f4eedfeebd54d3c7319428f61379af3c"
 TOP_K, N_CANDIDATES, MAX_SESSIONS = 5, 20, 6
 SUGGESTIONS, DLQ, CHANGELOG = "suggestions", "events.dlq", "g.sessions-changelog"
 DLQ_HEADERS = [
@@ -104,17 +116,23 @@ def _artifact():
     return tiny_artifact(Path("/nonexistent"))
 
 
-def _step(changelog: str | None = CHANGELOG) -> BatchStep:
+def _recommender(trending: bool = True) -> Recommender:
+    artifact = _artifact()
+    return Recommender(
+        artifact.tables,
+        BoosterScorer(artifact.booster),
+        n_candidates=N_CANDIDATES,
+        top_k=TOP_K,
+        trending=trending,
+    )
+
+
+def _step(changelog: str | None = CHANGELOG, trending: bool = True) -> BatchStep:
     artifact = _artifact()
     clock = iter([CLOCK_MS, PRODUCED_MS] * 10)
     return BatchStep(
         event_codec=codec_for("BrowsingEvent", topic=EVENTS, max_record_bytes=64 * 1024),
-        recommender=Recommender(
-            artifact.tables,
-            BoosterScorer(artifact.booster),
-            n_candidates=N_CANDIDATES,
-            top_k=TOP_K,
-        ),
+        recommender=_recommender(trending),
         suggestion_writer=SuggestionWriter(
             codec_for("ProductSuggestion").header(),
             artifact.tables.product_ids.tolist(),
@@ -157,7 +175,13 @@ def _digest(results) -> str:
     return hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()
 
 
-def test_the_outputs_are_byte_identical_to_the_pre_refactor_worker():
+def test_without_trending_known_products_get_the_closed_catalogue_outputs_byte_for_byte():
+    step, sessions = _step(trending=False), _store()
+    results = [step(batch, sessions, {0, 1, 2}) for batch in scenario(unknown_product=False)]
+    assert _digest(results) == GOLDEN_KNOWN_SHA256
+
+
+def test_the_outputs_are_byte_identical_to_the_recorded_ones():
     step, sessions = _step(), _store()
     results = [step(batch, sessions, {0, 1, 2}) for batch in scenario()]
     assert _digest(results) == GOLDEN_SHA256
@@ -168,15 +192,15 @@ def test_a_batch_of_good_and_bad_records_gives_suggestions_dead_letters_changelo
     first = scenario()[0]
     result = step(first, sessions, {0, 1, 2})
 
-    assert len(result.entries) == len(result.suggestions) == 24
+    assert len(result.entries) == len(result.suggestions) == 25
+    assert result.cold_start_events == 1  # p999: the model does not know it, yet it is answered
     # Suggestions: keyed by the user, stamped with the produced time, in input order, and
-    # byte-equal to fastavro's encoding of the records an independent run of the ranker gives.
-    independent = Recommender(
-        _artifact().tables,
-        BoosterScorer(_artifact().booster),
-        n_candidates=N_CANDIDATES,
-        top_k=TOP_K,
-    ).recommend(_store(), result.entries)
+    # byte-equal to fastavro's encoding of the records an independent run of the ranker gives
+    # (its own live catalogue resolves the products the same way, in the same order).
+    ranker = _recommender()
+    again = [e._replace(item=ranker.live.index_of(e.event.product_id)) for e in result.entries]
+    assert [e.item for e in again] == [e.item for e in result.entries]
+    independent = ranker.recommend(_store(), again)
     codec = codec_for("ProductSuggestion")
     for entry, products, out in zip(
         result.entries, independent.products, result.suggestions, strict=True
@@ -195,7 +219,6 @@ def test_a_batch_of_good_and_bad_records_gives_suggestions_dead_letters_changelo
     expected_errors = {
         (0, 102): ("UnknownFramingError", b"u0", [("trace", b"abc")]),
         (1, 204): ("InvalidRecordError", b"someone-else", []),
-        (2, 304): ("UnknownProductError", b"u2", [("origin", b"web")]),
         (1, 208): ("InvalidRecordError", b"u4", []),
         (0, 109): ("InvalidRecordError", None, []),
     }
@@ -225,10 +248,13 @@ def test_a_batch_of_good_and_bad_records_gives_suggestions_dead_letters_changelo
     # checkpoint record per input partition with its next offset.
     records = {(o.key, o.partition): o.value for o in result.changelog}
     assert all(o.topic == CHANGELOG for o in result.changelog)
-    index_of = _artifact().tables._index.get
+    # Read back by a worker that has not seen the batch: its live catalogue adds p999 as this
+    # one did (first new product, the same index).
+    index_of = LiveCatalogue(_artifact().tables).index_of
     for user in sessions.users():
         restored = decode_session(records[(user.encode(), USERS[user])], index_of)
         assert restored == sessions.get(user)
+    assert "p999" in json.loads(records[(b"u2", 2)])["items"]
     evicted = set(USERS) - set(sessions.users())
     assert len(evicted) == len(USERS) - MAX_SESSIONS
     assert {k.decode() for (k, _), v in records.items() if v is None} == evicted
@@ -280,3 +306,106 @@ def test_an_empty_batch_gives_nothing_but_timings():
     result = step([], sessions, {0})
     assert result.outputs() == [] and result.next_offsets == {}
     assert list(result.stages_s) == list(STEP_STAGES)
+
+
+# -- cold starts ---------------------------------------------------------------------------------
+
+NEW_PRODUCTS = [f"new-{i}" for i in range(12)]
+#: Categories of the new products: known to the model (c1, c3), unknown to it, or not given.
+NEW_CATEGORIES = ["c1", "c3", "cat-new", None]
+
+
+def cold_start_batches() -> tuple[list[list[FakeMessage]], dict[tuple[int, int], dict]]:
+    """Two batches of 90 records of nine users: every third event is on a product the model
+    does not know (of a category it knows, one it does not, or none; with a price or not), and
+    every 15th record is malformed. Returns the batches and the valid events by (partition,
+    offset)."""
+    codec = codec_for("BrowsingEvent")
+    products = tiny_catalogue().product_ids.tolist()
+    rng = random.Random(8)
+    offsets = {0: 0, 1: 0, 2: 0}
+    valid: dict[tuple[int, int], dict] = {}
+    batches: list[list[FakeMessage]] = [[], []]
+    for n in range(180):
+        user = f"u{n % 9}"
+        partition = n % 3
+        offset = offsets[partition]
+        offsets[partition] += 1
+        if n % 15 == 14:
+            value = b"garbage"
+        else:
+            record = _event(user, rng.choice(products), "VIEW", T0 + n * 3_000, n)
+            if n % 3 == 0:
+                new = NEW_PRODUCTS[rng.randrange(len(NEW_PRODUCTS))]
+                category = NEW_CATEGORIES[NEW_PRODUCTS.index(new) % len(NEW_CATEGORIES)]
+                price = 10.0 + NEW_PRODUCTS.index(new) if new != "new-0" else None
+                record.update(product_id=new, category_id=category, price=price)
+            valid[(partition, offset)] = record
+            value = codec.encode(record)
+        message = FakeMessage(EVENTS, partition, offset, user.encode(), value, None, T0)
+        batches[n // 90].append(message)
+    return batches, valid
+
+
+def test_events_on_products_and_categories_the_model_does_not_know_are_all_answered():
+    """A third of the events are cold starts: every valid event gets one suggestion, only the
+    malformed records are dead letters, the new products enter the sessions (and the live
+    catalogue, with the category and price their events gave), suggestions name products by id,
+    and the changelog brings the sessions back with their new products on another worker."""
+    step, sessions = _step(), SessionStore(max_users=100, idle_ttl_ms=3_600_000)
+    live = step._recommender.live
+    batches, valid = cold_start_batches()
+    results = [step(batch, sessions, {0, 1, 2}) for batch in batches]
+
+    answered = [(e.partition, e.offset) for r in results for e in r.entries]
+    assert sorted(answered) == sorted(valid)
+    rejected = [(j.partition, j.offset, j.error_class) for r in results for j in r.rejections]
+    assert len(rejected) == 180 // 15 and all(c == "UnknownFramingError" for *_, c in rejected)
+    cold = [k for k, record in valid.items() if record["product_id"] in NEW_PRODUCTS]
+    assert len(cold) == 60 and sum(r.cold_start_events for r in results) == len(cold)
+
+    # Suggestions: one per valid event, K distinct products, named by id (new ones included).
+    codec = codec_for("ProductSuggestion")
+    known = set(tiny_catalogue().product_ids.tolist())
+    suggested: set[str] = set()
+    for result in results:
+        assert len(result.suggestions) == len(result.entries)
+        for entry, out in zip(result.entries, result.suggestions, strict=True):
+            record = codec.decode(out.value)
+            assert record["event_id"] == entry.event.event_id
+            ids = [p["product_id"] for p in record["products"]]
+            assert len(set(ids)) == TOP_K and set(ids) <= known | set(NEW_PRODUCTS)
+            suggested |= set(ids)
+    assert suggested & set(NEW_PRODUCTS)
+
+    # The live catalogue: each new product once, with its events' category and price.
+    seen_new = {r["product_id"] for r in valid.values()} & set(NEW_PRODUCTS)
+    assert len(live) == len(seen_new) and live.n_products == 60 + len(seen_new)
+    categories = live.category_ids.tolist()
+    for product in seen_new:
+        index = live.lookup(product)
+        assert index is not None and 60 <= index < live.n_products
+        assert live.product_id_of(index) == product
+        given = NEW_CATEGORIES[NEW_PRODUCTS.index(product) % len(NEW_CATEGORIES)]
+        expected = given if given in ("c1", "c3") else ""  # "": the unknown category
+        assert categories[live.category[index]] == expected
+        price = 10.0 + NEW_PRODUCTS.index(product) if product != "new-0" else 0.0
+        assert live.log_price[index] == np.float32(np.log1p(price))
+
+    # Sessions hold every valid event of their user, cold starts included, in order.
+    by_user: dict[str, list[str]] = {}
+    for key in sorted(valid, key=lambda k: valid[k]["event_time"]):
+        by_user.setdefault(valid[key]["user_id"], []).append(valid[key]["product_id"])
+    for user, products in by_user.items():
+        held = [live.product_id_of(i) for i in sessions.get(user).items]
+        assert held == products[-sessions.history :]
+
+    # Another worker restores the sessions from the last changelog records: same products.
+    latest = {(o.key, o.partition): o.value for o in results[-1].changelog}
+    other = LiveCatalogue(_artifact().tables)
+    for user in by_user:
+        restored = decode_session(latest[(user.encode(), int(user[1:]) % 3)], other.index_of)
+        assert [other.product_id_of(i) for i in restored.items] == [
+            live.product_id_of(i) for i in sessions.get(user).items
+        ]
+    assert {other.product_id_of(i) for i in range(60, other.n_products)} == seen_new
