@@ -631,6 +631,35 @@ STATE_CHANGELOG = Setting(
     env="WORKER_STATE_CHANGELOG",
     help="keep session state in a compacted changelog topic and restore it on assignment",
 )
+MAX_NEW_PRODUCTS = Setting(
+    "max_new_products",
+    "--max-new-products",
+    as_int,
+    100_000,
+    env="WORKER_MAX_NEW_PRODUCTS",
+    help="products the model does not know (cold starts) held in the live catalogue, at most; "
+    "the least recently seen is evicted beyond it",
+    check=positive,
+)
+TRENDING_HALF_LIFE_S = Setting(
+    "trending_half_life_s",
+    "--trending-half-life-s",
+    as_float,
+    3600.0,
+    env="WORKER_TRENDING_HALF_LIFE_S",
+    help="event time after which a product's live trending count has halved",
+    check=positive,
+)
+TRENDING = Setting(
+    "trending",
+    "--trending",
+    as_bool,
+    True,
+    env="WORKER_TRENDING",
+    help="propose each event's category's and the shop's trending products (live counts of this "
+    "worker) as candidates; --no-trending keeps to the model's lists, so an answer depends only "
+    "on the user's own events",
+)
 
 # The accuracy monitor (`worker monitor`).
 MONITOR_GROUP_ID = Setting(
@@ -936,6 +965,9 @@ class WorkerSettings:
     exactly_once: bool = EXACTLY_ONCE.field()
     transactional_id: str | None = TRANSACTIONAL_ID.field()
     state_changelog: bool = STATE_CHANGELOG.field()
+    max_new_products: int = MAX_NEW_PRODUCTS.field()
+    trending_half_life_s: float = TRENDING_HALF_LIFE_S.field()
+    trending: bool = TRENDING.field()
 
     def __post_init__(self) -> None:
         """Check the values as the command line does, for objects built in code too.

@@ -160,7 +160,13 @@ class Worker:
             ),
             n_candidates=settings.n_candidates,
             top_k=settings.top_k,
+            max_new_products=settings.max_new_products,
+            trending_half_life_s=settings.trending_half_life_s,
+            trending=settings.trending,
         )
+        # The serving catalogue: the model's, plus the products it does not know (cold starts).
+        self.live = self.recommender.live
+        self._new_products_counted = 0
         self.changelog = changelog_topic(settings.group_id) if settings.state_changelog else None
         self.step = batch_step(settings, artifact, self.recommender, self.changelog)
         self.metrics = WorkerMetrics()
@@ -187,7 +193,8 @@ class Worker:
             stats_cb=self._on_stats,
         )
         self.checkpoint = self._make_checkpoint(producer_factory, clock)
-        self._index_of = artifact.tables._index.get  # type: ignore[attr-defined]
+        # Restored sessions name their products by id; new products join the live catalogue.
+        self._index_of = self.live.index_of
 
     def _make_checkpoint(
         self, producer_factory: Callable[..., Any], clock: Callable[[], float]
@@ -302,6 +309,7 @@ class Worker:
     def _housekeeping(self) -> None:
         expired = self.sessions.expire_idle()
         self.metrics.sessions.set(len(self.sessions))
+        self.metrics.trending_products.set(self.live.trending.active_products())
         self.log.info(
             "worker_progress",
             consumed=self._consumed,
@@ -309,6 +317,7 @@ class Worker:
             dead_lettered=self._dead,
             sessions=len(self.sessions),
             expired=expired,
+            new_products=len(self.live),
             partitions=len(self._assigned),
             rss_mib=rss_mib(),
         )
@@ -481,6 +490,11 @@ class Worker:
         self._dead += n_dead
         m.events_in.inc(n_messages)
         m.suggestions_out.inc(answered)
+        m.cold_start_events.inc(batch.cold_start_events)
+        live = self.live
+        m.new_products.inc(live.added_total - self._new_products_counted)
+        self._new_products_counted = live.added_total
+        m.live_products.set(len(live))
         m.batches.inc()
         m.batch_size.observe(n_messages)
         for stage, seconds in stages.items():
@@ -492,6 +506,7 @@ class Worker:
             events=n_messages,
             answered=answered,
             dead_lettered=n_dead,
+            cold_starts=batch.cold_start_events,
             **{f"{k}_ms": round(v * 1000, 3) for k, v in stages.items()},
         )
 

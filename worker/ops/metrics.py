@@ -76,6 +76,28 @@ class WorkerMetrics:
         self.model_info = Gauge(
             "worker_model_info", "Loaded model version", ["version"], registry=r
         )
+        self.cold_start_events = Counter(
+            "worker_cold_start_events_total",
+            "Events answered whose product the model does not know (cold starts)",
+            registry=r,
+        )
+        self.new_products = Counter(
+            "worker_new_products_total",
+            "Products the model does not know added to the live catalogue (again after an"
+            " eviction)",
+            registry=r,
+        )
+        self.live_products = Gauge(
+            "worker_live_catalogue_products",
+            "Products the model does not know held in the live catalogue",
+            registry=r,
+        )
+        self.trending_products = Gauge(
+            "worker_trending_products",
+            "Products with a live trending count of at least 0.01 (seen within about 6.6"
+            " half-lives)",
+            registry=r,
+        )
 
 
 class MonitorMetrics:

@@ -109,9 +109,10 @@ class Harness:
         self.main.schedule("assign", PARTITIONS)
         return w
 
-    def write_events(self, n: int, *, bad_every: int = 0) -> None:
+    def write_events(self, n: int, *, bad_every: int = 0, cold_every: int = 0) -> None:
         """``n`` events of 9 users (user i on partition i % 3), every ``bad_every``-th one
-        undecodable (with a header of its own)."""
+        undecodable (with a header of its own), every ``cold_every``-th one on a product the
+        model does not know (``new-0`` .. ``new-4``, of category c1)."""
         for i in range(n):
             user = f"u{self.rng.randrange(9)}"
             partition = int(user[1:]) % 3
@@ -125,6 +126,11 @@ class Harness:
                     "event_type": self.rng.choice(["VIEW", "VIEW", "ADD_TO_CART"]),
                     "product_id": self.rng.choice(self.products),
                     "category_id": None,
+                    **(
+                        {"product_id": f"new-{i % 5}", "category_id": "c1"}
+                        if cold_every and i % cold_every == 0
+                        else {}
+                    ),
                     "price": None,
                     "event_time": T0 + i * 1000,
                 }
@@ -236,6 +242,58 @@ def test_metrics_and_batch_log_name_every_stage_the_benchmark_reads():
     assert labels == set(serve.STAGES) == set(runner.STAGES)
     (scored,) = h.log.fields("batch_scored")
     assert [k for k in scored if k.endswith("_ms")] == [f"{s}_ms" for s in serve.STAGES]
+
+
+def test_cold_starts_are_answered_counted_and_their_sessions_survive_a_rebalance():
+    """Events on products the model does not know are answered like any other and counted; a
+    worker that takes the partitions over restores the sessions with their new products."""
+    h = Harness(max_batch_size=40)
+    h.write_events(120, cold_every=4)
+    first = h.worker()
+    held: list[dict[str, list[str]]] = []
+
+    def product_ids(w: Worker) -> dict[str, list[str]]:
+        live = w.recommender.live
+        return {
+            u: [live.product_id_of(i) for i in w.sessions.get(u).items] for u in w.sessions.users()
+        }
+
+    def spy(w: Worker) -> None:
+        on_revoke = w._on_revoke
+
+        def on_revoke_spy(consumer, partitions):
+            held.append(product_ids(w))
+            on_revoke(consumer, partitions)
+
+        w._on_revoke = on_revoke_spy  # type: ignore[method-assign]
+
+    spy(first)
+    assert run(first) == 0
+    assert sorted(h.answered()) == sorted(h.sent) and h.dead_lettered() == []
+    collected = {s.name: s.value for m in first.metrics.registry.collect() for s in m.samples}
+    assert collected["worker_cold_start_events_total"] == 30
+    assert collected["worker_new_products_total"] == 5
+    assert collected["worker_live_catalogue_products"] == 5
+    first._housekeeping()  # every 10 s: the trending table's size
+    (gauge,) = [m for m in first.metrics.registry.collect() if m.name == "worker_trending_products"]
+    assert 5 < gauge.samples[0].value <= 60 + 5
+    assert any(p.startswith("new-") for products in held[0].values() for p in products)
+
+    second = Worker(
+        h.settings,
+        tiny_artifact(Path("/nonexistent")),
+        h.log,
+        consumer_factory=h.consumer,
+        producer_factory=h.producer,
+        clock=h.clock,
+    )
+    main = h.consumers[-1]  # the second worker's input consumer (its restorer's comes later)
+    assert main.group_id == GROUP
+    main.schedule("assign", PARTITIONS)
+    spy(second)
+    assert run(second) == 0
+    assert held[1] == held[0]  # every session back, new products included
+    assert len(second.recommender.live) == 5
 
 
 def test_a_failed_delivery_stops_the_worker_with_nothing_stored():
