@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tests.kafka_fixtures import kafka_bootstrap  # noqa: F401  (session fixture re-exported)
 from worker.config import TopicSettings
@@ -74,3 +75,13 @@ def topics(request) -> TopicSettings:
         accuracy=f"accuracy-{suffix}",
         partitions=6,
     )
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults_after_each_test():
+    """A test that runs a command in-process (``worker.cli.main``) configures structlog to write
+    to that test's captured stderr, which pytest closes afterwards; later tests must not log into
+    the closed stream."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()

@@ -136,7 +136,12 @@ def save_artifact(
     (tmp / "metadata.json").write_text(json.dumps(full_metadata, indent=2) + "\n")
     os.replace(tmp, final)
     if make_latest:
-        latest_tmp = models_dir / f".{LATEST_FILE}.tmp"
-        latest_tmp.write_text(version + "\n")
-        os.replace(latest_tmp, models_dir / LATEST_FILE)
+        point_latest(models_dir, version)
     return final
+
+
+def point_latest(models_dir: Path, version: str) -> None:
+    """Make ``version`` the served artifact of ``models_dir`` (an atomic rename of LATEST)."""
+    latest_tmp = models_dir / f".{LATEST_FILE}.tmp"
+    latest_tmp.write_text(version + "\n")
+    os.replace(latest_tmp, models_dir / LATEST_FILE)

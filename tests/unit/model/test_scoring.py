@@ -22,17 +22,6 @@ N_TREES = 100
 N_LEAVES = 31
 
 
-@pytest.fixture(autouse=True)
-def _structlog_defaults():
-    """``worker`` commands run in-process (here and in other test modules) point structlog at
-    pytest's capture of stderr, closed after their test; scorers made without a log use it."""
-    import structlog
-
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
-
-
 class RecordingLog:
     """Stands in for a structlog logger: records (level, event, keyword arguments)."""
 
