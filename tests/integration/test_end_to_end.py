@@ -16,14 +16,17 @@ from tests.helpers import (
     cli_args,
     committed_offsets,
     end_offsets,
+    metric,
     produce,
     read_all,
     simulated_events,
     spawn,
     stop,
+    wait_metric,
 )
 from worker.config import KafkaSettings
 from worker.kafka.admin import ensure_topics
+from worker.model.artifact import load_tables
 from worker.testing import header_map
 from worker.wire.codec import codec_for, load_schema
 
@@ -60,13 +63,20 @@ class _Log:
         pass
 
 
+def group_of(topics) -> str:
+    """The test's consumer group, hence its own session changelog (``<group>.sessions-changelog``):
+    a group shared by the tests would restore one test's sessions, recorded at that test's input
+    offsets, into the next test's worker."""
+    return f"{topics.events}-workers"
+
+
 def start_worker(
     bootstrap,
     topics,
     models_dir,
     tmp_path: Path,
     name: str = "worker",
-    group: str = "g",
+    group: str | None = None,
     metrics_port: int = 0,
 ):
     return spawn(
@@ -76,7 +86,7 @@ def start_worker(
             "--models-dir",
             str(models_dir),
             "--group-id",
-            group,
+            group or group_of(topics),
             "--metrics-port",
             str(metrics_port),
             "--max-batch-wait-ms",
@@ -227,9 +237,9 @@ def test_bad_records_go_to_the_dead_letter_topic_and_the_good_ones_around_them_a
         assert int(h["dlq.source.offset"]) >= 0 and int(h["dlq.source.partition"]) >= 0
         assert h["dlq.error.message"]
     # Every input offset is committed: nothing stalls behind a bad record.
-    assert committed_offsets(kafka_bootstrap, "g", topics.events, topics.partitions) == end_offsets(
-        kafka_bootstrap, topics.events, topics.partitions
-    )
+    assert committed_offsets(
+        kafka_bootstrap, group_of(topics), topics.events, topics.partitions
+    ) == end_offsets(kafka_bootstrap, topics.events, topics.partitions)
 
 
 def test_sigterm_drains_commits_and_leaves_the_group_within_the_bound(
@@ -276,3 +286,126 @@ def test_sigterm_drains_commits_and_leaves_the_group_within_the_bound(
     assert set(ids) == {e["event_id"] for e in events}
     # A graceful stop commits what it answered: no event is answered twice.
     assert len(ids) == len(events)
+
+
+COLD_EVENTS = 3000
+NEW_PRODUCTS = 150
+
+
+def test_every_valid_event_is_answered_also_on_products_and_categories_the_model_does_not_know(
+    kafka_bootstrap, topics, trained_models_dir, simulator_settings, tmp_path
+):
+    """A stream where a third of the events are on products the model does not know (most of
+    them of categories it does not know either; half on 5 hot new products), with malformed
+    records among them: every valid event gets exactly one suggestion, schema-valid, naming only
+    products of the model or of the stream; new products reach the suggestions of events on
+    other products; the dead-letter topic holds exactly the malformed records; every offset is
+    committed; the cold-start metrics count what was sent."""
+    ensure_topics(KafkaSettings(kafka_bootstrap), topics, _Log())
+    codec = codec_for("BrowsingEvent")
+    tables = load_tables(trained_models_dir)
+    model_products = set(tables.product_ids.tolist())
+    model_categories = tables.category_ids.tolist()
+    valid = simulated_events(simulator_settings, COLD_EVENTS)
+    new_products: set[str] = set()
+    for i, event in enumerate(valid):
+        if i % 3 == 0:
+            j = i // 3  # every other one on 5 hot new products, the others on 150
+            k = j // 2 % 5 if j % 2 else (j * 7919) % NEW_PRODUCTS
+            category = model_categories[k % len(model_categories)] if k % 3 == 0 else f"new-{k % 9}"
+            event.update(product_id=f"new-product-{k}", category_id=category, price=1.0 + k)
+            new_products.add(event["product_id"])
+    assert not new_products & model_products
+    cold = sum(e["product_id"] in new_products for e in valid)
+    good = valid[0]
+    encoded = codec.encode(good)
+    key = good["user_id"].encode()
+    malformed = [
+        (key, b"not avro at all"),
+        (key, encoded[: len(encoded) // 2]),
+        (None, encoded),
+        (b"someone-else", encoded),
+        (key, codec.encode({**good, "event_time": 5})),
+        (key, codec.encode({**good, "product_id": ""})),
+        (key, None),
+    ]
+    records = []
+    pending = list(malformed)
+    every = len(valid) // len(malformed)
+    for i, event in enumerate(valid):
+        records.append((topics.events, event["user_id"].encode(), codec.encode(event)))
+        if pending and i % every == every // 2:
+            records.append((topics.events, *pending.pop(0)))
+    assert not pending
+    assert len(records) == len(valid) + len(malformed)
+    port = free_port()
+    worker = start_worker(kafka_bootstrap, topics, trained_models_dir, tmp_path, metrics_port=port)
+    try:
+        assert wait_ready(port), "the worker never reported ready (/readyz)"
+        produce(kafka_bootstrap, records)
+        answered = read_all(
+            kafka_bootstrap,
+            topics.suggestions,
+            topics.partitions,
+            expect=len(valid),
+            timeout_s=ANSWER_TIMEOUT_S,
+        )
+        dead = read_all(
+            kafka_bootstrap,
+            topics.dead_letter(topics.events),
+            topics.partitions,
+            expect=len(malformed),
+            timeout_s=30,
+        )
+        metrics = wait_metric(port, "worker_suggestions_produced_total", len(valid), 30)
+    finally:
+        assert stop(worker) == 0
+
+    schema = fastavro.parse_schema(load_schema("ProductSuggestion"))
+    suggestion_codec = codec_for("ProductSuggestion")
+    by_event = {e["event_id"]: e for e in valid}
+    answers: dict[str, list[str]] = {}
+    for msg in answered:
+        s = suggestion_codec.decode(msg.value())
+        assert fastavro.validate(s, schema, raise_errors=True)
+        assert s["event_id"] not in answers, "an event answered twice"
+        assert msg.key() == by_event[s["event_id"]]["user_id"].encode()
+        answers[s["event_id"]] = [p["product_id"] for p in s["products"]]
+    assert set(answers) == set(by_event) and len(answered) == len(valid)
+    for products in answers.values():
+        assert len(set(products)) == len(products) == 10
+        assert set(products) <= model_products | new_products
+    # New products reach the suggestions of events on other products (sessions, trending). Of
+    # users who never viewed one, only through trending: counted, not required (the ranker
+    # rarely puts a product without views in the training window into the top 10).
+    shown_new = {
+        eid
+        for eid, products in answers.items()
+        if set(products) & new_products - {by_event[eid]["product_id"]}
+    }
+    viewed_new: set[str] = set()
+    by_trending = 0
+    for event in valid:  # in event time order
+        if event["product_id"] in new_products:
+            viewed_new.add(event["user_id"])
+        elif event["user_id"] not in viewed_new:
+            by_trending += bool(set(answers[event["event_id"]]) & new_products)
+    assert shown_new
+
+    assert sorted(m.value() or b"" for m in dead) == sorted(v or b"" for _, v in malformed)
+    assert sorted(m.key() or b"" for m in dead) == sorted(k or b"" for k, _ in malformed)
+    assert committed_offsets(
+        kafka_bootstrap, group_of(topics), topics.events, topics.partitions
+    ) == end_offsets(kafka_bootstrap, topics.events, topics.partitions)
+    assert metric(metrics, "worker_cold_start_events_total") == cold
+    assert metric(metrics, "worker_new_products_total") == len(new_products)
+    assert metric(metrics, "worker_live_catalogue_products") == len(new_products)
+    assert metric(metrics, "worker_dead_letters_total") == len(malformed)
+    assert metric(metrics, "worker_suggestions_produced_total") == len(valid)
+    print(
+        f"events {len(records)}: valid {len(valid)}, cold starts {cold} "
+        f"({cold / len(valid):.1%}; {len(new_products)} new products), suggestions "
+        f"{len(answered)} ({len(shown_new)} showing a new product beyond the event's own, "
+        f"{by_trending} of them to users who never viewed one), "
+        f"dead letters {len(dead)} (malformed sent {len(malformed)})"
+    )
