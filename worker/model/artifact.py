@@ -3,8 +3,10 @@
 An artifact is a directory ``<models>/<version>/`` holding
 
 * ``model.txt``: the LightGBM booster (text format);
-* ``tables.npz``: the catalogue and its statistics from the training window (product ids,
-  categories, prices, popularity, co-visitation neighbours, per-category and global top lists);
+* ``tables.npz``: the catalogue and its statistics from the data the served model was fit on
+  (product ids, categories, prices, popularity, co-visitation neighbours, per-category and global
+  top lists);
+* ``.lleaves/``: the model compiled for a platform (``worker train`` and ``worker compile``);
 * ``metadata.json``: version, feature names, training window, evaluation metrics, settings.
 
 ``<models>/LATEST`` names the version to serve. Loading checks that the feature names the booster
