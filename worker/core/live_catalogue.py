@@ -23,7 +23,9 @@ Neutral values
     A product the model does not know gets exactly what training
     (``worker.apps.train.build_tables``) gives a catalogue product that had no views in the
     training window -- training sees such products (catalogue products nobody viewed in the
-    window), so the model has learnt what these values mean: ``log_pop`` 0; ``cart_rate``
+    window), so the model has learnt what these values mean (including that, in the window
+    they are counted in, such a product is never the one chosen, which keeps new products low
+    in its ranking unless the session speaks for them): ``log_pop`` 0; ``cart_rate``
     (0 + 0.1) / (0 + 10); ``global_rank`` log1p(number of viewed products), the first rank after
     every viewed product; ``category_rank`` log1p(number of viewed products of its category),
     the first rank after them (0 in the unknown category, which has none); no co-visitation
