@@ -650,15 +650,16 @@ TRENDING_HALF_LIFE_S = Setting(
     help="event time after which a product's live trending count has halved",
     check=positive,
 )
-TRENDING = Setting(
+TRENDING: Setting[bool | None] = Setting(
     "trending",
     "--trending",
     as_bool,
-    True,
+    None,
     env="WORKER_TRENDING",
     help="propose each event's category's and the shop's trending products (live counts of this "
     "worker) as candidates; --no-trending keeps to the model's lists, so an answer depends only "
-    "on the user's own events",
+    "on the user's own events. Unset: on at-least-once, off with --exactly-once, whose promise "
+    "is that a fault changes no answer (the counts are this worker's, rebuilt at start)",
 )
 
 # The accuracy monitor (`worker monitor`).
@@ -967,7 +968,7 @@ class WorkerSettings:
     state_changelog: bool = STATE_CHANGELOG.field()
     max_new_products: int = MAX_NEW_PRODUCTS.field()
     trending_half_life_s: float = TRENDING_HALF_LIFE_S.field()
-    trending: bool = TRENDING.field()
+    trending: bool | None = TRENDING.field()
 
     def __post_init__(self) -> None:
         """Check the values as the command line does, for objects built in code too.
@@ -976,6 +977,13 @@ class WorkerSettings:
             SettingError: a value, or the rule top_k <= n_candidates, is broken.
         """
         validate(self)
+
+    @property
+    def proposes_trending(self) -> bool:
+        """Whether trending products are candidates: as set, else on at-least-once and off in
+        exactly-once mode (the live counts are per worker and rebuilt at start, so after a fault
+        they would change answers that exactly-once promises to keep identical)."""
+        return self.trending if self.trending is not None else not self.exactly_once
 
 
 @dataclass(frozen=True)

@@ -965,3 +965,18 @@ def test_bad_log_setting_is_one_line(
         "worker topics: error: --log-format / WORKER_LOG_FORMAT: 'xml' is not one of auto, json, "
         "console"
     ]
+
+
+@pytest.mark.parametrize(
+    ("exactly_once", "trending", "proposes"),
+    [(False, None, True), (True, None, False), (True, True, True), (False, False, False)],
+)
+def test_trending_is_off_by_default_only_in_exactly_once_mode(
+    exactly_once: bool, trending: bool | None, proposes: bool
+) -> None:
+    """Exactly-once promises that a fault changes no answer; the trending counts are per worker
+    and rebuilt at start, so they are proposed there only when asked for."""
+    settings = WorkerSettings(
+        kafka=KafkaSettings(), topics=TopicSettings(), exactly_once=exactly_once, trending=trending
+    )
+    assert settings.proposes_trending is proposes

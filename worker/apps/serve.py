@@ -162,7 +162,7 @@ class Worker:
             top_k=settings.top_k,
             max_new_products=settings.max_new_products,
             trending_half_life_s=settings.trending_half_life_s,
-            trending=settings.trending,
+            trending=settings.proposes_trending,
         )
         # The serving catalogue: the model's, plus the products it does not know (cold starts).
         self.live = self.recommender.live
