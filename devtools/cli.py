@@ -16,9 +16,8 @@ from typing import Any
 
 from devtools import ready
 from devtools.bench import runner
-from worker.cli import EXIT_INFRASTRUCTURE, SettingsParser
+from worker.cli import SettingsParser, run_command
 from worker.config import BOOTSTRAP_SERVERS, LOGGING_SETTINGS, MODELS_DIR, Setting, as_path
-from worker.core.errors import InfrastructureError, WorkerError
 
 #: The chaos harness's cluster: the product's declaration, but unset means "start our own".
 CHAOS_BOOTSTRAP_SERVERS: Setting[str | None] = replace(
@@ -98,18 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         from devtools import localkafka
 
         return localkafka.main(argv[1:])
-    args = build_parser().parse_args(argv)
-    from worker.ops.logging import configure_logging
-
-    log = configure_logging(level=args.log_level, fmt=args.log_format, component=args.command)
-    try:
-        return COMMANDS[args.command](args, log)
-    except InfrastructureError as exc:
-        log.error("fatal", error_class=type(exc).__name__, error=str(exc))
-        return EXIT_INFRASTRUCTURE
-    except WorkerError as exc:
-        log.error("failed", error_class=type(exc).__name__, error=str(exc))
-        return 1
+    return run_command(build_parser().parse_args(argv), COMMANDS)
 
 
 def cmd_chaos(args: argparse.Namespace, log: Any) -> int:

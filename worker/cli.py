@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,8 @@ if TYPE_CHECKING:  # the apps are imported by the command that runs, not to pars
     from worker.apps.train import TrainSettings
 
 EXIT_INFRASTRUCTURE = 2
+#: A subcommand: parsed arguments and a bound logger in, exit code out.
+Command = Callable[[argparse.Namespace, Any], int]
 #: Exit code of a bad setting or argument (argparse's own).
 EXIT_USAGE = 2
 
@@ -251,12 +253,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("run", "monitor"):
         _exit_cleanly_on_sigterm_while_starting()  # as early as possible, before parsing
-    args = build_parser().parse_args(argv)
+    return run_command(build_parser().parse_args(argv), COMMANDS)
+
+
+def run_command(args: argparse.Namespace, commands: Mapping[str, Command]) -> int:
+    """Configure logging from the parsed settings and run the chosen command; its exit code.
+
+    An infrastructure error (broker, model, configuration) is one ``fatal`` log line and exit
+    code 2; any other project error one ``failed`` line and exit code 1.
+    """
     from worker.ops.logging import configure_logging
 
     log = configure_logging(level=args.log_level, fmt=args.log_format, component=args.command)
     try:
-        return COMMANDS[args.command](args, log)
+        return commands[args.command](args, log)
     except InfrastructureError as exc:
         log.error("fatal", error_class=type(exc).__name__, error=str(exc))
         return EXIT_INFRASTRUCTURE

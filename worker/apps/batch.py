@@ -39,7 +39,7 @@ from worker.core.records import to_browsing_event
 from worker.core.session import SessionStore
 from worker.kafka.admin import DLQ_MAX_MESSAGE_BYTES
 from worker.kafka.changelog import changelog_records
-from worker.kafka.dead_letter import dead_letter
+from worker.kafka.dead_letter import dead_letter_of
 from worker.kafka.resend import Output
 from worker.wire.codec import AvroCodec
 from worker.wire.suggestion_writer import SuggestionWriter
@@ -218,17 +218,7 @@ class BatchStep:
         return entries, rejections, next_offsets, cold
 
     def _reject(self, error: DataError, msg: Any) -> Rejection:
-        letter = dead_letter(
-            error=error,
-            topic=msg.topic(),
-            partition=msg.partition(),
-            offset=msg.offset(),
-            timestamp_ms=msg.timestamp()[1],
-            key=msg.key(),
-            value=msg.value(),
-            original_headers=msg.headers(),
-            max_value_bytes=DEAD_LETTER_MAX_VALUE_BYTES,
-        )
+        letter = dead_letter_of(error, msg, DEAD_LETTER_MAX_VALUE_BYTES)
         return Rejection(
             Output(self._dead_letters, letter.key, letter.value, letter.headers),
             type(error).__name__,

@@ -30,7 +30,7 @@ from worker.core.records import to_purchase, validate_key
 from worker.kafka.admin import DLQ_MAX_MESSAGE_BYTES
 from worker.kafka.checkpoint import Checkpoint
 from worker.kafka.clients import assign_at, committed_offsets, make_consumer, make_producer
-from worker.kafka.dead_letter import dead_letter
+from worker.kafka.dead_letter import dead_letter_of
 from worker.kafka.watches import FetchWatch
 from worker.model.artifact import read_metadata
 from worker.ops.health import Health, serve_http
@@ -202,19 +202,7 @@ class Monitor:
                 self._replay.setdefault(tp, deque()).append((event_time, msg.offset()))
             except DataError as exc:
                 self.metrics.dead_letters.labels(error_class=type(exc).__name__).inc()
-                dead.append(
-                    dead_letter(
-                        error=exc,
-                        topic=msg.topic(),
-                        partition=msg.partition(),
-                        offset=msg.offset(),
-                        timestamp_ms=msg.timestamp()[1],
-                        key=msg.key(),
-                        value=msg.value(),
-                        original_headers=msg.headers(),
-                        max_value_bytes=DLQ_MAX_MESSAGE_BYTES - 64 * 1024,
-                    )
-                )
+                dead.append(dead_letter_of(exc, msg, DLQ_MAX_MESSAGE_BYTES - 64 * 1024))
         for d in dead:
             # The dead-letter topic of the topic the record came from.
             source = dict(d.headers)["dlq.source.topic"].decode()

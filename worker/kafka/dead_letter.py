@@ -17,6 +17,7 @@ The original record's own headers are kept after these.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 MAX_MESSAGE_CHARS = 1000
 
@@ -26,6 +27,22 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+
+
+def dead_letter_of(error: Exception, record: Any, max_value_bytes: int) -> DeadLetter:
+    """The dead-letter record of a consumed record (confluent_kafka's ``Message`` or any object
+    with its accessors) that cannot be answered."""
+    return dead_letter(
+        error=error,
+        topic=record.topic(),
+        partition=record.partition(),
+        offset=record.offset(),
+        timestamp_ms=record.timestamp()[1],
+        key=record.key(),
+        value=record.value(),
+        original_headers=record.headers(),
+        max_value_bytes=max_value_bytes,
+    )
 
 
 def dead_letter(
