@@ -370,7 +370,10 @@ class TransactionalCheckpoint(Checkpoint):
             self._abort_or_replace(str(exc))
             raise TransactionAbandonedError(f"transaction aborted: {exc}") from exc
         except DeliveryError as exc:
-            self._abort_or_replace(str(exc))
+            # Outputs of this transaction failed (typically timed out after a broker restart):
+            # the producer that could not deliver them is not trusted with the retry. A fresh one
+            # with the same transactional.id fences it and aborts its transaction at once.
+            self._replace_producer(str(exc))
             raise TransactionAbandonedError(f"transaction aborted: {exc}") from exc
         finally:
             self._open = False
