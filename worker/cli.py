@@ -1,7 +1,8 @@
 """``worker`` command line: one settings object per command, CLI flag > environment > default.
 
-Subcommands: ``topics``, ``simulate``, ``train``, ``run`` (the worker), ``monitor``, ``compile``
-(the served model compiled with lleaves into its artifact's cache, for workers of this platform).
+Subcommands: ``topics``, ``simulate``, ``train``, ``dataset import`` (real clickstream files as a
+dataset), ``run`` (the worker), ``monitor``, ``compile`` (the served model compiled with lleaves
+into its artifact's cache, for workers of this platform).
 The development tooling (local broker, chaos harness, benchmark, demo) is ``worker-dev``
 (:mod:`devtools.cli`), which production does not install.
 
@@ -226,6 +227,8 @@ def build_parser() -> SettingsParser:
     _models_arg(p)
     p.add_settings(*TRAIN_SETTINGS)
 
+    _add_dataset_parser(sub)
+
     p = sub.add_parser("run", help="the streaming inference worker")
     _add_kafka_args(p)
     _models_arg(p)
@@ -247,6 +250,57 @@ def build_parser() -> SettingsParser:
     for command in sub.choices.values():
         command.add_settings(*LOGGING_SETTINGS)
     return parser
+
+
+def _add_dataset_parser(sub: Any) -> None:
+    """``worker dataset import``: real clickstream files into a dataset directory."""
+    p = sub.add_parser(
+        "dataset",
+        help="import real clickstream files (DIGINETICA, RetailRocket, CSV) as a dataset",
+        description="worker dataset import --format FORMAT --out DIR INPUT...: map a real "
+        "clickstream to a dataset directory for `worker train --dataset`. Input kinds are told "
+        "apart by their header. Parquet input would need pyarrow, which is not installed: "
+        "convert Parquet to CSV first.",
+    )
+    p.add_argument("action", choices=["import"], help="import INPUT files into --out")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=["diginetica", "retailrocket", "csv"],
+        help="input layout (README, section Importing real clickstreams)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="dataset directory to write")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="input files")
+    p.add_argument(
+        "--session-gap-min",
+        type=float,
+        default=None,
+        help="retailrocket, csv without --session-col: a new session after more than this many "
+        "minutes of a user's inactivity (default 30)",
+    )
+    g = p.add_argument_group("csv format (a JSON --mapping file may hold the same names)")
+    g.add_argument("--mapping", type=Path, help="JSON object of the options below (flags win)")
+    for name, text in (
+        ("time-col", "event time column"),
+        ("time-format", "epoch_ms (default), epoch_s, iso8601 or a strptime pattern"),
+        ("type-col", "event type column (absent: every row is a view)"),
+        ("view-values", "comma-separated type values of views (default view)"),
+        ("cart-values", "... of add-to-cart (default addtocart,add_to_cart,cart)"),
+        (
+            "remove-values",
+            "... of remove-from-cart (default removefromcart,remove_from_cart,remove)",
+        ),
+        ("purchase-values", "... of purchases (default purchase,transaction)"),
+        ("product-col", "product id column"),
+        ("category-col", "category column (optional)"),
+        ("price-col", "price column (optional)"),
+        ("user-col", "user id column (NA/empty: anonymous, the session stands for the user)"),
+        ("session-col", "session id column (optional; else sessions are cut by inactivity)"),
+        ("order-col", "order id column of purchases (optional; else <user>/<session>/<time>)"),
+        ("quantity-col", "quantity column of purchases (optional; else 1)"),
+        ("delimiter", "field delimiter (default ,)"),
+    ):
+        g.add_argument(f"--{name}", default=None, help=text.replace("%", "%%"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,6 +388,31 @@ def cmd_train(args: argparse.Namespace, log: Any) -> int:
         path=str(path),
         seconds=metadata["training_seconds"],
     )
+    return 0
+
+
+def cmd_dataset(args: argparse.Namespace, log: Any) -> int:
+    """``worker dataset import``: write the dataset, print a one-paragraph summary."""
+    from worker.apps import importers
+
+    gap_min = 30.0 if args.session_gap_min is None else args.session_gap_min
+    mapping = None
+    if args.format == "csv":
+        mapping = importers.CsvMapping.build(args.mapping, vars(args))
+        gap_min = mapping.session_gap_min
+    elif args.mapping is not None:
+        raise importers.ImportInputError("--mapping is for --format csv only")
+    if not gap_min > 0:
+        raise importers.ImportInputError(f"--session-gap-min {gap_min:g}: not positive")
+    result = importers.import_dataset(
+        args.format,
+        args.inputs,
+        args.out,
+        session_gap_ms=round(gap_min * 60_000),
+        mapping=mapping,
+    )
+    print(importers.format_summary(result))
+    log.info("dataset_imported", out=str(args.out), format=args.format)
     return 0
 
 
@@ -449,6 +528,7 @@ COMMANDS = {
     "topics": cmd_topics,
     "simulate": cmd_simulate,
     "train": cmd_train,
+    "dataset": cmd_dataset,
     "run": cmd_run,
     "monitor": cmd_monitor,
     "compile": cmd_compile,
