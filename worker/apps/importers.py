@@ -13,8 +13,9 @@ Common rules:
   ``empty_user``, ``empty_product``, ``empty_session``, ``unknown_event_type``, ...); the counts
   go to ``dataset.json`` (``skipped``) and the printed summary, nothing is dropped silently;
 * the values ``""``, ``NA``, ``N/A``, ``null``, ``None``, ``NaN`` (any case) are missing;
-  a missing user with a known session is an anonymous visitor: the session id stands for the
-  user (and a session whose rows mix a missing and a known user takes the known one);
+  a missing user with a known session is an anonymous visitor: the row takes the user of the
+  session's earliest row (time, input row) with a known user, else the session id stands for
+  the user;
 * without a session column, sessions are cut per user at more than ``session_gap_ms`` (30
   minutes) of inactivity: ``session_id`` = ``"<user>-<n>"``, n = 1, 2, ... in time order;
 * the catalogue is every product of an accepted row, sorted by id: its latest known category
@@ -163,7 +164,8 @@ class _Rows:
         self.price = array("d")  # NaN: unknown
         self.order = array("i")  # _NONE: generated (purchases) or not a purchase
         self.quantity = array("i")
-        self.known_user: dict[int, int] = {}  # session -> first known user of its rows
+        #: session -> (time, row, user) of its earliest row with a known user
+        self.known_user: dict[int, tuple[int, int, int]] = {}
 
     def intern(self, text: str | None) -> int:
         if text is None:
@@ -190,7 +192,9 @@ class _Rows:
     ) -> None:
         user_i, session_i = self.intern(user), self.intern(session)
         if user_i != _NONE and session_i != _NONE:
-            self.known_user.setdefault(session_i, user_i)
+            known = self.known_user.get(session_i)
+            if known is None or (time_ms, row) < known[:2]:
+                self.known_user[session_i] = (time_ms, row, user_i)
         self.row.append(row)
         self.time.append(time_ms)
         self.kind.append(kind)
@@ -223,6 +227,9 @@ class _Parsed:
     #: product -> price (DIGINETICA's products.csv); the rows' own prices otherwise.
     product_price: dict[str, float] | None = None
     session_gap_ms: int = DEFAULT_SESSION_GAP_MS
+    #: every row of a session takes the session's earliest known user (DIGINETICA); otherwise
+    #: only the rows without a user do
+    one_user_per_session: bool = False
     inputs: list[dict[str, Any]] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
@@ -339,7 +346,17 @@ _DG_KINDS = {
 def _diginetica(paths: Sequence[Path]) -> _Parsed:
     """DIGINETICA: the sample (``sample_sessions_views_plus_purchases.csv``, read by
     :func:`dataset.load_diginetica`) or the original ``train-item-views.csv`` +
-    ``train-purchases.csv``; with ``product-categories.csv`` and optionally ``products.csv``."""
+    ``train-purchases.csv``; with ``product-categories.csv`` and optionally ``products.csv``.
+
+    Files are recognised by their header columns (``;`` or ``,`` separated). The original files
+    map as the sample does: ``event_time`` = midnight UTC of ``eventdate`` + ``timeframe`` ms,
+    ``session_id`` = ``"s<sessionId>"``, ``user_id`` = ``"u<userId>"``; one user per session:
+    every row of a session takes the user of its earliest row with a known user (a few sessions
+    name two), a session without one is its own user (``"s<sessionId>"``); views are ``VIEW``
+    events ``"dg-<row>"`` (row of the views file), purchases lines of quantity 1 with
+    ``order_id`` = ``ordernumber``; ``products.csv`` gives the catalogue price ``2 ** pricelog2``
+    (records keep price null: a binned list price is not the price paid or shown).
+    """
     found = _classify(paths, _DG_KINDS, "DIGINETICA")
     if len(found["categories"]) != 1:
         raise ImportInputError(
@@ -357,7 +374,7 @@ def _diginetica(paths: Sequence[Path]) -> _Parsed:
             "train-item-views.csv / train-purchases.csv)"
         )
     categories_csv, categories_delimiter = found["categories"][0]
-    parsed = _Parsed(_Rows(), "dg")
+    parsed = _Parsed(_Rows(), "dg", one_user_per_session=True)
     parsed.product_category = {}
     for _, (item, category) in _read_rows(
         categories_csv, categories_delimiter, ("itemId", "categoryId")
@@ -773,8 +790,12 @@ def _records(parsed: _Parsed, order: np.ndarray) -> Iterator[tuple[str, dict]]:
             session = cutter.session(user, t)
         else:
             session = strings[session_i]
-            if user_i == _NONE:
-                user_i = rows.known_user.get(session_i, session_i)
+            if user_i == _NONE or parsed.one_user_per_session:
+                known = rows.known_user.get(session_i)
+                if known is not None:
+                    user_i = known[2]
+                elif user_i == _NONE:
+                    user_i = session_i
             user = strings[user_i]
         product = strings[rows.product[i]]
         price = rows.price[i]

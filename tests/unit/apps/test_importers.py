@@ -196,6 +196,7 @@ def test_diginetica_original_files(tmp_path: Path) -> None:
             "2;7;10;0;2016-05-10",  # row 2
             "3;NA;12;x;2016-05-10",  # row 3: unparseable time
             "4;NA;12;20;2016-05-10",  # row 4: anonymous: the session is the user
+            "2;8;11;50;2016-05-10",  # row 5: a second user in session 2: the earliest one wins
         ],
     )
     purchases = _write(
@@ -222,6 +223,7 @@ def test_diginetica_original_files(tmp_path: Path) -> None:
         _event("dg-0", "u5", "s1", "VIEW", "10", d1 + 1000, "100"),
         _event("dg-2", "u7", "s2", "VIEW", "10", d2, "100"),
         _event("dg-4", "s4", "s4", "VIEW", "12", d2 + 20),
+        _event("dg-5", "u7", "s2", "VIEW", "11", d2 + 50, "101"),
     ]
     assert list(iter_purchases(out)) == [
         _purchase("900", "u5", "s1", "13", d1 + 2000),
@@ -230,15 +232,15 @@ def test_diginetica_original_files(tmp_path: Path) -> None:
     assert _same(
         _catalogue(out),
         [
-            ("10", "100", 8.0, 0.5),  # price 2 ** pricelog2
-            ("11", "101", math.nan, 0.25),
-            ("12", "", math.nan, 0.25),
+            ("10", "100", 8.0, 0.4),  # price 2 ** pricelog2
+            ("11", "101", math.nan, 0.4),
+            ("12", "", math.nan, 0.2),
             ("13", "103", math.nan, 0.0),
         ],
     )
     meta = _meta(out)
     assert meta["skipped"] == {"views:unparseable_time": 1}
-    assert meta["n_views"] == 4 and meta["n_purchases"] == 2
+    assert meta["n_views"] == 5 and meta["n_purchases"] == 2
     roles = {i["file"]: i["role"] for i in meta["inputs"]}
     assert roles == {
         "train-item-views.csv": "views",
@@ -493,6 +495,24 @@ def test_cli_imports_the_diginetica_sample(
     assert len(catalogue) == len({e["product_id"] for e in events + purchases})
     assert np.isnan(catalogue.prices).all()
     assert catalogue.popularity.sum() == pytest.approx(1.0)
+
+
+def test_original_diginetica_views_are_the_samples(tmp_path: Path) -> None:
+    """``sample_train-item-views.csv`` and ``train-purchases.csv`` (the original layout) give the
+    sample's views: the same sessions, users (some known from purchases only), products,
+    categories and times."""
+    views = DIGINETICA / "sample_train-item-views.csv"
+    if not views.is_file():
+        pytest.skip(f"DIGINETICA sample not found under {DIGINETICA}")
+    categories = DIGINETICA / "product-categories.csv"
+    purchases = DIGINETICA / "train-purchases.csv"
+    import_dataset("diginetica", [views, purchases, categories], tmp_path / "dg")
+    sample, _ = load_diginetica(DIGINETICA / "sample_sessions_views_plus_purchases.csv", categories)
+
+    def key(e: dict) -> tuple:
+        return tuple(sorted((k, v) for k, v in e.items() if k != "event_id"))
+
+    assert sorted(map(key, iter_events(tmp_path / "dg"))) == sorted(map(key, sample))
 
 
 # -- session cutting -------------------------------------------------------------------------------
