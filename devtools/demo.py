@@ -449,6 +449,10 @@ def _print_summary(
         rows += [
             (f"hit rate@{k} model", _pct(report["cumulative_hit_rate_at_k"])),
             (f"hit rate@{k} popularity", _pct(report["cumulative_baseline_hit_rate_at_k"])),
+            (f"hit rate@{k} recency+category", _pct(report["cumulative_heuristic_hit_rate_at_k"])),
+            (f"discovery hit rate@{k} model", _pct(report["cumulative_discovery_hit_rate_at_k"])),
+            ("purchase coverage", _pct(report["cumulative_purchase_coverage"])),
+            ("event coverage", _pct(report["cumulative_event_coverage"])),
             (
                 "attributed purchase lines",
                 f"{report['cumulative_attributed']:,} in {len(progress.reports)} windows",

@@ -716,6 +716,16 @@ ALLOWED_LATENESS_S = Setting(
     help="how late a record may arrive and still count in its window",
     check=non_negative,
 )
+SESSION_LOOKBACK_S = Setting(
+    "session_lookback_s",
+    "--session-lookback-s",
+    as_float,
+    3600.0,
+    env="WORKER_MONITOR_SESSION_LOOKBACK_S",
+    help="how far back from a suggestion the monitor looks at its session's browsing events"
+    " (discovery and the recency heuristic; bounds the events it keeps per user)",
+    check=non_negative,
+)
 MONITOR_METRICS_PORT = Setting(
     "metrics_port",
     "--metrics-port",
@@ -999,6 +1009,7 @@ class MonitorSettings:
     window_s: float = MONITOR_WINDOW_S.field()
     idle_partition_grace_s: float = IDLE_PARTITION_GRACE_S.field()
     allowed_lateness_s: float = ALLOWED_LATENESS_S.field()
+    session_lookback_s: float = SESSION_LOOKBACK_S.field()
     metrics_port: int = MONITOR_METRICS_PORT.field()
     schema_registry_url: str | None = SCHEMA_REGISTRY_URL.field()
     exit_at_end: bool = EXIT_AT_END.field()

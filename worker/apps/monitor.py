@@ -1,15 +1,19 @@
-"""The monitor loop (``worker monitor``): join suggestions with later purchases and report rolling
-accuracy per event-time window to the accuracy topic, the logs and ``/metrics``.
+"""The monitor loop (``worker monitor``): join suggestions with later purchases (and the browsing
+events before them) and report rolling accuracy per event-time window to the accuracy topic, the
+logs and ``/metrics``.
 
-Suggestions and purchases are keyed by ``user_id`` and have the same partition count, so with the
-range assignor partition ``p`` of both topics goes to the same monitor instance and every user's
-suggestions and purchases meet in one process. The metric definitions are in
+Browsing events, suggestions and purchases are keyed by ``user_id`` and have the same partition
+count, so with the range assignor partition ``p`` of the three topics goes to the same monitor
+instance and every user's events, suggestions and purchases meet in one process (an assignment
+where they do not line up is logged as ``partitions_not_aligned``). The metric definitions are in
 :mod:`worker.core.accuracy`.
 
 Watermarks: a partition's watermark is the newest event time read from it; a partition that is
 caught up (end of partition) counts as caught up to ``now - idle_partition_grace_s``. A purchase
-is evaluated once the suggestion watermark of its partition reaches its time plus the allowed
-lateness; a window closes once every purchase partition's watermark has passed its end.
+is evaluated once the suggestion and event watermarks of its partition reach its time plus the
+allowed lateness; a window closes once every purchase, suggestion and event partition's watermark
+has passed its end plus the allowed lateness (suggestions are written after their events, so an
+event's answer is waited for).
 """
 
 from __future__ import annotations
@@ -19,23 +23,32 @@ import signal
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from confluent_kafka import KafkaError, TopicPartition
 
 from worker.config import MonitorSettings
-from worker.core.accuracy import AccuracyTracker, PurchaseLine, ShownSuggestion, WindowReport
-from worker.core.errors import BrokerError, DataError
-from worker.core.records import to_purchase, validate_key
+from worker.core.accuracy import (
+    LIVE_FIELDS,
+    AccuracyTracker,
+    PurchaseLine,
+    SessionEvent,
+    ShownSuggestion,
+    WindowReport,
+)
+from worker.core.errors import BrokerError, DataError, ModelLoadError
+from worker.core.records import to_browsing_event, to_purchase, validate_key
 from worker.kafka.admin import DLQ_MAX_MESSAGE_BYTES
 from worker.kafka.checkpoint import Checkpoint
 from worker.kafka.clients import assign_at, committed_offsets, make_consumer, make_producer
 from worker.kafka.dead_letter import dead_letter_of
 from worker.kafka.watches import FetchWatch
-from worker.model.artifact import read_metadata
+from worker.model.artifact import read_metadata, resolve_artifact_dir
 from worker.ops.health import Health, serve_http
 from worker.ops.metrics import MonitorMetrics
-from worker.wire.codec import codec_for
+from worker.wire.codec import SCHEMA_FILES, AvroCodec, SchemaRegistry, codec_for, load_schema
 from worker.wire.registry import HttpSchemaRegistry
 
 NEVER = -(1 << 62)
@@ -46,17 +59,76 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def report_codec(registry: SchemaRegistry | None, topic: str) -> AvroCodec:
+    """The accuracy report's codec, which also reads reports written before the live figures
+    were added (single-object encoding names its writer schema by fingerprint only): that
+    version is today's schema without :data:`~worker.core.accuracy.LIVE_FIELDS`."""
+    schema = load_schema("AccuracyReport")
+    before_live = {
+        **schema,
+        "fields": [f for f in schema["fields"] if f["name"] not in LIVE_FIELDS],
+    }
+    return AvroCodec(
+        schema,
+        registry=registry,
+        subject=f"{topic}-value",
+        extra_writer_schemas=(before_live,),
+        known_foreign_schemas=tuple(
+            load_schema(other) for other in SCHEMA_FILES if other != "AccuracyReport"
+        ),
+    )
+
+
+def read_category_tables(artifact_dir: Path, k: int) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The served model's most viewed products per category (the first ``k``) and each
+    product's category, read from its ``tables.npz`` (only these arrays: numpy loads the members
+    of an ``.npz`` one by one, so the co-visitation tables are not read).
+
+    Raises:
+        ModelLoadError: the tables are missing or unreadable.
+    """
+    try:
+        with np.load(artifact_dir / "tables.npz", allow_pickle=False) as data:
+            product_ids = data["product_ids"]
+            category_ids = data["category_ids"].tolist()
+            category = data["category"]
+            category_top = data["category_top"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"unreadable tables in {artifact_dir}: {exc}") from exc
+    names = [str(c) for c in category_ids]
+    tops = {
+        names[c]: [str(product_ids[i]) for i in row if i >= 0]
+        for c, row in enumerate(category_top[:, :k].tolist())
+    }
+    product_category = {
+        str(p): names[c] for p, c in zip(product_ids.tolist(), category.tolist(), strict=True)
+    }
+    return tops, product_category
+
+
 class Monitor:
     def __init__(self, settings: MonitorSettings, log: Any) -> None:
         self.settings = settings
         self.log = log
-        metadata = read_metadata(settings.models_dir)
+        artifact_dir = resolve_artifact_dir(settings.models_dir)
+        metadata = read_metadata(artifact_dir)
         self.baseline = list(metadata.get("popular_top", []))[: settings.k]
+        # The heuristic's category tops: in the tables, not in the metadata. Without them it
+        # ranks recency then global popularity.
+        try:
+            self.category_top, self._product_category = read_category_tables(
+                artifact_dir, settings.k
+            )
+        except ModelLoadError as exc:
+            log.warning("category_tops_unavailable", error=str(exc))
+            self.category_top, self._product_category = {}, {}
         self.tracker = AccuracyTracker(
             k=settings.k,
             attribution_window_ms=int(settings.attribution_window_s * 1000),
             window_ms=int(settings.window_s * 1000),
             baseline=self.baseline,
+            category_top=self.category_top,
+            session_lookback_ms=int(settings.session_lookback_s * 1000),
         )
         registry = (
             HttpSchemaRegistry(settings.schema_registry_url)
@@ -70,7 +142,8 @@ class Monitor:
         self.purchase_codec = codec_for(
             "PurchaseOutcome", registry=registry, topic=topics.purchases
         )
-        self.report_codec = codec_for("AccuracyReport", registry=registry, topic=topics.accuracy)
+        self.event_codec = codec_for("BrowsingEvent", registry=registry, topic=topics.events)
+        self.report_codec = report_codec(registry, topics.accuracy)
         self.metrics = MonitorMetrics()
         self.health = Health()
         self.health.model_loaded = True  # the baseline list is loaded
@@ -134,18 +207,21 @@ class Monitor:
         topics = self.settings.topics
         self._resume_from_last_report()
         self.consumer.subscribe(
-            [topics.suggestions, topics.purchases],
+            [topics.events, topics.suggestions, topics.purchases],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
         )
         self.log.info(
             "monitor_started",
+            events=topics.events,
             suggestions=topics.suggestions,
             purchases=topics.purchases,
             k=self.settings.k,
             attribution_window_s=self.settings.attribution_window_s,
             window_s=self.settings.window_s,
             baseline_size=len(self.baseline),
+            categories_with_tops=len(self.category_top),
+            session_lookback_s=self.settings.session_lookback_s,
         )
         last_prune = time.monotonic()
         try:
@@ -197,10 +273,17 @@ class Monitor:
             try:
                 if msg.topic() == topics.suggestions:
                     event_time = self._add_suggestion(msg)
+                elif msg.topic() == topics.events:
+                    event_time = self._add_event(msg, clock)
                 else:
                     event_time = self._add_purchase(msg, clock)
                 self._replay.setdefault(tp, deque()).append((event_time, msg.offset()))
             except DataError as exc:
+                if msg.topic() == topics.events:
+                    # The worker dead-letters invalid events and never answers them: not counted,
+                    # and not dead-lettered a second time.
+                    self.metrics.invalid_events.inc()
+                    continue
                 self.metrics.dead_letters.labels(error_class=type(exc).__name__).inc()
                 dead.append(dead_letter_of(exc, msg, DLQ_MAX_MESSAGE_BYTES - 64 * 1024))
         for d in dead:
@@ -221,6 +304,8 @@ class Monitor:
             products=tuple(
                 p["product_id"] for p in sorted(record["products"], key=lambda p: p["rank"])
             ),
+            session_id=record["session_id"],
+            event_id=record["event_id"],
         )
         self.metrics.suggestions_in.inc()
         if not self.tracker.add_suggestion(record["user_id"], shown):
@@ -228,6 +313,21 @@ class Monitor:
         tp = (msg.topic(), msg.partition())
         self._marks[tp] = max(self._marks.get(tp, NEVER), shown.event_time_ms)
         return shown.event_time_ms
+
+    def _add_event(self, msg: Any, clock: int) -> int:
+        event = to_browsing_event(self.event_codec.decode(msg.value()), msg.key(), clock)
+        self.metrics.events_in.inc()
+        # The category the worker ranks with: the model's for a product it knows, else the
+        # event's own.
+        category = self._product_category.get(event.product_id, event.category_id)
+        kept = SessionEvent(
+            event.event_time_ms, event.event_id, event.product_id, category, event.session_id
+        )
+        if not self.tracker.add_event(event.user_id, kept):
+            self.metrics.late_events.inc()
+        tp = (msg.topic(), msg.partition())
+        self._marks[tp] = max(self._marks.get(tp, NEVER), event.event_time_ms)
+        return event.event_time_ms
 
     def _add_purchase(self, msg: Any, clock: int) -> int:
         purchase = to_purchase(self.purchase_codec.decode(msg.value()), msg.key(), clock)
@@ -259,13 +359,24 @@ class Monitor:
             for t, p in assigned
             if t == topics.suggestions
         }
-        self.tracker.evaluate_ready(suggestion_marks)
-        purchase_marks = [
-            self._watermark(tp, clock) for tp in assigned if tp[0] == topics.purchases
-        ]
-        reports = (
-            self.tracker.close_windows(min(purchase_marks) - lateness) if purchase_marks else []
+        event_marks = {
+            p: self._watermark((t, p), clock) - lateness for t, p in assigned if t == topics.events
+        }
+        # A line waits for the suggestions and the events of its partition (an events partition
+        # not assigned here, after a misaligned assignment, is not waited for).
+        self.tracker.evaluate_ready(
+            {p: min(m, event_marks.get(p, m)) for p, m in suggestion_marks.items()}
         )
+        purchase_marks = [
+            self._watermark(tp, clock) - lateness for tp in assigned if tp[0] == topics.purchases
+        ]
+        # Events and their answers are counted in their window too: it closes once every
+        # partition of the three topics has passed its end.
+        limit = min(
+            purchase_marks + list(suggestion_marks.values()) + list(event_marks.values()),
+            default=NEVER,
+        )
+        reports = self.tracker.close_windows(limit) if purchase_marks else []
         self._emit(reports, next_offsets)
         self.metrics.pending.set(self.tracker.pending)
 
@@ -297,6 +408,7 @@ class Monitor:
         lateness = int(self.settings.allowed_lateness_s * 1000)
         horizons = {
             self.settings.topics.suggestions: self.tracker.suggestions_needed_from_ms() - lateness,
+            self.settings.topics.events: self.tracker.events_needed_from_ms() - lateness,
             self.settings.topics.purchases: self.tracker.closed_before_ms,
         }
         out = {}
@@ -329,6 +441,7 @@ class Monitor:
                     continue
                 last = self.report_codec.decode(msg.value())
                 attributed = last["cumulative_attributed"]
+                # A report written before the live figures reads them as 0 (schema defaults).
                 self.tracker.resume(
                     closed_before_ms=last["window_end"],
                     attributed=attributed,
@@ -336,6 +449,12 @@ class Monitor:
                     baseline_hits=round(
                         (last["cumulative_baseline_hit_rate_at_k"] or 0.0) * attributed
                     ),
+                    purchases=last["cumulative_purchases"],
+                    discovery_lines=last["cumulative_discovery_lines"],
+                    discovery_hits=last["cumulative_discovery_hits"],
+                    heuristic_hits=last["cumulative_heuristic_hits"],
+                    events=last["cumulative_events"],
+                    events_answered=last["cumulative_events_answered"],
                 )
                 self.log.info(
                     "monitor_resumed",
@@ -357,6 +476,18 @@ class Monitor:
             m.precision.set(r.precision_at_k)
         if r.cumulative_hit_rate_at_k is not None:
             m.cumulative_hit_rate.set(r.cumulative_hit_rate_at_k)
+        for gauge, value in (
+            (m.discovery_hit_rate, r.discovery_hit_rate_at_k),
+            (m.heuristic_hit_rate, r.heuristic_hit_rate_at_k),
+            (m.purchase_coverage, r.purchase_coverage),
+            (m.event_coverage, r.event_coverage),
+            (m.cumulative_discovery_hit_rate, r.cumulative_discovery_hit_rate_at_k),
+            (m.cumulative_heuristic_hit_rate, r.cumulative_heuristic_hit_rate_at_k),
+            (m.cumulative_purchase_coverage, r.cumulative_purchase_coverage),
+            (m.cumulative_event_coverage, r.cumulative_event_coverage),
+        ):
+            if value is not None:
+                gauge.set(value)
         self.log.info(
             "accuracy_window",
             window_start=r.window_start_ms,
@@ -370,6 +501,19 @@ class Monitor:
             mrr_at_k=r.mrr_at_k,
             baseline_hit_rate_at_k=r.baseline_hit_rate_at_k,
             cumulative_hit_rate_at_k=r.cumulative_hit_rate_at_k,
+            purchase_coverage=r.purchase_coverage,
+            discovery_lines=r.discovery_lines,
+            discovery_hits=r.discovery_hits,
+            discovery_hit_rate_at_k=r.discovery_hit_rate_at_k,
+            heuristic_hits=r.heuristic_hits,
+            heuristic_hit_rate_at_k=r.heuristic_hit_rate_at_k,
+            events=r.events,
+            events_answered=r.events_answered,
+            event_coverage=r.event_coverage,
+            cumulative_purchase_coverage=r.cumulative_purchase_coverage,
+            cumulative_discovery_hit_rate_at_k=r.cumulative_discovery_hit_rate_at_k,
+            cumulative_heuristic_hit_rate_at_k=r.cumulative_heuristic_hit_rate_at_k,
+            cumulative_event_coverage=r.cumulative_event_coverage,
             model_versions=list(r.model_versions),
         )
 
@@ -393,6 +537,20 @@ class Monitor:
         self.log.info(
             "partitions_assigned", partitions=[f"{p.topic}/{p.partition}" for p in partitions]
         )
+        topics = self.settings.topics
+        events, suggestions, purchases = (
+            sorted(p for t, p in self._at_end if t == topic)
+            for topic in (topics.events, topics.suggestions, topics.purchases)
+        )
+        if not events == suggestions == purchases:
+            # Partition counts differ: a user's events, suggestions and purchases may be read
+            # by different monitors, and the figures undercount.
+            self.log.warning(
+                "partitions_not_aligned",
+                events=events,
+                suggestions=suggestions,
+                purchases=purchases,
+            )
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self.checkpoint.commit_stored()

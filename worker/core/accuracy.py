@@ -16,16 +16,38 @@ Per tumbling event-time window of purchase times:
 * ``precision_at_k`` = mean over the distinct attributed suggestions of
   ``|top-K ∩ products of the lines attributed to it in this window| / K``.
 
+Live figures on the same attributed lines. The **session before** a suggestion ``s`` (time ``ts``,
+session id ``σ``) is the user's browsing events with session id ``σ`` and event time in
+``[ts - L, ts]`` (``L`` = session lookback; the event that caused ``s`` included):
+
+* a **discovery line** is an attributed line whose product is not among the products of the
+  session before its attributed suggestion; a **discovery hit** is a discovery line that is a
+  hit. ``discovery_hit_rate_at_k`` = discovery hits / discovery lines;
+* the **heuristic** "recency then category top" ranks, at the attributed suggestion: the session
+  before it's distinct products, most recent first; then the most viewed products (of the
+  model's training window) of the category of its most recent event; then the ``K`` most
+  popular products; its first ``K``. A **heuristic hit** is an attributed line whose product is
+  in that list; ``heuristic_hit_rate_at_k`` = heuristic hits / attributed lines (the model's
+  denominator);
+* ``purchase_coverage`` = attributed lines / purchase lines;
+* ``event_coverage`` = events answered / events, where events are the distinct ``event_id`` of
+  the browsing events read with event time in the window and an event is *answered* when a
+  suggestion with its ``event_id`` was read before the window closed (a suggestion carries its
+  event's time, so both fall in the same window).
+
 Suggestions are deduplicated by ``suggestion_id`` (at-least-once redelivery does not count twice).
-A purchase line is evaluated once the suggestions of its partition are known up to its time (the
-caller's watermark), so the figures do not depend on how the two topics interleave.
+A purchase line is evaluated once the suggestions and events of its partition are known up to its
+time (the caller's watermark), so the figures do not depend on how the topics interleave.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+NEVER_MS = -(1 << 62)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +56,20 @@ class ShownSuggestion:
     suggestion_id: str
     model_version: str
     products: tuple[str, ...]  # top-K, best first
+    session_id: str = ""  # session of the event that caused it
+    event_id: str = ""  # the event that caused it
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """A browsing event as the monitor keeps it (its category: the model's for a product the
+    model knows, else the event's own ``category_id``)."""
+
+    event_time_ms: int
+    event_id: str
+    product_id: str
+    category_id: str | None
+    session_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +94,10 @@ class WindowTally:
     attributed_suggestions: dict[str, tuple[tuple[str, ...], set[str]]] = field(
         default_factory=dict
     )
+    discovery_lines: int = 0
+    discovery_hits: int = 0
+    heuristic_hits: int = 0
+    event_ids: set[str] = field(default_factory=set)  # distinct events read in the window
 
 
 @dataclass(frozen=True)
@@ -78,6 +118,25 @@ class WindowReport:
     cumulative_attributed: int
     cumulative_hit_rate_at_k: float | None
     cumulative_baseline_hit_rate_at_k: float | None
+    purchase_coverage: float | None = None
+    discovery_lines: int = 0
+    discovery_hits: int = 0
+    discovery_hit_rate_at_k: float | None = None
+    heuristic_hits: int = 0
+    heuristic_hit_rate_at_k: float | None = None
+    events: int = 0
+    events_answered: int = 0
+    event_coverage: float | None = None
+    cumulative_purchases: int = 0
+    cumulative_purchase_coverage: float | None = None
+    cumulative_discovery_lines: int = 0
+    cumulative_discovery_hits: int = 0
+    cumulative_discovery_hit_rate_at_k: float | None = None
+    cumulative_heuristic_hits: int = 0
+    cumulative_heuristic_hit_rate_at_k: float | None = None
+    cumulative_events: int = 0
+    cumulative_events_answered: int = 0
+    cumulative_event_coverage: float | None = None
 
     def to_avro(self, emitted_time_ms: int) -> dict[str, object]:
         return {
@@ -98,7 +157,71 @@ class WindowReport:
             "cumulative_hit_rate_at_k": self.cumulative_hit_rate_at_k,
             "cumulative_baseline_hit_rate_at_k": self.cumulative_baseline_hit_rate_at_k,
             "emitted_time": emitted_time_ms,
+            **{name: getattr(self, name) for name in LIVE_FIELDS},
         }
+
+
+#: The report's fields added with the live discovery, heuristic and coverage figures (in the Avro
+#: record with defaults, so older readers and older records stay compatible).
+LIVE_FIELDS = (
+    "purchase_coverage",
+    "discovery_lines",
+    "discovery_hits",
+    "discovery_hit_rate_at_k",
+    "heuristic_hits",
+    "heuristic_hit_rate_at_k",
+    "events",
+    "events_answered",
+    "event_coverage",
+    "cumulative_purchases",
+    "cumulative_purchase_coverage",
+    "cumulative_discovery_lines",
+    "cumulative_discovery_hits",
+    "cumulative_discovery_hit_rate_at_k",
+    "cumulative_heuristic_hits",
+    "cumulative_heuristic_hit_rate_at_k",
+    "cumulative_events",
+    "cumulative_events_answered",
+    "cumulative_event_coverage",
+)
+
+
+@dataclass
+class Cumulative:
+    """Counts over every window closed so far (restored from the last report on a restart)."""
+
+    purchases: int = 0
+    attributed: int = 0
+    hits: int = 0
+    baseline_hits: int = 0
+    discovery_lines: int = 0
+    discovery_hits: int = 0
+    heuristic_hits: int = 0
+    events: int = 0
+    events_answered: int = 0
+
+
+def heuristic_top(
+    session: Sequence[SessionEvent],
+    category_top: Mapping[str, Sequence[str]],
+    popular: Sequence[str],
+    k: int,
+) -> list[str]:
+    """ "Recency then category top": the session's distinct products, most recent first
+    (``session`` is most recent first), then the most viewed products of the most recent
+    event's category, then ``popular``; the first ``k``."""
+    out: list[str] = []
+    seen: set[str] = set()
+    last_category = session[0].category_id if session else None
+    tops = category_top.get(last_category, ()) if last_category is not None else ()
+    for products in ((e.product_id for e in session), tops, popular):
+        for product in products:
+            if len(out) >= k:
+                return out
+            if product not in seen:
+                seen.add(product)
+                out.append(product)
+    return out
 
 
 def _ratio(num: float, den: int) -> float | None:
@@ -106,35 +229,54 @@ def _ratio(num: float, den: int) -> float | None:
 
 
 class AccuracyTracker:
-    """Joins suggestions and purchases and tallies tumbling windows.
+    """Joins suggestions, browsing events and purchases and tallies tumbling windows.
 
     Args:
         k: cut-off of the @K metrics (suggestions longer than K are cut).
         attribution_window_ms: ``W`` above.
-        window_ms: size of the tumbling report windows (purchase event time).
-        baseline: the popularity baseline's products, best first (only the first K count).
+        window_ms: size of the tumbling report windows (purchase and browsing event time).
+        baseline: the popularity baseline's products, best first (only the first K count); also
+            the heuristic's last resort.
+        category_top: per category id, its most viewed products, best first (the heuristic's
+            second source; empty: recency then popularity).
+        session_lookback_ms: ``L`` above: how far back from a suggestion its session's events
+            are looked at (bounds the events kept per user).
     """
 
     def __init__(
-        self, *, k: int, attribution_window_ms: int, window_ms: int, baseline: list[str]
+        self,
+        *,
+        k: int,
+        attribution_window_ms: int,
+        window_ms: int,
+        baseline: list[str],
+        category_top: Mapping[str, Sequence[str]] | None = None,
+        session_lookback_ms: int = 3_600_000,
     ) -> None:
-        if k <= 0 or attribution_window_ms < 0 or window_ms <= 0:
-            raise ValueError("k and window_ms must be positive, attribution window non-negative")
+        if k <= 0 or attribution_window_ms < 0 or window_ms <= 0 or session_lookback_ms < 0:
+            raise ValueError(
+                "k and window_ms must be positive, attribution window and lookback non-negative"
+            )
         self.k = k
         self.attribution_window_ms = attribution_window_ms
         self.window_ms = window_ms
-        self._baseline = set(baseline[:k])
+        self.session_lookback_ms = session_lookback_ms
+        self._popular = list(baseline[:k])
+        self._baseline = set(self._popular)
+        self._category_top = {c: list(top[:k]) for c, top in (category_top or {}).items()}
         self._times: dict[str, list[int]] = defaultdict(list)  # user -> sorted event times
         self._shown: dict[str, list[ShownSuggestion]] = defaultdict(list)  # aligned with _times
         self._seen_ids: dict[str, set[str]] = defaultdict(set)
+        self._event_times: dict[str, list[int]] = defaultdict(list)  # user -> sorted times
+        self._events: dict[str, list[SessionEvent]] = defaultdict(list)  # aligned
+        self._answered: dict[int, set[str]] = defaultdict(set)  # window -> answered event ids
         self._pending: list[PurchaseLine] = []
         self._windows: dict[int, WindowTally] = {}
-        self._cum_attributed = 0
-        self._cum_hits = 0
-        self._cum_baseline_hits = 0
+        self._cum = Cumulative()
         self.late_purchases = 0
-        self._closed_before_ms = -(1 << 62)
-        self._resumed_before_ms = -(1 << 62)
+        self.late_events = 0
+        self._closed_before_ms = NEVER_MS
+        self._resumed_before_ms = NEVER_MS
         self.replayed_purchases = 0
 
     # -- input ---------------------------------------------------------------------------------
@@ -155,9 +297,29 @@ class AccuracyTracker:
                 suggestion.suggestion_id,
                 suggestion.model_version,
                 suggestion.products[: self.k],
+                suggestion.session_id,
+                suggestion.event_id,
             )
         )
         self._shown[user_id].insert(at, cut)
+        if suggestion.event_id and suggestion.event_time_ms >= self._closed_before_ms:
+            self._answered[self._window_of(suggestion.event_time_ms)].add(suggestion.event_id)
+        return True
+
+    def add_event(self, user_id: str, event: SessionEvent) -> bool:
+        """Remember a browsing event (for the sessions) and count it in its window; False if
+        its window was already closed (kept for the sessions, not counted)."""
+        times = self._event_times[user_id]
+        at = bisect.bisect_right(times, event.event_time_ms)
+        times.insert(at, event.event_time_ms)
+        self._events[user_id].insert(at, event)
+        if event.event_time_ms < self._resumed_before_ms:
+            return True  # read again after a restart: reported already
+        if event.event_time_ms < self._closed_before_ms:
+            self.late_events += 1
+            return False
+        start = self._window_of(event.event_time_ms)
+        self._windows.setdefault(start, WindowTally()).event_ids.add(event.event_id)
         return True
 
     def add_purchase(self, line: PurchaseLine) -> bool:
@@ -172,19 +334,39 @@ class AccuracyTracker:
         return True
 
     def resume(
-        self, *, closed_before_ms: int, attributed: int, hits: int, baseline_hits: int
+        self,
+        *,
+        closed_before_ms: int,
+        attributed: int,
+        hits: int,
+        baseline_hits: int,
+        purchases: int = 0,
+        discovery_lines: int = 0,
+        discovery_hits: int = 0,
+        heuristic_hits: int = 0,
+        events: int = 0,
+        events_answered: int = 0,
     ) -> None:
         """Continue after a restart: windows before ``closed_before_ms`` were reported already
-        (their purchases are skipped when read again) and the cumulative counts go on."""
+        (their purchases and events are skipped when read again) and the cumulative counts go
+        on."""
         self._closed_before_ms = closed_before_ms
         self._resumed_before_ms = closed_before_ms
-        self._cum_attributed = attributed
-        self._cum_hits = hits
-        self._cum_baseline_hits = baseline_hits
+        self._cum = Cumulative(
+            purchases=purchases,
+            attributed=attributed,
+            hits=hits,
+            baseline_hits=baseline_hits,
+            discovery_lines=discovery_lines,
+            discovery_hits=discovery_hits,
+            heuristic_hits=heuristic_hits,
+            events=events,
+            events_answered=events_answered,
+        )
 
     @property
     def closed_before_ms(self) -> int:
-        """Purchases before this time belong to windows already reported."""
+        """Purchases and events before this time belong to windows already reported."""
         return self._closed_before_ms
 
     def suggestions_needed_from_ms(self) -> int:
@@ -197,14 +379,20 @@ class AccuracyTracker:
         )
         return oldest - self.attribution_window_ms
 
+    def events_needed_from_ms(self) -> int:
+        """Events older than this are in no session any pending or future purchase of an open
+        window can look at, nor in an open window."""
+        return self.suggestions_needed_from_ms() - self.session_lookback_ms
+
     # -- progress ------------------------------------------------------------------------------
 
     def evaluate_ready(self, suggestion_watermark_ms: dict[int, int]) -> int:
-        """Evaluate the pending lines whose partition's suggestions are known up to their time.
+        """Evaluate the pending lines whose partition's suggestions and events are known up to
+        their time.
 
         Args:
             suggestion_watermark_ms: per partition, the event time up to which all suggestions
-                have been added. Partitions absent are not ready.
+                and browsing events have been added. Partitions absent are not ready.
         Returns:
             how many lines were evaluated.
         """
@@ -224,7 +412,8 @@ class AccuracyTracker:
         """Close, in order, the windows ending at or before the watermark with nothing pending.
 
         Args:
-            purchase_watermark_ms: event time up to which all purchases have been added.
+            purchase_watermark_ms: event time up to which all purchases, browsing events and
+                suggestions have been added.
         """
         oldest_pending = min((p.event_time_ms for p in self._pending), default=1 << 62)
         limit = min(purchase_watermark_ms, oldest_pending)
@@ -233,6 +422,10 @@ class AccuracyTracker:
             if start + self.window_ms > limit:
                 break
             reports.append(self._close(start))
+        # Every window ending by the limit is closed now: drop the answers of those without
+        # events (bounded even when no event is read).
+        for start in [s for s in self._answered if s + self.window_ms <= limit]:
+            del self._answered[start]
         return reports
 
     def flush(self) -> list[WindowReport]:
@@ -240,11 +433,14 @@ class AccuracyTracker:
         for line in self._pending:
             self._evaluate(line)
         self._pending = []
-        return [self._close(start) for start in sorted(self._windows)]
+        reports = [self._close(start) for start in sorted(self._windows)]
+        self._answered.clear()
+        return reports
 
     def prune(self, before_ms: int) -> None:
-        """Forget suggestions older than ``before_ms - W`` (no pending or future purchase at or
-        after ``before_ms`` can be attributed to them)."""
+        """Forget suggestions older than ``before_ms - W`` and events older than
+        ``before_ms - W - L`` (no pending or future purchase at or after ``before_ms`` can be
+        attributed to them, nor look at them)."""
         horizon = before_ms - self.attribution_window_ms
         for user_id in list(self._times):
             times = self._times[user_id]
@@ -256,6 +452,15 @@ class AccuracyTracker:
             del times[:cut], self._shown[user_id][:cut]
             if not times:
                 del self._times[user_id], self._shown[user_id], self._seen_ids[user_id]
+        horizon -= self.session_lookback_ms
+        for user_id in list(self._event_times):
+            times = self._event_times[user_id]
+            cut = bisect.bisect_left(times, horizon)
+            if cut == 0:
+                continue
+            del times[:cut], self._events[user_id][:cut]
+            if not times:
+                del self._event_times[user_id], self._events[user_id]
 
     @property
     def pending(self) -> int:
@@ -265,10 +470,30 @@ class AccuracyTracker:
     def users(self) -> int:
         return len(self._times)
 
+    @property
+    def event_users(self) -> int:
+        """Users with browsing events held."""
+        return len(self._event_times)
+
     # -- internals -----------------------------------------------------------------------------
 
+    def _window_of(self, time_ms: int) -> int:
+        return time_ms - time_ms % self.window_ms
+
+    def session_before(self, user_id: str, shown: ShownSuggestion) -> list[SessionEvent]:
+        """The events of the session before ``shown``, most recent first (of equal times, the
+        one read last first)."""
+        times = self._event_times.get(user_id)
+        if not times:
+            return []
+        t = shown.event_time_ms
+        lo = bisect.bisect_left(times, t - self.session_lookback_ms)
+        hi = bisect.bisect_right(times, t)
+        events = self._events[user_id]
+        return [e for e in reversed(events[lo:hi]) if e.session_id == shown.session_id]
+
     def _evaluate(self, line: PurchaseLine) -> None:
-        start = line.event_time_ms - line.event_time_ms % self.window_ms
+        start = self._window_of(line.event_time_ms)
         tally = self._windows.setdefault(start, WindowTally())
         tally.purchases += 1
         times = self._times.get(line.user_id)
@@ -280,11 +505,18 @@ class AccuracyTracker:
         shown = self._shown[line.user_id][latest]
         tally.attributed += 1
         tally.model_versions.add(shown.model_version)
-        if line.product_id in shown.products:
+        hit = line.product_id in shown.products
+        if hit:
             tally.hits += 1
             tally.reciprocal_rank_sum += 1.0 / (shown.products.index(line.product_id) + 1)
         if line.product_id in self._baseline:
             tally.baseline_hits += 1
+        session = self.session_before(line.user_id, shown)
+        if all(e.product_id != line.product_id for e in session):
+            tally.discovery_lines += 1
+            tally.discovery_hits += hit
+        if line.product_id in heuristic_top(session, self._category_top, self._popular, self.k):
+            tally.heuristic_hits += 1
         entry = tally.attributed_suggestions.setdefault(
             shown.suggestion_id, (shown.products, set())
         )
@@ -292,10 +524,20 @@ class AccuracyTracker:
 
     def _close(self, start: int) -> WindowReport:
         tally = self._windows.pop(start)
+        answered_ids = self._answered.pop(start, set())
         self._closed_before_ms = max(self._closed_before_ms, start + self.window_ms)
-        self._cum_attributed += tally.attributed
-        self._cum_hits += tally.hits
-        self._cum_baseline_hits += tally.baseline_hits
+        events = len(tally.event_ids)
+        answered = len(tally.event_ids & answered_ids)
+        c = self._cum
+        c.purchases += tally.purchases
+        c.attributed += tally.attributed
+        c.hits += tally.hits
+        c.baseline_hits += tally.baseline_hits
+        c.discovery_lines += tally.discovery_lines
+        c.discovery_hits += tally.discovery_hits
+        c.heuristic_hits += tally.heuristic_hits
+        c.events += events
+        c.events_answered += answered
         precision_sum = sum(
             len(set(top) & bought) / self.k for top, bought in tally.attributed_suggestions.values()
         )
@@ -313,7 +555,26 @@ class AccuracyTracker:
             precision_at_k=_ratio(precision_sum, len(tally.attributed_suggestions)),
             mrr_at_k=_ratio(tally.reciprocal_rank_sum, tally.attributed),
             baseline_hit_rate_at_k=_ratio(tally.baseline_hits, tally.attributed),
-            cumulative_attributed=self._cum_attributed,
-            cumulative_hit_rate_at_k=_ratio(self._cum_hits, self._cum_attributed),
-            cumulative_baseline_hit_rate_at_k=_ratio(self._cum_baseline_hits, self._cum_attributed),
+            cumulative_attributed=c.attributed,
+            cumulative_hit_rate_at_k=_ratio(c.hits, c.attributed),
+            cumulative_baseline_hit_rate_at_k=_ratio(c.baseline_hits, c.attributed),
+            purchase_coverage=_ratio(tally.attributed, tally.purchases),
+            discovery_lines=tally.discovery_lines,
+            discovery_hits=tally.discovery_hits,
+            discovery_hit_rate_at_k=_ratio(tally.discovery_hits, tally.discovery_lines),
+            heuristic_hits=tally.heuristic_hits,
+            heuristic_hit_rate_at_k=_ratio(tally.heuristic_hits, tally.attributed),
+            events=events,
+            events_answered=answered,
+            event_coverage=_ratio(answered, events),
+            cumulative_purchases=c.purchases,
+            cumulative_purchase_coverage=_ratio(c.attributed, c.purchases),
+            cumulative_discovery_lines=c.discovery_lines,
+            cumulative_discovery_hits=c.discovery_hits,
+            cumulative_discovery_hit_rate_at_k=_ratio(c.discovery_hits, c.discovery_lines),
+            cumulative_heuristic_hits=c.heuristic_hits,
+            cumulative_heuristic_hit_rate_at_k=_ratio(c.heuristic_hits, c.attributed),
+            cumulative_events=c.events,
+            cumulative_events_answered=c.events_answered,
+            cumulative_event_coverage=_ratio(c.events_answered, c.events),
         )

@@ -154,3 +154,52 @@ class MonitorMetrics:
         self.pending = Gauge(
             "monitor_pending_purchases", "Purchases waiting for their suggestions", registry=r
         )
+        self.events_in = Counter(
+            "monitor_events_consumed_total", "Valid browsing events consumed", registry=r
+        )
+        self.invalid_events = Counter(
+            "monitor_invalid_events_total",
+            "Browsing events skipped as invalid (the worker dead-letters them)",
+            registry=r,
+        )
+        self.late_events = Counter(
+            "monitor_late_events_total",
+            "Browsing events after their window closed (kept for sessions, not counted)",
+            registry=r,
+        )
+        self.discovery_hit_rate = Gauge(
+            "monitor_discovery_hit_rate_at_k",
+            "Hit rate@K on purchases of products not viewed in the session, last closed window",
+            registry=r,
+        )
+        self.heuristic_hit_rate = Gauge(
+            "monitor_heuristic_hit_rate_at_k",
+            "Hit rate@K of 'recency then category top' on the model's lines, last closed window",
+            registry=r,
+        )
+        self.purchase_coverage = Gauge(
+            "monitor_purchase_coverage",
+            "Share of purchase lines with an attributable suggestion, last closed window",
+            registry=r,
+        )
+        self.event_coverage = Gauge(
+            "monitor_event_coverage",
+            "Share of browsing events answered by a suggestion, last closed window",
+            registry=r,
+        )
+        self.cumulative_discovery_hit_rate = Gauge(
+            "monitor_cumulative_discovery_hit_rate_at_k",
+            "Discovery hit rate@K since start",
+            registry=r,
+        )
+        self.cumulative_heuristic_hit_rate = Gauge(
+            "monitor_cumulative_heuristic_hit_rate_at_k",
+            "Heuristic hit rate@K since start",
+            registry=r,
+        )
+        self.cumulative_purchase_coverage = Gauge(
+            "monitor_cumulative_purchase_coverage", "Purchase coverage since start", registry=r
+        )
+        self.cumulative_event_coverage = Gauge(
+            "monitor_cumulative_event_coverage", "Event coverage since start", registry=r
+        )

@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from worker.core.accuracy import LIVE_FIELDS
 from worker.core.errors import (
     CorruptPayloadError,
     DataError,
@@ -198,6 +199,11 @@ RECORDS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
             "cumulative_hit_rate_at_k": opt(doubles),
             "cumulative_baseline_hit_rate_at_k": opt(doubles),
             "emitted_time": longs,
+            # The live figures (fields with defaults, added later).
+            **{
+                name: opt(doubles) if name.endswith(("_at_k", "coverage")) else longs
+                for name in LIVE_FIELDS
+            },
         }
     ),
 }

@@ -1,0 +1,73 @@
+"""The monitor's pieces that need no broker: reading reports written before the live figures,
+and the served model's category tops."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import fastavro
+import numpy as np
+
+from worker.apps.monitor import read_category_tables, report_codec
+from worker.core.accuracy import LIVE_FIELDS, WindowReport
+from worker.testing import tiny_catalogue
+from worker.wire.codec import SINGLE_OBJECT_MARKER, ParsedSchema, load_schema
+
+#: CRC-64-AVRO fingerprint of the AccuracyReport schema before the live figures were added
+#: (the version monitors wrote until then, without a schema registry).
+BEFORE_LIVE_FINGERPRINT = "bbd383ee34c3159f"
+
+
+def _before_live_schema() -> dict:
+    schema = load_schema("AccuracyReport")
+    return {**schema, "fields": [f for f in schema["fields"] if f["name"] not in LIVE_FIELDS]}
+
+
+def test_report_written_before_the_live_figures_reads_with_their_defaults() -> None:
+    """A report of the previous schema version (single-object encoding: named by fingerprint)
+    decodes, the new fields at their defaults; a monitor resuming from it starts them at 0."""
+    old = ParsedSchema.from_json(_before_live_schema())
+    assert old.fingerprint.hex() == BEFORE_LIVE_FINGERPRINT
+    report = WindowReport(
+        0, 60_000, 10, 1_800_000, ("v1",), 4, 2, 1, 1, 0.5, 0.05, 0.5, 0.5, 2, 0.5, 0.5
+    )
+    record = {k: v for k, v in report.to_avro(7).items() if k not in LIVE_FIELDS}
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, old.parsed, record)
+    decoded = report_codec(None, "acc").decode(
+        SINGLE_OBJECT_MARKER + old.fingerprint + body.getvalue()
+    )
+    assert {k: decoded[k] for k in record} == record
+    assert decoded["cumulative_purchases"] == 0 and decoded["discovery_lines"] == 0
+    assert decoded["event_coverage"] is None and decoded["heuristic_hit_rate_at_k"] is None
+
+
+def test_every_new_report_field_has_a_default() -> None:
+    """Old readers resolve new records and new readers old ones: every field added since the
+    previous version has a default, and the old fields are unchanged and in their order."""
+    schema = load_schema("AccuracyReport")
+    added = [f for f in schema["fields"] if f["name"] in LIVE_FIELDS]
+    assert [f["name"] for f in added] == list(LIVE_FIELDS)
+    assert all("default" in f for f in added)
+    report = WindowReport(0, 1, 1, 1, (), 0, 0, 0, 0, None, None, None, None, 0, None, None)
+    codec = report_codec(None, "acc")
+    assert codec.decode(codec.encode(report.to_avro(1))) == report.to_avro(1)
+
+
+def test_category_tables_read_from_the_artifact(tmp_path: Path) -> None:
+    """The per-category top lists (first K, padding dropped) and each product's category."""
+    tables = tiny_catalogue(n_products=30, n_categories=3)
+    tables.save(tmp_path / "tables.npz")
+    tops, category_of = read_category_tables(tmp_path, 4)
+    assert set(tops) == {"c0", "c1", "c2"}
+    for c, name in enumerate(["c0", "c1", "c2"]):
+        expected = [str(tables.product_ids[i]) for i in tables.category_top[c, :4] if i >= 0]
+        assert tops[name] == expected and len(expected) == 4
+    assert category_of["p004"] == str(tables.category_ids[tables.category[4]])
+    assert len(category_of) == 30
+    np.testing.assert_array_equal(
+        tables.category, [int(category_of[p][1:]) for p in tables.product_ids]
+    )
+    json.dumps(tops)  # plain strings
