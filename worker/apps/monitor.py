@@ -521,7 +521,7 @@ class Monitor:
         topics = self.settings.topics
         clock = now_ms()
         marks = [self._watermark(tp, clock) for tp in self._at_end if tp[0] == topics.purchases]
-        if marks and self.tracker.pending == 0:
+        if marks:  # the tracker keeps what its pending purchases need
             self.tracker.prune(min(marks) - int(self.settings.allowed_lateness_s * 1000))
 
     def _all_at_end(self) -> bool:

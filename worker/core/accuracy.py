@@ -439,8 +439,10 @@ class AccuracyTracker:
 
     def prune(self, before_ms: int) -> None:
         """Forget suggestions older than ``before_ms - W`` and events older than
-        ``before_ms - W - L`` (no pending or future purchase at or after ``before_ms`` can be
-        attributed to them, nor look at them)."""
+        ``before_ms - W - L`` (no future purchase at or after ``before_ms`` can be attributed to
+        them, nor look at them); ``before_ms`` is lowered to the oldest pending purchase, whose
+        suggestions and session are kept."""
+        before_ms = min([before_ms] + [p.event_time_ms for p in self._pending])
         horizon = before_ms - self.attribution_window_ms
         for user_id in list(self._times):
             times = self._times[user_id]

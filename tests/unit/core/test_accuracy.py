@@ -702,3 +702,20 @@ def test_events_after_their_window_closed_are_late_but_kept_for_sessions() -> No
     tracker.add_purchase(P("u", "y", 3))
     (r,) = tracker.flush()
     assert (r.attributed, r.hits, r.discovery_lines, r.events) == (1, 1, 0, 0)
+
+
+def test_prune_keeps_what_a_pending_purchase_needs() -> None:
+    """Pruning past a pending purchase's time keeps its suggestion and its session's events."""
+    tracker = AccuracyTracker(
+        k=1, attribution_window_ms=MIN_MS, window_ms=MIN_MS, baseline=[], session_lookback_ms=MIN_MS
+    )
+    tracker.add_event("u", E(0.5, "e", "x"))
+    tracker.add_suggestion("u", ShownSuggestion(MIN_MS, "s", "v", ("x",), "s", "e"))
+    tracker.add_purchase(P("u", "x", 1.5))
+    tracker.prune(100 * MIN_MS)
+    assert tracker.users == 1 and tracker.event_users == 1
+    tracker.evaluate_ready({0: INF})
+    tracker.prune(100 * MIN_MS)
+    assert tracker.users == 0 and tracker.event_users == 0
+    (r,) = [r for r in tracker.flush() if r.purchases]
+    assert (r.hits, r.discovery_lines, r.heuristic_hits) == (1, 0, 1)
