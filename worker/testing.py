@@ -622,6 +622,13 @@ class FakeConsumer:
     def consumer_group_metadata(self) -> FakeGroupMetadata:
         return FakeGroupMetadata(self.group_id)
 
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        """Metadata: answered while the broker answers (``FakeBroker.answers``)."""
+        self.calls.append(("list_topics", topic))
+        if not self.broker.answers:
+            raise _error(KafkaError._TRANSPORT, "Broker transport failure")
+        return SimpleNamespace(topics={topic: SimpleNamespace(topic=topic)} if topic else {})
+
     def _start(self, tp: TopicPartition) -> int:
         """Where an assigned partition is read from (a logical offset resolved)."""
         if tp.offset >= 0:

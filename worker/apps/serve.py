@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from worker.apps.batch import STEP_STAGES, BatchResult, BatchStep, InputRecord, now_ms
 from worker.config import WorkerSettings
@@ -36,7 +36,7 @@ from worker.kafka.clients import (
     make_producer,
     start_at,
 )
-from worker.kafka.watches import FetchWatch
+from worker.kafka.watches import FetchWatch, RejoinWatch
 from worker.model.artifact import ModelArtifact
 from worker.model.scoring import make_scorer
 from worker.ops.health import Health, rss_mib, serve_http
@@ -46,6 +46,12 @@ from worker.wire.registry import HttpSchemaRegistry
 from worker.wire.suggestion_writer import SuggestionWriter
 
 PROGRESS_LOG_INTERVAL_S = 10.0
+#: Bound of the metadata request that asks whether the broker answers while the consumer
+#: waits to rejoin its group (see ``RejoinWatch``).
+REJOIN_PROBE_TIMEOUT_S = 5.0
+#: Closing the consumer at shutdown may take the shutdown budget less this margin (the rest is
+#: for the final log line and the HTTP server).
+CLOSE_MARGIN_S = 5.0
 #: Stages of a batch in ``worker_stage_seconds{stage}`` and the ``batch_scored`` log line: the
 #: step's (:data:`worker.apps.batch.STEP_STAGES`), then handing the outputs to the producer
 #: (``produce``) and the commit protocol's flush, verify and store or commit (``checkpoint``).
@@ -174,7 +180,10 @@ class Worker:
         self.health = Health()
         self.health.model_loaded = True
         self.fetch_watch = FetchWatch()
+        self.rejoin_watch = RejoinWatch()
+        self._clock = clock
         self._stop = threading.Event()
+        self._stop_requested_at: float | None = None
         self._assigned: set[tuple[str, int]] = set()
         self._answered = 0
         self._dead = 0
@@ -184,14 +193,19 @@ class Worker:
             if self.changelog
             else None
         )
-        self.consumer: Consumer = consumer_factory(
-            settings.kafka,
-            settings.group_id,
-            self.log,
-            auto_commit=not settings.exactly_once,
-            **consumer_overrides(settings),
-            stats_cb=self._on_stats,
-        )
+
+        def new_consumer() -> Consumer:
+            return consumer_factory(
+                settings.kafka,
+                settings.group_id,
+                self.log,
+                auto_commit=not settings.exactly_once,
+                **consumer_overrides(settings),
+                stats_cb=self._on_stats,
+            )
+
+        self._new_consumer = new_consumer
+        self.consumer: Consumer = new_consumer()
         self.checkpoint = self._make_checkpoint(producer_factory, clock)
         # Restored sessions name their products by id; new products join the live catalogue.
         self._index_of = self.live.index_of
@@ -230,6 +244,7 @@ class Worker:
         if not self._stop.is_set():
             self.log.info("shutdown_requested", timeout_s=self.settings.shutdown_timeout_s)
             self._stop.set()
+            self._stop_requested_at = time.monotonic()
             self.health.stopping = True
             self.checkpoint.hurry()
             watchdog = threading.Timer(self.settings.shutdown_timeout_s, self._shutdown_overdue)
@@ -249,12 +264,7 @@ class Worker:
             signal.signal(signal.SIGINT, self.request_stop)
         server = serve_http(self.settings.metrics_port, self.metrics.registry, self.health)
         topics = self.settings.topics
-        self.consumer.subscribe(
-            [topics.events],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
+        self._subscribe()
         self.log.info(
             "worker_started",
             topic=topics.events,
@@ -278,9 +288,12 @@ class Worker:
                 if messages:
                     last_input = time.monotonic()
                     self.process(messages)
-                elif max_idle_s is not None and time.monotonic() - last_input > max_idle_s:
-                    self.log.info("idle_exit", idle_s=max_idle_s)
-                    break
+                else:
+                    if self.rejoin_watch.watching:
+                        self._check_rejoin()  # lost its partitions: rejoining, or wedged?
+                    if max_idle_s is not None and time.monotonic() - last_input > max_idle_s:
+                        self.log.info("idle_exit", idle_s=max_idle_s)
+                        break
                 if time.monotonic() - last_progress > PROGRESS_LOG_INTERVAL_S:
                     last_progress = time.monotonic()
                     self._housekeeping()
@@ -290,12 +303,17 @@ class Worker:
                 server.shutdown()
         return 0
 
+    def _subscribe(self) -> None:
+        self.consumer.subscribe(
+            [self.settings.topics.events],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
     def _close(self) -> None:
         self.checkpoint.producer.flush(10)
-        try:
-            self.consumer.close()  # commits stored offsets and leaves the group
-        except Exception as exc:  # the consumer may already be closed after a fatal error
-            self.log.warning("consumer_close_failed", error=str(exc))
+        self._close_consumer_within(self._close_budget_s())
         if self.restorer is not None:
             self.restorer.close()
         self.log.info(
@@ -305,6 +323,68 @@ class Worker:
             dead_lettered=self._dead,
             sessions=len(self.sessions),
         )
+
+    def _close_budget_s(self) -> float:
+        """What is left of the shutdown budget for closing the consumer."""
+        budget = self.settings.shutdown_timeout_s - CLOSE_MARGIN_S
+        if self._stop_requested_at is not None:
+            budget -= time.monotonic() - self._stop_requested_at
+        return max(budget, 1.0)
+
+    def _close_consumer_within(self, budget_s: float) -> None:
+        """Close the consumer (commit stored offsets, leave the group), giving up after
+        ``budget_s``: a consumer that librdkafka keeps waiting for commits that will never
+        complete (see ``RejoinWatch``) must not hold the process until the shutdown watchdog
+        kills it. Offsets not committed are redelivered: at-least-once holds."""
+        closer = threading.Thread(
+            target=_close_quietly,
+            args=(self.consumer, self.log),
+            name="consumer-close",
+            daemon=True,
+        )
+        closer.start()
+        closer.join(budget_s)
+        if closer.is_alive():
+            self.log.warning("consumer_close_timeout", waited_s=round(budget_s, 1))
+
+    def _check_rejoin(self) -> None:
+        """While the consumer waits to rejoin after a loss: probe the broker when the watch asks,
+        and replace a consumer that the watch finds wedged."""
+        watch = self.rejoin_watch
+        if watch.wants_probe(self._clock()):
+            watch.probed(self._clock(), self._broker_answers())
+        if watch.wedged(self._clock()):
+            self._replace_consumer(watch.waiting_for(self._clock()))
+
+    def _broker_answers(self) -> bool:
+        try:
+            self.consumer.list_topics(
+                topic=self.settings.topics.events, timeout=REJOIN_PROBE_TIMEOUT_S
+            )
+        except KafkaException:
+            return False
+        return True
+
+    def _replace_consumer(self, waited_s: float) -> None:
+        """Give the wedged consumer up (closed in the background, its rebalance callbacks
+        ignored from now on) and join the group with a fresh one. Its partitions were lost, so
+        it holds nothing to commit; their new owners answer from the committed offsets."""
+        old = self.consumer
+        self.log.error(
+            "consumer_wedged",
+            waited_s=round(waited_s, 1),
+            action="replacing the consumer",
+            rejoin_s=self.rejoin_watch.rejoin_s,
+        )
+        self.consumer = self._new_consumer()
+        self.checkpoint.use_consumer(self.consumer)
+        self._subscribe()
+        self.metrics.consumer_replacements.inc()
+        self.rejoin_watch = RejoinWatch(self.rejoin_watch.rejoin_s, self.rejoin_watch.probe_every_s)
+        self.rejoin_watch.lost(self._clock())  # the fresh one must join within the bound too
+        threading.Thread(
+            target=_close_quietly, args=(old, self.log), name="wedged-close", daemon=True
+        ).start()
 
     def _housekeeping(self) -> None:
         expired = self.sessions.expire_idle()
@@ -337,6 +417,9 @@ class Worker:
         self.metrics.outputs_stuck.set(1 if reason is not None else 0)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self.consumer:
+            return  # a consumer given up (see _replace_consumer) calls back while it closes
+        self.rejoin_watch.rejoined()
         committed = committed_offsets(consumer, partitions)
         if self.restorer is not None and partitions:
             # Sessions of the gained partitions are restored before their next event is scored.
@@ -364,12 +447,17 @@ class Worker:
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self.consumer:
+            return
         # Batches are processed synchronously, so nothing is in flight here: every stored offset
         # belongs to an acknowledged batch. Commit them before the partitions move.
         self.checkpoint.commit_stored()
         self._forget(partitions, "partitions_revoked")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self.consumer:
+            return
+        self.rejoin_watch.lost(self._clock())
         self._forget(partitions, "partitions_lost")
 
     def _forget(self, partitions: list[TopicPartition], event: str) -> None:
@@ -516,3 +604,10 @@ class Worker:
         if err.fatal():
             raise BrokerError(f"fatal consumer error: {err.name()}: {err.str()}")
         self.log.warning("consume_error", error=err.name(), retriable=err.retriable())
+
+
+def _close_quietly(consumer: Consumer, log: Any) -> None:
+    try:
+        consumer.close()  # commits stored offsets and leaves the group
+    except Exception as exc:  # the consumer may already be closed after a fatal error
+        log.warning("consumer_close_failed", error=str(exc))

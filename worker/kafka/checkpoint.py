@@ -107,6 +107,11 @@ class Checkpoint:
         self._log = log
         self._clock = clock
 
+    def use_consumer(self, consumer: Consumer) -> None:
+        """Store and commit offsets through ``consumer`` from now on (a replacement of a
+        consumer that was given up; nothing stored in the old one is carried over)."""
+        self._consumer = consumer
+
     @property
     def producer(self) -> Producer:
         return self._outbox.producer

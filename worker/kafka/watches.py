@@ -1,5 +1,6 @@
-"""Watches over the Kafka clients: a stuck producer (:class:`AckWatch`) and partitions that are
-assigned but not fetched (:class:`FetchWatch`).
+"""Watches over the Kafka clients: a stuck producer (:class:`AckWatch`), partitions that are
+assigned but not fetched (:class:`FetchWatch`), and a consumer that lost its partitions and never
+rejoins its group (:class:`RejoinWatch`).
 
 **AckWatch**: tell a broker outage from a stuck producer while a batch waits for its
 acknowledgements.
@@ -97,6 +98,79 @@ class AckWatch:
             and self._outstanding > 0
             and self._answering_since is not None
             and now - self._answering_since >= self.stuck_s
+        )
+
+
+#: After its partitions were lost, a consumer that has not rejoined while the broker answered
+#: throughout this long is wedged (a healthy one rejoins within a session timeout or two).
+REJOIN_S = 30.0
+#: At most one "does the broker answer?" probe per this many seconds while waiting to rejoin.
+REJOIN_PROBE_EVERY_S = 5.0
+
+
+@dataclass
+class RejoinWatch:
+    """Tell a consumer that is rejoining its group from one that never will.
+
+    When a consumer's session times out (the broker was frozen or unreachable for longer than
+    ``session.timeout.ms``) its partitions are lost and it rejoins: the next assignment, maybe
+    empty, comes within seconds of the broker answering again. librdkafka can instead stay in
+    join state ``wait-incr-unassign-to-complete`` for good, counting offset commits that were in
+    flight when the coordinator went away as still pending: no partition, no rejoin, and
+    ``close`` waits for those commits without end, while the loop turns and looks healthy. The
+    cure is a fresh consumer.
+
+    The caller reports the loss (:meth:`lost`) and any assignment (:meth:`rejoined`), and the
+    outcome of a cheap request to the broker when the watch asks for one (:meth:`wants_probe`,
+    :meth:`probed`). The consumer is wedged once the broker has answered every probe for
+    ``rejoin_s`` while no assignment came since the loss. An unanswered probe starts the count
+    again: a broker that is away is waited for, however long.
+
+    Pure: times are passed in.
+    """
+
+    rejoin_s: float = REJOIN_S
+    probe_every_s: float = REJOIN_PROBE_EVERY_S
+    _lost_at: float | None = field(default=None, init=False)
+    _probed_at: float | None = field(default=None, init=False)
+    _answering_since: float | None = field(default=None, init=False)
+
+    def lost(self, now: float) -> None:
+        """The consumer's partitions were lost at ``now`` (a later loss does not restart it)."""
+        if self._lost_at is None:
+            self._lost_at = now
+
+    def rejoined(self) -> None:
+        """An assignment came (the consumer is in the group again): stop watching."""
+        self._lost_at = self._probed_at = self._answering_since = None
+
+    @property
+    def watching(self) -> bool:
+        return self._lost_at is not None
+
+    def waiting_for(self, now: float) -> float:
+        """Seconds since the loss (0 when not watching)."""
+        return 0.0 if self._lost_at is None else now - self._lost_at
+
+    def wants_probe(self, now: float) -> bool:
+        return self._lost_at is not None and (
+            self._probed_at is None or now - self._probed_at >= self.probe_every_s
+        )
+
+    def probed(self, now: float, answered: bool) -> None:
+        """Outcome of a probe sent at ``now``: did the broker answer?"""
+        self._probed_at = now
+        if not answered:
+            self._answering_since = None
+        elif self._answering_since is None:
+            self._answering_since = now
+
+    def wedged(self, now: float) -> bool:
+        """No assignment since the loss although the broker answered for ``rejoin_s``."""
+        return (
+            self._lost_at is not None
+            and self._answering_since is not None
+            and now - self._answering_since >= self.rejoin_s
         )
 
 

@@ -73,6 +73,12 @@ class WorkerMetrics:
             "Output producers replaced because they were stuck or their transaction was abandoned",
             registry=r,
         )
+        self.consumer_replacements = Counter(
+            "worker_consumer_replacements_total",
+            "Consumers replaced because they lost their partitions and never rejoined the group"
+            " although the broker answered",
+            registry=r,
+        )
         self.model_info = Gauge(
             "worker_model_info", "Loaded model version", ["version"], registry=r
         )

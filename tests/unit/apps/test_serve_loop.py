@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from worker.core.records import to_browsing_event
 from worker.core.session import SessionStore
 from worker.kafka.changelog import changelog_topic
 from worker.kafka.checkpoint import DeliveryError
+from worker.kafka.watches import RejoinWatch
 from worker.testing import (
     FakeBroker,
     FakeClock,
@@ -388,6 +390,83 @@ def test_every_partition_of_the_batch_lost_meanwhile_is_logged_not_fatal():
     assert "offsets_not_stored" in h.log.events()
     assert h.broker.committed.get(GROUP, {}) == {}
     assert len(w.sessions) == 0
+
+
+# -- a consumer that never rejoins its group -----------------------------------------------------
+
+
+def rejoin_harness() -> tuple[Harness, Worker]:
+    """A worker whose consumer loses every partition during its first batch and is never given
+    an assignment again, with a watch of short bounds; a fresh consumer is assigned every
+    partition at once."""
+    h = Harness(max_batch_size=20, max_batch_wait_ms=1)
+    h.write_events(60)
+    make = h.consumer
+
+    def consumer(*args, **kwargs):
+        c = make(*args, **kwargs)
+        if sum(1 for made in h.consumers if made.group_id == GROUP) > 1 and c.group_id == GROUP:
+            c.schedule("assign", PARTITIONS)  # not the first of the group, not the restorer's
+        return c
+
+    h.consumer = consumer  # type: ignore[method-assign]
+    w = h.worker()
+    w.rejoin_watch = RejoinWatch(rejoin_s=2.0, probe_every_s=0.5)
+    h.producers[0].during_flush.append(lambda: h.main.take_away(PARTITIONS))
+    return h, w
+
+
+def test_a_consumer_that_never_rejoins_while_the_broker_answers_is_replaced_and_nothing_is_lost():
+    h, w = rejoin_harness()
+    assert w.run(install_signal_handlers=False, max_idle_s=0.3) == 0
+
+    group = [c for c in h.consumers if c.group_id == GROUP]
+    assert len(group) == 2 and w.consumer is group[1] and h.main is group[0]
+    (wedged,) = h.log.fields("consumer_wedged")
+    assert wedged["waited_s"] >= 2.0
+    assert w.metrics.consumer_replacements._value.get() == 1
+    # The lost first batch is answered again by the fresh consumer (at-least-once: duplicates
+    # bounded by that batch), every input is answered and committed to the end.
+    assert set(h.answered()) == set(h.sent)
+    assert len(h.answered()) - len(h.sent) <= 20
+    assert h.broker.committed[GROUP] == h.ends()
+    # The old consumer was asked whether the broker answers, then closed in the background.
+    assert ("list_topics", EVENTS) in h.main.calls
+    deadline = time.monotonic() + 5.0
+    while not h.main.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert h.main.closed
+
+
+def test_a_consumer_is_not_replaced_while_the_broker_does_not_answer():
+    h, w = rejoin_harness()
+    on_lost = w._on_lost
+
+    def lost_and_away(consumer, partitions):  # the broker stops answering as the loss lands
+        on_lost(consumer, partitions)
+        h.broker.answers = False
+
+    w._on_lost = lost_and_away  # type: ignore[method-assign]
+    assert w.run(install_signal_handlers=False, max_idle_s=0.3) == 0
+    assert w.rejoin_watch.waiting_for(h.clock()) > 2 * w.rejoin_watch.rejoin_s
+    assert [c for c in h.consumers if c.group_id == GROUP] == [h.main]
+    assert "consumer_wedged" not in h.log.events()
+    assert ("list_topics", EVENTS) in h.main.calls  # it asked, and was not answered
+
+
+def test_shutdown_gives_up_a_consumer_close_that_never_returns():
+    import threading
+
+    h = Harness(shutdown_timeout_s=6.0)
+    h.write_events(10)
+    w = h.worker()
+    release = threading.Event()
+    h.main.close = lambda: release.wait(30)  # type: ignore[method-assign]
+    started = time.monotonic()
+    assert run(w) == 0
+    assert time.monotonic() - started < 5.0  # the 6 s budget less the 5 s margin, at least 1 s
+    assert h.log.fields("consumer_close_timeout")[0]["waited_s"] == 1.0
+    release.set()
 
 
 # -- at-least-once: a stuck producer ------------------------------------------------------------
