@@ -128,7 +128,8 @@ def latency_summary(kafka: KafkaSettings, topics: TopicSettings) -> dict[str, An
                 continue
             record = codec.decode(msg.value())
             event_ids.add(record["event_id"])
-            # Acknowledged time is the record's Kafka timestamp (set at produce time).
+            # To the moment the worker handed the ranked suggestion to its producer
+            # (``produced_time``), not to the broker's acknowledgement, which comes a few ms later.
             latencies.append(record["produced_time"] - record["event_time"])
     consumer.close()
     arr = np.asarray(latencies or [0])
@@ -193,10 +194,22 @@ def _warm_scorer(models_dir: Path, log: Any) -> None:
     )
 
 
-def _table(progress: Progress, elapsed_s: float, duration_s: float, alive: dict[str, bool]) -> Any:
+def _state(proc: subprocess.Popen) -> str:
+    """``up`` while running, ``done`` after a clean exit, else ``DOWN (exit N)``."""
+    code = proc.poll()
+    if code is None:
+        return "up"
+    return "done" if code == 0 else f"DOWN (exit {code})"
+
+
+def _table(
+    progress: Progress, elapsed_s: float, duration_s: float, states: dict[str, str], phase: str
+) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"recommender demo  {elapsed_s:5.0f} s / {duration_s:.0f} s", min_width=60)
+    table = Table(
+        title=f"recommender demo  {elapsed_s:5.0f} s / {duration_s:.0f} s  {phase}", min_width=60
+    )
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_row("events in", f"{progress.events_in:,}")
@@ -215,9 +228,7 @@ def _table(progress: Progress, elapsed_s: float, duration_s: float, alive: dict[
         table.add_row("attributed purchases", f"{report['cumulative_attributed']:,}")
     else:
         table.add_row("hit rate", "waiting for the first closed window")
-    table.add_row(
-        "processes", "  ".join(f"{n}:{'up' if up else 'DOWN'}" for n, up in alive.items())
-    )
+    table.add_row("processes", "  ".join(f"{n}:{state}" for n, state in states.items()))
     return table
 
 
@@ -376,15 +387,18 @@ def _watch(
             progress = observer.poll()
             elapsed = time.monotonic() - t0
             alive = {n: p.poll() is None for n, p in procs.items()}
+            states = {n: _state(p) for n, p in procs.items()}
+            # Once the simulator is done, the workers and the monitor drain what is left.
+            phase = "draining" if sim.poll() is not None else "running"
             if interactive:
-                live.update(_table(progress, elapsed, duration_s, alive), refresh=True)
+                live.update(_table(progress, elapsed, duration_s, states, phase), refresh=True)
             elif elapsed - last_print >= 5:
                 last_print = elapsed
                 report = progress.last_report or {}
                 model = _pct(report.get("cumulative_hit_rate_at_k"))
                 popular = _pct(report.get("cumulative_baseline_hit_rate_at_k"))
                 print(
-                    f"[{elapsed:5.0f} s] events in {progress.events_in:,}  suggestions out "
+                    f"[{elapsed:5.0f} s {phase}] events in {progress.events_in:,}  suggestions out "
                     f"{progress.suggestions_out:,}  dead-lettered {progress.dead_lettered:,}  "
                     f"lag {progress.lag:,}  hit rate@K model {model} popularity {popular}",
                     flush=True,
@@ -440,7 +454,7 @@ def _print_summary(
         ("unanswered", f"{unanswered:,}"),
         ("purchase lines", f"{progress.purchases:,}"),
         (
-            "latency event->suggestion",
+            "latency event->suggestion produced",
             f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms",
         ),
     ]
