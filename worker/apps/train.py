@@ -13,8 +13,9 @@ Steps (``worker train``):
    (sessions, candidates, features), labelling each candidate: 2 if the user buys it within the
    attribution window after the event, 1 if it is the user's next product in the session, 0
    otherwise; train a LambdaRank booster on a sample of training-window events that have a
-   positive candidate; evaluate it on every evaluation-window event against the popularity
-   baseline.
+   positive candidate; evaluate it on every evaluation-window event with a target, and the
+   heuristic rankers of :mod:`worker.core.baselines` (built from the training window too) on the
+   very same events (HR, MRR, NDCG at K, recall at N and their discovery variants).
 3. Served model (``refit``, the default): the same tables and booster again from the whole
    history, with the same parameters and sample size. The metrics stay those of step 2: a model
    that has seen the evaluation window cannot be scored on it. Without ``refit`` the evaluation
@@ -49,6 +50,13 @@ from worker.config import (
     TRAIN_TOP_K,
     TRAIN_TREES,
     validate,
+)
+from worker.core.baselines import (
+    BASELINE_NAMES,
+    Ranker,
+    SessionContext,
+    TargetMetrics,
+    fit_baselines,
 )
 from worker.core.candidates import generate_candidates
 from worker.core.catalogue import CatalogueTables
@@ -98,45 +106,59 @@ class TrainSettings:
         validate(self)
 
 
-@dataclass
-class RankingMetrics:
-    """Hit rate@K and NDCG@K of one ranker over one set of targets."""
-
-    events: int = 0
-    hits: int = 0
-    ndcg_sum: float = 0.0
-
-    def add(self, rank: int | None, k: int) -> None:
-        self.events += 1
-        if rank is not None and rank <= k:
-            self.hits += 1
-            self.ndcg_sum += 1.0 / float(np.log2(rank + 1))
-
-    def as_dict(self) -> dict[str, float | int]:
-        n = max(self.events, 1)
-        return {"events": self.events, "hit_rate": self.hits / n, "ndcg": self.ndcg_sum / n}
+#: The two targets of the evaluation: metadata key and label.
+TARGETS = (
+    ("next_item", "next product in session"),
+    ("purchase_within_attribution_window", "purchase within attribution"),
+)
 
 
 @dataclass
 class Evaluation:
+    """Every ranker's metrics on both targets (definitions: :mod:`worker.core.baselines`).
+
+    Attributes:
+        k: the cut-off of HR, MRR and NDCG.
+        n: the pool of recall (the model's candidates; a heuristic's top-N list).
+        rankers: "model" then :data:`~worker.core.baselines.BASELINE_NAMES`, in report order.
+    """
+
     k: int
-    next_item_model: RankingMetrics = field(default_factory=RankingMetrics)
-    next_item_popularity: RankingMetrics = field(default_factory=RankingMetrics)
-    purchase_model: RankingMetrics = field(default_factory=RankingMetrics)
-    purchase_popularity: RankingMetrics = field(default_factory=RankingMetrics)
+    n: int
+    rankers: tuple[str, ...] = ("model", *BASELINE_NAMES)
+    next_item: dict[str, TargetMetrics] = field(default_factory=dict)
+    purchase: dict[str, TargetMetrics] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.rankers:
+            self.next_item.setdefault(name, TargetMetrics())
+            self.purchase.setdefault(name, TargetMetrics())
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "k": self.k,
-            "next_item": {
-                "model": self.next_item_model.as_dict(),
-                "popularity": self.next_item_popularity.as_dict(),
-            },
-            "purchase_within_attribution_window": {
-                "model": self.purchase_model.as_dict(),
-                "popularity": self.purchase_popularity.as_dict(),
-            },
+        """The metadata's ``metrics``: per target, per ranker, ``events``, ``hit_rate``,
+        ``mrr``, ``ndcg``, ``recall`` and ``discovery`` (the same keys); per target, the
+        ``strongest_baseline`` by HR@K and the model's relative difference to it."""
+        out: dict[str, Any] = {"k": self.k, "n": self.n, "rankers": list(self.rankers)}
+        for (key, _), table in zip(TARGETS, (self.next_item, self.purchase), strict=True):
+            out[key] = {name: table[name].as_dict() for name in self.rankers}
+        out["strongest_baseline"] = {
+            key: _strongest_baseline(out[key], self.rankers) for key, _ in TARGETS
         }
+        return out
+
+
+def _strongest_baseline(rows: dict[str, Any], rankers: Sequence[str]) -> dict[str, Any]:
+    """The heuristic with the best HR@K (ties: report order), and the model's relative lead
+    (positive) or deficit (negative) against it: ``model / baseline - 1``, None when the
+    baseline's HR@K is 0."""
+    best = max((r for r in rankers if r != "model"), key=lambda r: rows[r]["hit_rate"])
+    model_hr, base_hr = rows["model"]["hit_rate"], rows[best]["hit_rate"]
+    return {
+        "ranker": best,
+        "hit_rate": base_hr,
+        "model_hit_rate": model_hr,
+        "model_relative": model_hr / base_hr - 1.0 if base_hr > 0 else None,
+    }
 
 
 def event_from_record(record: dict[str, Any]) -> BrowsingEvent:
@@ -522,12 +544,26 @@ def _history(
 
 
 @dataclass
+class _EvalBatch:
+    """Evaluation events with a target (a batch of them): what the model and the heuristic
+    rankers need to be scored on the same events, and no more (the evaluation slice only)."""
+
+    x: np.ndarray  # float32 (B * candidates, features) the model's features
+    cands: np.ndarray  # int32 (B, candidates) the model's candidates
+    bought: list[set[int]]  # products bought within the attribution window after each event
+    targets_next: np.ndarray  # int32 (B,) the next product in the session, or -1
+    session_items: np.ndarray  # int32 (B, history) the session's products, most recent first
+    categories: np.ndarray  # int32 (B,) category of the event's product
+    seen_targets: list[set[int]]  # the targets (next and bought) seen earlier in the session
+
+
+@dataclass
 class _Examples:
     """Feature tensors of sampled training events and of every evaluation event with a target."""
 
     x_train: np.ndarray  # (queries, candidates, features)
     y_train: np.ndarray  # (queries, candidates) labels 0/1/2
-    eval_batches: list[tuple[np.ndarray, np.ndarray, list[set[int]], np.ndarray]]
+    eval_batches: list[_EvalBatch]
 
 
 @dataclass
@@ -540,7 +576,7 @@ class _Model:
     queries: int
     rows: int
     seconds: float  # since training started, when this fit ended
-    eval_batches: list[tuple[np.ndarray, np.ndarray, list[set[int]], np.ndarray]]
+    eval_batches: list[_EvalBatch]
 
 
 def train(
@@ -560,13 +596,26 @@ def train(
     data = _read_dataset(dataset_dir, settings)
     history = data.history
     evaluated = _fit_window(data, history.is_train, settings, "evaluation", started, log)
-    evaluation = _evaluate(evaluated.booster, evaluated.tables, evaluated.eval_batches, settings)
+    evaluation_started = time.perf_counter()
+    rankers = _fit_baselines(data, history.is_train, evaluated.tables, settings)
+    evaluation = _evaluate(
+        evaluated.booster, evaluated.eval_batches, rankers, evaluated.tables, settings
+    )
+    evaluation_seconds = time.perf_counter() - evaluation_started
+    if log:
+        log.info(
+            "evaluated",
+            rankers=list(evaluation.rankers),
+            seconds=round(evaluation_seconds, 1),
+        )
     evaluated.eval_batches = []  # free them before the refit
+    del rankers
     served = evaluated
     if settings.refit:
         everything = np.ones(len(history.events), dtype=bool)
         served = _fit_window(data, everything, settings, "served", started, log)
     metadata = _metadata(served, evaluated, evaluation, data, settings, dataset_dir)
+    metadata["evaluation_seconds"] = round(evaluation_seconds, 1)
     path = save_artifact(
         models_dir,
         metadata["version"],
@@ -628,13 +677,35 @@ def _fit_window(
     )
 
 
+def _by_session(history: _History, window: np.ndarray) -> np.ndarray:
+    """The rows of ``window``, sessions contiguous, time order within each."""
+    rows = np.flatnonzero(window)
+    return rows[np.lexsort((history.times[rows], history.session_codes[rows]))]
+
+
+def _fit_baselines(
+    data: _Dataset, window: np.ndarray, tables: CatalogueTables, settings: TrainSettings
+) -> list[Ranker]:
+    """The heuristic rankers from the events of ``window`` (the training window)."""
+    history = data.history
+    by_session = _by_session(history, window)
+    return fit_baselines(
+        history.items[by_session],
+        history.types[by_session] == EVENT_TYPE_CODE["VIEW"],
+        history.session_codes[by_session],
+        history.times[by_session],
+        tables.category,
+        covis_window=settings.covis_window,
+        neighbours=settings.n_candidates,
+    )
+
+
 def _training_tables(
     data: _Dataset, window: np.ndarray, settings: TrainSettings
 ) -> CatalogueTables:
     """The catalogue tables from the events of ``window``, sessions contiguous."""
     history = data.history
-    rows = np.flatnonzero(window)
-    by_session = rows[np.lexsort((history.times[rows], history.session_codes[rows]))]
+    by_session = _by_session(history, window)
     return build_tables(
         data.product_ids,
         data.categories,
@@ -665,7 +736,11 @@ def _collect_examples(
     sessions = SessionStore(history=settings.history, max_users=10_000_000, idle_ttl_ms=1 << 62)
     train_x: list[np.ndarray] = []
     train_y: list[np.ndarray] = []
-    eval_batches: list[tuple[np.ndarray, np.ndarray, list[set[int]], np.ndarray]] = []
+    eval_batches: list[_EvalBatch] = []
+    # Per user: (session id, session start) and the products of that session so far, for the
+    # discovery metrics; only when some events are evaluated (not for the refit).
+    seen_in_session: dict[str, tuple[tuple[str, int], set[int]]] = {}
+    track_seen = not bool(window.all())
     keep_probability = min(1.0, 3.0 * settings.max_train_queries / max(1, int(window.sum())))
     for lo in range(0, len(events), settings.chunk_events):
         hi = min(lo + settings.chunk_events, len(events))
@@ -676,6 +751,11 @@ def _collect_examples(
         has_target = (targets_next >= 0) | np.fromiter((bool(b) for b in bought), bool, len(chunk))
         sampled = window[lo:hi] & has_target & (rng.random(hi - lo) < keep_probability)
         evaluated = ~window[lo:hi] & has_target
+        seen_targets: dict[int, set[int]] = {}
+        if track_seen:
+            seen_targets = _seen_targets(
+                seen_in_session, chunk, batch, evaluated, targets_next, bought
+            )
         for mask, is_eval in ((sampled, False), (evaluated, True)):
             local = np.flatnonzero(mask)
             if local.size == 0:
@@ -685,7 +765,17 @@ def _collect_examples(
             x = build_features(tables, sub, cands)
             sub_bought = [bought[i] for i in local]
             if is_eval:
-                eval_batches.append((x, cands, sub_bought, targets_next[local]))
+                eval_batches.append(
+                    _EvalBatch(
+                        x,
+                        cands,
+                        sub_bought,
+                        targets_next[local],
+                        sub.items,
+                        tables.category[sub.current_item],
+                        [seen_targets[i] for i in local.tolist()],
+                    )
+                )
                 continue
             labels = _labels(cands, targets_next[local], sub_bought)
             positive = labels.max(axis=1) > 0
@@ -699,6 +789,35 @@ def _collect_examples(
         pick = np.sort(rng.choice(x_train.shape[0], settings.max_train_queries, replace=False))
         x_train, y_train = x_train[pick], y_train[pick]
     return _Examples(x_train, y_train, eval_batches)
+
+
+def _seen_targets(
+    seen_in_session: dict[str, tuple[tuple[str, int], set[int]]],
+    chunk: Sequence[BrowsingEvent],
+    batch: SessionBatch,
+    evaluated: np.ndarray,
+    targets_next: np.ndarray,
+    bought: list[set[int]],
+) -> dict[int, set[int]]:
+    """Record each event's product in its user's session (``seen_in_session``, updated in
+    place; a session is the serving one: same session id and start); for each evaluated row,
+    its targets (next product, products bought) already in the session, this event included."""
+    out: dict[int, set[int]] = {}
+    starts = batch.start_ms.tolist()
+    products = batch.current_item.tolist()
+    flagged = evaluated.tolist()
+    for row, event in enumerate(chunk):
+        key = (event.session_id, starts[row])
+        entry = seen_in_session.get(event.user_id)
+        if entry is None or entry[0] != key:
+            entry = (key, set())
+            seen_in_session[event.user_id] = entry
+        seen = entry[1]
+        seen.add(products[row])
+        if flagged[row]:
+            target = int(targets_next[row])
+            out[row] = ({target} & seen if target >= 0 else set()) | (bought[row] & seen)
+    return out
 
 
 def _labels(cands: np.ndarray, next_items: np.ndarray, bought: list[set[int]]) -> np.ndarray:
@@ -812,50 +931,87 @@ def _metadata(
 
 def _evaluate(
     booster: Any,
+    eval_batches: Iterable[_EvalBatch],
+    rankers: Sequence[Ranker],
     tables: CatalogueTables,
-    eval_batches: Iterable[tuple[np.ndarray, np.ndarray, list[set[int]], np.ndarray]],
     settings: TrainSettings,
 ) -> Evaluation:
-    k = settings.top_k
-    evaluation = Evaluation(k=k)
+    """The model and every heuristic ranker on the same evaluation events, both targets."""
+    k, n = settings.top_k, min(settings.n_candidates, tables.n_products)
+    evaluation = Evaluation(k=k, n=n, rankers=("model", *(r.name for r in rankers)))
     scorer = BoosterScorer(booster, num_threads=settings.num_threads)
-    popular = tables.global_top[:k].tolist()
-    popular_rank = {item: r + 1 for r, item in enumerate(popular)}
-    for x, cands, bought, targets_next in eval_batches:
-        scores = scorer.score(x).reshape(cands.shape)
-        ranked = np.take_along_axis(cands, top_k(scores, k), axis=1).tolist()
+    for batch in eval_batches:
+        scores = scorer.score(batch.x).reshape(batch.cands.shape)
+        ranked = np.take_along_axis(batch.cands, top_k(scores, k), axis=1).tolist()
+        cands = batch.cands.tolist()
+        targets = batch.targets_next.tolist()
+        categories = batch.categories.tolist()
         for row, ranking in enumerate(ranked):
-            rank_of = {item: r + 1 for r, item in enumerate(ranking)}
-            target = int(targets_next[row])
-            if target >= 0:
-                evaluation.next_item_model.add(rank_of.get(target), k)
-                evaluation.next_item_popularity.add(popular_rank.get(target), k)
-            if bought[row]:
-                evaluation.purchase_model.add(_best_rank(rank_of, bought[row]), k)
-                evaluation.purchase_popularity.add(_best_rank(popular_rank, bought[row]), k)
+            session = batch.session_items[row]
+            context = SessionContext(session[session >= 0][::-1].tolist(), categories[row])
+            lists = [(ranking, set(cands[row]))]
+            for ranker in rankers:
+                top_n = ranker.rank(context, n)
+                lists.append((top_n[:k], set(top_n)))
+            seen = batch.seen_targets[row]
+            for name, (top, pool) in zip(evaluation.rankers, lists, strict=True):
+                if targets[row] >= 0:
+                    evaluation.next_item[name].add(top, pool, {targets[row]}, seen, k)
+                if batch.bought[row]:
+                    evaluation.purchase[name].add(top, pool, batch.bought[row], seen, k)
     return evaluation
 
 
-def _best_rank(rank_of: dict[int, int], items: set[int]) -> int | None:
-    ranks = [rank_of[i] for i in items if i in rank_of]
-    return min(ranks) if ranks else None
-
-
 def format_evaluation(metadata: dict[str, Any]) -> str:
-    """Human-readable table of the evaluation metrics."""
+    """Human-readable table of the evaluation metrics: one row per ranker, per target HR@K,
+    MRR@K, NDCG@K, recall@N and discovery HR@K; then, per target, the strongest heuristic and
+    the model's lead or deficit against it in HR@K."""
     m = metadata["metrics"]
-    k = m["k"]
-    lines = [f"{'target':<34}{'ranker':<12}{'events':>9}{f'HR@{k}':>9}{f'NDCG@{k}':>9}"]
-    for target, label in (
-        ("next_item", "next product in session"),
-        ("purchase_within_attribution_window", "purchase within attribution"),
-    ):
-        for ranker in ("model", "popularity"):
-            row = m[target][ranker]
-            lines.append(
-                f"{label:<34}{ranker:<12}{row['events']:>9}{row['hit_rate']:>9.3f}{row['ndcg']:>9.3f}"
-            )
+    k, n = m["k"], m.get("n", "N")
+    rankers = m.get("rankers", ["model", "popularity"])
+    columns = [f"HR@{k}", f"MRR@{k}", f"NDCG@{k}", f"rec@{n}", f"dHR@{k}"]
+    width = 8 * len(columns)
+    head = [f"{'':<18}", f"{'ranker':<18}"]
+    for key, label in TARGETS:
+        rows = m[key]["model"]
+        events = f"{label} ({rows['events']:,} events"
+        if "discovery" in rows:
+            events += f", {rows['discovery']['events']:,} discovery"
+        head[0] += f" | {events + ')':<{width}}"
+        head[1] += " | " + "".join(f"{c:>8}" for c in columns)
+    lines = head
+    for ranker in rankers:
+        line = f"{ranker:<18}"
+        for key, _ in TARGETS:
+            row = m[key][ranker]
+            discovery = row.get("discovery", {}).get("hit_rate", float("nan"))
+            values = (row["hit_rate"], row.get("mrr"), row["ndcg"], row.get("recall"), discovery)
+            line += " | " + "".join(f"{v:>8.3f}" if v is not None else f"{'-':>8}" for v in values)
+        lines.append(line)
+    lines.append(
+        f"HR, MRR, NDCG at {k}; rec@{n}: a target in the ranker's {n} (the model's candidates); "
+        f"dHR@{k}: HR@{k} on products not yet seen in the session"
+    )
+    for key, label in TARGETS:
+        best = m.get("strongest_baseline", {}).get(key)
+        if best is None:
+            continue
+        lines.append(f"{label}: " + _lead(best, k))
     return "\n".join(lines)
+
+
+def _lead(best: dict[str, Any], k: int) -> str:
+    """The strongest heuristic and the model's relative lead or deficit in HR@K, plainly."""
+    said = (
+        f"strongest baseline {best['ranker']} (HR@{k} {best['hit_rate']:.3f}), "
+        f"model {best['model_hit_rate']:.3f}: "
+    )
+    relative = best["model_relative"]
+    if relative is None:
+        return said + "the baseline hits nothing"
+    if relative >= 0:
+        return said + f"model leads by {relative:.1%}"
+    return said + f"model loses by {-relative:.1%}"
 
 
 def format_data(metadata: dict[str, Any]) -> str:

@@ -18,8 +18,9 @@ import pytest
 from worker import cli
 from worker.apps.dataset import iter_events, iter_purchases, read_catalogue, write_dataset
 from worker.apps.simulate import SimulatorSettings, write_history
-from worker.apps.train import TrainSettings, train
+from worker.apps.train import TrainSettings, format_evaluation, train
 from worker.config import SettingError
+from worker.core.baselines import BASELINE_NAMES
 from worker.core.catalogue import CatalogueTables
 from worker.core.clickstream import Catalogue
 from worker.model.artifact import read_metadata
@@ -255,6 +256,46 @@ def test_refit_leaves_the_evaluation_as_it_was(
     assert not_refit["training_window"] == not_refit["evaluation_model"]["training_window"]
     assert refit["training_window"]["events"] > not_refit["training_window"]["events"]
     assert refit["version"].split("-")[1] != not_refit["version"].split("-")[1]  # other trees
+
+
+def test_every_ranker_is_scored_on_the_same_events_for_both_targets(
+    refit_and_not: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    """The model and every heuristic, on the same evaluation events, both targets, with the
+    discovery variant; the printed table names them all and says how the model compares with
+    the strongest heuristic."""
+    refit, _ = refit_and_not
+    metrics = refit["metrics"]
+    rankers = ["model", *BASELINE_NAMES]
+    assert metrics["rankers"] == rankers
+    assert (metrics["k"], metrics["n"]) == (TINY.top_k, TINY.n_candidates)
+    keys = {"events", "hit_rate", "mrr", "ndcg", "recall"}
+    for target in ("next_item", "purchase_within_attribution_window"):
+        rows = metrics[target]
+        assert list(rows) == rankers
+        events = rows["model"]["events"]
+        discovery_events = rows["model"]["discovery"]["events"]
+        assert 0 < discovery_events <= events
+        for ranker in rankers:
+            row = rows[ranker]
+            assert set(row) == keys | {"discovery"} and set(row["discovery"]) == keys
+            assert (row["events"], row["discovery"]["events"]) == (events, discovery_events)
+            for part in (row, row["discovery"]):
+                assert 0 <= part["mrr"] <= part["ndcg"] <= part["hit_rate"] <= part["recall"] <= 1
+        # Recency suggests only the session's own products: never a discovery.
+        assert rows["recency"]["discovery"]["hit_rate"] == 0.0
+        assert rows["recency"]["hit_rate"] > 0.0
+        best = metrics["strongest_baseline"][target]
+        assert best["ranker"] in BASELINE_NAMES
+        assert best["hit_rate"] == max(rows[r]["hit_rate"] for r in BASELINE_NAMES)
+        assert best["model_relative"] == pytest.approx(
+            rows["model"]["hit_rate"] / best["hit_rate"] - 1
+        )
+    table = format_evaluation(refit)
+    for ranker in rankers:
+        assert f"\n{ranker} " in table
+    assert table.count("model leads by") + table.count("model loses by") == 2
+    assert refit["evaluation_seconds"] > 0
 
 
 def test_the_new_train_flags(capsys: pytest.CaptureFixture[str]) -> None:
