@@ -2,7 +2,8 @@
 
 Subcommands: ``topics``, ``simulate``, ``train``, ``dataset import`` (real clickstream files as a
 dataset), ``run`` (the worker), ``monitor``, ``compile`` (the served model compiled with lleaves
-into its artifact's cache, for workers of this platform).
+into its artifact's cache, for workers of this platform), ``schemas`` (the record schemas and,
+with ``--fingerprints``, their single-object fingerprints).
 The development tooling (local broker, chaos harness, benchmark, demo) is ``worker-dev``
 (:mod:`devtools.cli`), which production does not install.
 
@@ -246,6 +247,21 @@ def build_parser() -> SettingsParser:
         "of this platform (CPU family) load it at start instead of compiling it",
     )
     _models_arg(p)
+
+    p = sub.add_parser(
+        "schemas",
+        help="the record schemas: full names and, with --fingerprints, the CRC-64-AVRO "
+        "fingerprints that single-object encoding writes",
+    )
+    p.add_argument(
+        "--fingerprints",
+        action="store_true",
+        help="print each schema's CRC-64-AVRO fingerprint of its Parsing Canonical Form (hex in "
+        "wire byte order, little-endian, and as a signed 64-bit integer)",
+    )
+    p.add_argument(
+        "--canonical", action="store_true", help="print each schema's Parsing Canonical Form too"
+    )
 
     for command in sub.choices.values():
         command.add_settings(*LOGGING_SETTINGS)
@@ -524,6 +540,20 @@ def cmd_compile(args: argparse.Namespace, log: Any) -> int:
     return 0
 
 
+def cmd_schemas(args: argparse.Namespace, log: Any) -> int:
+    """The package's record schemas; with ``--fingerprints`` (and ``--canonical``) what a producer
+    in another language must compute for single-object encoding. Pure: no Kafka."""
+    from worker.wire.fingerprints import render, schema_fingerprints
+
+    fingerprints = schema_fingerprints()
+    if args.fingerprints or args.canonical:
+        print(render(fingerprints, canonical=args.canonical), end="")
+    else:
+        for fp in fingerprints:
+            print(f"{fp.full_name}\tschemas/{fp.file}")
+    return 0
+
+
 COMMANDS = {
     "topics": cmd_topics,
     "simulate": cmd_simulate,
@@ -532,6 +562,7 @@ COMMANDS = {
     "run": cmd_run,
     "monitor": cmd_monitor,
     "compile": cmd_compile,
+    "schemas": cmd_schemas,
 }
 
 if __name__ == "__main__":

@@ -240,9 +240,14 @@ class AvroCodec:
                 f"Avro body of {len(payload) - body_start} bytes does not parse as "
                 f"{writer.name}: {type(exc).__name__}: {exc}"
             ) from exc
-        trailing = len(payload) - buf.tell()
+        end = buf.tell()
+        trailing = len(payload) - end
         if trailing:
-            raise CorruptPayloadError(f"{trailing} trailing bytes after the Avro body")
+            raise CorruptPayloadError(
+                f"{trailing} trailing bytes after a complete {writer.name} record: its Avro "
+                f"body ends at byte {end} of the {len(payload)}-byte payload (one record per "
+                "Kafka value, nothing after it)"
+            )
         return record  # type: ignore[return-value]  # a record schema always reads as a dict
 
     def _writer_for(self, payload: bytes) -> tuple[ParsedSchema, int]:
@@ -259,10 +264,7 @@ class AvroCodec:
                     raise SchemaMismatchError(
                         f"payload was written as {foreign}, expected {self.reader.name}"
                     )
-                raise UnknownSchemaError(
-                    f"unknown writer schema fingerprint {fingerprint.hex()} "
-                    f"(expected a version of {self.reader.name})"
-                )
+                raise UnknownSchemaError(self._unknown_fingerprint_message(fingerprint))
             return writer, _SINGLE_OBJECT_HEADER_BYTES
         if payload[:1] == CONFLUENT_MAGIC:
             if len(payload) < _CONFLUENT_HEADER_BYTES:
@@ -272,6 +274,17 @@ class AvroCodec:
         raise UnknownFramingError(
             f"first bytes {payload[:2].hex()} are neither Confluent framing (00) "
             "nor Avro single-object encoding (c301)"
+        )
+
+    def _unknown_fingerprint_message(self, fingerprint: bytes) -> str:
+        """What an unknown fingerprint was, what is known, and how to compute it right."""
+        known = ", ".join(f"{fp.hex()} ({fingerprint_int64(fp)})" for fp in self._by_fingerprint)
+        return (
+            f"unknown writer schema fingerprint {fingerprint.hex()} "
+            f"({fingerprint_int64(fingerprint)} as a signed 64-bit integer); known fingerprints "
+            f"of {self.reader.name}: {known}. Compute the fingerprint of the Parsing Canonical "
+            "Form per the Avro specification (it drops logicalType, doc and defaults); see "
+            "`worker schemas --fingerprints`"
         )
 
     def _writer_by_id(self, schema_id: int) -> ParsedSchema:
@@ -292,6 +305,12 @@ class AvroCodec:
         writer = self._by_fingerprint.get(parsed.fingerprint, parsed)
         self._by_registry_id[schema_id] = writer
         return writer
+
+
+def fingerprint_int64(fingerprint: bytes) -> int:
+    """A wire fingerprint (8 bytes, little-endian) as a signed 64-bit integer: Java's ``long``
+    from ``SchemaNormalization.parsingFingerprint64``."""
+    return int.from_bytes(fingerprint, "little", signed=True)
 
 
 def codec_for(

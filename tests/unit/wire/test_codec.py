@@ -501,6 +501,50 @@ def test_corrupt_payload_error_chains_the_parser_error() -> None:
     assert raised.value.__cause__ is not None
 
 
+@pytest.mark.parametrize("extra", [b"\x00", b"junk", EVENT["event_id"].encode() * 40])
+@pytest.mark.parametrize("framing", ["single-object", "confluent"])
+def test_valid_record_followed_by_extra_bytes_is_corrupt_with_trailing_bytes_message(
+    framing: str, extra: bytes
+) -> None:
+    """A complete, valid event with anything after it is dead-lettered as CorruptPayloadError,
+    whose message says how many trailing bytes follow the record and where it ends."""
+    registry = InMemorySchemaRegistry() if framing == "confluent" else None
+    codec = codec_for("BrowsingEvent", registry=registry)
+    valid = codec.encode(EVENT)
+    assert codec.decode(valid) == EVENT
+    with pytest.raises(CorruptPayloadError) as raised:
+        codec.decode(valid + extra)
+    assert type(raised.value) is CorruptPayloadError
+    message = str(raised.value)
+    assert message.startswith(f"{len(extra)} trailing bytes after a complete ")
+    assert "com.shop.recommender.BrowsingEvent record" in message
+    assert f"ends at byte {len(valid)} of the {len(valid) + len(extra)}-byte payload" in message
+
+
+def test_unknown_fingerprint_message_names_received_and_known_fingerprints() -> None:
+    """UnknownSchemaError says which fingerprint came, which are known (hex as on the wire and
+    as a signed 64-bit integer), and how to compute the right one."""
+    older = copy.deepcopy(load_schema("BrowsingEvent"))
+    older["fields"] = older["fields"][:-2] + older["fields"][-1:]  # without "price"
+    codec = AvroCodec(load_schema("BrowsingEvent"), extra_writer_schemas=(older,))
+    received = bytes.fromhex("0102030405060708")
+    payload = b"\xc3\x01" + received + codec.encode(EVENT)[10:]
+    with pytest.raises(UnknownSchemaError) as raised:
+        codec.decode(payload)
+    message = str(raised.value)
+    assert message.startswith(
+        "unknown writer schema fingerprint 0102030405060708 "
+        f"({int.from_bytes(received, 'little', signed=True)} as a signed 64-bit integer); "
+        "known fingerprints of com.shop.recommender.BrowsingEvent: b5c077aa6d1166bd "
+        "(-4799129190207602507), "
+    )
+    assert ParsedSchema.from_json(older).fingerprint.hex() in message
+    assert message.endswith(
+        "Compute the fingerprint of the Parsing Canonical Form per the Avro specification (it "
+        "drops logicalType, doc and defaults); see `worker schemas --fingerprints`"
+    )
+
+
 # -- fuzzing ----------------------------------------------------------------------------------
 
 
