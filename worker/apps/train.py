@@ -33,6 +33,7 @@ import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -554,7 +555,7 @@ class _EvalBatch:
     targets_next: np.ndarray  # int32 (B,) the next product in the session, or -1
     session_items: np.ndarray  # int32 (B, history) the session's products, most recent first
     categories: np.ndarray  # int32 (B,) category of the event's product
-    seen_targets: list[set[int]]  # the targets (next and bought) seen earlier in the session
+    seen_targets: list[AbstractSet[int]]  # the targets (next, bought) already in the session
 
 
 @dataclass
@@ -751,7 +752,7 @@ def _collect_examples(
         has_target = (targets_next >= 0) | np.fromiter((bool(b) for b in bought), bool, len(chunk))
         sampled = window[lo:hi] & has_target & (rng.random(hi - lo) < keep_probability)
         evaluated = ~window[lo:hi] & has_target
-        seen_targets: dict[int, set[int]] = {}
+        seen_targets: dict[int, AbstractSet[int]] = {}
         if track_seen:
             seen_targets = _seen_targets(
                 seen_in_session, chunk, batch, evaluated, targets_next, bought
@@ -791,6 +792,9 @@ def _collect_examples(
     return _Examples(x_train, y_train, eval_batches)
 
 
+_NOTHING: frozenset[int] = frozenset()
+
+
 def _seen_targets(
     seen_in_session: dict[str, tuple[tuple[str, int], set[int]]],
     chunk: Sequence[BrowsingEvent],
@@ -798,11 +802,11 @@ def _seen_targets(
     evaluated: np.ndarray,
     targets_next: np.ndarray,
     bought: list[set[int]],
-) -> dict[int, set[int]]:
+) -> dict[int, AbstractSet[int]]:
     """Record each event's product in its user's session (``seen_in_session``, updated in
     place; a session is the serving one: same session id and start); for each evaluated row,
     its targets (next product, products bought) already in the session, this event included."""
-    out: dict[int, set[int]] = {}
+    out: dict[int, AbstractSet[int]] = {}
     starts = batch.start_ms.tolist()
     products = batch.current_item.tolist()
     flagged = evaluated.tolist()
@@ -816,7 +820,8 @@ def _seen_targets(
         seen.add(products[row])
         if flagged[row]:
             target = int(targets_next[row])
-            out[row] = ({target} & seen if target >= 0 else set()) | (bought[row] & seen)
+            both = ({target} & seen if target >= 0 else set()) | (bought[row] & seen)
+            out[row] = both or _NOTHING  # most are empty: one shared object, not one per event
     return out
 
 

@@ -18,11 +18,14 @@ import pytest
 from worker import cli
 from worker.apps.dataset import iter_events, iter_purchases, read_catalogue, write_dataset
 from worker.apps.simulate import SimulatorSettings, write_history
-from worker.apps.train import TrainSettings, format_evaluation, train
+from worker.apps.train import TrainSettings, _seen_targets, format_evaluation, train
 from worker.config import SettingError
 from worker.core.baselines import BASELINE_NAMES
 from worker.core.catalogue import CatalogueTables
 from worker.core.clickstream import Catalogue
+from worker.core.pipeline import advance_sessions
+from worker.core.records import EVENT_TYPE_CODE, BrowsingEvent
+from worker.core.session import SessionStore
 from worker.model.artifact import read_metadata
 
 SIM = SimulatorSettings(n_products=400, n_categories=12, n_users=2000, seed=3)
@@ -296,6 +299,32 @@ def test_every_ranker_is_scored_on_the_same_events_for_both_targets(
         assert f"\n{ranker} " in table
     assert table.count("model leads by") + table.count("model loses by") == 2
     assert refit["evaluation_seconds"] > 0
+
+
+def test_discovery_knows_the_whole_serving_session_not_only_its_last_20_events() -> None:
+    """The seen set of an evaluated event: every product of its serving session so far (beyond
+    the 20 the session keeps), itself included; a 30-minute gap starts a new one."""
+    minute = 60_000
+    plan = [("u", i, i * 1000) for i in range(25)]  # products 0..24, one per second
+    plan += [("u", 5, 25_000), ("v", 0, 25_000), ("u", 7, 25_000 + 31 * minute)]
+    events = [
+        BrowsingEvent(f"e{n}", user, "s1", EVENT_TYPE_CODE["VIEW"], f"p{item}", "c", 1.0, t)
+        for n, (user, item, t) in enumerate(plan)
+    ]
+    items = np.array([item for _, item, _ in plan], dtype=np.int32)
+    batch = advance_sessions(SessionStore(history=20), events, items)
+    evaluated = np.zeros(len(plan), dtype=bool)
+    evaluated[25:] = True
+    targets_next = np.full(len(plan), -1, dtype=np.int32)
+    targets_next[25:] = [0, 1, 5]
+    bought: list[set[int]] = [set() for _ in plan]
+    bought[25], bought[27] = {3, 99}, {7}
+
+    seen = _seen_targets({}, events, batch, evaluated, targets_next, bought)
+
+    # Product 0 left the 20 kept interactions, but the user saw it in this session.
+    assert 0 not in batch.items[25].tolist()
+    assert seen == {25: {0, 3}, 26: set(), 27: {7}}  # v's session is v's; u's restarted
 
 
 def test_the_new_train_flags(capsys: pytest.CaptureFixture[str]) -> None:
