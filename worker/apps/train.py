@@ -989,7 +989,7 @@ def format_evaluation(metadata: dict[str, Any]) -> str:
         line = f"{ranker:<18}"
         for key, _ in TARGETS:
             row = m[key][ranker]
-            discovery = row.get("discovery", {}).get("hit_rate", float("nan"))
+            discovery = row.get("discovery", {}).get("hit_rate")  # None: an older artifact
             values = (row["hit_rate"], row.get("mrr"), row["ndcg"], row.get("recall"), discovery)
             line += " | " + "".join(f"{v:>8.3f}" if v is not None else f"{'-':>8}" for v in values)
         lines.append(line)
@@ -1002,7 +1002,7 @@ def format_evaluation(metadata: dict[str, Any]) -> str:
         if best is None:
             continue
         lines.append(f"{label}: " + _lead(best, k))
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _lead(best: dict[str, Any], k: int) -> str:
