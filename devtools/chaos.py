@@ -605,6 +605,19 @@ def _wait_drained(progress: Progress, timeout_s: float = 600.0) -> None:
         time.sleep(0.2)
 
 
+def _check_input_written(progress: Progress, acknowledged: int) -> None:
+    """Every event the feeder had acknowledged is in the input topic (re-sends may add
+    duplicates, never fewer records): else fail at once, saying so, instead of waiting for
+    progress that cannot come."""
+    ends = progress.ends()
+    if ends and sum(ends) < acknowledged:
+        raise RuntimeError(
+            f"the input topic holds {sum(ends):,} records but the feeder had {acknowledged:,} "
+            f"acknowledged: input lost between acknowledgement and the log (per partition: "
+            f"{ends})"
+        )
+
+
 def _wait_fraction(
     progress: Progress, group: Group, fraction: float, timeout_s: float = 600
 ) -> None:
@@ -875,6 +888,7 @@ def run_scenario(
         feeder.join()
         if feeder_failed:
             raise RuntimeError(f"input feeder failed: {feeder_failed[0]}") from feeder_failed[0]
+        _check_input_written(progress, len(events))
         _wait_fraction(progress, group, 1.0)
         result.peak_rss_mb = round(group.peak_rss_mb())
         if scenario == "soak":

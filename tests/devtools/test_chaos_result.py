@@ -58,3 +58,22 @@ def test_a_throttle_that_built_no_backlog_fails_the_slow_scenario() -> None:
     assert r.failures == ["output throttled 30 s: no backlog built up (the throttle did not bite)"]
     r.memory[0].backlog = 50_000
     assert r.passed
+
+
+def test_input_short_of_what_the_feeder_acknowledged_fails_at_once_saying_so():
+    import pytest
+
+    from devtools.chaos import _check_input_written
+
+    class Ends:
+        def __init__(self, ends):
+            self._ends = ends
+
+        def ends(self):
+            return self._ends
+
+    _check_input_written(Ends([3000, 3000]), 6000)  # all there
+    _check_input_written(Ends([3000, 3010]), 6000)  # re-sent duplicates are fine
+    _check_input_written(Ends([]), 6000)  # broker not answering: the wait decides
+    with pytest.raises(RuntimeError, match="holds 5,990 records but the feeder had 6,000"):
+        _check_input_written(Ends([2990, 3000]), 6000)

@@ -176,3 +176,76 @@ def test_a_message_that_fails_for_good_is_raised_not_dropped():
     )
     with pytest.raises(InputFeederError, match="MSG_SIZE_TOO_LARGE"):
         feeder.send(b"k", b"v")
+
+
+# -- the settle policy, against the librdkafka-like fakes of worker.testing ---------------------
+
+
+def _feeder_over_fakes(n_stuck: int = 1):
+    """A feeder whose first ``n_stuck`` producers never send what they have queued."""
+    from worker.testing import FakeBroker as Broker
+    from worker.testing import FakeClock
+    from worker.testing import FakeProducer as Producer
+
+    broker, clock, made = Broker(), FakeClock(), []
+
+    def producer(config: dict[str, Any]) -> Producer:
+        p = Producer(broker, config, clock=clock)
+        p.stuck = len(made) < n_stuck
+        made.append(p)
+        return p
+
+    return InputFeeder({}, "t", clock=clock, producer=producer), broker, clock, made
+
+
+def _settle_in_flight_once_purged(producer: Any) -> None:
+    """Keep ``producer``'s in-flight messages unanswered until it has been purged."""
+    producer.settle_in_flight = False
+
+    def hook() -> None:
+        producer.settle_in_flight = any(c.startswith("purge") for c in producer.calls)
+        producer.during_flush.append(hook)
+
+    producer.during_flush.append(hook)
+
+
+def test_in_flight_messages_settle_before_the_purged_ones_are_resent_after_them():
+    feeder, broker, clock, made = _feeder_over_fakes()
+    for i in range(10):
+        feeder.send(b"k", str(i).encode())
+    made[0].send_in_flight(3)
+    _settle_in_flight_once_purged(made[0])
+    while not feeder.replaced and clock.now < 2000:
+        clock.advance(0.5)
+        feeder.check()
+    feeder.close(60)
+    assert [m.value() for m in broker.messages("t")] == [str(i).encode() for i in range(10)]
+    assert feeder.replaced == 1 and feeder.resent == 7
+    assert "purge(in_queue=True, in_flight=False)" in made[0].calls
+
+
+def test_in_flight_messages_that_do_not_settle_raise_instead_of_being_resent():
+    feeder, broker, clock, made = _feeder_over_fakes()
+    for i in range(10):
+        feeder.send(b"k", str(i).encode())
+    made[0].send_in_flight(3)
+    made[0].settle_in_flight = False  # never answered
+    with pytest.raises(InputFeederError, match="3 in-flight outputs not settled 60 s"):
+        while clock.now < 5000:
+            clock.advance(0.5)
+            feeder.check()
+    assert len(made) == 1 and broker.messages("t") == []  # nothing re-sent, nothing duplicated
+
+
+def test_an_in_flight_message_that_fails_while_settling_raises_instead_of_resending():
+    feeder, broker, clock, made = _feeder_over_fakes()
+    for i in range(10):
+        feeder.send(b"k", str(i).encode())
+    made[0].send_in_flight(3)
+    made[0].fail_topics["t"] = KafkaError._MSG_TIMED_OUT  # what is in flight fails
+    _settle_in_flight_once_purged(made[0])
+    with pytest.raises(InputFeederError, match="in-flight output failed.*_MSG_TIMED_OUT"):
+        while clock.now < 5000:
+            clock.advance(0.5)
+            feeder.check()
+    assert len(made) == 1 and broker.messages("t") == []
