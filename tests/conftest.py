@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 import uuid
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
+import lightgbm
 import pytest
 import structlog
 
@@ -82,6 +86,21 @@ def _structlog_defaults_after_each_test():
     """A test that runs a command in-process (``worker.cli.main``) configures structlog to write
     to that test's captured stderr, which pytest closes afterwards; later tests must not log into
     the closed stream."""
+    hooks = (warnings.showwarning, sys.excepthook, threading.excepthook)
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+    # configure_logging also routes warnings, uncaught exceptions and LightGBM's lines through
+    # structlog (worker.ops.logging.route_library_output): give them back to Python and LightGBM.
+    warnings.showwarning, sys.excepthook, threading.excepthook = hooks
+    lightgbm.register_logger(_LightGBMDefault())
+
+
+class _LightGBMDefault:
+    """LightGBM's own default: print info lines, warn with ``warnings``."""
+
+    def info(self, message: str) -> None:
+        print(message)
+
+    def warning(self, message: str) -> None:
+        warnings.warn(message, stacklevel=2)

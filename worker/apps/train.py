@@ -841,6 +841,10 @@ def _fit(
     """The LambdaRank booster (one query per event, its candidates as documents)."""
     import lightgbm
 
+    from worker.model.lightgbm_log import route_lightgbm_log
+
+    route_lightgbm_log(lightgbm)
+
     n_queries, n_cands, n_features = x_train.shape
     params = {
         "objective": "lambdarank",

@@ -93,6 +93,10 @@ def load_artifact(models_dir: Path, *, expected_features: list[str] | None = Non
     """
     import lightgbm  # heavy import, only where a booster is needed
 
+    from worker.model.lightgbm_log import route_lightgbm_log
+
+    route_lightgbm_log(lightgbm)
+
     artifact_dir = resolve_artifact_dir(models_dir)
     metadata = read_metadata(artifact_dir)
     if metadata.get("format") != ARTIFACT_FORMAT:

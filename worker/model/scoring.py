@@ -385,6 +385,10 @@ def precompile(artifact_dir: Path, *, log: Any = None) -> Path | None:
     try:
         import lightgbm
 
+        from worker.model.lightgbm_log import route_lightgbm_log
+
+        route_lightgbm_log(lightgbm)
+
         booster = lightgbm.Booster(model_file=str(artifact_dir / MODEL_FILE))
         scorer = LleavesScorer(artifact_dir / MODEL_FILE, cache_dir=artifact_dir / CACHE_SUBDIR)
         error = _self_check(scorer, booster, int(booster.num_feature()))

@@ -12,6 +12,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
+import warnings
+from types import TracebackType
 from typing import Any
 
 import structlog
@@ -43,7 +46,59 @@ def configure_logging(*, level: str = "info", fmt: str = "auto", **bound: Any) -
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    route_library_output(**bound)
     return structlog.get_logger().bind(**bound)
+
+
+def route_library_output(**bound: Any) -> None:
+    """Send what libraries and Python itself would print on stderr through ``log``, so that
+    every line a process writes is a log record: Python warnings (``python_warning``), LightGBM's
+    own messages (``lightgbm``; registered where LightGBM is imported, by
+    :func:`worker.model.lightgbm_log.route_lightgbm_log`, to keep that heavy import out of
+    start-up) and exceptions that escape a thread
+    or the main program (``uncaught_exception``, the traceback in one field).
+
+    librdkafka's lines are routed per client (``worker.kafka.clients.client_hooks``) and the HTTP
+    server's in ``worker.ops.health``. The logger is looked up at each call, so the hooks follow
+    a later ``structlog`` configuration instead of writing to a stream it has replaced.
+    """
+
+    def log() -> Any:
+        return structlog.get_logger().bind(**bound)
+
+    def show_warning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        log().warning(
+            "python_warning",
+            category=category.__name__,
+            message=str(message),
+            source=f"{filename}:{lineno}",
+        )
+
+    warnings.showwarning = show_warning
+
+    def excepthook(
+        exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+    ) -> None:
+        log().critical("uncaught_exception", exc_info=(exc_type, exc, tb))
+
+    def thread_excepthook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        log().critical(
+            "uncaught_exception",
+            thread=args.thread.name if args.thread is not None else None,
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        )
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_excepthook
 
 
 class RepeatFilter:
