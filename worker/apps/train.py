@@ -97,6 +97,14 @@ class TrainSettings:
     chunk_events: int = 4096
     max_dropped_share: float = TRAIN_MAX_DROPPED_SHARE.field()
     refit: bool = TRAIN_REFIT.field()
+    #: Training queries come from the last ``honest_folds`` slices (each ``honest_fold_fraction``
+    #: of the window's time range) of the window, each replayed with tables built only from the
+    #: events before its slice (as serving sees tables built from the past); 0: one set of tables
+    #: from the whole window for training queries too (in-sample co-visitation and popularity).
+    honest_folds: int = 0
+    honest_fold_fraction: float = 0.2
+    #: LambdaRank gain of a purchased candidate (label 2); a next product (label 1) gains 1.
+    purchase_gain: float = 3.0
 
     def __post_init__(self) -> None:
         """Check the flagged fields as the command line does, for objects built in code too.
@@ -655,7 +663,36 @@ def _fit_window(
             seconds=round(time.perf_counter() - started, 1),
         )
     rng = np.random.default_rng(settings.seed)
-    examples = _collect_examples(history, tables, data.purchases, window, settings, rng)
+    if settings.honest_folds <= 0:
+        examples = _collect_examples(history, tables, data.purchases, window, settings, rng)
+    else:
+        examples = _collect_examples(
+            history, tables, data.purchases, window, settings, rng, train=False
+        )
+        times = history.times
+        lo_ms, hi_ms = int(times[window].min()), int(times[window].max()) + 1
+        span = hi_ms - lo_ms
+        xs, ys = [], []
+        for fold in range(1, settings.honest_folds + 1):
+            cut_lo = hi_ms - int(span * settings.honest_fold_fraction * fold)
+            cut_hi = hi_ms - int(span * settings.honest_fold_fraction * (fold - 1))
+            past = window & (times < cut_lo)
+            queries = window & (times >= cut_lo) & (times < cut_hi)
+            if not past.any() or not queries.any():
+                continue
+            fold_tables = _training_tables(data, past, settings)
+            try:
+                part = _collect_examples(
+                    history, fold_tables, data.purchases, queries, settings, rng, evaluate=False
+                )
+            except UnusableDatasetError:
+                continue
+            xs.append(part.x_train)
+            ys.append(part.y_train)
+        if not xs:
+            raise UnusableDatasetError("no training event has its target among its candidates")
+        examples.x_train = np.concatenate(xs)
+        examples.y_train = np.concatenate(ys)
     n_queries, n_cands, n_features = examples.x_train.shape
     if log:
         log.info(
@@ -725,6 +762,9 @@ def _collect_examples(
     window: np.ndarray,
     settings: TrainSettings,
     rng: np.random.Generator,
+    *,
+    train: bool = True,
+    evaluate: bool = True,
 ) -> _Examples:
     """Replay every event through the serving code (sessions, candidates, features); keep the
     labelled features of sampled events of ``window`` and of every event outside it with a
@@ -741,7 +781,7 @@ def _collect_examples(
     # Per user: (session id, session start) and the products of that session so far, for the
     # discovery metrics; only when some events are evaluated (not for the refit).
     seen_in_session: dict[str, tuple[tuple[str, int], set[int]]] = {}
-    track_seen = not bool(window.all())
+    track_seen = evaluate and not bool(window.all())
     keep_probability = min(1.0, 3.0 * settings.max_train_queries / max(1, int(window.sum())))
     for lo in range(0, len(events), settings.chunk_events):
         hi = min(lo + settings.chunk_events, len(events))
@@ -752,6 +792,10 @@ def _collect_examples(
         has_target = (targets_next >= 0) | np.fromiter((bool(b) for b in bought), bool, len(chunk))
         sampled = window[lo:hi] & has_target & (rng.random(hi - lo) < keep_probability)
         evaluated = ~window[lo:hi] & has_target
+        if not train:
+            sampled[:] = False
+        if not evaluate:
+            evaluated[:] = False
         seen_targets: dict[int, AbstractSet[int]] = {}
         if track_seen:
             seen_targets = _seen_targets(
@@ -782,6 +826,8 @@ def _collect_examples(
             positive = labels.max(axis=1) > 0
             train_x.append(x.reshape(cands.shape[0], cands.shape[1], -1)[positive])
             train_y.append(labels[positive])
+    if not train:
+        return _Examples(np.zeros((0, 0, 0), np.float32), np.zeros((0, 0), np.int8), eval_batches)
     if not train_x:
         raise UnusableDatasetError("no training event has its target among its candidates")
     x_train = np.concatenate(train_x)
@@ -853,6 +899,7 @@ def _fit(
         "num_leaves": settings.num_leaves,
         "learning_rate": settings.learning_rate,
         "min_data_in_leaf": settings.min_data_in_leaf,
+        "label_gain": [0.0, 1.0, float(settings.purchase_gain)],
         "feature_fraction": 0.9,
         "bagging_fraction": 0.8,
         "bagging_freq": 1,

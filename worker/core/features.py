@@ -36,6 +36,12 @@ FEATURE_NAMES: list[str] = [
     "sess_carts",  # add-to-cart events in the session
     "current_is_cart",  # the current event is an add-to-cart
     "gap_s",  # seconds since the user's previous event in the session (-1 if first)
+    "sess_recency_rank",  # 1-based rank of the candidate among the session's distinct products,
+    # most recent interaction first (the recency heuristic's order); 0 if not in the session
+    "in_session",  # the candidate is in the session
+    "current_category_rank",  # log1p(rank) in the current product's category top; -1 if another
+    "sess_dwell_s",  # seconds from the candidate's interactions to the next one, summed
+    "cand_position",  # position in the candidate list (session, category top, co-visitation)
 ]
 N_FEATURES = len(FEATURE_NAMES)
 NEVER_SEEN_S = 1e5
@@ -127,6 +133,22 @@ def build_features(
     out[..., 18] = (batch.current_type == ADD_TO_CART)[:, None]
     gap_s = np.where(batch.prev_ms >= 0, (batch.now_ms - batch.prev_ms) / 1000.0, -1.0)
     out[..., 19] = gap_s[:, None]
+
+    # The heuristics' signals: recency rank, category-top rank, dwell, candidate order.
+    items = batch.items
+    earlier_same = (items[:, :, None] == items[:, None, :]) & np.tri(
+        history, history, -1, dtype=bool
+    )  # (B, L, L): position l repeats a more recent position
+    first = valid & ~earlier_same.any(axis=2)
+    distinct_rank = np.cumsum(first, axis=1)  # at a first occurrence: its 1-based rank
+    rank_at = np.take_along_axis(distinct_rank, last_pos, axis=1)
+    out[..., 20] = np.where(seen, rank_at, 0)
+    out[..., 21] = seen
+    out[..., 22] = np.where(out[..., 6] > 0, tables.category_rank[candidates], -1.0)
+    dwell = np.zeros(batch.times_ms.shape, dtype=np.float64)
+    dwell[:, 1:] = np.where(valid[:, 1:], (batch.times_ms[:, :-1] - batch.times_ms[:, 1:]) / 1000.0, 0)
+    out[..., 23] = (match * dwell[:, None, :]).sum(axis=2)
+    out[..., 24] = np.arange(n_cands, dtype=np.float32)[None, :]
     return out.reshape(n_events * n_cands, N_FEATURES)
 
 
