@@ -751,7 +751,7 @@ TRAIN_TREES = Setting(
     "num_trees", "--trees", as_int, 200, help="boosting rounds of the ranker", check=positive
 )
 TRAIN_LEAVES = Setting(
-    "num_leaves", "--leaves", as_int, 63, help="leaves per tree", check=AtLeast(2)
+    "num_leaves", "--leaves", as_int, 15, help="leaves per tree", check=AtLeast(2)
 )
 TRAIN_MAX_QUERIES = Setting(
     "max_train_queries",

@@ -585,7 +585,7 @@ def test_valid_edge_values_are_accepted() -> None:
 #: before they were declared (scripts, the k8s train job and the README use them).
 TRAIN_FLAGS = {
     "--trees": 200,
-    "--leaves": 63,
+    "--leaves": 15,
     "--max-queries": 40_000,
     "--candidates": 50,
     "--top-k": 10,

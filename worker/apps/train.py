@@ -13,9 +13,13 @@ Steps (``worker train``):
    (sessions, candidates, features), labelling each candidate: 2 if the user buys it within the
    attribution window after the event, 1 if it is the user's next product in the session, 0
    otherwise; train a LambdaRank booster on a sample of training-window events that have a
-   positive candidate; evaluate it on every evaluation-window event with a target, and the
-   heuristic rankers of :mod:`worker.core.baselines` (built from the training window too) on the
-   very same events (HR, MRR, NDCG at K, recall at N and their discovery variants).
+   positive candidate. The training events come from the window's last ``honest_folds`` slices,
+   each replayed with tables built from the events before the slice only: features such as
+   co-visitation and popularity are then as out-of-sample as they are when serving (tables from
+   the window itself would contain every training event's own next product); evaluate it on
+   every evaluation-window event with a target, and the heuristic rankers of
+   :mod:`worker.core.baselines` (built from the training window too) on the very same events
+   (HR, MRR, NDCG at K, recall at N and their discovery variants).
 3. Served model (``refit``, the default): the same tables and booster again from the whole
    history, with the same parameters and sample size. The metrics stay those of step 2: a model
    that has seen the evaluation window cannot be scored on it. Without ``refit`` the evaluation
@@ -83,7 +87,7 @@ class TrainSettings:
     history: int = 20
     covis_neighbours: int = 20
     covis_window: int = 3  # session positions either side that count as co-visited
-    category_top: int = 30
+    category_top: int = 50  # as deep as n_candidates: recency+category's own list fits
     global_top: int = 100
     attribution_window_ms: int = 30 * 60 * 1000
     eval_fraction: float = 0.2
@@ -91,7 +95,7 @@ class TrainSettings:
     num_trees: int = TRAIN_TREES.field()
     num_leaves: int = TRAIN_LEAVES.field()
     learning_rate: float = 0.05
-    min_data_in_leaf: int = 50
+    min_data_in_leaf: int = 20
     num_threads: int = TRAIN_THREADS.field()
     seed: int = 7
     chunk_events: int = 4096
@@ -101,10 +105,10 @@ class TrainSettings:
     #: of the window's time range) of the window, each replayed with tables built only from the
     #: events before its slice (as serving sees tables built from the past); 0: one set of tables
     #: from the whole window for training queries too (in-sample co-visitation and popularity).
-    honest_folds: int = 0
-    honest_fold_fraction: float = 0.2
+    honest_folds: int = 4
+    honest_fold_fraction: float = 0.15
     #: LambdaRank gain of a purchased candidate (label 2); a next product (label 1) gains 1.
-    purchase_gain: float = 3.0
+    purchase_gain: float = 10.0
 
     def __post_init__(self) -> None:
         """Check the flagged fields as the command line does, for objects built in code too.
@@ -691,8 +695,11 @@ def _fit_window(
             ys.append(part.y_train)
         if not xs:
             raise UnusableDatasetError("no training event has its target among its candidates")
-        examples.x_train = np.concatenate(xs)
-        examples.y_train = np.concatenate(ys)
+        x_train, y_train = np.concatenate(xs), np.concatenate(ys)
+        if x_train.shape[0] > settings.max_train_queries:
+            pick = np.sort(rng.choice(x_train.shape[0], settings.max_train_queries, replace=False))
+            x_train, y_train = x_train[pick], y_train[pick]
+        examples.x_train, examples.y_train = x_train, y_train
     n_queries, n_cands, n_features = examples.x_train.shape
     if log:
         log.info(
@@ -783,8 +790,10 @@ def _collect_examples(
     seen_in_session: dict[str, tuple[tuple[str, int], set[int]]] = {}
     track_seen = evaluate and not bool(window.all())
     keep_probability = min(1.0, 3.0 * settings.max_train_queries / max(1, int(window.sum())))
-    for lo in range(0, len(events), settings.chunk_events):
-        hi = min(lo + settings.chunk_events, len(events))
+    # Without evaluation, the replay can stop after the window's last event.
+    end = len(events) if evaluate or not window.any() else int(np.flatnonzero(window)[-1]) + 1
+    for lo in range(0, end, settings.chunk_events):
+        hi = min(lo + settings.chunk_events, end)
         chunk = events[lo:hi]
         batch = advance_sessions(sessions, chunk, items[lo:hi])
         targets_next = next_items[lo:hi]

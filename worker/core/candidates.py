@@ -3,17 +3,17 @@
 For each event, proposals in priority order are
 
 1. the products of the user's session, most recent first;
-2. the most viewed products of the current product's category (training window);
-3. the co-visitation neighbours of the current product;
+2. the co-visitation neighbours of the current product;
+3. the most viewed products of the current product's category (training window);
 4. the trending products of that category, then the trending products overall (live counts of
    the serving worker, :class:`worker.core.live_catalogue.Trending`; given as arrays, none in
    training);
 5. the most viewed products overall (training window);
 
 duplicates are removed (the first occurrence wins) and the first ``n_candidates`` are kept.
-The first two sources are the recency+category heuristic's own list, so the candidates' recall is
-at least that heuristic's top-``n_candidates`` when the category lists are as deep (training's
-``category_top``); co-visitation fills in where the category list is short. The
+Co-visitation lists are empty for products unseen in training, so for them the candidates are
+the recency+category heuristic's own top list (training's ``category_top`` deep, 50, like
+``n_candidates``), and the candidates' recall is at least that heuristic's. The
 global list is long enough that every event gets exactly ``n_candidates`` distinct candidates
 whenever the catalogue has that many products, so a batch is a dense ``(events, n_candidates)``
 matrix. The whole batch is computed with numpy at once.
@@ -60,16 +60,9 @@ def generate_candidates(
     current_category = tables.category[current_items]
     lists = [
         session_items,
-        tables.category_top[current_category],
         tables.covis_items[current_items],
+        tables.category_top[current_category],
     ]
-    import os  # ITEM4 experiment hook
-
-    mix = os.environ.get("ITEM4_MIX")
-    if mix:
-        a, m = (int(v) for v in mix.split(","))
-        cat, cov = lists[1], lists[2]
-        lists = [session_items, cat[:, :a], cov[:, :m], cat[:, a:], cov[:, m:]]
     if category_trending is not None and category_trending.shape[1]:
         lists.append(category_trending[current_category])
     if trending is not None and trending.shape[0]:

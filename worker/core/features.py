@@ -146,7 +146,9 @@ def build_features(
     out[..., 21] = seen
     out[..., 22] = np.where(out[..., 6] > 0, tables.category_rank[candidates], -1.0)
     dwell = np.zeros(batch.times_ms.shape, dtype=np.float64)
-    dwell[:, 1:] = np.where(valid[:, 1:], (batch.times_ms[:, :-1] - batch.times_ms[:, 1:]) / 1000.0, 0)
+    dwell[:, 1:] = np.where(
+        valid[:, 1:], (batch.times_ms[:, :-1] - batch.times_ms[:, 1:]) / 1000.0, 0
+    )
     out[..., 23] = (match * dwell[:, None, :]).sum(axis=2)
     out[..., 24] = np.arange(n_cands, dtype=np.float32)[None, :]
     return out.reshape(n_events * n_cands, N_FEATURES)

@@ -331,6 +331,29 @@ def test_build_features_shape_and_hand_checked_values() -> None:
         assert row[p][F["gap_s"]] == 10.0
 
 
+def test_heuristic_signal_features_by_hand() -> None:
+    """Recency rank, session flag, rank in the current category, dwell and candidate position of
+    the last event's candidates. Session, most recent first: p2 at 40 s (current), p1 at 30,
+    p0 at 25, p1 at 12, p1 at 10, p0 at 0; dwell is the time to the next interaction."""
+    tables, batch = _hand_batch()
+    cands = generate_candidates(tables, batch.items, batch.current_item, 5)
+    last = build_features(tables, batch, cands)[-5:]
+    assert cands[-1].tolist() == [2, 1, 0, 4, 5]
+    row = {p: last[i] for i, p in enumerate(cands[-1].tolist())}
+    names = ["sess_recency_rank", "in_session", "current_category_rank", "sess_dwell_s"]
+    expected = {
+        2: (1, 1, np.log1p(2), 0.0),  # the current product: no dwell yet
+        1: (2, 1, np.log1p(0), 10.0 + 13.0 + 2.0),
+        0: (3, 1, np.log1p(1), 5.0 + 10.0),
+        4: (0, 0, -1, 0.0),  # category c1, not the current product's
+        5: (0, 0, -1, 0.0),
+    }
+    for product, values in expected.items():
+        got = tuple(float(row[product][F[name]]) for name in names)
+        assert got == pytest.approx(values), (product, got)
+    assert [float(last[i][F["cand_position"]]) for i in range(5)] == [0, 1, 2, 3, 4]
+
+
 def test_first_event_of_session_has_gap_minus_one_and_cart_flag() -> None:
     """gap_s is -1 on a session's first event; current_is_cart flags an add-to-cart."""
     tables, batch = _hand_batch()
