@@ -2,7 +2,8 @@
 
 Subcommands: ``kafka`` (local Apache Kafka without Docker), ``chaos`` (fault-injection harness),
 ``bench`` (benchmark with peers), ``demo`` (the whole system on the local broker for a minute),
-``ready`` (a worker's seconds from start to ready and its memory, by catalogue size).
+``ready`` (a worker's seconds from start to ready and its memory, by catalogue size), ``calibrate``
+(the simulator's baselines side by side with the DIGINETICA sample's).
 Installed from ``devtools/`` (``pip install -e devtools``); the production image has none of it.
 """
 
@@ -14,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from devtools import ready
+from devtools import calibrate, ready
 from devtools.bench import runner
 from worker.cli import SettingsParser, run_command
 from worker.config import BOOTSTRAP_SERVERS, LOGGING_SETTINGS, MODELS_DIR, Setting, as_path
@@ -85,6 +86,13 @@ def build_parser() -> SettingsParser:
     )
     ready.add_arguments(p)
 
+    p = sub.add_parser(
+        "calibrate",
+        help="the heuristics' HR@10 on simulated data side by side with DIGINETICA's; "
+        "exit 1 if a figure is out of band",
+    )
+    calibrate.add_arguments(p)
+
     for name, command in sub.choices.items():
         if name != "kafka":  # the launcher parses its own arguments
             command.add_settings(*LOGGING_SETTINGS)
@@ -138,11 +146,16 @@ def cmd_ready(args: argparse.Namespace, log: Any) -> int:
     return ready.run(args, log)
 
 
+def cmd_calibrate(args: argparse.Namespace, log: Any) -> int:
+    return calibrate.run(args, log)
+
+
 COMMANDS = {
     "chaos": cmd_chaos,
     "bench": cmd_bench,
     "demo": cmd_demo,
     "ready": cmd_ready,
+    "calibrate": cmd_calibrate,
 }
 
 if __name__ == "__main__":

@@ -199,6 +199,29 @@ class SimulationConfig:
     unseen_neighbour_prob: float = 0.5
     #: P(quantity > 1) of an order line; extra units are geometric
     multi_quantity_prob: float = 0.07
+    #: share of the purchase lines whose product was not viewed in the session (bought from
+    #: the category or a related product: a neighbour of a viewed one); DIGINETICA 53 %,
+    #: Taobao 34 %, REES46 1 %. None: the per-session ``buy_unseen_prob`` instead.
+    unseen_purchase_share: float | None = 0.4
+
+    # catalogue over time
+    #: share of the catalogue launched after ``launch_origin_ms`` (one product per category, its
+    #: most popular, is always there from the start); 0 = every product always available
+    new_product_share: float = 0.3
+    #: new products launch uniformly over ``[launch_origin_ms, launch_origin_ms + launch_span_ms)``
+    #: (default: 2026-01-01T00:00Z, the default history's start, and 4 days: the 2 days of
+    #: history, the live stream after it, and some); before its launch a product is never shown
+    launch_origin_ms: int = 1_767_225_600_000
+    launch_span_ms: int = 4 * _MS_PER_DAY
+    #: early interest: a new product's sampling weight is its popularity times
+    #: ``1 + novelty_boost * exp(-age / novelty_decay_ms)``
+    novelty_boost: float = 8.0
+    novelty_decay_ms: int = _MS_PER_DAY // 2
+
+    # users over time
+    #: share of sessions by first-time visitors (a fresh user id each, seen once), the rest by
+    #: the returning population; the total session rate stays ``n_users`` times the per-user one
+    new_user_share: float = 0.5
 
     # engine
     #: sessions are generated per chunk of start times, aligned to a grid from the epoch
@@ -213,6 +236,12 @@ class SimulationConfig:
             raise ValueError("repeat_view_prob + category_switch_prob must be within [0, 1]")
         if self.max_session_views < 1 or self.n_neighbours < 1:
             raise ValueError("max_session_views and n_neighbours must be >= 1")
+        if self.unseen_purchase_share is not None and not 0 <= self.unseen_purchase_share < 1:
+            raise ValueError("unseen_purchase_share must be within [0, 1)")
+        if not 0 <= self.new_product_share <= 1 or not 0 <= self.new_user_share <= 1:
+            raise ValueError("new_product_share and new_user_share must be within [0, 1]")
+        if self.launch_span_ms < 1 or self.novelty_decay_ms < 1 or self.novelty_boost < 0:
+            raise ValueError("launch_span_ms, novelty_decay_ms must be >= 1, novelty_boost >= 0")
 
 
 # -- product structure derived from the catalogue ------------------------------------------------
@@ -224,12 +253,48 @@ def _catalogue_seed(catalogue: Catalogue) -> int:
     return zlib.crc32("\n".join(catalogue.category_ids).encode(), digest)
 
 
-class _ProductModel:
-    """Index structures for fast vectorised sampling over the catalogue."""
+class _Sampler:
+    """Popularity-weighted sampling over the products available at one time."""
 
-    def __init__(
-        self, catalogue: Catalogue, n_neighbours: int, neighbour_popularity_exponent: float
-    ) -> None:
+    def __init__(self, pm: _ProductModel, weights: np.ndarray) -> None:
+        self._pm = pm
+        self.cum_pop = np.cumsum(weights[pm.order])
+        before = np.concatenate([[0.0], self.cum_pop])
+        self.cat_cum_before = before[pm.cat_start]
+        self.cat_mass = before[pm.cat_end] - self.cat_cum_before
+        self.category_pop = self.cat_mass / self.cat_mass.sum()
+        self.category_cdf = np.cumsum(self.category_pop)
+        neighbour_weights = weights[pm.neighbours] ** pm.neighbour_popularity_exponent
+        totals = neighbour_weights.sum(axis=1, keepdims=True)
+        #: products with at least one available neighbour (the others fall back to their category)
+        self.has_neighbour = totals[:, 0] > 0
+        self.neighbour_cdf = np.cumsum(neighbour_weights, axis=1) / np.where(totals > 0, totals, 1)
+
+    def popular_in(self, categories: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Products drawn by popularity within each given category (``u`` uniform in [0, 1))."""
+        pm = self._pm
+        target = self.cat_cum_before[categories] + u * self.cat_mass[categories]
+        pos = np.searchsorted(self.cum_pop, target, side="right")
+        pos = np.clip(pos, pm.cat_start[categories], pm.cat_end[categories] - 1)
+        products: np.ndarray = pm.order[pos]  # fancy indexing is typed Any by numpy
+        return products
+
+    def neighbour_of(self, products: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """One neighbour of each product, weighted by a power of its popularity (a popular
+        product of its category when none of its neighbours is available)."""
+        cdf = self.neighbour_cdf[products]
+        col = np.minimum((cdf <= u[:, None]).sum(axis=1), cdf.shape[1] - 1)
+        neighbours: np.ndarray = self._pm.neighbours[products, col]  # fancy indexing: Any
+        lonely = ~self.has_neighbour[products]
+        if lonely.any():
+            neighbours[lonely] = self.popular_in(self._pm.category[products[lonely]], u[lonely])
+        return neighbours
+
+
+class _ProductModel:
+    """Index structures for fast vectorised sampling over the catalogue, and its launches."""
+
+    def __init__(self, catalogue: Catalogue, config: SimulationConfig) -> None:
         rng = np.random.default_rng([_catalogue_seed(catalogue), 0x5EED])
         n = len(catalogue)
         cat_names, category = np.unique(np.asarray(catalogue.category_ids), return_inverse=True)
@@ -237,7 +302,8 @@ class _ProductModel:
         self.n_categories = len(cat_names)
         self.prices = np.asarray(catalogue.prices, dtype=np.float64)
         pop = np.asarray(catalogue.popularity, dtype=np.float64)
-        pop = pop / pop.sum()
+        self.popularity = pop / pop.sum()
+        self.neighbour_popularity_exponent = config.neighbour_popularity_exponent
 
         # products grouped by category, ordered by a latent "similarity" coordinate
         latent = rng.random(n)
@@ -245,16 +311,11 @@ class _ProductModel:
         sorted_cat = self.category[self.order]
         self.cat_start = np.searchsorted(sorted_cat, np.arange(self.n_categories), side="left")
         self.cat_end = np.searchsorted(sorted_cat, np.arange(self.n_categories), side="right")
-        self.cum_pop = np.cumsum(pop[self.order])
-        before = np.concatenate([[0.0], self.cum_pop])
-        self.cat_cum_before = before[self.cat_start]
-        self.cat_mass = before[self.cat_end] - self.cat_cum_before
-        self.category_pop = self.cat_mass / self.cat_mass.sum()
-        self.category_cdf = np.cumsum(self.category_pop)
 
         # neighbours: the n_neighbours nearest products on the latent ordering, cyclic per category
         position = np.empty(n, dtype=np.int64)
         position[self.order] = np.arange(n)
+        n_neighbours = config.n_neighbours
         half = max(1, n_neighbours // 2)
         offsets = np.concatenate([np.arange(-half, 0), np.arange(1, n_neighbours - half + 1)])
         start = self.cat_start[self.category]
@@ -262,8 +323,6 @@ class _ProductModel:
         local = position - start
         neigh_pos = start[:, None] + (local[:, None] + offsets[None, :]) % size[:, None]
         self.neighbours = self.order[neigh_pos]
-        weights = pop[self.neighbours] ** neighbour_popularity_exponent
-        self.neighbour_cdf = np.cumsum(weights, axis=1) / weights.sum(axis=1, keepdims=True)
 
         # conversion propensity of each product (learnable from history), mean ~1
         self.conversion = rng.lognormal(-0.125, 0.5, n)
@@ -274,21 +333,46 @@ class _ProductModel:
             ]
         )
         self.relative_cheapness = median_price[self.category] / self.prices
+        category_mass = np.bincount(self.category, weights=self.popularity)
+        #: categories' share of the popularity, the whole catalogue (users' preferences)
+        self.category_pop = category_mass / category_mass.sum()
 
-    def popular_in(self, categories: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """Products drawn by popularity within each given category (``u`` uniform in [0, 1))."""
-        target = self.cat_cum_before[categories] + u * self.cat_mass[categories]
-        pos = np.searchsorted(self.cum_pop, target, side="right")
-        pos = np.clip(pos, self.cat_start[categories], self.cat_end[categories] - 1)
-        products: np.ndarray = self.order[pos]  # fancy indexing is typed Any by numpy
-        return products
+        # launches: a share of the products appears over time (own stream: the structure above
+        # does not depend on it); each category's most popular product is there from the start
+        launch_rng = np.random.default_rng([_catalogue_seed(catalogue), 0x1A0C])
+        self.launch_ms = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+        is_new = launch_rng.random(n) < config.new_product_share
+        anchors = self.order[
+            [
+                s + int(np.argmax(self.popularity[self.order[s:e]]))
+                for s, e in zip(self.cat_start, self.cat_end, strict=True)
+            ]
+        ]
+        is_new[anchors] = False
+        offsets_ms = (launch_rng.random(n) * config.launch_span_ms).astype(np.int64)
+        self.launch_ms[is_new] = config.launch_origin_ms + offsets_ms[is_new]
+        self.is_new = is_new
+        self._novelty_boost = config.novelty_boost
+        self._novelty_decay_ms = config.novelty_decay_ms
+        self._static = _Sampler(self, self.popularity) if not is_new.any() else None
+        self._always = _Sampler(self, np.where(is_new, 0.0, self.popularity))
+        self._first_launch = int(self.launch_ms[is_new].min()) if is_new.any() else 0
 
-    def neighbour_of(self, products: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """One neighbour of each product, weighted by a power of its popularity."""
-        cdf = self.neighbour_cdf[products]
-        col = np.minimum((cdf <= u[:, None]).sum(axis=1), cdf.shape[1] - 1)
-        neighbours: np.ndarray = self.neighbours[products, col]  # fancy indexing: Any in numpy
-        return neighbours
+    def sampler_at(self, time_ms: int) -> _Sampler:
+        """Sampling over the products launched by ``time_ms``, new ones boosted by novelty."""
+        if self._static is not None:
+            return self._static
+        if time_ms < self._first_launch:
+            return self._always
+        age = (time_ms - self.launch_ms[self.is_new]).astype(np.float64)
+        boost = np.where(
+            age >= 0,
+            1.0 + self._novelty_boost * np.exp(-np.maximum(age, 0.0) / self._novelty_decay_ms),
+            0.0,
+        )
+        weights = self.popularity.copy()
+        weights[self.is_new] *= boost
+        return _Sampler(self, weights)
 
 
 class _Population:
@@ -299,12 +383,22 @@ class _Population:
         n = config.n_users
         activity = rng.gamma(config.user_activity_shape, 1.0, n)
         self.activity_cdf = np.cumsum(activity) / activity.sum()
-        k = max(1, config.max_preferred_categories)
-        prefs = rng.choice(products.n_categories, size=(n, k), p=products.category_pop)
+        self._k = max(1, config.max_preferred_categories)
+        self._n_categories = products.n_categories
+        self._category_pop = products.category_pop
+        self.preferred = self.draw_preferences(rng, n)
+        self.ids: list[str] = [f"u{i:06d}" for i in range(n)]
+
+    def draw_preferences(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Preferred categories of ``n`` users, ``(n, max_preferred_categories)``."""
+        k = self._k
+        prefs = rng.choice(self._n_categories, size=(n, k), p=self._category_pop)
         n_pref = rng.integers(1, k + 1, n)
         # unused slots repeat the primary category, which weights it more
-        self.preferred = np.where(np.arange(k)[None, :] < n_pref[:, None], prefs, prefs[:, :1])
-        self.ids: list[str] = [f"u{i:06d}" for i in range(n)]
+        preferred: np.ndarray = np.where(
+            np.arange(k)[None, :] < n_pref[:, None], prefs, prefs[:, :1]
+        )
+        return preferred
 
     def draw(self, rng: np.random.Generator, count: int) -> np.ndarray:
         return np.minimum(
@@ -325,7 +419,7 @@ class _Chunk:
     product: np.ndarray
     kind: np.ndarray  # 0..2 = EVENT_TYPES, 3 = purchase line
     quantity: np.ndarray
-    user: np.ndarray  # per session
+    user: np.ndarray  # per session: index in the population, -1 for a first-time visitor
     keep: np.ndarray  # per session: does it start inside the requested range
 
 
@@ -339,9 +433,7 @@ class ClickstreamSimulator:
         self.catalogue = catalogue
         self.config = config
         self.seed = int(seed)
-        self._products = _ProductModel(
-            catalogue, config.n_neighbours, config.neighbour_popularity_exponent
-        )
+        self._products = _ProductModel(catalogue, config)
         self._population = _Population(config, self._products)
         self._product_ids: list[str] = list(catalogue.product_ids)
         self._category_ids: list[str] = list(catalogue.category_ids)
@@ -402,10 +494,18 @@ class ClickstreamSimulator:
     def _generate_chunk(self, chunk_index: int, start_ms: int, end_ms: int) -> _Chunk:
         cfg, pm = self.config, self._products
         rng = self._chunk_rng(chunk_index)
-        starts = self._session_starts(rng, chunk_index * cfg.chunk_ms)
+        # the realism extensions draw from their own stream, so the rest does not depend on them
+        extra_rng = np.random.default_rng([self.seed, chunk_index & _U64_MASK, 0xE47])
+        chunk_start = chunk_index * cfg.chunk_ms
+        sampler = pm.sampler_at(chunk_start)
+        starts = self._session_starts(rng, chunk_start)
         n_sess = len(starts)
         users = self._population.draw(rng, n_sess)
         prefs = self._population.preferred[users]
+        visitor = extra_rng.random(n_sess) < cfg.new_user_share
+        if visitor.any():
+            prefs = prefs.copy()
+            prefs[visitor] = self._population.draw_preferences(extra_rng, int(visitor.sum()))
 
         # -- views: lengths, then a vectorised walk over steps
         lengths = 1 + np.floor(
@@ -415,8 +515,8 @@ class ClickstreamSimulator:
         max_len = int(lengths.max()) if n_sess else 0
         hist = np.zeros((n_sess, max(max_len, 1)), dtype=np.int64)
 
-        first_cat = self._draw_categories(rng, prefs)
-        hist[:, 0] = pm.popular_in(first_cat, rng.random(n_sess))
+        first_cat = self._draw_categories(rng, prefs, sampler)
+        hist[:, 0] = sampler.popular_in(first_cat, rng.random(n_sess))
         current = hist[:, 0].copy()
         p_rep, p_switch = cfg.repeat_view_prob, cfg.category_switch_prob
         for t in range(1, max_len):
@@ -427,14 +527,14 @@ class ClickstreamSimulator:
             cur = current[act]
             nxt = np.where(
                 rng.random(m) < cfg.neighbour_prob,
-                pm.neighbour_of(cur, u),
-                pm.popular_in(pm.category[cur], u),
+                sampler.neighbour_of(cur, u),
+                sampler.popular_in(pm.category[cur], u),
             )
             is_switch = (r >= p_rep) & (r < p_rep + p_switch)
             if is_switch.any():
                 idx = np.flatnonzero(is_switch)
-                cats = self._draw_categories(rng, prefs[act[idx]])
-                nxt[idx] = pm.popular_in(cats, rng.random(len(idx)))
+                cats = self._draw_categories(rng, prefs[act[idx]], sampler)
+                nxt[idx] = sampler.popular_in(cats, rng.random(len(idx)))
             is_rep = r < p_rep
             if is_rep.any():
                 idx = np.flatnonzero(is_rep)
@@ -517,15 +617,29 @@ class ClickstreamSimulator:
             b_sess.append(direct)
             b_prod.append(hist[direct, pick])
         # an item not seen in the session: a neighbour of a viewed one, or popular in its category
-        unseen = np.flatnonzero(rng.random(n_sess) < cfg.buy_unseen_prob * size_factor)
-        if len(unseen):
-            pick = (rng.random(len(unseen)) * lengths[unseen]).astype(np.int64)
-            seen_item = hist[unseen, pick]
-            u = rng.random(len(unseen))
-            item = np.where(
-                rng.random(len(unseen)) < cfg.unseen_neighbour_prob,
-                pm.neighbour_of(seen_item, u),
-                pm.popular_in(pm.category[seen_item], u),
+        if cfg.unseen_purchase_share is None:
+            unseen = np.flatnonzero(rng.random(n_sess) < cfg.buy_unseen_prob * size_factor)
+            if len(unseen):
+                pick = (rng.random(len(unseen)) * lengths[unseen]).astype(np.int64)
+                seen_item = hist[unseen, pick]
+                u = rng.random(len(unseen))
+                item = np.where(
+                    rng.random(len(unseen)) < cfg.unseen_neighbour_prob,
+                    sampler.neighbour_of(seen_item, u),
+                    sampler.popular_in(pm.category[seen_item], u),
+                )
+                b_sess.append(unseen)
+                b_prod.append(item)
+        elif n_sess:
+            n_seen = sum(len(b) for b in b_sess)
+            share = cfg.unseen_purchase_share
+            unseen, item = self._unseen_purchases(
+                extra_rng,
+                sampler,
+                hist,
+                lengths,
+                np.unique(pair_key),
+                extra_rng.poisson(n_seen * share / (1.0 - share)),
             )
             b_sess.append(unseen)
             b_prod.append(item)
@@ -567,18 +681,59 @@ class ClickstreamSimulator:
                 ]
             ).astype(np.int64),
             quantity=np.concatenate([np.ones(n_browsing, dtype=np.int64), quantity]),
-            user=users,
+            user=np.where(visitor, -1, users),
             keep=keep,
         )
 
-    def _draw_categories(self, rng: np.random.Generator, prefs: np.ndarray) -> np.ndarray:
+    def _unseen_purchases(
+        self,
+        rng: np.random.Generator,
+        sampler: _Sampler,
+        hist: np.ndarray,
+        lengths: np.ndarray,
+        viewed_keys: np.ndarray,
+        count: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` purchase lines of products not viewed in their session: sessions drawn by
+        the square root of their length, the product a neighbour of one of its viewed products
+        or a popular one of that product's category (``unseen_neighbour_prob``). A draw that
+        hits a viewed product is drawn again (up to 4 times, then dropped)."""
+        pm, cfg, n_products = self._products, self.config, len(self._products.prices)
+        weights = np.cumsum(np.sqrt(lengths))
+        sess = np.minimum(
+            np.searchsorted(weights, rng.random(count) * weights[-1], side="right"),
+            len(lengths) - 1,
+        )
+        item = np.full(count, -1, dtype=np.int64)
+        todo = np.arange(count)
+        for _ in range(4):
+            if len(todo) == 0:
+                break
+            s = sess[todo]
+            seen_item = hist[s, (rng.random(len(todo)) * lengths[s]).astype(np.int64)]
+            u = rng.random(len(todo))
+            drawn = np.where(
+                rng.random(len(todo)) < cfg.unseen_neighbour_prob,
+                sampler.neighbour_of(seen_item, u),
+                sampler.popular_in(pm.category[seen_item], u),
+            )
+            fresh = ~np.isin(s * n_products + drawn, viewed_keys)
+            item[todo[fresh]] = drawn[fresh]
+            todo = todo[~fresh]
+        ok = item >= 0
+        return sess[ok], item[ok]
+
+    def _draw_categories(
+        self, rng: np.random.Generator, prefs: np.ndarray, sampler: _Sampler
+    ) -> np.ndarray:
         """A preferred category of each user (prob ``preferred_category_prob``) or a popular one."""
         pm, n = self._products, len(prefs)
         if n == 0:
             return np.empty(0, dtype=np.int64)
         from_pref = prefs[np.arange(n), rng.integers(0, prefs.shape[1], n)]
         global_cat = np.minimum(
-            np.searchsorted(pm.category_cdf, rng.random(n), side="right"), pm.n_categories - 1
+            np.searchsorted(sampler.category_cdf, rng.random(n), side="right"),
+            pm.n_categories - 1,
         )
         return np.where(rng.random(n) < self.config.preferred_category_prob, from_pref, global_cat)
 
@@ -612,7 +767,11 @@ class ClickstreamSimulator:
         id_high = self._id_high
         recs: list[tuple[str, dict]] = []
         append = recs.append
-        session_user = chunk.user.tolist()
+        visitor_prefix = f"n{self.seed}-{chunk_index}-"
+        session_user = [
+            users[u] if u >= 0 else f"{visitor_prefix}{s}"
+            for s, u in enumerate(chunk.user.tolist())
+        ]
         for t, s, p, k, q, low in zip(
             times.tolist(),
             chunk.session[sel].tolist(),
@@ -628,7 +787,7 @@ class ClickstreamSimulator:
                         "purchase",
                         {
                             "order_id": f"{order_prefix}{s}",
-                            "user_id": users[session_user[s]],
+                            "user_id": session_user[s],
                             "session_id": f"{prefix}{s}",
                             "product_id": pids[p],
                             "quantity": q,
@@ -643,7 +802,7 @@ class ClickstreamSimulator:
                         "event",
                         {
                             "event_id": str(uuid.UUID(int=id_high | low)),
-                            "user_id": users[session_user[s]],
+                            "user_id": session_user[s],
                             "session_id": f"{prefix}{s}",
                             "event_type": EVENT_TYPES[k],
                             "product_id": pids[p],

@@ -167,8 +167,9 @@ REALISM_RANGES: dict[str, tuple[float, float]] = {
     # median gap 47 s, p90 326 s
     "gap_median_s": (35, 60),
     "gap_p90_s": (240, 420),
-    # 66 % (Taobao full histories) to 99 % (REES46); brief: 70-90 %
-    "purchase_preceded_share": (0.66, 0.95),
+    # 47 % (DIGINETICA) to 99 % (REES46), 66 % (Taobao full histories); the default
+    # unseen_purchase_share 0.4 (issue 10: purchases of products never viewed in the session)
+    "purchase_preceded_share": (0.45, 0.95),
     # about 16 % of viewed user-item pairs are viewed more than once
     "repeat_view_share": (0.11, 0.21),
     # P(next event in the same category) 0.50 (Taobao, fine) to 0.88 (REES46, coarse)
