@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker.config import (
     BOOTSTRAP_SERVERS,
+    EXPORT_SETTINGS,
     LOGGING_SETTINGS,
     MODELS_DIR,
     SCHEMA_REGISTRY_URL,
@@ -269,16 +270,37 @@ def build_parser() -> SettingsParser:
 
 
 def _add_dataset_parser(sub: Any) -> None:
-    """``worker dataset import``: real clickstream files into a dataset directory."""
-    p = sub.add_parser(
+    """``worker dataset import``: real clickstream files into a dataset directory;
+    ``worker dataset export``: the topics' records of an event-time window into one."""
+    parent = sub.add_parser(
         "dataset",
-        help="import real clickstream files (DIGINETICA, RetailRocket, CSV) as a dataset",
+        help="import real clickstream files (DIGINETICA, RetailRocket, CSV), or export the "
+        "topics' records of an event-time window, as a dataset directory",
+    )
+    actions = parent.add_subparsers(dest="action", required=True)
+    p = actions.add_parser(
+        "export",
+        help="the browsing events and purchases of an event-time window, from the topics",
+        description="worker dataset export --out DIR --since T --until T: the browsing events "
+        "and purchases of that event-time window, read from the topics (read_committed, start "
+        "offsets by timestamp, nothing committed), written as a dataset directory for `worker "
+        "train --dataset`; dataset.json records the topics, partitions and offsets read "
+        "(README, section Training data from the topics).",
+    )
+    p.add_argument("--out", type=Path, required=True, help="dataset directory to write (new)")
+    p.add_settings(*EXPORT_SETTINGS)
+    _add_kafka_args(p)
+    p.add_settings(*LOGGING_SETTINGS)
+
+    p = actions.add_parser(
+        "import",
+        help="real clickstream files (DIGINETICA, RetailRocket, CSV) as a dataset directory",
         description="worker dataset import --format FORMAT --out DIR INPUT...: map a real "
         "clickstream to a dataset directory for `worker train --dataset`. Input kinds are told "
         "apart by their header. Parquet input would need pyarrow, which is not installed: "
         "convert Parquet to CSV first.",
     )
-    p.add_argument("action", choices=["import"], help="import INPUT files into --out")
+    p.add_settings(*LOGGING_SETTINGS)
     p.add_argument(
         "--format",
         required=True,
@@ -408,7 +430,10 @@ def cmd_train(args: argparse.Namespace, log: Any) -> int:
 
 
 def cmd_dataset(args: argparse.Namespace, log: Any) -> int:
-    """``worker dataset import``: write the dataset, print a one-paragraph summary."""
+    """``worker dataset import``: write the dataset, print a one-paragraph summary.
+    ``worker dataset export``: see :func:`cmd_dataset_export`."""
+    if args.action == "export":
+        return cmd_dataset_export(args, log)
     from worker.apps import importers
 
     gap_min = 30.0 if args.session_gap_min is None else args.session_gap_min
@@ -429,6 +454,58 @@ def cmd_dataset(args: argparse.Namespace, log: Any) -> int:
     )
     print(importers.format_summary(result))
     log.info("dataset_imported", out=str(args.out), format=args.format)
+    return 0
+
+
+def cmd_dataset_export(args: argparse.Namespace, log: Any) -> int:
+    """``worker dataset export``: the window's records from the topics into ``--out``; print the
+    summary (counts, rate, skips by reason, offset ranges per partition)."""
+    from worker.apps import export
+    from worker.core.errors import ConfigError
+    from worker.kafka.admin import partition_count, wait_for_cluster
+    from worker.kafka.clients import make_consumer
+    from worker.wire.codec import codec_for
+
+    if args.since_ms is None or args.until_ms is None:
+        raise ConfigError("dataset export: --since and --until are required")
+    try:
+        window = export.Window(args.since_ms, args.until_ms, round(args.grace_s * 1000))
+    except ValueError as exc:
+        raise ConfigError(f"dataset export: {exc}") from None
+    kafka, topics, registry = _kafka(args), _topics(args), _registry(args)
+    wait_for_cluster(kafka)
+    partitions = {t: partition_count(kafka, t) for t in (topics.events, topics.purchases)}
+    consumer = make_consumer(
+        kafka, "recommender-export", log, auto_commit=False, **{"enable.partition.eof": True}
+    )
+    try:
+        job = export.Export(
+            consumer,
+            {
+                topics.events: ("event", codec_for("BrowsingEvent", registry=registry)),
+                topics.purchases: ("purchase", codec_for("PurchaseOutcome", registry=registry)),
+            },
+            window,
+            log=log,
+            progress_every_s=args.progress_s,
+            max_wait_s=args.max_wait_s,
+        )
+        result = export.export_dataset(
+            job, partitions, args.out, bootstrap_servers=kafka.bootstrap_servers
+        )
+    finally:
+        consumer.close()
+    print(export.format_summary(result))
+    source = result.meta["source"]
+    log.info(
+        "dataset_exported",
+        out=str(args.out),
+        read=source["read"],
+        written=source["written"],
+        skipped=source["skipped"],
+        seconds=round(result.seconds, 1),
+        complete=source["complete"],
+    )
     return 0
 
 

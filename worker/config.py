@@ -623,6 +623,24 @@ TRANSACTIONAL_ID: Setting[str | None] = Setting(
     help="stable per replica (e.g. the pod name) so a restart fences its predecessor; "
     "default <group>-<host>-<pid>",
 )
+
+
+def transaction_timeout(value: float) -> str | None:
+    """Between 1 s and the broker's ``transaction.max.timeout.ms`` default (15 min)."""
+    return None if 1 <= value <= 900 else "is not between 1 and 900 seconds"
+
+
+TRANSACTION_TIMEOUT_S = Setting(
+    "transaction_timeout_s",
+    "--transaction-timeout-s",
+    as_float,
+    10.0,
+    env="WORKER_TRANSACTION_TIMEOUT_S",
+    help="exactly-once: the broker aborts a transaction open longer than this, so a dead "
+    "worker's open transaction holds read_committed readers back this long at most (plus the "
+    "broker's check interval); a batch's transaction normally lasts milliseconds",
+    check=transaction_timeout,
+)
 STATE_CHANGELOG = Setting(
     "state_changelog",
     "--state-changelog",
@@ -889,6 +907,79 @@ SIMULATE_SETTINGS: tuple[Setting[Any], ...] = (
 )
 
 
+def as_instant(text: str) -> int:
+    """Epoch milliseconds of an ISO 8601 time (``2024-05-01T00:00:00Z``; without a zone, UTC)
+    or of an integer (already epoch milliseconds).
+
+    Raises:
+        ValueError: neither.
+    """
+    import datetime as dt
+
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError("is not an ISO 8601 time (2024-05-01T00:00:00Z) nor epoch ms") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return int(when.timestamp() * 1000)
+
+
+# Export (`worker dataset export`): flags only, like train's. --since/--until are required by the
+# command (None here means not given).
+EXPORT_SINCE: Setting[int | None] = Setting(
+    "since_ms",
+    "--since",
+    as_instant,
+    None,
+    help="start of the event-time window, included: ISO 8601 (no zone = UTC) or epoch ms",
+)
+EXPORT_UNTIL: Setting[int | None] = Setting(
+    "until_ms",
+    "--until",
+    as_instant,
+    None,
+    help="end of the event-time window, excluded: ISO 8601 (no zone = UTC) or epoch ms",
+)
+EXPORT_GRACE_S = Setting(
+    "grace_s",
+    "--grace-s",
+    as_float,
+    300.0,
+    help="Kafka timestamps may differ from event times by this much: reading starts at since "
+    "minus it and a partition stops at the first record stamped after until plus it",
+    check=non_negative,
+)
+EXPORT_MAX_WAIT_S = Setting(
+    "max_wait_s",
+    "--max-wait-s",
+    as_float,
+    60.0,
+    help="give up the partitions still unfinished after this long without any record "
+    "(an open transaction holds back read_committed); the summary says so",
+    check=positive,
+)
+EXPORT_PROGRESS_S = Setting(
+    "progress_s",
+    "--progress-s",
+    as_float,
+    5.0,
+    help="seconds between progress lines",
+    check=positive,
+)
+#: The flags of ``worker dataset export`` besides Kafka's and --out.
+EXPORT_SETTINGS: tuple[Setting[Any], ...] = (
+    EXPORT_SINCE,
+    EXPORT_UNTIL,
+    EXPORT_GRACE_S,
+    EXPORT_MAX_WAIT_S,
+    EXPORT_PROGRESS_S,
+)
+
+
 # -- settings objects ---------------------------------------------------------------------------
 
 
@@ -975,6 +1066,7 @@ class WorkerSettings:
     scoring_backend: str = SCORING_BACKEND.field()
     exactly_once: bool = EXACTLY_ONCE.field()
     transactional_id: str | None = TRANSACTIONAL_ID.field()
+    transaction_timeout_s: float = TRANSACTION_TIMEOUT_S.field()
     state_changelog: bool = STATE_CHANGELOG.field()
     max_new_products: int = MAX_NEW_PRODUCTS.field()
     trending_half_life_s: float = TRENDING_HALF_LIFE_S.field()

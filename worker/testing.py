@@ -696,6 +696,28 @@ class FakeConsumer:
         self._at_eof.discard(key)
         self._batches = [[m for m in b if _key_of(m) != key] for b in self._batches]
 
+    def offsets_for_times(
+        self, partitions: list[TopicPartition], timeout: float = -1
+    ) -> list[TopicPartition]:
+        """Each partition's first visible offset stamped at or after its ``offset`` (a time in
+        ms), or ``OFFSET_END`` (-1) when there is none (the broker's ListOffsets by time)."""
+        self._check_open()
+        self.calls.append(("offsets_for_times", [(tp.topic, tp.partition) for tp in partitions]))
+        out = []
+        for tp in partitions:
+            log = self.broker.logs.get((tp.topic, tp.partition), [])
+            found = next((m.offset() for m in log if m.timestamp()[1] >= tp.offset), OFFSET_END)
+            out.append(TopicPartition(tp.topic, tp.partition, found))
+        return out
+
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float = -1, cached: bool = False
+    ) -> tuple[int, int]:
+        """(low, high): the first visible offset (0 when empty) and the end offset."""
+        self._check_open()
+        log = self.broker.logs.get((partition.topic, partition.partition), [])
+        return (log[0].offset() if log else 0, self.broker.end_offset(*_tp_key(partition)))
+
     # -- offsets ---------------------------------------------------------------------------------
 
     def store_offsets(

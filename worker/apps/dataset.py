@@ -16,7 +16,7 @@ import csv
 import datetime as dt
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ __all__ = [
     "load_diginetica",
     "load_schema",
     "read_catalogue",
+    "read_source",
     "write_dataset",
 ]
 
@@ -63,11 +64,14 @@ def load_schema(name: str) -> dict:
 
 def write_dataset(
     out_dir: Path,
-    catalogue: Catalogue,
+    catalogue: Catalogue | Callable[[], Catalogue],
     records: Iterable[tuple[str, dict]],
     meta: dict,
 ) -> dict:
     """Writes a dataset directory from ``("event" | "purchase", dict)`` records (streaming).
+
+    ``catalogue`` may be a function, called once every record is written: a catalogue built from
+    the records themselves (``worker dataset export``).
 
     Returns the summary stored in ``dataset.json`` besides ``meta``: record counts, distinct
     sessions and users, and the event-time range in epoch ms.
@@ -100,6 +104,8 @@ def write_dataset(
                 counts["PURCHASE"] += 1
         for writer in writers.values():
             writer.flush()
+    if callable(catalogue):
+        catalogue = catalogue()
     _write_catalogue(out_dir / CATALOGUE_FILE, catalogue)
     summary = {
         "n_events": counts["VIEW"] + counts["ADD_TO_CART"] + counts["REMOVE_FROM_CART"],
@@ -142,6 +148,18 @@ def read_catalogue(directory: Path | str) -> Catalogue:
         prices=np.array([float(r["price"]) for r in rows], dtype=np.float64),
         popularity=np.array([float(r["popularity"]) for r in rows], dtype=np.float64),
     )
+
+
+def read_source(directory: Path | str) -> Any:
+    """Where a dataset came from: the ``source`` of its ``dataset.json`` (``worker dataset
+    export`` writes the topics, partitions and offset ranges there; ``import`` the word
+    ``"import"``), or None without one."""
+    try:
+        with open(Path(directory) / META_FILE, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return meta.get("source") if isinstance(meta, dict) else None
 
 
 def _iter_avro(path: Path) -> Iterator[dict]:

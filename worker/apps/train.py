@@ -966,6 +966,9 @@ def _metadata(
         "created_at": created.isoformat(),
         "feature_names": FEATURE_NAMES,
         "dataset": str(dataset_dir),
+        # Where the dataset came from (dataset.json's "source"): for `worker dataset export`, the
+        # topics, partitions and offset ranges read, so that the training data can be read again.
+        "dataset_source": _dataset_source(dataset_dir),
         # The served model's window: the whole history, unless refit is off.
         "training_window": whole_history if settings.refit else evaluation_fit,
         # Where the metrics come from: the later slice, which the evaluation model never saw.
@@ -992,6 +995,12 @@ def _metadata(
         "training_rows": served.rows,
         "training_seconds": round(served.seconds, 1),
     }
+
+
+def _dataset_source(dataset_dir: Path) -> Any:
+    from worker.apps import dataset
+
+    return dataset.read_source(dataset_dir)
 
 
 def _evaluate(
