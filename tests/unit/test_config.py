@@ -194,6 +194,7 @@ def test_the_flags_keep_their_names_and_variables() -> None:
     assert run["--candidates"] == "WORKER_CANDIDATES"
     assert run["--partitions"] == "WORKER_TOPIC_PARTITIONS"
     assert run["--metrics-port"] == "WORKER_METRICS_PORT"
+    assert run["--transaction-timeout-s"] == "WORKER_TRANSACTION_TIMEOUT_S"
     assert monitor["--metrics-port"] == "WORKER_MONITOR_METRICS_PORT"
     assert monitor["--k"] == "WORKER_MONITOR_K"
     assert monitor["--idle-partition-grace-s"] is None
@@ -219,6 +220,7 @@ _NAME = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,15}", fullmatch=True)
 _STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "top_k": st.integers(1, 50),  # at most the default --candidates
     "n_candidates": st.integers(10, 10_000),  # at least the default --top-k
+    "transaction_timeout_s": st.floats(1.0, 900.0, allow_nan=False),  # the broker's maximum
 }
 
 
@@ -328,6 +330,20 @@ BAD = [
     ("run", "--scoring-backend", "WORKER_SCORING_BACKEND", "fast", "'fast' is not one of auto,"),
     ("run", "--exactly-once", "WORKER_EXACTLY_ONCE", "maybe", "'maybe' is not a boolean"),
     ("run", "--state-changelog", "WORKER_STATE_CHANGELOG", "on", "'on' is not a boolean"),
+    (
+        "run",
+        "--transaction-timeout-s",
+        "WORKER_TRANSACTION_TIMEOUT_S",
+        "0.5",
+        "0.5 is not between 1 and 900 seconds",
+    ),
+    (
+        "run",
+        "--transaction-timeout-s",
+        "WORKER_TRANSACTION_TIMEOUT_S",
+        "901",
+        "901 is not between 1 and 900 seconds",
+    ),
     ("run", "--partitions", "WORKER_TOPIC_PARTITIONS", "0", "0 is not positive"),
     ("run", "--events-topic", "WORKER_EVENTS_TOPIC", " ", "' ' is empty"),
     ("run", "--group-id", "WORKER_GROUP_ID", " ", "' ' is empty"),
@@ -980,3 +996,18 @@ def test_trending_is_off_by_default_only_in_exactly_once_mode(
         kafka=KafkaSettings(), topics=TopicSettings(), exactly_once=exactly_once, trending=trending
     )
     assert settings.proposes_trending is proposes
+
+
+def test_the_transaction_timeout_is_short_by_default_and_reaches_the_producers() -> None:
+    """Exactly-once: 10 s (Kafka Streams' exactly-once-v2 default), so a dead worker's open
+    transaction stops holding read_committed readers back within seconds even when its
+    replacement has another transactional id; the producers get it as transaction.timeout.ms."""
+    from worker.apps.serve import producer_overrides
+
+    base = {"kafka": KafkaSettings(), "topics": TopicSettings(), "exactly_once": True}
+    assert WorkerSettings(**base).transaction_timeout_s == 10.0
+    assert producer_overrides(WorkerSettings(**base))["transaction.timeout.ms"] == 10000
+    settings = WorkerSettings(**base, transaction_timeout_s=2.5)
+    assert producer_overrides(settings)["transaction.timeout.ms"] == 2500
+    at_least_once = {**base, "exactly_once": False}
+    assert "transaction.timeout.ms" not in producer_overrides(WorkerSettings(**at_least_once))

@@ -117,9 +117,13 @@ def producer_overrides(settings: WorkerSettings) -> dict[str, Any]:
         overrides = {
             "transactional.id": settings.transactional_id
             or f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}",
-            # Long enough to ride out a broker restart; a killed worker restarted with the
-            # same transactional id fences its open transaction at once anyway.
-            "transaction.timeout.ms": 60000,
+            # Short (Kafka Streams' exactly-once-v2 default): a worker replaced under a new
+            # transactional id (a new pod name) cannot fence its predecessor, whose open
+            # transaction then holds read_committed readers back until the broker aborts it.
+            # A batch's transaction lasts milliseconds; one that outlives this is abandoned
+            # and redone (TransactionalCheckpoint). Zombies are fenced by the group
+            # generation sent with the offsets (KIP-447), not by the id.
+            "transaction.timeout.ms": round(settings.transaction_timeout_s * 1000),
         }
     overrides["queue.buffering.max.kbytes"] = settings.produce_buffer_mb * 1024
     return overrides
@@ -223,6 +227,7 @@ class Worker:
             return TransactionalCheckpoint(
                 new_producer,
                 self.consumer,
+                transaction_timeout_s=self.settings.transaction_timeout_s,
                 on_wait=self._waiting_for_broker,
                 log=self.log,
                 clock=clock,

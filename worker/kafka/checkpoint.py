@@ -37,6 +37,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -48,7 +49,19 @@ from worker.kafka.watches import AckWatch
 FLUSH_SLICE_S = 1.0
 #: A wait for the broker logs ``waiting_for_broker`` this often.
 WAIT_LOG_EVERY_S = 10.0
+#: A blocking transaction call is given up after this long, or after the transaction timeout if
+#: that is shorter (the broker aborts the transaction then anyway).
 TXN_STUCK_S = 20.0
+#: Default ``transaction.timeout.ms`` of the worker's producers (seconds): Kafka Streams' under
+#: exactly-once-v2. A dead worker's open transaction holds read_committed readers back this long
+#: (plus the coordinator's sweep interval) unless a producer with its transactional id fences it.
+TXN_TIMEOUT_S = 10.0
+#: ``init_transactions`` of a new or replacement producer: one attempt's timeout, at least; a
+#: call that has not returned this long after its own timeout is given up (its producer
+#: dropped, a fresh one tried); after ``INIT_TXN_BOUND_S`` in all the process gives up.
+INIT_TXN_ATTEMPT_S = 10.0
+INIT_TXN_HANG_SLACK_S = 10.0
+INIT_TXN_BOUND_S = 300.0
 #: The same once shutdown was requested: the shutdown has a deadline of its own.
 TXN_STUCK_STOPPING_S = 5.0
 #: A blocking transaction call is checked on this often (seconds).
@@ -290,9 +303,15 @@ class TransactionalCheckpoint(Checkpoint):
     A transaction that fails with an abortable error is aborted; one whose call hangs (below)
     has its producer replaced by a new one with the same ``transactional.id``, which fences the
     old one and aborts its transaction. Either way :class:`TransactionAbandonedError` tells the
-    worker to rewind and redo the batch, without a process restart. Fatal errors raise
+    worker to rewind and redo the batch, without a process restart. A fatal error of a
+    transaction open longer than ``transaction_timeout_s`` is the broker having aborted it (the
+    producer's epoch was bumped): handled the same way. Other fatal errors raise
     :class:`DeliveryError` (the process exits; its restarted self resumes from the last
     committed transaction).
+
+    ``transaction_timeout_s`` is the producers' ``transaction.timeout.ms``: a blocking call is
+    given up after it (or ``TXN_STUCK_S`` if shorter), since the broker aborts the transaction
+    then anyway.
     """
 
     RESENDS_STUCK_OUTPUTS = False
@@ -301,14 +320,22 @@ class TransactionalCheckpoint(Checkpoint):
         self,
         producer_factory: Callable[[], Producer],
         consumer: Consumer,
+        *,
+        transaction_timeout_s: float = TXN_TIMEOUT_S,
         **kwargs: Any,
     ) -> None:
         self._producer_factory = producer_factory
+        self._transaction_timeout_s = transaction_timeout_s
+        self._stuck_after_s = min(TXN_STUCK_S, transaction_timeout_s)
+        self._hurried_at: float | None = None
+        self._begun_at: float | None = None
+        # What _init needs before Checkpoint.__init__ sets them (to the same values).
+        self._on_wait = kwargs.get("on_wait", _ignore)
+        self._log = kwargs.get("log")
+        self._clock = kwargs.get("clock", time.monotonic)
         # The replacement (same transactional.id) fences the old producer; it never re-sends.
         super().__init__(self._new_producer(), consumer, replacement=self._new_producer, **kwargs)
         self._open = False
-        self._stuck_after_s = TXN_STUCK_S
-        self._hurried_at: float | None = None
 
     def hurry(self) -> None:
         self._stuck_after_s = TXN_STUCK_STOPPING_S
@@ -328,21 +355,52 @@ class TransactionalCheckpoint(Checkpoint):
             if waited > TXN_STUCK_STOPPING_S:
                 raise _TransactionCallStuck(f"flush unacknowledged {waited:.0f} s into shutdown")
 
-    @staticmethod
-    def _init(producer: Producer) -> Producer:
-        try:
-            producer.init_transactions(60)
-        except KafkaException as exc:
-            raise DeliveryError(f"cannot initialise transactions: {exc}") from exc
-        return producer
-
     def _new_producer(self) -> Producer:
-        return self._init(self._producer_factory())
+        """A fresh producer with transactions initialised (which fences its predecessor of the
+        same ``transactional.id`` and aborts the transaction that one left open).
+
+        Bounded: each ``init_transactions`` attempt has a timeout, a retriable failure (the
+        broker away, a coordinator moving, the previous transaction still being aborted) is
+        retried while the health beat goes on, a call that hangs past its timeout
+        (``INIT_TXN_HANG_SLACK_S``) is given up with its producer and a fresh one tried.
+
+        Raises:
+            DeliveryError: a fatal or non-retriable error, or no success within
+                ``INIT_TXN_BOUND_S`` (the process exits; its restart tries again).
+        """
+        attempt_s = max(INIT_TXN_ATTEMPT_S, self._transaction_timeout_s)
+        started = self._clock()
+        producer = self._producer_factory()
+        last = ""
+        while True:
+            try:
+                self._guarded(
+                    "init_transactions",
+                    partial(producer.init_transactions, attempt_s),
+                    stuck_after_s=attempt_s + INIT_TXN_HANG_SLACK_S,
+                )
+                return producer
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.fatal() or not error.retriable():
+                    raise DeliveryError(f"cannot initialise transactions: {exc}") from exc
+                last = str(exc)
+            except _TransactionCallStuck as exc:
+                last = str(exc)
+                producer = self._producer_factory()  # the hung one is left to its thread
+            waited = self._clock() - started
+            if self._log is not None:
+                self._log.warning("init_transactions_retry", waited_s=round(waited, 1), reason=last)
+            if waited > INIT_TXN_BOUND_S:
+                raise DeliveryError(
+                    f"cannot initialise transactions within {INIT_TXN_BOUND_S:.0f} s: {last}"
+                )
 
     def begin(self) -> None:
         if not self._open:
             self.producer.begin_transaction()
             self._open = True
+            self._begun_at = self._clock()
 
     def send(self, output: Output) -> None:
         self.begin()
@@ -371,7 +429,12 @@ class TransactionalCheckpoint(Checkpoint):
         except KafkaException as exc:
             error = exc.args[0]
             if error.fatal():
-                raise DeliveryError(f"fatal transaction error: {exc}") from exc
+                if not self._outlived_timeout():
+                    raise DeliveryError(f"fatal transaction error: {exc}") from exc
+                # The broker aborted the transaction (it outlived transaction.timeout.ms) and
+                # bumped the producer's epoch: a fresh producer of the same id carries on.
+                self._replace_producer(f"transaction timed out: {exc}")
+                raise TransactionAbandonedError(f"transaction timed out: {exc}") from exc
             self._abort_or_replace(str(exc))
             raise TransactionAbandonedError(f"transaction aborted: {exc}") from exc
         except DeliveryError as exc:
@@ -383,7 +446,16 @@ class TransactionalCheckpoint(Checkpoint):
         finally:
             self._open = False
 
-    def _guarded(self, name: str, call: Callable[[], None]) -> None:
+    def _outlived_timeout(self) -> bool:
+        """Whether the open transaction began longer than the transaction timeout ago."""
+        return (
+            self._begun_at is not None
+            and self._clock() - self._begun_at >= self._transaction_timeout_s
+        )
+
+    def _guarded(
+        self, name: str, call: Callable[[], None], *, stuck_after_s: float | None = None
+    ) -> None:
         """Run a blocking transaction call in a helper thread and give up on it if it hangs.
 
         librdkafka's send_offsets_to_transaction can block past its timeout when the group
@@ -416,7 +488,7 @@ class TransactionalCheckpoint(Checkpoint):
             if self._clock() >= next_log:
                 next_log = self._clock() + WAIT_LOG_EVERY_S
                 self._log_wait(name, waited)
-            if waited > self._stuck_after_s:
+            if waited > (self._stuck_after_s if stuck_after_s is None else stuck_after_s):
                 raise _TransactionCallStuck(f"{name} blocked for {waited:.0f} s")
 
     def _abort_or_replace(self, reason: str) -> None:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import threading
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from worker.kafka import checkpoint as checkpoint_module
 from worker.kafka.checkpoint import (
     SETTLE_REPORT_S,
     TXN_STUCK_S,
+    TXN_TIMEOUT_S,
     WAIT_LOG_EVERY_S,
     Checkpoint,
     DeliveryError,
@@ -110,9 +111,14 @@ class Rig:
             clock=self.clock,
         )
 
-    def transactional(self) -> TransactionalCheckpoint:
+    def transactional(self, **kwargs) -> TransactionalCheckpoint:
         return TransactionalCheckpoint(
-            self.new_producer, self.consumer, on_wait=self.on_wait, log=self.log, clock=self.clock
+            self.new_producer,
+            self.consumer,
+            on_wait=self.on_wait,
+            log=self.log,
+            clock=self.clock,
+            **kwargs,
         )
 
 
@@ -406,4 +412,94 @@ def test_a_transaction_call_that_hangs_is_abandoned(monkeypatch):
         release.set()
     assert checkpoint.replaced == 1
     assert rig.log.fields("transactional_producer_replaced")
-    assert rig.clock.now - 1000.0 > TXN_STUCK_S
+    # Given up after the transaction timeout (the broker aborts the transaction then anyway),
+    # before the general bound.
+    assert TXN_TIMEOUT_S < rig.clock.now - 1000.0 < TXN_STUCK_S
+
+
+def test_a_fatal_error_of_a_transaction_the_broker_timed_out_is_redone_not_fatal():
+    """The broker aborts a transaction open longer than transaction.timeout.ms and bumps the
+    producer's epoch; librdkafka then reports a fatal error. That is not a newer instance: a
+    fresh producer of the same id carries on and the batch is redone (no process exit)."""
+    rig = Rig(transactional=True)
+    checkpoint = rig.transactional(transaction_timeout_s=5.0)
+    producer = rig.producers[0]
+    checkpoint.send_all(outputs(2))
+    rig.clock.advance(6.0)  # the broker was away longer than the timeout
+    producer.txn_errors["commit_transaction"] = KafkaError(
+        KafkaError._FENCED, "producer fenced: epoch bumped by a timed-out transaction", fatal=True
+    )
+    with pytest.raises(TransactionAbandonedError, match="transaction timed out"):
+        checkpoint.complete({(IN, 0): 2})
+    assert checkpoint.replaced == 1 and len(rig.producers) == 2
+    checkpoint.send_all(outputs(2))
+    checkpoint.complete({(IN, 0): 2})
+    assert written(rig.broker) == expected(2)
+    assert rig.broker.committed["g"] == {(IN, 0): 2}
+
+
+def test_init_transactions_is_retried_while_retriable_and_fatal_errors_stop_at_once():
+    """A replacement producer's init_transactions that times out (the broker away, the previous
+    transaction being aborted) is tried again with the health beat going on; a fatal error is a
+    DeliveryError."""
+    rig = Rig(transactional=True)
+    failures = [KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True)] * 2
+
+    def fail_init_twice(producer: FakeProducer) -> None:
+        real = producer.init_transactions
+
+        def init(timeout=None):
+            producer.calls.append("init_attempt")
+            if failures:
+                rig.clock.advance(timeout or 0)
+                raise KafkaException(failures.pop())
+            real(timeout)
+
+        producer.init_transactions = init  # type: ignore[method-assign]
+
+    rig.setup_producer = fail_init_twice
+    checkpoint = rig.transactional()
+    assert rig.producers[0].calls.count("init_attempt") == 3
+    assert len(rig.log.fields("init_transactions_retry")) == 2
+    checkpoint.send_all(outputs(1))
+    checkpoint.complete({(IN, 0): 1})
+    assert written(rig.broker) == expected(1)
+
+    fatal = Rig(transactional=True)
+
+    def fenced(producer: FakeProducer) -> None:
+        producer.txn_errors["init_transactions"] = KafkaError(
+            KafkaError._FENCED, "fenced", fatal=True
+        )
+
+    fatal.setup_producer = fenced
+    with pytest.raises(DeliveryError, match="cannot initialise transactions"):
+        fatal.transactional()
+
+
+def test_init_transactions_that_hangs_is_given_up_for_a_fresh_producer(monkeypatch):
+    """librdkafka's init_transactions was seen not to return: after its timeout plus a slack the
+    call is left to its thread and a fresh producer (same id, fencing the hung one) tried."""
+    monkeypatch.setattr(checkpoint_module, "GUARD_SLICE_S", 0.001)
+    monkeypatch.setattr(checkpoint_module, "INIT_TXN_HANG_SLACK_S", 1.0)
+    rig = Rig(transactional=True)
+    rig.clock.tick_s = 0.5  # time passes while the helper thread is blocked
+    release = threading.Event()
+
+    def hang_first(producer: FakeProducer) -> None:
+        if len(rig.producers) == 1:
+            real = producer.init_transactions
+
+            def init(timeout=None):
+                release.wait(5)
+                real(timeout)
+
+            producer.init_transactions = init  # type: ignore[method-assign]
+
+    rig.setup_producer = hang_first
+    try:
+        checkpoint = rig.transactional(transaction_timeout_s=2.0)
+    finally:
+        release.set()
+    assert len(rig.producers) == 2 and checkpoint.producer is rig.producers[1]
+    assert "init_transactions blocked" in rig.log.fields("init_transactions_retry")[0]["reason"]
