@@ -641,6 +641,24 @@ TRANSACTION_TIMEOUT_S = Setting(
     "broker's check interval); a batch's transaction normally lasts milliseconds",
     check=transaction_timeout,
 )
+
+
+def session_timeout(value: float) -> str | None:
+    """Within the broker's default bounds (``group.min/max.session.timeout.ms``: 6 s, 30 min)."""
+    return None if 6 <= value <= 1800 else "is not between 6 and 1800 seconds"
+
+
+SESSION_TIMEOUT_S = Setting(
+    "session_timeout_s",
+    "--session-timeout-s",
+    as_float,
+    10.0,
+    env="WORKER_SESSION_TIMEOUT_S",
+    help="consumer group session: a dead worker's partitions move after this long, and a "
+    "broker (coordinator) away longer makes every worker drop its partitions and session state "
+    "(restored from the changelog); raise it to ride out longer broker restarts",
+    check=session_timeout,
+)
 STATE_CHANGELOG = Setting(
     "state_changelog",
     "--state-changelog",
@@ -1067,6 +1085,7 @@ class WorkerSettings:
     exactly_once: bool = EXACTLY_ONCE.field()
     transactional_id: str | None = TRANSACTIONAL_ID.field()
     transaction_timeout_s: float = TRANSACTION_TIMEOUT_S.field()
+    session_timeout_s: float = SESSION_TIMEOUT_S.field()
     state_changelog: bool = STATE_CHANGELOG.field()
     max_new_products: int = MAX_NEW_PRODUCTS.field()
     trending_half_life_s: float = TRENDING_HALF_LIFE_S.field()

@@ -195,6 +195,7 @@ def test_the_flags_keep_their_names_and_variables() -> None:
     assert run["--partitions"] == "WORKER_TOPIC_PARTITIONS"
     assert run["--metrics-port"] == "WORKER_METRICS_PORT"
     assert run["--transaction-timeout-s"] == "WORKER_TRANSACTION_TIMEOUT_S"
+    assert run["--session-timeout-s"] == "WORKER_SESSION_TIMEOUT_S"
     assert monitor["--metrics-port"] == "WORKER_MONITOR_METRICS_PORT"
     assert monitor["--k"] == "WORKER_MONITOR_K"
     assert monitor["--idle-partition-grace-s"] is None
@@ -221,6 +222,7 @@ _STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "top_k": st.integers(1, 50),  # at most the default --candidates
     "n_candidates": st.integers(10, 10_000),  # at least the default --top-k
     "transaction_timeout_s": st.floats(1.0, 900.0, allow_nan=False),  # the broker's maximum
+    "session_timeout_s": st.floats(6.0, 1800.0, allow_nan=False),  # the broker's bounds
 }
 
 
@@ -343,6 +345,13 @@ BAD = [
         "WORKER_TRANSACTION_TIMEOUT_S",
         "901",
         "901 is not between 1 and 900 seconds",
+    ),
+    (
+        "run",
+        "--session-timeout-s",
+        "WORKER_SESSION_TIMEOUT_S",
+        "5",
+        "5 is not between 6 and 1800 seconds",
     ),
     ("run", "--partitions", "WORKER_TOPIC_PARTITIONS", "0", "0 is not positive"),
     ("run", "--events-topic", "WORKER_EVENTS_TOPIC", " ", "' ' is empty"),
@@ -1011,3 +1020,15 @@ def test_the_transaction_timeout_is_short_by_default_and_reaches_the_producers()
     assert producer_overrides(settings)["transaction.timeout.ms"] == 2500
     at_least_once = {**base, "exactly_once": False}
     assert "transaction.timeout.ms" not in producer_overrides(WorkerSettings(**at_least_once))
+
+
+def test_the_session_timeout_reaches_the_consumer_with_heartbeats_well_inside_it() -> None:
+    """10 s by default (a killed worker's partitions move within seconds); an operator may raise
+    it so that a broker restart longer than that does not cost every worker its state."""
+    from worker.apps.serve import consumer_overrides
+
+    base = {"kafka": KafkaSettings(), "topics": TopicSettings()}
+    overrides = consumer_overrides(WorkerSettings(**base))
+    assert (overrides["session.timeout.ms"], overrides["heartbeat.interval.ms"]) == (10000, 1000)
+    overrides = consumer_overrides(WorkerSettings(**base, session_timeout_s=45.0))
+    assert (overrides["session.timeout.ms"], overrides["heartbeat.interval.ms"]) == (45000, 1000)

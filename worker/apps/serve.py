@@ -102,6 +102,9 @@ def consumer_overrides(settings: WorkerSettings) -> dict[str, Any]:
     """librdkafka properties of the worker's input consumer (on top of make_consumer's)."""
     return {
         "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": round(settings.session_timeout_s * 1000),
+        # At least three heartbeats per session, at most one a second.
+        "heartbeat.interval.ms": min(1000, round(settings.session_timeout_s * 1000 / 3)),
         "queued.max.messages.kbytes": settings.fetch_buffer_mb * 1024,
         # One fetch response is at most a quarter of the buffer: it arrives compressed and is
         # decompressed next to it, several times its size.
