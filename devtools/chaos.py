@@ -17,11 +17,21 @@ The input is produced by :class:`devtools.input_feeder.InputFeeder`, which repla
 if librdkafka stops serving one of its partitions (#5430, seen after ``freeze``); the table notes
 it when that happens.
 
-Faults: ``kill9`` (SIGKILL a worker mid-batch, restart it, 3 times), ``broker`` (stop and
-restart the broker; workers must ride it out without restarting), ``scale`` (1 -> 3 -> 2
-workers), ``sigterm`` (SIGTERM every worker at once, then restart them), ``mixed`` (all of them).
-Recovery time of a fault: from the fault until every input event that existed when it struck is
-answered and committed, on every partition.
+Faults: ``kill9`` (SIGKILL a worker mid-batch, restart it under the same transactional id, 3
+times), ``replace`` (SIGKILL a worker and start its replacement under a new transactional id, as
+a Kubernetes Deployment does after an eviction or a rollout), ``killall`` (SIGKILL every worker
+at once, replacements under new transactional ids), ``broker`` (stop and restart the broker;
+workers must ride it out without restarting), ``brokerkill`` (SIGKILL the broker, a crash, and
+start it again), ``scale`` (1 -> 3 -> 2 workers), ``sigterm`` (SIGTERM every worker at once,
+then restart them), ``mixed`` (several of them).
+
+Recovery of a fault is measured twice, from the fault: **committed** until every input event
+that existed when it struck or arrived while it lasted is answered and committed, on every
+partition; **visible** until
+then and until a ``read_committed`` reader of the suggestions can read past every record that
+was written when the fault struck, on every partition (an open transaction of a killed worker
+holds them back until it is aborted). Both are in the table; a fault whose visible recovery
+exceeds ``VISIBLE_BOUND_S`` fails the scenario.
 
 Bounds (memory is sampled from ``/proc`` twice a second for every worker process):
 
@@ -64,10 +74,31 @@ from worker.config import KafkaSettings, TopicSettings
 from worker.kafka.admin import ensure_topics
 from worker.wire.codec import codec_for
 
-SCENARIOS = ("kill9", "broker", "scale", "sigterm", "mixed", "freeze", "slow", "soak")
+SCENARIOS = (
+    "kill9",
+    "replace",
+    "killall",
+    "broker",
+    "brokerkill",
+    "scale",
+    "sigterm",
+    "mixed",
+    "freeze",
+    "slow",
+    "soak",
+)
 #: Shortest input production time per scenario, so its faults (each takes ~10 s to recover
 #: from a kill -9: the group's session timeout) fall mid-stream even on a small input.
-MIN_DURATION_S = {"kill9": 45.0, "broker": 30.0, "scale": 30.0, "sigterm": 25.0, "mixed": 90.0}
+MIN_DURATION_S = {
+    "kill9": 45.0,
+    "replace": 30.0,
+    "killall": 30.0,
+    "broker": 30.0,
+    "brokerkill": 40.0,
+    "scale": 30.0,
+    "sigterm": 25.0,
+    "mixed": 90.0,
+}
 #: Default length of a broker freeze or an output throttle.
 DEFAULT_FAULT_S = 30.0
 #: Produce quota on the workers during ``slow``: about a tenth of what 2,000 events/s need.
@@ -81,6 +112,15 @@ STALL_AFTER_S = 30.0
 #: and the faults, not a backlog, shape the run.
 DEFAULT_RATE = 2000.0
 MODES = ("at-least-once", "exactly-once")
+#: Most seconds from a worker fault (kill -9, replacement under a new transactional id) to
+#: suggestions visible to read_committed readers: the group's session timeout (10 s) to notice
+#: the dead member, the broker aborting the dead worker's open transaction (the worker's
+#: transaction timeout, 10 s, found by the coordinator's sweep every 10 s,
+#: ``transaction.abort.timed.out.transaction.cleanup.interval.ms``) and catching up, on a busy
+#: 2-core machine. Broker faults are not held to it: they add the broker's own downtime.
+VISIBLE_BOUND_S = 45.0
+#: Faults whose visible recovery is held to ``VISIBLE_BOUND_S``.
+BOUNDED_FAULTS = ("kill -9", "replace", "kill -9 all")
 CORRUPT_EVERY = 1000
 PARTITIONS = 12
 
@@ -123,6 +163,8 @@ class ScenarioResult:
     order_violations: int = 0
     faults: int = 0
     recovery_s: list[float] = field(default_factory=list)
+    visible_s: list[float] = field(default_factory=list)  # ... until read_committed sees it
+    bounded_visible_s: list[float] = field(default_factory=list)  # of BOUNDED_FAULTS
     duplicate_bound: int = 0
     identical: str = "n/a"
     worker_restarts_needed: int = 0
@@ -150,6 +192,9 @@ class ScenarioResult:
                 out.append(f"suggestions differ from the undisturbed run: {self.identical}")
         elif self.duplicates > self.duplicate_bound:
             out.append(f"{self.duplicates} duplicates above the in-flight bound")
+        slow = [v for v in self.bounded_visible_s if not v <= VISIBLE_BOUND_S]  # nan fails too
+        if slow:
+            out.append(f"suggestions visible only {slow} s after a worker fault")
         if self.worker_restarts_needed:
             out.append(f"{self.worker_restarts_needed} worker exits not caused by the harness")
         for w in self.memory:
@@ -188,6 +233,13 @@ class Broker:
     def restart(self, down_s: float) -> None:
         assert self.cfg is not None
         self._lk.stop(self.cfg)
+        time.sleep(down_s)
+        self._lk.start(self.cfg)
+
+    def crash(self, down_s: float) -> None:
+        """SIGKILL the broker (no controlled shutdown), start it again ``down_s`` later."""
+        assert self.cfg is not None
+        self._lk.kill(self.cfg)
         time.sleep(down_s)
         self._lk.start(self.cfg)
 
@@ -299,10 +351,19 @@ class Group:
         self.unexpected_exits = 0
         self.exit_notes: list[str] = []  # how each unexpected exit happened
         self._exits_counted: set[int] = set()  # pids whose non-zero exit is already counted
+        self.generation: dict[int, int] = {}  # slot -> replacements under a new transactional id
 
-    def start(self, slot: int) -> None:
+    def transactional_id(self, slot: int) -> str:
+        generation = self.generation.get(slot, 0)
+        return f"{self.group}-w{slot}" + (f"-g{generation}" if generation else "")
+
+    def start(self, slot: int, *, new_id: bool = False) -> None:
+        """Start the worker of ``slot``; ``new_id``: as a replacement under a transactional id
+        its predecessors did not use (a new pod name), else under the slot's current one."""
         from devtools.localkafka import free_ports
 
+        if new_id:
+            self.generation[slot] = self.generation.get(slot, 0) + 1
         self.ports[slot] = free_ports(1)[0]
         args = [
             sys.executable,
@@ -328,7 +389,7 @@ class Group:
             "--metrics-port",
             str(self.ports[slot]),
             "--transactional-id",
-            f"{self.group}-w{slot}",
+            self.transactional_id(slot),
             *self.extra_args,
         ]
         if self.exactly_once:
@@ -593,6 +654,64 @@ def _wait_recovered(
     return float("nan")
 
 
+def _partition_ends(bootstrap: str, topic: str, partitions: int) -> list[int]:
+    """Each partition's end offset (records written, committed or not); [] if the broker does
+    not answer."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4().hex}"})
+    try:
+        return [
+            c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        ]
+    except Exception:  # broker down
+        return []
+    finally:
+        c.close()
+
+
+def _wait_visible(
+    bootstrap: str,
+    topic: str,
+    written_at_fault: list[int],
+    started: float,
+    *,
+    until_at_least: float,
+    timeout_s: float = 180.0,
+) -> float:
+    """Seconds from ``started`` until a read_committed reader can read past everything written
+    to ``topic`` when the fault struck (its last stable offset reached ``written_at_fault`` on
+    every partition: no transaction open then is still open), and at least ``until_at_least``
+    (the committed recovery: what existed at the fault is answered). NaN after ``timeout_s``."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"visible-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+        }
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        todo = set(range(len(written_at_fault)))
+        while todo and time.monotonic() < deadline:
+            for p in sorted(todo):
+                try:
+                    # read_committed: the high offset answered is the last stable offset.
+                    _, stable = consumer.get_watermark_offsets(
+                        TopicPartition(topic, p), timeout=5, cached=False
+                    )
+                except Exception:  # broker down
+                    break
+                if stable >= written_at_fault[p]:
+                    todo.discard(p)
+            if todo:
+                time.sleep(0.2)
+        if todo:
+            return float("nan")
+        return max(time.monotonic() - started, until_at_least)
+    finally:
+        consumer.close()
+
+
 def _wait_drained(progress: Progress, timeout_s: float = 600.0) -> None:
     """Wait until the group has committed every input event that exists now."""
     deadline = time.monotonic() + timeout_s
@@ -785,11 +904,17 @@ def run_scenario(
             broker.bootstrap, topics.dead_letter(topics.events), topics.partitions
         )
         in_flight = max(0, answered - sum(at)) + 2 * 500 * len(group.live_slots())
+        written_at_fault = _partition_ends(broker.bootstrap, topics.suggestions, topics.partitions)
         result.duplicate_bound += in_flight
         backlog_before = progress.backlog() if watch_memory else -1
         t0 = time.monotonic()
         action()
         t_end = time.monotonic()
+        # What arrived while the fault lasted must be answered too: with little lag at the
+        # fault, "what existed then" is already committed and would hide a group that stopped.
+        ends_after = progress.ends()
+        if ends_at and ends_after:
+            ends_at = [max(a, b) for a, b in zip(ends_at, ends_after, strict=True)]
         if watch_memory and feeding:
             # What the feeder queued while the broker was away lands first (up to 15 s): the
             # backlog at the fault's end includes it.
@@ -800,7 +925,16 @@ def run_scenario(
         result.faults += 1
         recovery = _wait_recovered(progress, at, ends_at, t0)
         result.recovery_s.append(round(recovery, 1))
-        log(f"  {run}: {name} at {progress.fraction(at):.0%} -> recovered in {recovery:.1f} s")
+        visible = _wait_visible(
+            broker.bootstrap, topics.suggestions, written_at_fault, t0, until_at_least=recovery
+        )
+        result.visible_s.append(round(visible, 1))
+        if name in BOUNDED_FAULTS:
+            result.bounded_visible_s.append(round(visible, 1))
+        log(
+            f"  {run}: {name} at {progress.fraction(at):.0%} -> committed in {recovery:.1f} s, "
+            f"visible to read_committed in {visible:.1f} s"
+        )
         if watch_memory:
             # The catch-up window lasts until the backlog at the fault's end is answered too.
             _wait_drained(progress)
@@ -848,11 +982,36 @@ def run_scenario(
                     group.start(victim)
 
                 fault("kill -9", kill_and_restart)
+            elif name == "replace":
+                victim = random.Random(fraction).choice(group.live_slots())
+
+                def kill_and_replace(victim: int = victim) -> None:
+                    group.kill9(victim)
+                    time.sleep(1.0)
+                    group.start(victim, new_id=True)
+
+                fault("replace", kill_and_replace)
+            elif name == "killall":
+
+                def kill_all_and_replace() -> None:
+                    slots = group.live_slots()
+                    for s in slots:
+                        group.kill9(s)
+                    time.sleep(1.0)
+                    for s in slots:
+                        group.start(s, new_id=True)
+
+                fault("kill -9 all", kill_all_and_replace)
             elif name == "broker":
                 if broker.external:
                     result.notes.append("broker restart not run: external cluster")
                     continue
                 fault("broker restart", lambda: broker.restart(3.0))
+            elif name == "brokerkill":
+                if broker.external:
+                    result.notes.append("broker SIGKILL not run: external cluster")
+                    continue
+                fault("broker SIGKILL", lambda: broker.crash(3.0))
             elif name == "scale-up":
                 idle = [s for s in range(3) if s not in group.live_slots()]
                 fault(f"scale {3 - len(idle)}->3", lambda idle=idle: [group.start(s) for s in idle])
@@ -944,7 +1103,10 @@ def run_scenario(
 def _plan(scenario: str) -> list[tuple[float, str]]:
     return {
         "kill9": [(0.2, "kill9"), (0.45, "kill9"), (0.7, "kill9")],
+        "replace": [(0.3, "replace")],
+        "killall": [(0.4, "killall")],
         "broker": [(0.35, "broker")],
+        "brokerkill": [(0.35, "brokerkill")],
         "scale": [(0.25, "scale-up"), (0.6, "scale-down")],
         "sigterm": [(0.4, "sigterm")],
         "mixed": [
@@ -969,18 +1131,21 @@ class _SilentLog:
 
 def format_table(results: list[ScenarioResult]) -> str:
     head = (
-        f"{'scenario':<9}{'mode':<15}{'produced':>9}{'answered':>9}{'missing':>8}{'dups':>6}"
-        f"{'dup bound':>10}{'DLQ':>5}{'order':>6}{'faults':>7}  {'recovery s':<30}"
+        f"{'scenario':<11}{'mode':<15}{'produced':>9}{'answered':>9}{'missing':>8}{'dups':>6}"
+        f"{'dup bound':>10}{'DLQ':>5}{'order':>6}{'faults':>7}  {'recovery s':<24}"
+        f"{'visible s':<24}"
         f"{'identical':<10}{'secs':>6}{'RSS MB':>7}  result"
     )
     lines = [head, "-" * len(head)]
     for r in results:
         rec = ",".join(f"{x:g}" for x in r.recovery_s) or "-"
+        vis = ",".join(f"{x:g}" for x in r.visible_s) or "-"
         bound = "-" if r.mode == "exactly-once" else str(r.duplicate_bound)
         lines.append(
-            f"{r.scenario:<9}{r.mode:<15}{r.produced:>9,}{r.answered:>9,}{r.missing:>8}"
+            f"{r.scenario:<11}{r.mode:<15}{r.produced:>9,}{r.answered:>9,}{r.missing:>8}"
             f"{r.duplicates:>6}{bound:>10}{r.dead_lettered:>5}{r.order_violations:>6}"
-            f"{r.faults:>7}  {rec:<30}{r.identical:<10}{r.seconds:>6.0f}{r.peak_rss_mb:>7.0f}  "
+            f"{r.faults:>7}  {rec:<24}{vis:<24}{r.identical:<10}"
+            f"{r.seconds:>6.0f}{r.peak_rss_mb:>7.0f}  "
             f"{'PASS' if r.passed else 'FAIL'}"
             + (" (" + "; ".join(r.failures + r.notes) + ")" if r.failures or r.notes else "")
         )
@@ -990,7 +1155,7 @@ def format_table(results: list[ScenarioResult]) -> str:
 def format_memory(results: list[ScenarioResult]) -> str:
     """Worker memory around each freeze/throttle and over each soak (empty if none ran)."""
     head = (
-        f"{'scenario':<9}{'mode':<15}{'window':<26}{'RSS before':>11}{'during':>8}"
+        f"{'scenario':<11}{'mode':<15}{'window':<26}{'RSS before':>11}{'during':>8}"
         f"{'after':>8}{'growth':>8}{'allowed':>8}{'backlog':>9}{'backpressure':>14}"
         f"{'stalled':>8}{'sessions':>10}{'users':>8}"
     )
@@ -999,7 +1164,7 @@ def format_memory(results: list[ScenarioResult]) -> str:
         for w in r.memory:
             backlog = f"{w.backlog:,}" if w.backlog >= 0 else "-"
             lines.append(
-                f"{r.scenario:<9}{r.mode:<15}{w.label:<26}{w.before_mb:>11.0f}{w.during_mb:>8.0f}"
+                f"{r.scenario:<11}{r.mode:<15}{w.label:<26}{w.before_mb:>11.0f}{w.during_mb:>8.0f}"
                 f"{w.after_mb:>8.0f}{w.growth_mb:>8.0f}{w.allowed_growth_mb:>8.0f}{backlog:>9}"
                 f"{f'{w.backpressure}/{w.probes}':>14}{w.stalled:>8}"
                 f"{r.sessions_peak:>10,}{r.users:>8,}"

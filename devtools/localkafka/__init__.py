@@ -56,6 +56,7 @@ __all__ = [
     "LocalKafkaError",
     "admin_client_config",
     "ensure_certificate",
+    "kill",
     "main",
     "render_log4j2_config",
     "render_pom",
@@ -958,6 +959,23 @@ def stop(cfg: LocalKafkaConfig | None = None, timeout_s: float = 30) -> bool:
             os.kill(pid, signal.SIGKILL)
         if not _wait_dead(pid, 10):
             raise LocalKafkaError(f"the Kafka broker pid {pid} survived SIGKILL")
+    _children.pop(pid, None)
+    cfg.pid_file.unlink(missing_ok=True)
+    return True
+
+
+def kill(cfg: LocalKafkaConfig | None = None) -> bool:
+    """SIGKILL the broker of ``cfg.home`` (a crash: no controlled shutdown, no flush, an unclean
+    log the next start recovers). Returns True if a running broker was killed."""
+    cfg = cfg or LocalKafkaConfig()
+    record = _running_record(cfg)
+    if record is None:
+        return False
+    pid = int(record["pid"])
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if not _wait_dead(pid, 10):
+        raise LocalKafkaError(f"the Kafka broker pid {pid} survived SIGKILL")
     _children.pop(pid, None)
     cfg.pid_file.unlink(missing_ok=True)
     return True

@@ -53,3 +53,14 @@ def test_an_exit_on_its_own_is_counted_once_and_a_kill_or_clean_exit_not_at_all(
     group.check_unexpected_exits()
     assert group.unexpected_exits == 1
     assert group.exit_notes == ["worker 0 exited 2 on its own"]
+
+
+def test_a_replacement_gets_a_transactional_id_its_predecessors_never_had(tmp_path):
+    """``replace`` and ``killall`` start replacements as a Deployment does after an eviction:
+    under a new id (a new pod name); ``kill9`` restarts under the same one (a container
+    restart)."""
+    group = _group(tmp_path)
+    assert group.transactional_id(0) == "g-w0"
+    group.generation[0] = 1
+    assert group.transactional_id(0) == "g-w0-g1"
+    assert group.transactional_id(1) == "g-w1"

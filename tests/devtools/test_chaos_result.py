@@ -77,3 +77,16 @@ def test_input_short_of_what_the_feeder_acknowledged_fails_at_once_saying_so():
     _check_input_written(Ends([]), 6000)  # broker not answering: the wait decides
     with pytest.raises(RuntimeError, match="holds 5,990 records but the feeder had 6,000"):
         _check_input_written(Ends([2990, 3000]), 6000)
+
+
+def test_suggestions_visible_late_after_a_worker_fault_fail_the_scenario() -> None:
+    """Worker faults (kill -9, replacement under a new transactional id, kill -9 of all) are held
+    to VISIBLE_BOUND_S until read_committed readers see the suggestions; never seen fails too."""
+    from devtools.chaos import VISIBLE_BOUND_S
+
+    ok = passing("exactly-once")
+    ok.bounded_visible_s = [12.5, VISIBLE_BOUND_S]
+    assert ok.passed, ok.failures
+    late = passing("exactly-once")
+    late.bounded_visible_s = [12.5, 64.0, float("nan")]
+    assert late.failures == ["suggestions visible only [64.0, nan] s after a worker fault"]
