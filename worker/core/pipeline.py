@@ -33,6 +33,13 @@ class Scorer(Protocol):
     def score(self, features: np.ndarray) -> np.ndarray: ...
 
 
+class BatchObserver(Protocol):
+    """Sees every batch's sessions and feature matrix (the input drift tracker,
+    :mod:`worker.core.drift`)."""
+
+    def observe(self, batch: SessionBatch, features: np.ndarray, live: LiveCatalogue) -> None: ...
+
+
 class BatchEntry(NamedTuple):
     """One validated event of a micro-batch, with everything the batch's path needs about it."""
 
@@ -178,6 +185,8 @@ class Recommender:
         trending: whether trending products are proposed as candidates.
         live: the serving catalogue, when the caller builds it (the three settings above are
             then its own).
+        drift: observes every batch's sessions and features (input drift), timed with the
+            features.
     """
 
     def __init__(
@@ -191,8 +200,10 @@ class Recommender:
         trending_half_life_s: float = DEFAULT_HALF_LIFE_MS / 1000,
         trending: bool = True,
         live: LiveCatalogue | None = None,
+        drift: BatchObserver | None = None,
     ) -> None:
         self.tables = tables
+        self.drift = drift
         self.live = live or LiveCatalogue(
             tables,
             capacity=max_new_products,
@@ -227,6 +238,8 @@ class Recommender:
         )
         t2 = time.perf_counter()
         features = build_features(live, batch, candidates)
+        if self.drift is not None:
+            self.drift.observe(batch, features, live)
         t3 = time.perf_counter()
         scores = self.scorer.score(features).reshape(candidates.shape)
         t4 = time.perf_counter()
