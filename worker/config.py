@@ -779,6 +779,25 @@ EXIT_AT_END = Setting(
     help="flush every window and exit once all partitions are read (batch mode)",
     negatable=False,
 )
+MONITOR_WORKER_GROUP_ID = Setting(
+    "worker_group_id",
+    "--worker-group-id",
+    as_text,
+    "recommender-workers",
+    env="WORKER_GROUP_ID",
+    help="consumer group of the workers, whose lag on the events topic the monitor asks the"
+    " broker for (monitor_worker_group_*)",
+    check=not_empty,
+)
+GROUP_LAG_INTERVAL_S = Setting(
+    "group_lag_interval_s",
+    "--group-lag-interval-s",
+    as_float,
+    15.0,
+    env="WORKER_MONITOR_GROUP_LAG_INTERVAL_S",
+    help="seconds between two probes of the workers' group lag at the broker; 0 disables",
+    check=non_negative,
+)
 
 # Training (`worker train`): flags only, no environment variables; TrainSettings
 # (worker/apps/train.py) takes its defaults from these. Not the worker's --top-k / --candidates,
@@ -1124,6 +1143,8 @@ class MonitorSettings:
     metrics_port: int = MONITOR_METRICS_PORT.field()
     schema_registry_url: str | None = SCHEMA_REGISTRY_URL.field()
     exit_at_end: bool = EXIT_AT_END.field()
+    worker_group_id: str = MONITOR_WORKER_GROUP_ID.field()
+    group_lag_interval_s: float = GROUP_LAG_INTERVAL_S.field()
 
     def __post_init__(self) -> None:
         """Check the values as the command line does, for objects built in code too.

@@ -40,10 +40,11 @@ from worker.core.accuracy import (
 )
 from worker.core.errors import BrokerError, DataError, ModelLoadError
 from worker.core.records import to_browsing_event, to_purchase, validate_key
-from worker.kafka.admin import DLQ_MAX_MESSAGE_BYTES
+from worker.kafka.admin import DLQ_MAX_MESSAGE_BYTES, admin_client
 from worker.kafka.checkpoint import Checkpoint
 from worker.kafka.clients import assign_at, committed_offsets, make_consumer, make_producer
 from worker.kafka.dead_letter import dead_letter_of
+from worker.kafka.group_lag import GroupLagProbe
 from worker.kafka.watches import FetchWatch
 from worker.model.artifact import read_metadata, resolve_artifact_dir
 from worker.ops.health import Health, serve_http
@@ -104,6 +105,51 @@ def read_category_tables(artifact_dir: Path, k: int) -> tuple[dict[str, list[str
         str(p): names[c] for p, c in zip(product_ids.tolist(), category.tolist(), strict=True)
     }
     return tops, product_category
+
+
+class GroupLagPoller:
+    """Probes the workers' group lag at the broker every ``interval_s`` on a daemon thread (the
+    admin calls can wait for an absent broker; the join loop must not) and exports it. A failed
+    probe is counted and logged once until a probe succeeds again; the gauges keep their last
+    values and the probe timestamp tells how old they are."""
+
+    def __init__(self, probe: GroupLagProbe, metrics: MonitorMetrics, log: Any, interval_s: float):
+        self.probe = probe
+        self.metrics = metrics
+        self.log = log
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._failing = False
+        self._thread = threading.Thread(target=self._run, name="group-lag", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def poll_once(self) -> None:
+        try:
+            lag = self.probe.probe()
+        except Exception as exc:  # a broker away, a refused request: report, keep polling
+            self.metrics.group_lag_probe_failures.inc()
+            if not self._failing:
+                self.log.warning("worker_group_lag_unavailable", error=str(exc))
+            self._failing = True
+            return
+        if self._failing:
+            self.log.info("worker_group_lag_available", lag=lag.total, members=lag.members)
+        self._failing = False
+        for partition, value in lag.lag.items():
+            self.metrics.group_lag.labels(partition=str(partition)).set(value)
+        self.metrics.group_lag_total.set(lag.total)
+        self.metrics.group_members.set(lag.members)
+        self.metrics.group_lag_probe_time.set(time.time())
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll_once()
+            self._stop.wait(self.interval_s)
 
 
 class Monitor:
@@ -205,6 +251,18 @@ class Monitor:
             signal.signal(signal.SIGINT, self.request_stop)
         server = serve_http(self.settings.metrics_port, self.metrics.registry, self.health)
         topics = self.settings.topics
+        poller = None
+        if self.settings.group_lag_interval_s > 0:
+            probe = GroupLagProbe(
+                admin_client(self.settings.kafka, self.log),
+                self.settings.worker_group_id,
+                topics.events,
+                timeout_s=min(10.0, max(1.0, self.settings.group_lag_interval_s)),
+            )
+            poller = GroupLagPoller(
+                probe, self.metrics, self.log, self.settings.group_lag_interval_s
+            )
+            poller.start()
         self._resume_from_last_report()
         self.consumer.subscribe(
             [topics.events, topics.suggestions, topics.purchases],
@@ -222,6 +280,8 @@ class Monitor:
             baseline_size=len(self.baseline),
             categories_with_tops=len(self.category_top),
             session_lookback_s=self.settings.session_lookback_s,
+            worker_group_id=self.settings.worker_group_id,
+            group_lag_interval_s=self.settings.group_lag_interval_s,
         )
         last_prune = time.monotonic()
         try:
@@ -238,6 +298,8 @@ class Monitor:
                     last_prune = time.monotonic()
                     self._prune()
         finally:
+            if poller is not None:
+                poller.stop()
             self.checkpoint.producer.flush(10)
             try:
                 self.consumer.close()

@@ -104,6 +104,14 @@ class WorkerMetrics:
             " half-lives)",
             registry=r,
         )
+        self.input_drift = Gauge(
+            "worker_input_drift_psi",
+            "Population stability index of an input quantity (event-type mix, unknown product or"
+            " category share, session length, a model feature) over the last 15 minutes against"
+            " the served model's training window: 0.1 moderate, 0.25 significant shift",
+            ["quantity"],
+            registry=r,
+        )
 
 
 class MonitorMetrics:
@@ -191,6 +199,33 @@ class MonitorMetrics:
         self.event_coverage = Gauge(
             "monitor_event_coverage",
             "Share of browsing events answered by a suggestion, last closed window",
+            registry=r,
+        )
+        self.group_lag = Gauge(
+            "monitor_worker_group_lag",
+            "The workers' group lag on the events topic per partition, as the broker sees it"
+            " (read_committed end offset minus committed offset), at the last probe",
+            ["partition"],
+            registry=r,
+        )
+        self.group_lag_total = Gauge(
+            "monitor_worker_group_lag_total",
+            "The workers' group lag summed over the events topic's partitions, at the last probe",
+            registry=r,
+        )
+        self.group_members = Gauge(
+            "monitor_worker_group_members",
+            "Members of the workers' consumer group at the last probe",
+            registry=r,
+        )
+        self.group_lag_probe_time = Gauge(
+            "monitor_worker_group_lag_probe_timestamp_seconds",
+            "Unix time of the last successful probe of the workers' group lag",
+            registry=r,
+        )
+        self.group_lag_probe_failures = Counter(
+            "monitor_worker_group_lag_probe_failures_total",
+            "Probes of the workers' group lag the broker did not answer in time",
             registry=r,
         )
         self.cumulative_discovery_hit_rate = Gauge(
