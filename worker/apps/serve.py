@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from worker.apps.batch import STEP_STAGES, BatchResult, BatchStep, InputRecord, now_ms
 from worker.config import WorkerSettings
+from worker.core.drift import PSI_SIGNIFICANT, DriftTracker, ReferenceProfile, crossings
 from worker.core.errors import BrokerError
 from worker.core.pipeline import Recommender
 from worker.core.session import SessionStore
@@ -57,6 +58,8 @@ CLOSE_MARGIN_S = 5.0
 #: (``produce``) and the commit protocol's flush, verify and store or commit (``checkpoint``).
 LOOP_STAGES = ("produce", "checkpoint")
 STAGES = STEP_STAGES + LOOP_STAGES
+#: Seconds between updates of ``worker_input_drift_psi`` (the drift window rolls then too).
+DRIFT_UPDATE_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -179,6 +182,11 @@ class Worker:
         )
         # The serving catalogue: the model's, plus the products it does not know (cold starts).
         self.live = self.recommender.live
+        # Input drift against the model's training window, when its artifact has a reference.
+        self.drift = drift_tracker(artifact, self.log)
+        self.recommender.drift = self.drift
+        self._drift_psi: dict[str, float] = {}
+        self._drift_updated_at: float | None = None
         self._new_products_counted = 0
         self.changelog = changelog_topic(settings.group_id) if settings.state_changelog else None
         self.step = batch_step(settings, artifact, self.recommender, self.changelog)
@@ -302,6 +310,7 @@ class Worker:
                     if max_idle_s is not None and time.monotonic() - last_input > max_idle_s:
                         self.log.info("idle_exit", idle_s=max_idle_s)
                         break
+                self._update_drift(time.monotonic())
                 if time.monotonic() - last_progress > PROGRESS_LOG_INTERVAL_S:
                     last_progress = time.monotonic()
                     self._housekeeping()
@@ -393,6 +402,38 @@ class Worker:
         threading.Thread(
             target=_close_quietly, args=(old, self.log), name="wedged-close", daemon=True
         ).start()
+
+    def _update_drift(self, now_s: float, *, force: bool = False) -> None:
+        """Every :data:`DRIFT_UPDATE_INTERVAL_S`: roll the drift window to ``now_s``, export
+        each quantity's PSI (none while the window holds too few events) and log
+        ``input_drift`` when one crosses :data:`~worker.core.drift.PSI_SIGNIFICANT`."""
+        drift = self.drift
+        if drift is None:
+            return
+        if (
+            not force
+            and self._drift_updated_at is not None
+            and now_s - self._drift_updated_at < DRIFT_UPDATE_INTERVAL_S
+        ):
+            return
+        self._drift_updated_at = now_s
+        drift.advance(now_s)
+        current = drift.psi()
+        gauge = self.metrics.input_drift
+        for name in self._drift_psi.keys() - current.keys():
+            gauge.remove(name)
+        for name, value in current.items():
+            gauge.labels(quantity=name).set(value)
+        for name, value, above in crossings(self._drift_psi, current, PSI_SIGNIFICANT):
+            (self.log.warning if above else self.log.info)(
+                "input_drift",
+                quantity=name,
+                psi=round(value, 3),
+                threshold=PSI_SIGNIFICANT,
+                above=above,
+                window_events=drift.window_events,
+            )
+        self._drift_psi = current
 
     def _housekeeping(self) -> None:
         expired = self.sessions.expire_idle()
@@ -612,6 +653,19 @@ class Worker:
         if err.fatal():
             raise BrokerError(f"fatal consumer error: {err.name()}: {err.str()}")
         self.log.warning("consume_error", error=err.name(), retriable=err.retriable())
+
+
+def drift_tracker(artifact: ModelArtifact, log: Any) -> DriftTracker | None:
+    """The input drift tracker of the artifact's ``drift_reference``; None without one (no
+    drift metric), or with one this worker cannot read (logged)."""
+    reference = artifact.metadata.get("drift_reference")
+    if reference is None:
+        return None
+    try:
+        return DriftTracker(ReferenceProfile.from_json(reference))
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("drift_reference_unreadable", error=str(exc))
+        return None
 
 
 def _close_quietly(consumer: Consumer, log: Any) -> None:
