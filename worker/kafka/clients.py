@@ -104,6 +104,11 @@ def make_producer(settings: KafkaSettings, log: Any, **overrides: Any) -> Produc
         raise BrokerError(f"cannot create producer: {exc}") from exc
 
 
+#: Consumer properties of the classic group protocol only: librdkafka refuses them with
+#: ``group.protocol=consumer``.
+CLASSIC_ONLY = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy")
+
+
 def make_consumer(
     settings: KafkaSettings,
     group_id: str,
@@ -132,6 +137,11 @@ def make_consumer(
             **overrides,
         }
     )
+    if str(config.get("group.protocol", "classic")).lower() == "consumer":
+        # KIP-848: the session and the assignor are the broker's (group.consumer.session.timeout.ms,
+        # group.consumer.assignors); librdkafka refuses the classic protocol's properties.
+        for key in CLASSIC_ONLY:
+            config.pop(key, None)
     config.update(
         {
             "group.id": group_id,
