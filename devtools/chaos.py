@@ -440,6 +440,35 @@ class Group:
                 self.exit_notes.append(f"worker {s} exited {code} after SIGTERM")
                 self._exits_counted.add(self.procs[s].pid)
 
+    def owner_of(self, partition: int) -> int | None:
+        """The live worker that holds ``partition`` now, from the workers' logs
+        (``partitions_assigned`` adds, ``partitions_revoked``/``partitions_lost`` remove, a
+        ``worker_started`` starts over); None if none does."""
+        for slot in self.live_slots():
+            held: set[int] = set()
+            path = self.log_dir / f"worker{slot}.log"
+            try:
+                lines = path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                if '"partitions_' not in line and '"worker_started"' not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                event = record.get("event")
+                if event == "worker_started":
+                    held = set()
+                elif event == "partitions_assigned":
+                    held |= set(record.get("partitions", []))
+                elif event in ("partitions_revoked", "partitions_lost"):
+                    held -= set(record.get("partitions", []))
+            if partition in held:
+                return slot
+        return None
+
     def live_slots(self) -> list[int]:
         return [s for s, p in self.procs.items() if p.poll() is None]
 
@@ -652,6 +681,35 @@ def _wait_recovered(
                 return time.monotonic() - started
         time.sleep(0.2)
     return float("nan")
+
+
+def _await_open_transaction(bootstrap: str, topic: str, timeout_s: float) -> int | None:
+    """A partition of ``topic`` holding records of an open transaction (its last stable offset
+    below its end), as soon as one is seen; None after ``timeout_s``."""
+    stable = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"open-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+        }
+    )
+    written = Consumer({"bootstrap.servers": bootstrap, "group.id": f"open-{uuid.uuid4().hex}"})
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            for p in range(PARTITIONS):
+                tp = TopicPartition(topic, p)
+                try:
+                    lso = stable.get_watermark_offsets(tp, timeout=5, cached=False)[1]
+                    end = written.get_watermark_offsets(tp, timeout=5, cached=False)[1]
+                except Exception:  # broker away: try again
+                    continue
+                if lso < end:
+                    return p
+        return None
+    finally:
+        stable.close()
+        written.close()
 
 
 def _partition_ends(bootstrap: str, topic: str, partitions: int) -> list[int]:
@@ -904,7 +962,6 @@ def run_scenario(
             broker.bootstrap, topics.dead_letter(topics.events), topics.partitions
         )
         in_flight = max(0, answered - sum(at)) + 2 * 500 * len(group.live_slots())
-        written_at_fault = _partition_ends(broker.bootstrap, topics.suggestions, topics.partitions)
         result.duplicate_bound += in_flight
         backlog_before = progress.backlog() if watch_memory else -1
         t0 = time.monotonic()
@@ -913,6 +970,9 @@ def run_scenario(
         # What arrived while the fault lasted must be answered too: with little lag at the
         # fault, "what existed then" is already committed and would hide a group that stopped.
         ends_after = progress.ends()
+        # Every suggestion written by then (a killed worker's open transaction's included) must
+        # become readable for read_committed readers.
+        written_at_fault = _partition_ends(broker.bootstrap, topics.suggestions, topics.partitions)
         if ends_at and ends_after:
             ends_at = [max(a, b) for a, b in zip(ends_at, ends_after, strict=True)]
         if watch_memory and feeding:
@@ -973,6 +1033,19 @@ def run_scenario(
             # Faults at set points of the input's production time: always mid-stream.
             time.sleep(max(0.0, started + fraction * duration_s - time.monotonic()))
             group.check_unexpected_exits()
+
+            def mid_transaction(name: str = name) -> int | None:
+                """Exactly-once: wait (10 s at most) until a worker has a transaction open with
+                records written, what a replacement under a new id cannot fence, and return the
+                slot that holds it (None: none seen, or at-least-once)."""
+                if not exactly_once:
+                    return None
+                open_on = _await_open_transaction(broker.bootstrap, topics.suggestions, 10.0)
+                if open_on is None:
+                    result.notes.append(f"{name}: no open transaction seen; struck anyway")
+                    return None
+                return group.owner_of(open_on)
+
             if name == "kill9":
                 victim = random.Random(fraction).choice(group.live_slots())
 
@@ -983,9 +1056,11 @@ def run_scenario(
 
                 fault("kill -9", kill_and_restart)
             elif name == "replace":
-                victim = random.Random(fraction).choice(group.live_slots())
+                fallback = random.Random(fraction).choice(group.live_slots())
 
-                def kill_and_replace(victim: int = victim) -> None:
+                def kill_and_replace(fallback: int = fallback) -> None:
+                    owner = mid_transaction()
+                    victim = owner if owner is not None else fallback
                     group.kill9(victim)
                     time.sleep(1.0)
                     group.start(victim, new_id=True)
@@ -995,6 +1070,7 @@ def run_scenario(
 
                 def kill_all_and_replace() -> None:
                     slots = group.live_slots()
+                    mid_transaction()
                     for s in slots:
                         group.kill9(s)
                     time.sleep(1.0)
