@@ -15,6 +15,9 @@ pytestmark = pytest.mark.kafka
 
 CI_EVENTS = 6000
 CI_FAULT_S = 12.0  # broker freeze / output throttle length (30 s in the full run)
+#: Replacing workers under new transactional ids matters to exactly-once (an open transaction
+#: nobody fences); at-least-once takes the same path as kill9 there, so CI runs it once.
+CI_SKIP = frozenset({("replace", "at-least-once"), ("killall", "at-least-once")})
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +36,9 @@ def default_catalogue_model(tmp_path_factory):
 def test_every_scenario_loses_nothing_and_exactly_once_duplicates_nothing(
     default_catalogue_model, tmp_path
 ):
-    """kill -9, broker restart, 1->3->2 scaling, SIGTERM-all, all mixed, a frozen broker, a
-    throttled output topic and a soak: zero missing answers in both modes, duplicates within
+    """kill -9, replacement under a new transactional id, kill -9 of every worker, broker restart
+    and broker SIGKILL, 1->3->2 scaling, SIGTERM-all, all mixed, a frozen broker, a throttled
+    output topic and a soak: zero missing answers in both modes, duplicates within
     the in-flight bound (at-least-once) or zero (exactly-once), per-user order kept, every bad
     record dead-lettered once, exactly-once suggestions identical to an undisturbed run's
     (session state restored, not reset), workers live throughout the freeze and the throttle
@@ -48,10 +52,11 @@ def test_every_scenario_loses_nothing_and_exactly_once_duplicates_nothing(
         models_dir=default_catalogue_model,
         work_dir=tmp_path,
         bootstrap=None,  # the harness runs its own broker: it must be able to restart it
+        skip=CI_SKIP,
     )
     table = format_table(results) + "\n" + format_memory(results)
     print(table)
-    assert len(results) == len(SCENARIOS) * len(MODES)
+    assert len(results) == len(SCENARIOS) * len(MODES) - len(CI_SKIP)
     for r in results:
         assert r.faults > 0 or r.scenario == "soak", table
         assert r.failures == [], table

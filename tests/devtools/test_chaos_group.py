@@ -64,3 +64,33 @@ def test_a_replacement_gets_a_transactional_id_its_predecessors_never_had(tmp_pa
     group.generation[0] = 1
     assert group.transactional_id(0) == "g-w0-g1"
     assert group.transactional_id(1) == "g-w1"
+
+
+def test_the_owner_of_a_partition_is_read_from_the_live_workers_logs(tmp_path):
+    """Assigned adds, revoked and lost remove, a restart (worker_started) starts over."""
+    import json
+
+    group = _group(tmp_path)
+    lines = {
+        0: [
+            {"event": "worker_started"},
+            {"event": "partitions_assigned", "partitions": [0, 1, 2]},
+            {"event": "partitions_revoked", "partitions": [2]},
+        ],
+        1: [
+            {"event": "partitions_assigned", "partitions": [5]},
+            {"event": "worker_started"},
+            {"event": "partitions_assigned", "partitions": [2, 3]},
+            {"event": "partitions_lost", "partitions": [3]},
+        ],
+    }
+    for slot, records in lines.items():
+        text = "\n".join(json.dumps(r) for r in records) + "\nnot json\n"
+        (tmp_path / f"worker{slot}.log").write_text(text)
+        group.procs[slot] = _spawn("print('up', flush=True)\nimport time\ntime.sleep(30)\n")
+    try:
+        assert [group.owner_of(p) for p in range(6)] == [0, 0, 1, None, None, None]
+    finally:
+        for proc in group.procs.values():
+            proc.kill()
+            proc.wait()
