@@ -237,11 +237,26 @@ class Broker:
         self._lk.start(self.cfg)
 
     def crash(self, down_s: float) -> None:
-        """SIGKILL the broker (no controlled shutdown), start it again ``down_s`` later."""
+        """SIGKILL the broker (no controlled shutdown), start it again ``down_s`` later. Its
+        log recovery after the crash can take a while on a loaded machine: 4 min allowed."""
         assert self.cfg is not None
         self._lk.kill(self.cfg)
         time.sleep(down_s)
-        self._lk.start(self.cfg)
+        self._lk.start(self.cfg, timeout_s=240)
+
+    def drop_topics(self, prefix_part: str) -> None:
+        """Delete the topics whose name contains ``prefix_part`` (a finished scenario's), so
+        that the next broker restart has fewer partitions to load or recover."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        try:
+            names = [t for t in admin.list_topics(timeout=30).topics if prefix_part in t]
+            if names:
+                for future in admin.delete_topics(names, operation_timeout=30).values():
+                    future.result()
+        except Exception:  # clean-up only: a failure costs restart time, not correctness
+            return
 
     def freeze(self, seconds: float) -> None:
         """SIGSTOP the broker for ``seconds``: unreachable, its connections left open."""
@@ -469,6 +484,11 @@ class Group:
                 return slot
         return None
 
+    def signal(self, slots: list[int], signum: int) -> None:
+        """Send ``signum`` to the workers of ``slots`` (SIGSTOP/SIGCONT: freeze and thaw)."""
+        for s in slots:
+            self.procs[s].send_signal(signum)
+
     def live_slots(self) -> list[int]:
         return [s for s, p in self.procs.items() if p.poll() is None]
 
@@ -683,9 +703,9 @@ def _wait_recovered(
     return float("nan")
 
 
-def _await_open_transaction(bootstrap: str, topic: str, timeout_s: float) -> int | None:
-    """A partition of ``topic`` holding records of an open transaction (its last stable offset
-    below its end), as soon as one is seen; None after ``timeout_s``."""
+def _open_transactions(bootstrap: str, topic: str) -> set[int]:
+    """Partitions of ``topic`` holding records of an open transaction (last stable offset below
+    the end); empty if the broker does not answer."""
     stable = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -694,22 +714,43 @@ def _await_open_transaction(bootstrap: str, topic: str, timeout_s: float) -> int
         }
     )
     written = Consumer({"bootstrap.servers": bootstrap, "group.id": f"open-{uuid.uuid4().hex}"})
-    deadline = time.monotonic() + timeout_s
+    found = set()
     try:
-        while time.monotonic() < deadline:
-            for p in range(PARTITIONS):
-                tp = TopicPartition(topic, p)
-                try:
-                    lso = stable.get_watermark_offsets(tp, timeout=5, cached=False)[1]
-                    end = written.get_watermark_offsets(tp, timeout=5, cached=False)[1]
-                except Exception:  # broker away: try again
-                    continue
-                if lso < end:
-                    return p
-        return None
+        for p in range(PARTITIONS):
+            tp = TopicPartition(topic, p)
+            try:
+                lso = stable.get_watermark_offsets(tp, timeout=5, cached=False)[1]
+                end = written.get_watermark_offsets(tp, timeout=5, cached=False)[1]
+            except Exception:  # broker away
+                continue
+            if lso < end:
+                found.add(p)
+        return found
     finally:
         stable.close()
         written.close()
+
+
+def freeze_in_transaction(group: Group, bootstrap: str, topic: str, timeout_s: float) -> int | None:
+    """Freeze (SIGSTOP) every live worker at a moment one of them holds an open transaction with
+    records written, and return that worker's slot, the others thawed again; None (all thawed)
+    if no such moment came within ``timeout_s``. Transactions last milliseconds: a worker is
+    frozen first, then found still holding one (its commit markers given 0.3 s to land)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _open_transactions(bootstrap, topic):
+            continue
+        live = group.live_slots()
+        group.signal(live, signal.SIGSTOP)
+        time.sleep(0.3)
+        owners = {group.owner_of(p) for p in _open_transactions(bootstrap, topic)}
+        owners.discard(None)
+        if owners:
+            victim = min(s for s in owners if s is not None)
+            group.signal([s for s in live if s != victim], signal.SIGCONT)
+            return victim
+        group.signal(live, signal.SIGCONT)
+    return None
 
 
 def _partition_ends(bootstrap: str, topic: str, partitions: int) -> list[int]:
@@ -1035,16 +1076,16 @@ def run_scenario(
             group.check_unexpected_exits()
 
             def mid_transaction(name: str = name) -> int | None:
-                """Exactly-once: wait (10 s at most) until a worker has a transaction open with
-                records written, what a replacement under a new id cannot fence, and return the
-                slot that holds it (None: none seen, or at-least-once)."""
+                """Exactly-once: the slot of a worker frozen while it holds an open transaction
+                with records written (what a replacement under a new id cannot fence), the
+                others running; None (nobody frozen) if none came within 20 s, or
+                at-least-once."""
                 if not exactly_once:
                     return None
-                open_on = _await_open_transaction(broker.bootstrap, topics.suggestions, 10.0)
-                if open_on is None:
-                    result.notes.append(f"{name}: no open transaction seen; struck anyway")
-                    return None
-                return group.owner_of(open_on)
+                victim = freeze_in_transaction(group, broker.bootstrap, topics.suggestions, 20.0)
+                if victim is None:
+                    result.notes.append(f"{name}: no open transaction caught; struck anyway")
+                return victim
 
             if name == "kill9":
                 victim = random.Random(fraction).choice(group.live_slots())
@@ -1301,6 +1342,7 @@ def run_chaos(
                 )
                 results.append(result)
                 log(format_table([result]).splitlines()[-1])
+                broker.drop_topics(f"-{scenario}-")
     finally:
         broker.close()
     return results
