@@ -226,11 +226,17 @@ def test_a_successor_fences_the_zombie_and_only_its_outputs_are_visible(kafka_bo
             settings, log, **{"transactional.id": f"txn-{suffix}", "transaction.timeout.ms": 60000}
         )
 
-    zombie = TransactionalCheckpoint(new_producer, consumers[0], log=log)
+    # The checkpoints know the producers' 60 s timeout: the zombie's fatal error is a fencing,
+    # not a transaction the broker timed out.
+    zombie = TransactionalCheckpoint(
+        new_producer, consumers[0], log=log, transaction_timeout_s=60.0
+    )
     try:
         zombie.produce(topic, b"k", b"zombie")
         zombie.producer.flush(10)  # its output is written, inside its still open transaction
-        successor = TransactionalCheckpoint(new_producer, consumers[1], log=log)
+        successor = TransactionalCheckpoint(
+            new_producer, consumers[1], log=log, transaction_timeout_s=60.0
+        )
         successor.produce(topic, b"k", b"successor")
         successor.complete({})
         with pytest.raises(DeliveryError, match="fatal") as raised:
@@ -241,3 +247,35 @@ def test_a_successor_fences_the_zombie_and_only_its_outputs_are_visible(kafka_bo
     finally:
         for c in consumers:
             c.close()
+
+
+def test_a_transaction_the_broker_times_out_is_redone_without_a_restart(kafka_bootstrap):
+    """A worker paused mid-transaction for longer than transaction.timeout.ms (here 2 s; the
+    broker's sweep runs every 10 s) finds its transaction aborted by the broker: the batch is
+    abandoned and redone with a fresh producer, and only the redone batch is visible."""
+    suffix = uuid.uuid4().hex[:8]
+    topic = f"timed-out-{suffix}"
+    _create(kafka_bootstrap, topic)
+    settings = KafkaSettings(kafka_bootstrap)
+    log = _Log()
+    consumer = make_consumer(settings, f"group-{suffix}", log, auto_commit=False)
+
+    def new_producer():
+        return make_producer(
+            settings, log, **{"transactional.id": f"txn-{suffix}", "transaction.timeout.ms": 2000}
+        )
+
+    checkpoint = TransactionalCheckpoint(new_producer, consumer, log=log, transaction_timeout_s=2.0)
+    try:
+        checkpoint.produce(topic, b"k", b"timed out")
+        checkpoint.producer.flush(10)  # written, inside the open transaction
+        time.sleep(14)  # the transaction timeout plus the broker's abort sweep
+        with pytest.raises(TransactionAbandonedError):
+            checkpoint.complete({})
+        checkpoint.produce(topic, b"k", b"redone")
+        checkpoint.complete({})
+        values, _ = _read_committed(kafka_bootstrap, topic)
+        assert values == [b"redone"], values
+    finally:
+        checkpoint.producer.flush(0)
+        consumer.close()
