@@ -37,13 +37,14 @@ from worker.config import (
     TopicSettings,
     WorkerSettings,
     as_float,
+    as_instant,
     declared,
     kafka_properties,
     non_negative,
     rules_of,
     settings_from,
 )
-from worker.core.errors import InfrastructureError, WorkerError
+from worker.core.errors import ConfigError, InfrastructureError, WorkerError
 
 if TYPE_CHECKING:  # the apps are imported by the command that runs, not to parse the line
     from worker.apps.simulate import SimulatorSettings
@@ -230,6 +231,7 @@ def build_parser() -> SettingsParser:
     p.add_settings(*TRAIN_SETTINGS)
 
     _add_dataset_parser(sub)
+    _add_models_parser(sub)
 
     p = sub.add_parser("run", help="the streaming inference worker")
     _add_kafka_args(p)
@@ -267,6 +269,53 @@ def build_parser() -> SettingsParser:
     for command in sub.choices.values():
         command.add_settings(*LOGGING_SETTINGS)
     return parser
+
+
+def _add_models_parser(sub: Any) -> None:
+    """``worker models``: the registry of a models directory (README, Model lifecycle)."""
+    parent = sub.add_parser(
+        "models",
+        help="the model registry: list, show, history, compare two versions, set a challenger, "
+        "promote, roll back",
+    )
+    actions = parent.add_subparsers(dest="action", required=True)
+    p = actions.add_parser("list", help="every version with its role, parent, window and HR@K")
+    _models_arg(p)
+    p = actions.add_parser("show", help="one version: hash, parent, window, metrics, changes")
+    _models_arg(p)
+    p.add_argument("version")
+    p = actions.add_parser("history", help="every change of what serves: who, when, why")
+    _models_arg(p)
+    p = actions.add_parser(
+        "compare",
+        help="two versions and the heuristic baselines on the same slice of a dataset",
+        description="worker models compare A B --dataset DIR: replay DIR's events through both "
+        "versions' serving pipelines and score the events from --since (default: after both "
+        "versions' training windows), beside the baselines fit on the events before it.",
+    )
+    _models_arg(p)
+    p.add_argument("version_a")
+    p.add_argument("version_b")
+    p.add_argument("--dataset", type=Path, required=True, help="dataset directory")
+    p.add_argument(
+        "--since", type=as_instant, default=None, help="slice start (ISO 8601 UTC or epoch ms)"
+    )
+    for name, text in (
+        ("challenger", "serve VERSION to --share of the users (or --end the experiment)"),
+        ("promote", "make VERSION (default: the challenger) the champion of every user"),
+        ("rollback", "undo the latest promote or publish: the serving state before it, exactly"),
+    ):
+        p = actions.add_parser(name, help=text)
+        _models_arg(p)
+        if name != "rollback":
+            p.add_argument("version", nargs="?", default=None)
+        if name == "challenger":
+            p.add_argument("--share", type=float, default=None, help="share of users, 0 .. 1")
+            p.add_argument("--end", action="store_true", help="end the experiment")
+        p.add_argument("--why", default="", help="recorded in the history")
+        p.add_argument("--by", default=None, help="recorded in the history (default: $USER)")
+    for command in actions.choices.values():
+        command.add_settings(*LOGGING_SETTINGS)
 
 
 def _add_dataset_parser(sub: Any) -> None:
@@ -631,11 +680,58 @@ def cmd_schemas(args: argparse.Namespace, log: Any) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace, log: Any) -> int:
+    """``worker models ...``: print what the action shows or did."""
+    from worker.apps import models
+    from worker.model import registry
+
+    root: Path = args.models_dir
+    action = args.action
+    try:
+        if action == "list":
+            print(models.format_list(root))
+        elif action == "show":
+            print(models.format_show(root, args.version))
+        elif action == "history":
+            print(models.format_history(root))
+        elif action == "compare":
+            result = models.compare(
+                root, args.version_a, args.version_b, args.dataset, since_ms=args.since
+            )
+            print(models.format_comparison(result))
+        elif action == "challenger":
+            if args.end == (args.version is not None):
+                raise registry.RegistryError("challenger: name a VERSION with --share, or --end")
+            if args.version is not None and args.share is None:
+                raise registry.RegistryError("challenger: --share is required with a VERSION")
+            state = registry.set_challenger(
+                root, args.version, args.share or 0.0, by=args.by, why=args.why
+            )
+            print(_state_line(state))
+        elif action == "promote":
+            print(_state_line(registry.promote(root, args.version, by=args.by, why=args.why)))
+        else:
+            print(_state_line(registry.rollback(root, by=args.by, why=args.why)))
+    except registry.RegistryError as exc:
+        raise ConfigError(f"models {action}: {exc}") from None
+    if action in ("challenger", "promote", "rollback"):
+        log.info("serving_changed", action=action, **registry.serving_state(root).as_dict())
+    return 0
+
+
+def _state_line(state: Any) -> str:
+    line = f"champion {state.champion}"
+    if state.challenger:
+        line += f"; challenger {state.challenger} for {state.share:.0%} of users"
+    return line
+
+
 COMMANDS = {
     "topics": cmd_topics,
     "simulate": cmd_simulate,
     "train": cmd_train,
     "dataset": cmd_dataset,
+    "models": cmd_models,
     "run": cmd_run,
     "monitor": cmd_monitor,
     "compile": cmd_compile,

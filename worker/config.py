@@ -861,6 +861,14 @@ TRAIN_REFIT = Setting(
     "on the rest), fit the served model again on the whole history; --no-refit serves the "
     "evaluated model (faster, but blind to the latest 20%)",
 )
+TRAIN_PUBLISH = Setting(
+    "publish",
+    "--publish",
+    as_bool,
+    True,
+    help="make the new model the champion (LATEST) of --models-dir, recorded in its HISTORY.jsonl;"
+    " --no-publish only adds it to the registry (then `worker models challenger` or `promote`)",
+)
 #: The flags of ``worker train`` (with ``--dataset`` and ``--models-dir``), in help order; each is
 #: a field of TrainSettings (a test checks that the two agree).
 TRAIN_SETTINGS: tuple[Setting[Any], ...] = (
@@ -872,6 +880,7 @@ TRAIN_SETTINGS: tuple[Setting[Any], ...] = (
     TRAIN_THREADS,
     TRAIN_MAX_DROPPED_SHARE,
     TRAIN_REFIT,
+    TRAIN_PUBLISH,
 )
 
 # The simulator (`worker simulate`): flags only. SimulatorSettings (worker/apps/simulate.py)

@@ -617,6 +617,7 @@ TRAIN_FLAGS = {
     "--threads": 2,
     "--max-dropped-share": 0.01,
     "--refit": True,
+    "--publish": True,
 }
 SIMULATE_FLAGS = {
     "--days": 2.0,

@@ -50,6 +50,7 @@ from worker.config import (
     TRAIN_LEAVES,
     TRAIN_MAX_DROPPED_SHARE,
     TRAIN_MAX_QUERIES,
+    TRAIN_PUBLISH,
     TRAIN_REFIT,
     TRAIN_THREADS,
     TRAIN_TOP_K,
@@ -70,7 +71,8 @@ from worker.core.features import FEATURE_NAMES, SessionBatch, build_features
 from worker.core.pipeline import advance_sessions, top_k
 from worker.core.records import ADD_TO_CART, EVENT_TYPE_CODE, BrowsingEvent
 from worker.core.session import SessionStore
-from worker.model.artifact import point_latest, save_artifact
+from worker.model.artifact import save_artifact
+from worker.model.registry import publish, serving_state
 from worker.model.scoring import BoosterScorer, precompile
 
 
@@ -101,6 +103,7 @@ class TrainSettings:
     chunk_events: int = 4096
     max_dropped_share: float = TRAIN_MAX_DROPPED_SHARE.field()
     refit: bool = TRAIN_REFIT.field()
+    publish: bool = TRAIN_PUBLISH.field()
     #: Training queries come from the last ``honest_folds`` slices (each ``honest_fold_fraction``
     #: of the window's time range) of the window, each replayed with tables built only from the
     #: events before its slice (as serving sees tables built from the past); 0: one set of tables
@@ -629,6 +632,8 @@ def train(
         served = _fit_window(data, everything, settings, "served", started, log)
     metadata = _metadata(served, evaluated, evaluation, data, settings, dataset_dir)
     metadata["evaluation_seconds"] = round(evaluation_seconds, 1)
+    # The champion it was trained to succeed (None for a models directory's first model).
+    metadata["parent"] = serving_state(models_dir).champion
     path = save_artifact(
         models_dir,
         metadata["version"],
@@ -641,7 +646,8 @@ def train(
     # then loads the object in well under a second instead of compiling for about a minute
     # (a no-op without lleaves; a worker on another CPU compiles for itself and says so).
     precompile(path, log=log)
-    point_latest(models_dir, metadata["version"])
+    if settings.publish:
+        publish(models_dir, metadata["version"], why="worker train --dataset " + str(dataset_dir))
     return path, metadata
 
 

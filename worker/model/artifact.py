@@ -138,7 +138,14 @@ def save_artifact(
     tmp.mkdir(parents=True, exist_ok=False)
     booster.save_model(str(tmp / "model.txt"))
     tables.save(tmp / "tables.npz")
-    full_metadata = {**metadata, "format": ARTIFACT_FORMAT, "version": version}
+    from worker.model.registry import content_hash  # the registry builds on this module
+
+    full_metadata = {
+        **metadata,
+        "format": ARTIFACT_FORMAT,
+        "version": version,
+        "content_sha256": content_hash(tmp),
+    }
     (tmp / "metadata.json").write_text(json.dumps(full_metadata, indent=2) + "\n")
     os.replace(tmp, final)
     if make_latest:
