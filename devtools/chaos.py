@@ -703,32 +703,40 @@ def _wait_recovered(
     return float("nan")
 
 
-def _open_transactions(bootstrap: str, topic: str) -> set[int]:
-    """Partitions of ``topic`` holding records of an open transaction (last stable offset below
-    the end); empty if the broker does not answer."""
-    stable = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"open-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
-        }
-    )
-    written = Consumer({"bootstrap.servers": bootstrap, "group.id": f"open-{uuid.uuid4().hex}"})
-    found = set()
-    try:
+class _OpenTransactions:
+    """Which partitions of ``topic`` hold records of an open transaction (last stable offset
+    below the end), asked again and again through the same two clients."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self._stable = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"open-{uuid.uuid4().hex}",
+                "isolation.level": "read_committed",
+            }
+        )
+        self._written = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": f"open-{uuid.uuid4().hex}"}
+        )
+
+    def partitions(self) -> set[int]:
+        """The partitions found so (empty if the broker does not answer)."""
+        found = set()
         for p in range(PARTITIONS):
-            tp = TopicPartition(topic, p)
+            tp = TopicPartition(self.topic, p)
             try:
-                lso = stable.get_watermark_offsets(tp, timeout=5, cached=False)[1]
-                end = written.get_watermark_offsets(tp, timeout=5, cached=False)[1]
+                lso = self._stable.get_watermark_offsets(tp, timeout=5, cached=False)[1]
+                end = self._written.get_watermark_offsets(tp, timeout=5, cached=False)[1]
             except Exception:  # broker away
                 continue
             if lso < end:
                 found.add(p)
         return found
-    finally:
-        stable.close()
-        written.close()
+
+    def close(self) -> None:
+        self._stable.close()
+        self._written.close()
 
 
 def freeze_in_transaction(group: Group, bootstrap: str, topic: str, timeout_s: float) -> int | None:
@@ -736,21 +744,25 @@ def freeze_in_transaction(group: Group, bootstrap: str, topic: str, timeout_s: f
     records written, and return that worker's slot, the others thawed again; None (all thawed)
     if no such moment came within ``timeout_s``. Transactions last milliseconds: a worker is
     frozen first, then found still holding one (its commit markers given 0.3 s to land)."""
+    probe = _OpenTransactions(bootstrap, topic)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _open_transactions(bootstrap, topic):
-            continue
-        live = group.live_slots()
-        group.signal(live, signal.SIGSTOP)
-        time.sleep(0.3)
-        owners = {group.owner_of(p) for p in _open_transactions(bootstrap, topic)}
-        owners.discard(None)
-        if owners:
-            victim = min(s for s in owners if s is not None)
-            group.signal([s for s in live if s != victim], signal.SIGCONT)
-            return victim
-        group.signal(live, signal.SIGCONT)
-    return None
+    try:
+        while time.monotonic() < deadline:
+            if not probe.partitions():
+                continue
+            live = group.live_slots()
+            group.signal(live, signal.SIGSTOP)
+            time.sleep(0.3)
+            owners = {group.owner_of(p) for p in probe.partitions()}
+            owners.discard(None)
+            if owners:
+                victim = min(s for s in owners if s is not None)
+                group.signal([s for s in live if s != victim], signal.SIGCONT)
+                return victim
+            group.signal(live, signal.SIGCONT)
+        return None
+    finally:
+        probe.close()
 
 
 def _partition_ends(bootstrap: str, topic: str, partitions: int) -> list[int]:
@@ -993,7 +1005,17 @@ def run_scenario(
     progress = Progress(broker.bootstrap, topics.events, group.group, topics.partitions)
     progress.total = len(events)
 
-    def fault(name: str, action: Callable[[], None], watch_memory: bool = False) -> None:
+    def fault(
+        name: str,
+        action: Callable[[], None],
+        watch_memory: bool = False,
+        prepare: Callable[[], None] | None = None,
+    ) -> None:
+        """Inject one fault (``action``) and measure it. ``prepare`` runs first, before what is
+        measured at the fault: freezing the victim of a kill, say (it then stands still until
+        ``action`` kills it)."""
+        if prepare is not None:
+            prepare()
         at = progress.committed()
         ends_at = progress.ends()
         # In flight: answered (suggestion or dead letter written) but not yet committed, plus
@@ -1098,27 +1120,35 @@ def run_scenario(
                 fault("kill -9", kill_and_restart)
             elif name == "replace":
                 fallback = random.Random(fraction).choice(group.live_slots())
+                frozen: list[int | None] = []
 
-                def kill_and_replace(fallback: int = fallback) -> None:
-                    owner = mid_transaction()
-                    victim = owner if owner is not None else fallback
+                def freeze_victim(frozen: list[int | None] = frozen) -> None:
+                    frozen.append(mid_transaction())
+
+                def kill_and_replace(
+                    fallback: int = fallback, frozen: list[int | None] = frozen
+                ) -> None:
+                    chosen = frozen[0] if frozen else None
+                    victim = chosen if chosen is not None else fallback
                     group.kill9(victim)
                     time.sleep(1.0)
                     group.start(victim, new_id=True)
 
-                fault("replace", kill_and_replace)
+                fault("replace", kill_and_replace, prepare=freeze_victim)
             elif name == "killall":
 
                 def kill_all_and_replace() -> None:
                     slots = group.live_slots()
-                    mid_transaction()
                     for s in slots:
                         group.kill9(s)
                     time.sleep(1.0)
                     for s in slots:
                         group.start(s, new_id=True)
 
-                fault("kill -9 all", kill_all_and_replace)
+                def freeze_one() -> None:
+                    mid_transaction()
+
+                fault("kill -9 all", kill_all_and_replace, prepare=freeze_one)
             elif name == "broker":
                 if broker.external:
                     result.notes.append("broker restart not run: external cluster")
