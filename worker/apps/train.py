@@ -66,6 +66,7 @@ from worker.core.baselines import (
 )
 from worker.core.candidates import generate_candidates
 from worker.core.catalogue import CatalogueTables
+from worker.core.drift import reference_by_replay
 from worker.core.errors import UnusableDatasetError
 from worker.core.features import FEATURE_NAMES, SessionBatch, build_features
 from worker.core.pipeline import advance_sessions, top_k
@@ -319,6 +320,8 @@ PURCHASE_DROP_REASONS = ("empty_user_id", "empty_product_id", "no_event_time")
 UNKNOWN_CATEGORY = ""
 #: Fewer usable events than this make no model.
 MIN_EVENTS = 100
+#: Events of the held-out slice (its latest) the input drift reference is made of, at most.
+DRIFT_REFERENCE_EVENTS = 100_000
 
 
 def _is_id(value: Any) -> bool:
@@ -632,6 +635,24 @@ def train(
         served = _fit_window(data, everything, settings, "served", started, log)
     metadata = _metadata(served, evaluated, evaluation, data, settings, dataset_dir)
     metadata["evaluation_seconds"] = round(evaluation_seconds, 1)
+    # Input drift reference (worker.core.drift): the held-out slice replayed through the serving
+    # pipeline with the evaluation model's tables (traffic after the window its tables were
+    # built from, as a worker sees live traffic), its sessions warmed up on the hour before; at
+    # most the last DRIFT_REFERENCE_EVENTS events are collected (about 0.15 ms an event).
+    times = history.times
+    collect = max(
+        int(np.searchsorted(times, history.split_ms)), len(times) - DRIFT_REFERENCE_EVENTS
+    )
+    warm = int(np.searchsorted(times, int(times[min(collect, len(times) - 1)]) - 3_600_000))
+    metadata["drift_reference"] = reference_by_replay(
+        evaluated.tables,
+        history.events[warm:],
+        history.items[warm:],
+        n_candidates=settings.n_candidates,
+        history=settings.history,
+        collect_from=collect - warm,
+        seed=settings.seed,
+    ).to_json()
     # The champion it was trained to succeed (None for a models directory's first model).
     metadata["parent"] = serving_state(models_dir).champion
     path = save_artifact(

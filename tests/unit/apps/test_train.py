@@ -23,6 +23,7 @@ from worker.config import SettingError
 from worker.core.baselines import BASELINE_NAMES
 from worker.core.catalogue import CatalogueTables
 from worker.core.clickstream import Catalogue
+from worker.core.drift import QUANTITIES, ReferenceProfile
 from worker.core.pipeline import advance_sessions
 from worker.core.records import EVENT_TYPE_CODE, BrowsingEvent
 from worker.core.session import SessionStore
@@ -244,6 +245,9 @@ def test_served_model_covers_the_whole_history_and_the_evaluation_the_later_slic
     views = Counter(e["product_id"] for e in events if e["event_type"] == "VIEW")
     by_views = sorted(order, key=lambda pid: (-views[pid], order[pid]))
     assert refit["popular_top"] == by_views[: len(refit["popular_top"])]
+    # The input drift reference the workers compare live traffic with: every quantity.
+    profile = ReferenceProfile.from_json(refit["drift_reference"])
+    assert set(profile.quantities) == set(QUANTITIES)
 
 
 def test_refit_leaves_the_evaluation_as_it_was(
