@@ -63,6 +63,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="approximate simulated events (2 days; the users scale with it)",
     )
     parser.add_argument("--days", type=float, default=2.0, help="simulated days")
+    parser.add_argument(
+        "--products",
+        type=int,
+        default=None,
+        help="simulated catalogue size (default: worker simulate's)",
+    )
+    parser.add_argument(
+        "--categories",
+        type=int,
+        default=None,
+        help="simulated categories (default: worker simulate's)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the simulated sessions")
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="keep both datasets here (default: temporary)"
@@ -218,14 +230,27 @@ def evaluate_baselines(dataset_dir: Path, settings: Any = None) -> dict[str, Any
 def build_datasets(args: argparse.Namespace, work_dir: Path) -> tuple[Path, Path]:
     """The simulated and the DIGINETICA dataset directories under ``work_dir``."""
     from worker.apps.importers import import_dataset
-    from worker.apps.simulate import SimulatorSettings, write_history
+    from worker.apps.simulate import write_history
 
     sim_dir, real_dir = work_dir / "simulated", work_dir / "diginetica"
-    users = max(100, int(args.events / (EVENTS_PER_USER_DAY * args.days)))
-    write_history(sim_dir, SimulatorSettings(n_users=users, seed=args.seed), days=args.days)
+    write_history(sim_dir, simulator_settings(args), days=args.days)
     inputs = [args.diginetica / name for name in DIGINETICA_FILES]
     import_dataset("diginetica", inputs, real_dir)
     return sim_dir, real_dir
+
+
+def simulator_settings(args: argparse.Namespace) -> Any:
+    """``worker simulate``'s settings for the calibration: its defaults, the users scaled to
+    about ``--events`` events, and the catalogue of ``--products`` / ``--categories`` if given."""
+    from worker.apps.simulate import SimulatorSettings
+
+    users = max(100, int(args.events / (EVENTS_PER_USER_DAY * args.days)))
+    sizes = {
+        name: value
+        for name, value in (("n_products", args.products), ("n_categories", args.categories))
+        if value is not None
+    }
+    return SimulatorSettings(n_users=users, seed=args.seed, **sizes)
 
 
 def run(args: argparse.Namespace, log: Any = None) -> int:
@@ -241,8 +266,11 @@ def run(args: argparse.Namespace, log: Any = None) -> int:
         "simulated": event_counts(simulated, rows[0].ranker),
         "real": event_counts(real, rows[0].ranker),
     }
+    sizes = simulator_settings(args)
     print(
-        f"simulated: {simulated['events']:,} events (seed {args.seed}, {args.days:g} days); "
+        f"simulated: {simulated['events']:,} events (seed {args.seed}, {args.days:g} days, "
+        f"{sizes.n_products:,} products, {sizes.n_categories:,} categories, "
+        f"{sizes.n_users:,} returning users); "
         f"DIGINETICA sample: {real['events']:,} events; last 20% of each by time evaluated"
     )
     print(format_table(rows, simulated["k"], counts))

@@ -93,12 +93,15 @@ def make_catalogue(
     n_categories: int = 60,
     seed: int = 0,
     zipf_exponent: float = 0.9,
+    zipf_offset: float = 0.0,
 ) -> Catalogue:
     """Draws a synthetic catalogue.
 
     Category sizes are lognormal; each product's popularity is Zipf over a random global rank
-    (exponent ``zipf_exponent``), so a category's popularity is the sum of its products'. Prices
-    are lognormal around a category-dependent median (tens to hundreds of currency units).
+    (exponent ``zipf_exponent``; with ``zipf_offset`` q > 0 Zipf-Mandelbrot, ``(rank + q) **
+    -exponent``: a flatter head, the tail unchanged), so a category's popularity is the sum of
+    its products'. Prices are lognormal around a category-dependent median (tens to hundreds of
+    currency units).
     """
     if n_products < 1 or n_categories < 1:
         raise ValueError("n_products and n_categories must be >= 1")
@@ -115,7 +118,7 @@ def make_catalogue(
     )
     rng.shuffle(category_of)
     rank = rng.permutation(n_products) + 1
-    popularity = rank.astype(np.float64) ** -zipf_exponent
+    popularity = (rank.astype(np.float64) + zipf_offset) ** -zipf_exponent
     popularity /= popularity.sum()
     category_median_price = rng.lognormal(np.log(60.0), 0.9, n_categories)
     prices = np.round(category_median_price[category_of] * rng.lognormal(0.0, 0.45, n_products), 2)
@@ -162,8 +165,10 @@ class SimulationConfig:
     repeat_view_prob: float = 0.035
     category_switch_prob: float = 0.3
     #: when staying in the category: P(a neighbour of the current product), else popular item
-    neighbour_prob: float = 0.6
-    n_neighbours: int = 10
+    #: (0.4 of 20 neighbours: co-visitation and session-kNN as weak as on DIGINETICA, with
+    #: ``worker-dev calibrate``; 0.6 of 10 made them as strong as the session's own products)
+    neighbour_prob: float = 0.4
+    n_neighbours: int = 20
     #: a neighbour is picked with weight popularity ** neighbour_popularity_exponent
     neighbour_popularity_exponent: float = 0.75
 
@@ -203,6 +208,10 @@ class SimulationConfig:
     #: the category or a related product: a neighbour of a viewed one); DIGINETICA 53 %,
     #: Taobao 34 %, REES46 1 %. None: the per-session ``buy_unseen_prob`` instead.
     unseen_purchase_share: float | None = 0.4
+    #: P(an unseen purchase line joins the order of a session that buys a viewed product: an
+    #: accessory or a related product), else it is a session of its own (DIGINETICA: 38 %;
+    #: 31 % of its buying sessions buy only products they did not view)
+    unseen_joins_order_prob: float = 0.4
 
     # catalogue over time
     #: share of the catalogue launched after ``launch_origin_ms`` (one product per category, its
@@ -443,6 +452,12 @@ class ClickstreamSimulator:
 
     # -- public API
 
+    def launch_times(self) -> dict[str, int]:
+        """Launch time (ms) of every product launched over time (``new_product_share``); the
+        others are available from the start. No record shows a product before its launch."""
+        pm = self._products
+        return {self._product_ids[i]: int(pm.launch_ms[i]) for i in np.flatnonzero(pm.is_new)}
+
     def records(self, start_ms: int, end_ms: int) -> Iterator[tuple[str, dict]]:
         """Yields ``("event", browsing_event)`` and ``("purchase", purchase_outcome)`` dicts.
 
@@ -639,6 +654,7 @@ class ClickstreamSimulator:
                 hist,
                 lengths,
                 np.unique(pair_key),
+                np.unique(np.concatenate(b_sess)),
                 extra_rng.poisson(n_seen * share / (1.0 - share)),
             )
             b_sess.append(unseen)
@@ -692,18 +708,23 @@ class ClickstreamSimulator:
         hist: np.ndarray,
         lengths: np.ndarray,
         viewed_keys: np.ndarray,
+        buying: np.ndarray,
         count: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``count`` purchase lines of products not viewed in their session: sessions drawn by
-        the square root of their length, the product a neighbour of one of its viewed products
-        or a popular one of that product's category (``unseen_neighbour_prob``). A draw that
-        hits a viewed product is drawn again (up to 4 times, then dropped)."""
+        """``count`` purchase lines of products not viewed in their session: a session that
+        buys already (``buying``, prob ``unseen_joins_order_prob``) or one drawn by the square
+        root of its length; the product a neighbour of one of the session's viewed products or
+        a popular one of that product's category (``unseen_neighbour_prob``). A draw that hits a
+        viewed product is drawn again (up to 4 times, then dropped)."""
         pm, cfg, n_products = self._products, self.config, len(self._products.prices)
         weights = np.cumsum(np.sqrt(lengths))
         sess = np.minimum(
             np.searchsorted(weights, rng.random(count) * weights[-1], side="right"),
             len(lengths) - 1,
         )
+        joins = rng.random(count) < cfg.unseen_joins_order_prob
+        if len(buying) and joins.any():
+            sess[joins] = buying[rng.integers(0, len(buying), int(joins.sum()))]
         item = np.full(count, -1, dtype=np.int64)
         todo = np.arange(count)
         for _ in range(4):
