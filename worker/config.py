@@ -697,6 +697,26 @@ TRENDING: Setting[bool | None] = Setting(
     "on the user's own events. Unset: on at-least-once, off with --exactly-once, whose promise "
     "is that a fault changes no answer (the counts are this worker's, rebuilt at start)",
 )
+MODEL_POLL_S = Setting(
+    "model_poll_s",
+    "--model-poll-s",
+    as_float,
+    5.0,
+    env="WORKER_MODEL_POLL_S",
+    help="how often the worker reads the models directory's LATEST and CHALLENGER; a change is "
+    "loaded and smoke-checked in the background and swapped in between micro-batches (hot "
+    "reload); 0 serves the model loaded at start until a restart",
+    check=non_negative,
+)
+MODEL_VERSION: Setting[str | None] = Setting(
+    "model_version",
+    "--model-version",
+    as_text,
+    None,
+    env="WORKER_MODEL_VERSION",
+    help="pin: serve exactly this version of the models directory to every user, ignoring "
+    "LATEST and CHALLENGER (no polling)",
+)
 
 # The accuracy monitor (`worker monitor`).
 MONITOR_GROUP_ID = Setting(
@@ -1118,6 +1138,8 @@ class WorkerSettings:
     max_new_products: int = MAX_NEW_PRODUCTS.field()
     trending_half_life_s: float = TRENDING_HALF_LIFE_S.field()
     trending: bool | None = TRENDING.field()
+    model_poll_s: float = MODEL_POLL_S.field()
+    model_version: str | None = MODEL_VERSION.field()
 
     def __post_init__(self) -> None:
         """Check the values as the command line does, for objects built in code too.
