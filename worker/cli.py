@@ -1,7 +1,8 @@
 """``worker`` command line: one settings object per command, CLI flag > environment > default.
 
 Subcommands: ``topics``, ``simulate``, ``train``, ``dataset import`` (real clickstream files as a
-dataset), ``run`` (the worker), ``monitor``, ``compile`` (the served model compiled with lleaves
+dataset), ``dataset export`` (the topics' records of a window as a dataset), ``models`` (the model
+registry: list, show, history, compare, challenger, promote, rollback), ``run`` (the worker), ``monitor``, ``compile`` (the served model compiled with lleaves
 into its artifact's cache, for workers of this platform), ``schemas`` (the record schemas and,
 with ``--fingerprints``, their single-object fingerprints).
 The development tooling (local broker, chaos harness, benchmark, demo) is ``worker-dev``
