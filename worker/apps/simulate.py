@@ -9,7 +9,9 @@ Two modes over the same deterministic generator (:mod:`worker.core.clickstream`)
   between views, minutes to a purchase) shrink by ``speedup``.
 
 The live stream starts where the default training history ends (``LIVE_START_MS``), with the
-same catalogue and user population, so trained models know its products and returning users.
+same catalogue and user population, so trained models know its returning users and most of its
+products; as in a real shop, half of its sessions are first-time visitors and products keep
+launching (``SimulationConfig.new_user_share``, ``new_product_share``).
 """
 
 from __future__ import annotations

@@ -17,6 +17,21 @@ popularity, but popularity is a fair baseline):
   purchases mostly come from carted or viewed items, the rest from neighbours of viewed items or
   popular items of the session's category, a few minutes after the session's last event.
 
+What makes it as *hard* as a real shop (issue 10; ``worker-dev calibrate`` compares the
+heuristics' scores with DIGINETICA's):
+
+* products launched over time: ``new_product_share`` of the catalogue appears during
+  ``[launch_origin_ms, launch_origin_ms + launch_span_ms)`` (by default the 2 days of the default
+  history, the live stream after it, and some), with early interest that fades
+  (``novelty_boost``, ``novelty_decay_ms``); no record shows a product before its launch, so
+  the later evaluation slice holds products the training part never saw;
+* first-time visitors: ``new_user_share`` of the sessions come from a user id never seen before
+  (and never again), the rest from the returning population;
+* ``unseen_purchase_share`` of the purchase lines are products not viewed in the session (a
+  related product or one of the category; part of them join an order of viewed products), as on
+  DIGINETICA (53 %) and Taobao (34 %);
+* sessions follow categories (P(next view in the same category) about 0.8).
+
 Three sources of randomness are kept apart on purpose:
 
 * the *product structure* (neighbours, conversion propensity) depends only on the catalogue's
@@ -273,11 +288,9 @@ class _Sampler:
         self.cat_mass = before[pm.cat_end] - self.cat_cum_before
         self.category_pop = self.cat_mass / self.cat_mass.sum()
         self.category_cdf = np.cumsum(self.category_pop)
-        neighbour_weights = weights[pm.neighbours] ** pm.neighbour_popularity_exponent
-        totals = neighbour_weights.sum(axis=1, keepdims=True)
-        #: products with at least one available neighbour (the others fall back to their category)
-        self.has_neighbour = totals[:, 0] > 0
-        self.neighbour_cdf = np.cumsum(neighbour_weights, axis=1) / np.where(totals > 0, totals, 1)
+        # a neighbour's weight; the rows of the products asked for are summed when asked (a
+        # table for the whole catalogue per chunk would cost more than the chunk's sessions)
+        self._neighbour_weight = weights**pm.neighbour_popularity_exponent
 
     def popular_in(self, categories: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Products drawn by popularity within each given category (``u`` uniform in [0, 1))."""
@@ -291,10 +304,13 @@ class _Sampler:
     def neighbour_of(self, products: np.ndarray, u: np.ndarray) -> np.ndarray:
         """One neighbour of each product, weighted by a power of its popularity (a popular
         product of its category when none of its neighbours is available)."""
-        cdf = self.neighbour_cdf[products]
-        col = np.minimum((cdf <= u[:, None]).sum(axis=1), cdf.shape[1] - 1)
-        neighbours: np.ndarray = self._pm.neighbours[products, col]  # fancy indexing: Any
-        lonely = ~self.has_neighbour[products]
+        candidates = self._pm.neighbours[products]
+        cum = np.cumsum(self._neighbour_weight[candidates], axis=1)
+        total = cum[:, -1]
+        col = np.minimum((cum <= (u * total)[:, None]).sum(axis=1), cum.shape[1] - 1)
+        neighbours: np.ndarray = candidates[np.arange(len(products)), col]
+        # no available neighbour: a popular product of the category instead
+        lonely = total <= 0
         if lonely.any():
             neighbours[lonely] = self.popular_in(self._pm.category[products[lonely]], u[lonely])
         return neighbours
