@@ -32,10 +32,13 @@ from confluent_kafka import KafkaError, TopicPartition
 from worker.config import MonitorSettings
 from worker.core.accuracy import (
     LIVE_FIELDS,
+    VERSION_FIELDS,
     AccuracyTracker,
     PurchaseLine,
     SessionEvent,
     ShownSuggestion,
+    VersionCounts,
+    VersionReport,
     WindowReport,
 )
 from worker.core.errors import BrokerError, DataError, ModelLoadError
@@ -47,6 +50,7 @@ from worker.kafka.dead_letter import dead_letter_of
 from worker.kafka.group_lag import GroupLagProbe
 from worker.kafka.watches import FetchWatch
 from worker.model.artifact import read_metadata, resolve_artifact_dir
+from worker.model.registry import serving_state
 from worker.ops.health import Health, serve_http
 from worker.ops.metrics import MonitorMetrics
 from worker.wire.codec import SCHEMA_FILES, AvroCodec, SchemaRegistry, codec_for, load_schema
@@ -61,19 +65,24 @@ def now_ms() -> int:
 
 
 def report_codec(registry: SchemaRegistry | None, topic: str) -> AvroCodec:
-    """The accuracy report's codec, which also reads reports written before the live figures
-    were added (single-object encoding names its writer schema by fingerprint only): that
-    version is today's schema without :data:`~worker.core.accuracy.LIVE_FIELDS`."""
+    """The accuracy report's codec, which also reads reports written by earlier versions
+    (single-object encoding names its writer schema by fingerprint only): before the per-version
+    figures, today's schema without :data:`~worker.core.accuracy.VERSION_FIELDS`; before the
+    live figures, without :data:`~worker.core.accuracy.LIVE_FIELDS` either."""
     schema = load_schema("AccuracyReport")
+    before_versions = {
+        **schema,
+        "fields": [f for f in schema["fields"] if f["name"] not in VERSION_FIELDS],
+    }
     before_live = {
         **schema,
-        "fields": [f for f in schema["fields"] if f["name"] not in LIVE_FIELDS],
+        "fields": [f for f in before_versions["fields"] if f["name"] not in LIVE_FIELDS],
     }
     return AvroCodec(
         schema,
         registry=registry,
         subject=f"{topic}-value",
-        extra_writer_schemas=(before_live,),
+        extra_writer_schemas=(before_versions, before_live),
         known_foreign_schemas=tuple(
             load_schema(other) for other in SCHEMA_FILES if other != "AccuracyReport"
         ),
@@ -105,6 +114,33 @@ def read_category_tables(artifact_dir: Path, k: int) -> tuple[dict[str, list[str
         str(p): names[c] for p, c in zip(product_ids.tolist(), category.tolist(), strict=True)
     }
     return tops, product_category
+
+
+def version_log_fields(v: VersionReport) -> dict[str, Any]:
+    """A version's figures as the ``accuracy_window`` log line carries them (the lines behind
+    each rate beside it)."""
+    return {
+        "model_version": v.model_version,
+        "purchases": v.purchases,
+        "attributed": v.attributed,
+        "hits": v.hits,
+        "hit_rate_at_k": v.hit_rate_at_k,
+        "baseline_hit_rate_at_k": v.baseline_hit_rate_at_k,
+        "heuristic_hit_rate_at_k": v.heuristic_hit_rate_at_k,
+        "discovery_lines": v.discovery_lines,
+        "discovery_hits": v.discovery_hits,
+        "discovery_hit_rate_at_k": v.discovery_hit_rate_at_k,
+        "purchase_coverage": v.purchase_coverage,
+        "events_answered": v.events_answered,
+        "cumulative_purchases": v.cumulative_purchases,
+        "cumulative_attributed": v.cumulative_attributed,
+        "cumulative_hits": v.cumulative_hits,
+        "cumulative_hit_rate_at_k": v.cumulative_hit_rate_at_k,
+        "cumulative_baseline_hit_rate_at_k": v.cumulative_baseline_hit_rate_at_k,
+        "cumulative_heuristic_hit_rate_at_k": v.cumulative_heuristic_hit_rate_at_k,
+        "cumulative_discovery_hit_rate_at_k": v.cumulative_discovery_hit_rate_at_k,
+        "cumulative_purchase_coverage": v.cumulative_purchase_coverage,
+    }
 
 
 class GroupLagPoller:
@@ -227,6 +263,17 @@ class Monitor:
             log=log,
         )
 
+    def _refresh_serving_state(self) -> None:
+        """The champion and challenger the version comparison names, from the models
+        directory's ``LATEST`` and ``CHALLENGER`` (a plain artifact directory has neither: the
+        comparison then takes the two versions with lines)."""
+        try:
+            state = serving_state(self.settings.models_dir)
+        except (ModelLoadError, OSError, ValueError, KeyError, TypeError) as exc:
+            self.log.debug("serving_state_unreadable", error=str(exc))
+            return
+        self.tracker.champion, self.tracker.challenger = state.champion, state.challenger
+
     def _waiting_for_broker(self, _waited_s: float) -> None:
         self.health.beat()
 
@@ -264,6 +311,7 @@ class Monitor:
             )
             poller.start()
         self._resume_from_last_report()
+        self._refresh_serving_state()
         self.consumer.subscribe(
             [topics.events, topics.suggestions, topics.purchases],
             on_assign=self._on_assign,
@@ -297,6 +345,7 @@ class Monitor:
                 if time.monotonic() - last_prune > PRUNE_INTERVAL_S:
                     last_prune = time.monotonic()
                     self._prune()
+                    self._refresh_serving_state()
         finally:
             if poller is not None:
                 poller.stop()
@@ -469,7 +518,9 @@ class Monitor:
         self._next.update(next_offsets)
         lateness = int(self.settings.allowed_lateness_s * 1000)
         horizons = {
-            self.settings.topics.suggestions: self.tracker.suggestions_needed_from_ms() - lateness,
+            self.settings.topics.suggestions: (
+                self.tracker.suggestion_versions_needed_from_ms() - lateness
+            ),
             self.settings.topics.events: self.tracker.events_needed_from_ms() - lateness,
             self.settings.topics.purchases: self.tracker.closed_before_ms,
         }
@@ -517,6 +568,19 @@ class Monitor:
                     heuristic_hits=last["cumulative_heuristic_hits"],
                     events=last["cumulative_events"],
                     events_answered=last["cumulative_events_answered"],
+                    versions={
+                        v["model_version"]: VersionCounts(
+                            purchases=v["cumulative_purchases"],
+                            attributed=v["cumulative_attributed"],
+                            hits=v["cumulative_hits"],
+                            baseline_hits=v["cumulative_baseline_hits"],
+                            heuristic_hits=v["cumulative_heuristic_hits"],
+                            discovery_lines=v["cumulative_discovery_lines"],
+                            discovery_hits=v["cumulative_discovery_hits"],
+                            events_answered=v["cumulative_events_answered"],
+                        )
+                        for v in last["versions"]
+                    },
                 )
                 self.log.info(
                     "monitor_resumed",
@@ -577,7 +641,47 @@ class Monitor:
             cumulative_heuristic_hit_rate_at_k=r.cumulative_heuristic_hit_rate_at_k,
             cumulative_event_coverage=r.cumulative_event_coverage,
             model_versions=list(r.model_versions),
+            versions=[version_log_fields(v) for v in r.versions],
         )
+        for v in r.versions:
+            for field, gauge in m.version_window.items():
+                value = getattr(v, field)
+                if value is not None:
+                    gauge.labels(model_version=v.model_version).set(value)
+            for field, gauge in m.version_cumulative.items():
+                value = getattr(v, f"cumulative_{field}")
+                if value is not None:
+                    gauge.labels(model_version=v.model_version).set(value)
+        c = r.version_comparison
+        for gauge in (
+            m.version_comparison_difference,
+            m.version_comparison_ci95_low,
+            m.version_comparison_ci95_high,
+            m.version_comparison_p_value,
+        ):
+            gauge.clear()  # only the pair compared now
+        if c is not None:
+            pair = {"champion": c.champion, "challenger": c.challenger}
+            m.version_comparison_difference.labels(**pair).set(c.difference)
+            m.version_comparison_ci95_low.labels(**pair).set(c.ci95_low)
+            m.version_comparison_ci95_high.labels(**pair).set(c.ci95_high)
+            m.version_comparison_p_value.labels(**pair).set(c.p_value)
+            self.log.info(
+                "version_comparison",
+                window_end=r.window_end_ms,
+                champion=c.champion,
+                challenger=c.challenger,
+                champion_lines=c.champion_attributed,
+                champion_hits=c.champion_hits,
+                challenger_lines=c.challenger_attributed,
+                challenger_hits=c.challenger_hits,
+                difference=c.difference,
+                ci95_low=c.ci95_low,
+                ci95_high=c.ci95_high,
+                p_value=c.p_value,
+                significant=c.significant,
+                statement=c.statement,
+            )
 
     def _prune(self) -> None:
         topics = self.settings.topics

@@ -35,6 +35,27 @@ session id ``σ``) is the user's browsing events with session id ``σ`` and even
   suggestion with its ``event_id`` was read before the window closed (a suggestion carries its
   event's time, so both fall in the same window).
 
+Per model version (champion/challenger: every suggestion carries its ``model_version``):
+
+* a purchase line's **version** is its attributed suggestion's ``model_version``; a line without
+  an attributed suggestion takes the version of the user's latest suggestion with event time in
+  ``[t - W - L, t]`` (a user stays on one version, so the version that served the user); a line
+  with neither is *unversioned* and counts in the pooled figures only. So the per-version
+  purchase lines sum to the pooled purchase lines minus the unversioned ones, and the
+  per-version attributed lines, hits, baseline, heuristic and discovery counts sum to the pooled
+  ones exactly;
+* every figure above is computed per version on that version's lines: hit rate, MRR, precision
+  (over that version's attributed suggestions), the popularity and heuristic baselines on the
+  same lines, discovery lines and hits, and ``purchase_coverage`` = the version's attributed
+  lines / the version's lines;
+* ``events_answered`` per version: the window's events answered by a suggestion of that version
+  (an event answered by two versions, a redelivery across a model swap, counts for both; the
+  per-version event denominator is unknown, since an unanswered event has no version);
+* the cumulative per-version counts go on across windows (and restarts), and when exactly two
+  versions have attributed lines (or the caller names the champion and the challenger) a
+  :class:`VersionComparison` compares their cumulative hit rates with a two-proportion test
+  (:func:`worker.core.stats.compare_proportions`).
+
 Suggestions are deduplicated by ``suggestion_id`` (at-least-once redelivery does not count twice).
 A purchase line is evaluated once the suggestions and events of its partition are known up to its
 time (the caller's watermark), so the figures do not depend on how the topics interleave.
@@ -45,7 +66,9 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+
+from worker.core.stats import compare_proportions
 
 NEVER_MS = -(1 << 62)
 
@@ -81,6 +104,150 @@ class PurchaseLine:
 
 
 @dataclass
+class VersionCounts:
+    """One model version's counts, of a window or cumulative."""
+
+    purchases: int = 0
+    attributed: int = 0
+    hits: int = 0
+    baseline_hits: int = 0
+    heuristic_hits: int = 0
+    discovery_lines: int = 0
+    discovery_hits: int = 0
+    events_answered: int = 0
+    reciprocal_rank_sum: float = 0.0  # windows only
+
+    def add(self, other: VersionCounts) -> None:
+        self.purchases += other.purchases
+        self.attributed += other.attributed
+        self.hits += other.hits
+        self.baseline_hits += other.baseline_hits
+        self.heuristic_hits += other.heuristic_hits
+        self.discovery_lines += other.discovery_lines
+        self.discovery_hits += other.discovery_hits
+        self.events_answered += other.events_answered
+
+
+@dataclass(frozen=True)
+class VersionReport:
+    """One model version's figures in a window report (the Avro ``VersionAccuracy`` record);
+    the definitions are the pooled ones restricted to the version's lines (module docstring)."""
+
+    model_version: str
+    purchases: int
+    attributed: int
+    hits: int
+    hit_rate_at_k: float | None
+    mrr_at_k: float | None
+    precision_at_k: float | None
+    baseline_hits: int
+    baseline_hit_rate_at_k: float | None
+    heuristic_hits: int
+    heuristic_hit_rate_at_k: float | None
+    discovery_lines: int
+    discovery_hits: int
+    discovery_hit_rate_at_k: float | None
+    purchase_coverage: float | None
+    events_answered: int
+    cumulative_purchases: int
+    cumulative_attributed: int
+    cumulative_hits: int
+    cumulative_hit_rate_at_k: float | None
+    cumulative_baseline_hits: int
+    cumulative_baseline_hit_rate_at_k: float | None
+    cumulative_heuristic_hits: int
+    cumulative_heuristic_hit_rate_at_k: float | None
+    cumulative_discovery_lines: int
+    cumulative_discovery_hits: int
+    cumulative_discovery_hit_rate_at_k: float | None
+    cumulative_purchase_coverage: float | None
+    cumulative_events_answered: int
+
+    def to_avro(self) -> dict[str, object]:
+        return asdict(self)
+
+    def cumulative_counts(self) -> VersionCounts:
+        """The cumulative counts (what a restarted monitor resumes from)."""
+        return VersionCounts(
+            purchases=self.cumulative_purchases,
+            attributed=self.cumulative_attributed,
+            hits=self.cumulative_hits,
+            baseline_hits=self.cumulative_baseline_hits,
+            heuristic_hits=self.cumulative_heuristic_hits,
+            discovery_lines=self.cumulative_discovery_lines,
+            discovery_hits=self.cumulative_discovery_hits,
+            events_answered=self.cumulative_events_answered,
+        )
+
+
+@dataclass(frozen=True)
+class VersionComparison:
+    """The challenger's cumulative hit rate against the champion's (two-proportion z-test over
+    their attributed lines; :func:`worker.core.stats.compare_proportions`)."""
+
+    champion: str
+    challenger: str
+    champion_attributed: int
+    champion_hits: int
+    challenger_attributed: int
+    challenger_hits: int
+    difference: float  # challenger's rate minus the champion's
+    ci95_low: float
+    ci95_high: float
+    p_value: float
+    significant: bool
+    statement: str
+
+    def to_avro(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def compare_versions(
+    versions: Sequence[VersionReport],
+    champion: str | None = None,
+    challenger: str | None = None,
+) -> VersionComparison | None:
+    """Compare two versions' cumulative hit rates, or None when there is no pair.
+
+    The pair: ``champion`` and ``challenger`` when both are given and both have attributed lines;
+    otherwise the two versions with attributed lines when there are exactly two, the champion
+    being ``champion`` if it is one of them, else the one with more attributed lines (ties: the
+    first in sort order).
+    """
+    with_lines = {v.model_version: v for v in versions if v.cumulative_attributed > 0}
+    if champion in with_lines and challenger in with_lines and champion != challenger:
+        a, b = with_lines[champion], with_lines[challenger]
+    elif len(with_lines) == 2:
+        first, second = sorted(with_lines.values(), key=lambda v: v.model_version)
+        if champion == second.model_version or (
+            champion != first.model_version
+            and second.cumulative_attributed > first.cumulative_attributed
+        ):
+            first, second = second, first
+        a, b = first, second
+    else:
+        return None
+    result = compare_proportions(
+        a.cumulative_hits, a.cumulative_attributed, b.cumulative_hits, b.cumulative_attributed
+    )
+    return VersionComparison(
+        champion=a.model_version,
+        challenger=b.model_version,
+        champion_attributed=a.cumulative_attributed,
+        champion_hits=a.cumulative_hits,
+        challenger_attributed=b.cumulative_attributed,
+        challenger_hits=b.cumulative_hits,
+        difference=result.difference,
+        ci95_low=result.ci95_low,
+        ci95_high=result.ci95_high,
+        p_value=result.p_value,
+        significant=result.significant,
+        statement="hit rate@K: "
+        + result.statement(f"champion {a.model_version}", f"challenger {b.model_version}"),
+    )
+
+
+@dataclass
 class WindowTally:
     """Counts of one window, before it is closed into a report."""
 
@@ -98,6 +265,14 @@ class WindowTally:
     discovery_hits: int = 0
     heuristic_hits: int = 0
     event_ids: set[str] = field(default_factory=set)  # distinct events read in the window
+    versions: dict[str, VersionCounts] = field(default_factory=dict)
+    suggestion_versions: dict[str, str] = field(default_factory=dict)  # attributed suggestions
+
+    def version(self, name: str) -> VersionCounts:
+        counts = self.versions.get(name)
+        if counts is None:
+            counts = self.versions[name] = VersionCounts()
+        return counts
 
 
 @dataclass(frozen=True)
@@ -137,6 +312,8 @@ class WindowReport:
     cumulative_events: int = 0
     cumulative_events_answered: int = 0
     cumulative_event_coverage: float | None = None
+    versions: tuple[VersionReport, ...] = ()
+    version_comparison: VersionComparison | None = None
 
     def to_avro(self, emitted_time_ms: int) -> dict[str, object]:
         return {
@@ -158,6 +335,10 @@ class WindowReport:
             "cumulative_baseline_hit_rate_at_k": self.cumulative_baseline_hit_rate_at_k,
             "emitted_time": emitted_time_ms,
             **{name: getattr(self, name) for name in LIVE_FIELDS},
+            "versions": [v.to_avro() for v in self.versions],
+            "version_comparison": (
+                self.version_comparison.to_avro() if self.version_comparison is not None else None
+            ),
         }
 
 
@@ -185,6 +366,9 @@ LIVE_FIELDS = (
     "cumulative_event_coverage",
 )
 
+#: The report's fields added with the per-model-version figures (with defaults too).
+VERSION_FIELDS = ("versions", "version_comparison")
+
 
 @dataclass
 class Cumulative:
@@ -199,6 +383,7 @@ class Cumulative:
     heuristic_hits: int = 0
     events: int = 0
     events_answered: int = 0
+    versions: dict[str, VersionCounts] = field(default_factory=dict)
 
 
 def heuristic_top(
@@ -269,7 +454,16 @@ class AccuracyTracker:
         self._seen_ids: dict[str, set[str]] = defaultdict(set)
         self._event_times: dict[str, list[int]] = defaultdict(list)  # user -> sorted times
         self._events: dict[str, list[SessionEvent]] = defaultdict(list)  # aligned
-        self._answered: dict[int, set[str]] = defaultdict(set)  # window -> answered event ids
+        # window -> answered event id -> versions of the suggestions that answered it
+        self._answered: dict[int, dict[str, set[str]]] = defaultdict(dict)
+        # user -> sorted suggestion times and their versions (the version of a line without an
+        # attributed suggestion; kept W + L back)
+        self._version_times: dict[str, list[int]] = defaultdict(list)
+        self._version_names: dict[str, list[str]] = defaultdict(list)
+        #: Champion and challenger to compare, when the caller knows them (else: the two
+        #: versions with lines, the champion the one with more).
+        self.champion: str | None = None
+        self.challenger: str | None = None
         self._pending: list[PurchaseLine] = []
         self._windows: dict[int, WindowTally] = {}
         self._cum = Cumulative()
@@ -302,8 +496,13 @@ class AccuracyTracker:
             )
         )
         self._shown[user_id].insert(at, cut)
+        version_times = self._version_times[user_id]
+        at = bisect.bisect_right(version_times, suggestion.event_time_ms)
+        version_times.insert(at, suggestion.event_time_ms)
+        self._version_names[user_id].insert(at, suggestion.model_version)
         if suggestion.event_id and suggestion.event_time_ms >= self._closed_before_ms:
-            self._answered[self._window_of(suggestion.event_time_ms)].add(suggestion.event_id)
+            answered = self._answered[self._window_of(suggestion.event_time_ms)]
+            answered.setdefault(suggestion.event_id, set()).add(suggestion.model_version)
         return True
 
     def add_event(self, user_id: str, event: SessionEvent) -> bool:
@@ -346,10 +545,11 @@ class AccuracyTracker:
         heuristic_hits: int = 0,
         events: int = 0,
         events_answered: int = 0,
+        versions: Mapping[str, VersionCounts] | None = None,
     ) -> None:
         """Continue after a restart: windows before ``closed_before_ms`` were reported already
-        (their purchases and events are skipped when read again) and the cumulative counts go
-        on."""
+        (their purchases and events are skipped when read again) and the cumulative counts, per
+        version too, go on."""
         self._closed_before_ms = closed_before_ms
         self._resumed_before_ms = closed_before_ms
         self._cum = Cumulative(
@@ -362,6 +562,7 @@ class AccuracyTracker:
             heuristic_hits=heuristic_hits,
             events=events,
             events_answered=events_answered,
+            versions={name: VersionCounts(**asdict(c)) for name, c in (versions or {}).items()},
         )
 
     @property
@@ -378,6 +579,11 @@ class AccuracyTracker:
             + [max(self._closed_before_ms, -(1 << 61))]
         )
         return oldest - self.attribution_window_ms
+
+    def suggestion_versions_needed_from_ms(self) -> int:
+        """Suggestions older than this can no longer give a version to any pending or future
+        purchase line of an open window (``W + L`` back)."""
+        return self.suggestions_needed_from_ms() - self.session_lookback_ms
 
     def events_needed_from_ms(self) -> int:
         """Events older than this are in no session any pending or future purchase of an open
@@ -438,7 +644,7 @@ class AccuracyTracker:
         return reports
 
     def prune(self, before_ms: int) -> None:
-        """Forget suggestions older than ``before_ms - W`` and events older than
+        """Forget suggestions older than ``before_ms - W``, their versions and events older than
         ``before_ms - W - L`` (no future purchase at or after ``before_ms`` can be attributed to
         them, nor look at them); ``before_ms`` is lowered to the oldest pending purchase, whose
         suggestions and session are kept."""
@@ -455,6 +661,14 @@ class AccuracyTracker:
             if not times:
                 del self._times[user_id], self._shown[user_id], self._seen_ids[user_id]
         horizon -= self.session_lookback_ms
+        for user_id in list(self._version_times):
+            times = self._version_times[user_id]
+            cut = bisect.bisect_left(times, horizon)
+            if cut == 0:
+                continue
+            del times[:cut], self._version_names[user_id][:cut]
+            if not times:
+                del self._version_times[user_id], self._version_names[user_id]
         for user_id in list(self._event_times):
             times = self._event_times[user_id]
             cut = bisect.bisect_left(times, horizon)
@@ -498,38 +712,73 @@ class AccuracyTracker:
         start = self._window_of(line.event_time_ms)
         tally = self._windows.setdefault(start, WindowTally())
         tally.purchases += 1
-        times = self._times.get(line.user_id)
-        if not times:
+        shown = self._attributed(line)
+        if shown is None:
+            version = self._version_of(line)
+            if version is not None:
+                tally.version(version).purchases += 1
             return
-        latest = bisect.bisect_right(times, line.event_time_ms) - 1
-        if latest < 0 or times[latest] < line.event_time_ms - self.attribution_window_ms:
-            return
-        shown = self._shown[line.user_id][latest]
+        v = tally.version(shown.model_version)
+        v.purchases += 1
         tally.attributed += 1
+        v.attributed += 1
         tally.model_versions.add(shown.model_version)
         hit = line.product_id in shown.products
         if hit:
+            rr = 1.0 / (shown.products.index(line.product_id) + 1)
             tally.hits += 1
-            tally.reciprocal_rank_sum += 1.0 / (shown.products.index(line.product_id) + 1)
+            tally.reciprocal_rank_sum += rr
+            v.hits += 1
+            v.reciprocal_rank_sum += rr
         if line.product_id in self._baseline:
             tally.baseline_hits += 1
+            v.baseline_hits += 1
         session = self.session_before(line.user_id, shown)
         if all(e.product_id != line.product_id for e in session):
             tally.discovery_lines += 1
             tally.discovery_hits += hit
+            v.discovery_lines += 1
+            v.discovery_hits += hit
         if line.product_id in heuristic_top(session, self._category_top, self._popular, self.k):
             tally.heuristic_hits += 1
+            v.heuristic_hits += 1
         entry = tally.attributed_suggestions.setdefault(
             shown.suggestion_id, (shown.products, set())
         )
         entry[1].add(line.product_id)
+        tally.suggestion_versions[shown.suggestion_id] = shown.model_version
+
+    def _attributed(self, line: PurchaseLine) -> ShownSuggestion | None:
+        """The line's attributed suggestion: the user's latest within ``[t - W, t]``."""
+        times = self._times.get(line.user_id)
+        if not times:
+            return None
+        latest = bisect.bisect_right(times, line.event_time_ms) - 1
+        if latest < 0 or times[latest] < line.event_time_ms - self.attribution_window_ms:
+            return None
+        return self._shown[line.user_id][latest]
+
+    def _version_of(self, line: PurchaseLine) -> str | None:
+        """The version of the user's latest suggestion within ``[t - W - L, t]`` (a line
+        without an attributed suggestion), or None."""
+        times = self._version_times.get(line.user_id)
+        if not times:
+            return None
+        latest = bisect.bisect_right(times, line.event_time_ms) - 1
+        horizon = line.event_time_ms - self.attribution_window_ms - self.session_lookback_ms
+        if latest < 0 or times[latest] < horizon:
+            return None
+        return self._version_names[line.user_id][latest]
 
     def _close(self, start: int) -> WindowReport:
         tally = self._windows.pop(start)
-        answered_ids = self._answered.pop(start, set())
+        answered_by = self._answered.pop(start, {})
         self._closed_before_ms = max(self._closed_before_ms, start + self.window_ms)
         events = len(tally.event_ids)
-        answered = len(tally.event_ids & answered_ids)
+        answered = len(tally.event_ids & answered_by.keys())
+        for event_id in tally.event_ids:
+            for name in answered_by.get(event_id, ()):
+                tally.version(name).events_answered += 1
         c = self._cum
         c.purchases += tally.purchases
         c.attributed += tally.attributed
@@ -543,6 +792,7 @@ class AccuracyTracker:
         precision_sum = sum(
             len(set(top) & bought) / self.k for top, bought in tally.attributed_suggestions.values()
         )
+        versions = self._version_reports(tally)
         return WindowReport(
             window_start_ms=start,
             window_end_ms=start + self.window_ms,
@@ -579,4 +829,58 @@ class AccuracyTracker:
             cumulative_events=c.events,
             cumulative_events_answered=c.events_answered,
             cumulative_event_coverage=_ratio(c.events_answered, c.events),
+            versions=versions,
+            version_comparison=compare_versions(versions, self.champion, self.challenger),
         )
+
+    def _version_reports(self, tally: WindowTally) -> tuple[VersionReport, ...]:
+        """Adds the window's per-version counts to the cumulative ones and reports every
+        version seen so far (the window's figures of a version without lines there are 0 or
+        None; its cumulative figures are carried, so a restarted monitor resumes them)."""
+        precision_sums: dict[str, float] = defaultdict(float)
+        suggestions: dict[str, int] = defaultdict(int)
+        for sid, (top, bought) in tally.attributed_suggestions.items():
+            name = tally.suggestion_versions[sid]
+            precision_sums[name] += len(set(top) & bought) / self.k
+            suggestions[name] += 1
+        cum_versions = self._cum.versions
+        for name, counts in tally.versions.items():
+            cum_versions.setdefault(name, VersionCounts()).add(counts)
+        out = []
+        for name in sorted(cum_versions):
+            w = tally.versions.get(name, VersionCounts())
+            c = cum_versions[name]
+            out.append(
+                VersionReport(
+                    model_version=name,
+                    purchases=w.purchases,
+                    attributed=w.attributed,
+                    hits=w.hits,
+                    hit_rate_at_k=_ratio(w.hits, w.attributed),
+                    mrr_at_k=_ratio(w.reciprocal_rank_sum, w.attributed),
+                    precision_at_k=_ratio(precision_sums[name], suggestions[name]),
+                    baseline_hits=w.baseline_hits,
+                    baseline_hit_rate_at_k=_ratio(w.baseline_hits, w.attributed),
+                    heuristic_hits=w.heuristic_hits,
+                    heuristic_hit_rate_at_k=_ratio(w.heuristic_hits, w.attributed),
+                    discovery_lines=w.discovery_lines,
+                    discovery_hits=w.discovery_hits,
+                    discovery_hit_rate_at_k=_ratio(w.discovery_hits, w.discovery_lines),
+                    purchase_coverage=_ratio(w.attributed, w.purchases),
+                    events_answered=w.events_answered,
+                    cumulative_purchases=c.purchases,
+                    cumulative_attributed=c.attributed,
+                    cumulative_hits=c.hits,
+                    cumulative_hit_rate_at_k=_ratio(c.hits, c.attributed),
+                    cumulative_baseline_hits=c.baseline_hits,
+                    cumulative_baseline_hit_rate_at_k=_ratio(c.baseline_hits, c.attributed),
+                    cumulative_heuristic_hits=c.heuristic_hits,
+                    cumulative_heuristic_hit_rate_at_k=_ratio(c.heuristic_hits, c.attributed),
+                    cumulative_discovery_lines=c.discovery_lines,
+                    cumulative_discovery_hits=c.discovery_hits,
+                    cumulative_discovery_hit_rate_at_k=_ratio(c.discovery_hits, c.discovery_lines),
+                    cumulative_purchase_coverage=_ratio(c.attributed, c.purchases),
+                    cumulative_events_answered=c.events_answered,
+                )
+            )
+        return tuple(out)

@@ -114,6 +114,33 @@ class WorkerMetrics:
         )
 
 
+#: The monitor's per-version gauges: (VersionReport field without ``cumulative_``, metric name
+#: after ``monitor_version_`` / ``monitor_version_cumulative_``, help).
+VERSION_GAUGES = (
+    ("purchases", "purchase_lines", "Purchase lines of the model version"),
+    ("attributed", "attributed_lines", "Purchase lines of the model version with a suggestion"),
+    ("hit_rate_at_k", "hit_rate_at_k", "Hit rate@K of the model version"),
+    (
+        "baseline_hit_rate_at_k",
+        "baseline_hit_rate_at_k",
+        "Popularity baseline hit rate@K on the model version's lines",
+    ),
+    (
+        "heuristic_hit_rate_at_k",
+        "heuristic_hit_rate_at_k",
+        "Hit rate@K of 'recency then category top' on the model version's lines",
+    ),
+    ("discovery_lines", "discovery_lines", "Discovery lines of the model version"),
+    ("discovery_hit_rate_at_k", "discovery_hit_rate_at_k", "Discovery hit rate@K of the version"),
+    (
+        "purchase_coverage",
+        "purchase_coverage",
+        "Share of the model version's purchase lines with an attributable suggestion",
+    ),
+    ("events_answered", "events_answered", "Browsing events answered by the model version"),
+)
+
+
 class MonitorMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -243,4 +270,46 @@ class MonitorMetrics:
         )
         self.cumulative_event_coverage = Gauge(
             "monitor_cumulative_event_coverage", "Event coverage since start", registry=r
+        )
+        # Per model version (champion/challenger), on each version's purchase lines; the
+        # definitions in worker.core.accuracy. A rate keeps its last value while its version
+        # has no lines in a window (the version's _purchase_lines tell).
+        v = ["model_version"]
+        self.version_window: dict[str, Gauge] = {
+            field: Gauge(
+                f"monitor_version_{name}", f"{help_} of the last closed window", v, registry=r
+            )
+            for field, name, help_ in VERSION_GAUGES
+        }
+        self.version_cumulative: dict[str, Gauge] = {
+            field: Gauge(
+                f"monitor_version_cumulative_{name}", f"{help_} since start", v, registry=r
+            )
+            for field, name, help_ in VERSION_GAUGES
+        }
+        pair = ["champion", "challenger"]
+        self.version_comparison_difference = Gauge(
+            "monitor_version_comparison_hit_rate_difference",
+            "Challenger's cumulative hit rate@K minus the champion's",
+            pair,
+            registry=r,
+        )
+        self.version_comparison_ci95_low = Gauge(
+            "monitor_version_comparison_ci95_low",
+            "Lower end of the 95 % confidence interval of that difference",
+            pair,
+            registry=r,
+        )
+        self.version_comparison_ci95_high = Gauge(
+            "monitor_version_comparison_ci95_high",
+            "Upper end of the 95 % confidence interval of that difference",
+            pair,
+            registry=r,
+        )
+        self.version_comparison_p_value = Gauge(
+            "monitor_version_comparison_p_value",
+            "Two-sided p-value of 'equal cumulative hit rates' (two-proportion z-test);"
+            " below 0.05: the difference is unlikely to be noise",
+            pair,
+            registry=r,
         )

@@ -11,7 +11,7 @@ import fastavro
 import numpy as np
 
 from worker.apps.monitor import read_category_tables, report_codec
-from worker.core.accuracy import LIVE_FIELDS, WindowReport
+from worker.core.accuracy import LIVE_FIELDS, VERSION_FIELDS, WindowReport
 from worker.testing import tiny_catalogue
 from worker.wire.codec import SINGLE_OBJECT_MARKER, ParsedSchema, load_schema
 
@@ -20,8 +20,17 @@ from worker.wire.codec import SINGLE_OBJECT_MARKER, ParsedSchema, load_schema
 BEFORE_LIVE_FINGERPRINT = "bbd383ee34c3159f"
 
 
-def _before_live_schema() -> dict:
+#: ... and before the per-version figures were added (the fingerprint pinned until then).
+BEFORE_VERSIONS_FINGERPRINT = "e17b131c5c10ec3e"
+
+
+def _before_versions_schema() -> dict:
     schema = load_schema("AccuracyReport")
+    return {**schema, "fields": [f for f in schema["fields"] if f["name"] not in VERSION_FIELDS]}
+
+
+def _before_live_schema() -> dict:
+    schema = _before_versions_schema()
     return {**schema, "fields": [f for f in schema["fields"] if f["name"] not in LIVE_FIELDS]}
 
 
@@ -33,7 +42,7 @@ def test_report_written_before_the_live_figures_reads_with_their_defaults() -> N
     report = WindowReport(
         0, 60_000, 10, 1_800_000, ("v1",), 4, 2, 1, 1, 0.5, 0.05, 0.5, 0.5, 2, 0.5, 0.5
     )
-    record = {k: v for k, v in report.to_avro(7).items() if k not in LIVE_FIELDS}
+    record = {k: v for k, v in report.to_avro(7).items() if k not in LIVE_FIELDS + VERSION_FIELDS}
     body = io.BytesIO()
     fastavro.schemaless_writer(body, old.parsed, record)
     decoded = report_codec(None, "acc").decode(
@@ -44,12 +53,45 @@ def test_report_written_before_the_live_figures_reads_with_their_defaults() -> N
     assert decoded["event_coverage"] is None and decoded["heuristic_hit_rate_at_k"] is None
 
 
+def test_report_written_before_the_version_figures_reads_with_empty_versions() -> None:
+    """A report of the version before the per-version figures decodes with no versions and no
+    comparison; a monitor resuming from it starts every version at 0."""
+    old = ParsedSchema.from_json(_before_versions_schema())
+    assert old.fingerprint.hex() == BEFORE_VERSIONS_FINGERPRINT
+    report = WindowReport(
+        0, 60_000, 10, 1_800_000, ("v1",), 4, 2, 1, 1, 0.5, 0.05, 0.5, 0.5, 2, 0.5, 0.5
+    )
+    record = {k: v for k, v in report.to_avro(7).items() if k not in VERSION_FIELDS}
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, old.parsed, record)
+    decoded = report_codec(None, "acc").decode(
+        SINGLE_OBJECT_MARKER + old.fingerprint + body.getvalue()
+    )
+    assert {k: decoded[k] for k in record} == record
+    assert decoded["versions"] == [] and decoded["version_comparison"] is None
+
+
+def test_report_with_versions_round_trips() -> None:
+    """Per-version figures and the comparison survive the codec (names, counts, rates)."""
+    from worker.core.accuracy import AccuracyTracker, PurchaseLine, ShownSuggestion
+
+    tracker = AccuracyTracker(k=2, attribution_window_ms=60_000, window_ms=60_000, baseline=["a"])
+    for n, (user, version) in enumerate([("u1", "v1"), ("u2", "v2"), ("u3", "v1")]):
+        tracker.add_suggestion(user, ShownSuggestion(10, f"s{n}", version, ("a", "b")))
+        tracker.add_purchase(PurchaseLine(user, "a" if n else "c", 20, 0))
+    (report,) = tracker.flush()
+    assert [v.model_version for v in report.versions] == ["v1", "v2"]
+    assert report.version_comparison is not None
+    codec = report_codec(None, "acc")
+    assert codec.decode(codec.encode(report.to_avro(1))) == report.to_avro(1)
+
+
 def test_every_new_report_field_has_a_default() -> None:
     """Old readers resolve new records and new readers old ones: every field added since the
     previous version has a default, and the old fields are unchanged and in their order."""
     schema = load_schema("AccuracyReport")
-    added = [f for f in schema["fields"] if f["name"] in LIVE_FIELDS]
-    assert [f["name"] for f in added] == list(LIVE_FIELDS)
+    added = [f for f in schema["fields"] if f["name"] in LIVE_FIELDS + VERSION_FIELDS]
+    assert [f["name"] for f in added] == list(LIVE_FIELDS + VERSION_FIELDS)
     assert all("default" in f for f in added)
     report = WindowReport(0, 1, 1, 1, (), 0, 0, 0, 0, None, None, None, None, 0, None, None)
     codec = report_codec(None, "acc")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 import socket
 import struct
@@ -26,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.core.accuracy import LIVE_FIELDS
+from worker.core.accuracy import LIVE_FIELDS, VersionReport
 from worker.core.errors import (
     CorruptPayloadError,
     DataError,
@@ -137,6 +138,30 @@ longs = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 ints = st.integers(min_value=-(2**31), max_value=2**31 - 1)
 doubles = st.floats(allow_nan=False)  # NaN != NaN would defeat the dict comparison
 opt = st.none().__or__
+VERSION_ACCURACY = st.fixed_dictionaries(
+    {
+        "model_version": ids,
+        **{
+            f.name: longs if f.type == "int" else opt(doubles)  # annotations are strings
+            for f in dataclasses.fields(VersionReport)
+            if f.name != "model_version"
+        },
+    }
+)
+VERSION_COMPARISON = st.fixed_dictionaries(
+    {
+        "champion": ids,
+        "challenger": ids,
+        **{
+            name: longs
+            for name in ("champion_attributed", "champion_hits")
+            + ("challenger_attributed", "challenger_hits")
+        },
+        **{name: doubles for name in ("difference", "ci95_low", "ci95_high", "p_value")},
+        "significant": st.booleans(),
+        "statement": st.text(max_size=40),
+    }
+)
 
 RECORDS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "BrowsingEvent": st.fixed_dictionaries(
@@ -204,6 +229,9 @@ RECORDS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
                 name: opt(doubles) if name.endswith(("_at_k", "coverage")) else longs
                 for name in LIVE_FIELDS
             },
+            # The per-version figures (fields with defaults, added later still).
+            "versions": st.lists(VERSION_ACCURACY, max_size=3),
+            "version_comparison": opt(VERSION_COMPARISON),
         }
     ),
 }

@@ -44,7 +44,8 @@ EXPECTED = {
     "BrowsingEvent": ("com.shop.recommender.BrowsingEvent", "b5c077aa6d1166bd"),
     "ProductSuggestion": ("com.shop.recommender.ProductSuggestion", "2df0f287da351f0f"),
     "PurchaseOutcome": ("com.shop.recommender.PurchaseOutcome", "fcd7d9f527998d08"),
-    "AccuracyReport": ("com.shop.recommender.AccuracyReport", "e17b131c5c10ec3e"),
+    # Per-version figures added (fields with defaults): was e17b131c5c10ec3e, still read.
+    "AccuracyReport": ("com.shop.recommender.AccuracyReport", "eeb28a3d6be8183d"),
 }
 
 README = Path(__file__).resolve().parents[3] / "README.md"
