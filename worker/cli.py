@@ -2,9 +2,10 @@
 
 Subcommands: ``topics``, ``simulate``, ``train``, ``dataset import`` (real clickstream files as a
 dataset), ``dataset export`` (the topics' records of a window as a dataset), ``models`` (the model
-registry: list, show, history, compare, challenger, promote, rollback), ``run`` (the worker), ``monitor``, ``compile`` (the served model compiled with lleaves
-into its artifact's cache, for workers of this platform), ``schemas`` (the record schemas and,
-with ``--fingerprints``, their single-object fingerprints).
+registry: list, show, history, compare, challenger, promote, rollback), ``retrain`` (export,
+train, gate, publish as challenger), ``run`` (the worker), ``monitor``, ``compile`` (the served
+model compiled with lleaves into its artifact's cache, for workers of this platform), ``schemas``
+(the record schemas and, with ``--fingerprints``, their single-object fingerprints).
 The development tooling (local broker, chaos harness, benchmark, demo) is ``worker-dev``
 (:mod:`devtools.cli`), which production does not install.
 
@@ -233,6 +234,31 @@ def build_parser() -> SettingsParser:
 
     _add_dataset_parser(sub)
     _add_models_parser(sub)
+
+    p = sub.add_parser(
+        "retrain",
+        help="export the last days from the topics, train, gate against the champion, publish "
+        "as challenger when not worse",
+        description="worker retrain: the scheduled retraining run (README, Model lifecycle). "
+        "Exports [until - days, until) from the topics, trains a candidate blind to the later "
+        "20 %%, scores it and the champion on that slice, and when the candidate's HR@10 is "
+        "not below the champion's by more than --margin on both targets, refits on the whole "
+        "export and serves it as challenger to --share of the users. Every run writes a "
+        "report into <models>/reports/.",
+    )
+    _models_arg(p)
+    _add_kafka_args(p)
+    p.add_argument("--days", type=float, default=7.0, help="days of traffic to train on (7)")
+    p.add_argument(
+        "--until", dest="until_ms", type=as_instant, default=None, help="window end (default now)"
+    )
+    p.add_argument("--margin", type=float, default=0.01, help="HR@10 the candidate may lose (0.01)")
+    p.add_argument("--share", type=float, default=0.2, help="challenger's share of users (0.2)")
+    p.add_argument("--threads", type=int, default=2, help="LightGBM threads (2)")
+    p.add_argument(
+        "--work-dir", type=Path, default=None, help="exports and candidates (<models>/.retrain)"
+    )
+    p.add_settings(*EXPORT_SETTINGS[2:])  # --grace-s, --max-wait-s, --progress-s
 
     p = sub.add_parser("run", help="the streaming inference worker")
     _add_kafka_args(p)
@@ -512,14 +538,27 @@ def cmd_dataset_export(args: argparse.Namespace, log: Any) -> int:
     summary (counts, rate, skips by reason, offset ranges per partition)."""
     from worker.apps import export
     from worker.core.errors import ConfigError
+
+    if args.since_ms is None or args.until_ms is None:
+        raise ConfigError("dataset export: --since and --until are required")
+    result = _export_window(args, args.out, args.since_ms, args.until_ms, log)
+    print(export.format_summary(result))
+    return 0
+
+
+def _export_window(
+    args: argparse.Namespace, out: Path, since_ms: int, until_ms: int, log: Any
+) -> Any:
+    """Export ``[since_ms, until_ms)`` of the topics the parsed arguments name into ``out``
+    (``worker dataset export`` and ``worker retrain``); the :class:`ExportResult`."""
+    from worker.apps import export
+    from worker.core.errors import ConfigError
     from worker.kafka.admin import partition_count, wait_for_cluster
     from worker.kafka.clients import make_consumer
     from worker.wire.codec import codec_for
 
-    if args.since_ms is None or args.until_ms is None:
-        raise ConfigError("dataset export: --since and --until are required")
     try:
-        window = export.Window(args.since_ms, args.until_ms, round(args.grace_s * 1000))
+        window = export.Window(since_ms, until_ms, round(args.grace_s * 1000))
     except ValueError as exc:
         raise ConfigError(f"dataset export: {exc}") from None
     kafka, topics, registry = _kafka(args), _topics(args), _registry(args)
@@ -541,21 +580,50 @@ def cmd_dataset_export(args: argparse.Namespace, log: Any) -> int:
             max_wait_s=args.max_wait_s,
         )
         result = export.export_dataset(
-            job, partitions, args.out, bootstrap_servers=kafka.bootstrap_servers
+            job, partitions, out, bootstrap_servers=kafka.bootstrap_servers
         )
     finally:
         consumer.close()
-    print(export.format_summary(result))
     source = result.meta["source"]
     log.info(
         "dataset_exported",
-        out=str(args.out),
+        out=str(out),
         read=source["read"],
         written=source["written"],
         skipped=source["skipped"],
         seconds=round(result.seconds, 1),
         complete=source["complete"],
     )
+    return result
+
+
+def cmd_retrain(args: argparse.Namespace, log: Any) -> int:
+    """``worker retrain``: export the last ``--days``, train, gate against the champion, publish
+    the refit model as challenger when it passes (:mod:`worker.apps.retrain`)."""
+    import time as _time
+
+    from worker.apps import retrain
+    from worker.apps.train import TrainSettings
+
+    until_ms = args.until_ms if args.until_ms is not None else int(_time.time() * 1000)
+    since_ms = until_ms - round(args.days * 86_400_000)
+    try:
+        settings = retrain.RetrainSettings(
+            days=args.days,
+            margin=args.margin,
+            share=args.share,
+            train=TrainSettings(num_threads=args.threads),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"retrain: {exc}") from None
+
+    def export(out: Path) -> dict[str, Any]:
+        result = _export_window(args, out, since_ms, until_ms, log)
+        return dict(result.meta["source"])
+
+    work_dir = args.work_dir or args.models_dir / ".retrain"
+    report = retrain.retrain(args.models_dir, work_dir, export, settings, log=log)
+    print(retrain.format_report(report))
     return 0
 
 
@@ -617,7 +685,12 @@ def cmd_run(args: argparse.Namespace, log: Any) -> int:
     from worker.model.artifact import load_artifact
 
     settings = worker_settings(args)
-    artifact = load_artifact(settings.models_dir, expected_features=FEATURE_NAMES)
+    # A pinned version is served to everyone (LATEST and CHALLENGER ignored, no polling);
+    # otherwise LATEST's champion, and the challenger the worker loads itself before serving.
+    where = settings.models_dir
+    if settings.model_version is not None:
+        where = settings.models_dir / settings.model_version
+    artifact = load_artifact(where, expected_features=FEATURE_NAMES)
     wait_for_cluster(settings.kafka)
     ensure_topics(settings.kafka, settings.topics, log)
     if settings.state_changelog:
@@ -733,6 +806,7 @@ COMMANDS = {
     "train": cmd_train,
     "dataset": cmd_dataset,
     "models": cmd_models,
+    "retrain": cmd_retrain,
     "run": cmd_run,
     "monitor": cmd_monitor,
     "compile": cmd_compile,

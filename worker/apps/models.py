@@ -32,7 +32,7 @@ from worker.core.pipeline import BatchEntry, Recommender
 from worker.core.records import EVENT_TYPE_CODE
 from worker.core.session import SESSION_GAP_MS, SessionStore
 from worker.core.stats import mcnemar_p_value
-from worker.model.artifact import load_artifact
+from worker.model.artifact import load_artifact, read_metadata
 from worker.model.registry import history, info, serving_state, versions
 from worker.model.scoring import BoosterScorer
 
@@ -147,17 +147,44 @@ def compare(
     since_ms: int | None = None,
     settings: TrainSettings | None = None,
 ) -> Comparison:
-    """Both versions and the baselines on the dataset's events from ``since_ms`` (default: after
-    both versions' training windows).
+    """Both versions of ``models_dir`` and the baselines on the dataset's events from
+    ``since_ms`` (default: after both versions' training windows).
 
     Raises:
+        RegistryError: a version is not in ``models_dir``.
         ConfigError: no event of the dataset in the slice.
     """
+    for version in (version_a, version_b):
+        info(models_dir, version)  # refuses an unknown version with the registry's message
+    return compare_artifacts(
+        models_dir / version_a,
+        models_dir / version_b,
+        dataset_dir,
+        since_ms=since_ms,
+        settings=settings,
+    )
+
+
+def compare_artifacts(
+    dir_a: Path,
+    dir_b: Path,
+    dataset_dir: Path,
+    *,
+    since_ms: int | None = None,
+    settings: TrainSettings | None = None,
+) -> Comparison:
+    """:func:`compare` for two artifact directories (of one registry or not); rows are named
+    by the artifacts' versions."""
     settings = settings or TrainSettings()
+    meta_a, meta_b = read_metadata(dir_a), read_metadata(dir_b)
+    version_a, version_b = str(meta_a["version"]), str(meta_b["version"])
+    if version_a == version_b:
+        raise ConfigError(f"compare: both artifacts are version {version_a}")
     data = _read_dataset(dataset_dir, settings)
     h = data.history
     ends = {
-        v: int(info(models_dir, v).training_window.get("end_ms", 0)) for v in (version_a, version_b)
+        str(m["version"]): int(m.get("training_window", {}).get("end_ms", 0))
+        for m in (meta_a, meta_b)
     }
     if since_ms is None:
         since_ms = max(ends.values()) + 1
@@ -187,7 +214,10 @@ def compare(
     result.discordant = {key: [0, 0] for key, _ in TARGETS}
     rows = np.flatnonzero(h.times >= since_ms - WARM_UP_MS)
     index_of = {pid: i for i, pid in enumerate(data.product_ids)}
-    tops = {v: _replay(models_dir / v, h, rows, index_of, settings) for v in (version_a, version_b)}
+    tops = {
+        version_a: _replay(dir_a, h, rows, index_of, settings),
+        version_b: _replay(dir_b, h, rows, index_of, settings),
+    }
 
     sessions: dict[str, tuple[str, int, deque[int], set[int]]] = {}
     window_ms = settings.attribution_window_ms
