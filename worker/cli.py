@@ -241,7 +241,7 @@ def build_parser() -> SettingsParser:
         "as challenger when not worse",
         description="worker retrain: the scheduled retraining run (README, Model lifecycle). "
         "Exports [until - days, until) from the topics, trains a candidate blind to the later "
-        "20 %%, scores it and the champion on that slice, and when the candidate's HR@10 is "
+        "20 %, scores it and the champion on that slice, and when the candidate's HR@10 is "
         "not below the champion's by more than --margin on both targets, refits on the whole "
         "export and serves it as challenger to --share of the users. Every run writes a "
         "report into <models>/reports/.",
