@@ -57,7 +57,7 @@ typecheck: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 
-# Regenerates both lock files from pyproject.toml (extras `fast`; `dev` and `fast`) and
+# Regenerates both lock files from pyproject.toml (extras `fast`; `dev`, `fast` and `dask`) and
 # requirements/dev.in (devtools' own dependencies, the build backend, `-c runtime.txt`). Pins
 # already in the files are kept; to move some, e.g. `make lock LOCK_ARGS="--upgrade-package
 # numpy"`, or `LOCK_ARGS=--upgrade` for everything. Needs the package index (network).
@@ -70,7 +70,7 @@ lock: $(STAMP)
 	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) \
 		--extra fast --output-file requirements/runtime.txt pyproject.toml
 	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) \
-		--extra dev --extra fast --output-file requirements/dev.txt \
+		--extra dev --extra fast --extra dask --output-file requirements/dev.txt \
 		pyproject.toml requirements/dev.in
 
 kafka-start: $(STAMP)
