@@ -64,6 +64,8 @@ def pod_specs() -> list[dict[str, Any]]:
     for doc in k8s_docs():
         if doc.get("kind") in ("Deployment", "Job"):
             specs.append(doc["spec"]["template"]["spec"])
+        elif doc.get("kind") == "CronJob":
+            specs.append(doc["spec"]["jobTemplate"]["spec"]["template"]["spec"])
     return specs
 
 
@@ -177,6 +179,7 @@ def test_compose_commands_are_accepted_by_the_cli(parser):
         "worker": "run",
         "monitor": "monitor",
         "simulator": "simulate",
+        "retrain": "retrain",
     }
     for service, command in expected.items():
         assert service in argvs, f"compose has no {service} service using the image"
@@ -189,7 +192,7 @@ def test_compose_commands_are_accepted_by_the_cli(parser):
 
 def test_k8s_commands_are_accepted_by_the_cli(parser):
     argvs = k8s_argvs()
-    assert {argv[0] for argv in argvs} >= {"run", "monitor", "simulate", "train"}
+    assert {argv[0] for argv in argvs} >= {"run", "monitor", "simulate", "train", "retrain"}
     for argv in argvs:
         parse(parser, argv)
 
