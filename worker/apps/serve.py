@@ -2,6 +2,16 @@
 top-K suggestions, dead-letter what cannot be answered, and commit only what is durable.
 
 One process is one member of the consumer group; partitions are the unit of parallelism.
+
+The served model versions (champion, optional challenger) come from the models directory's
+``LATEST`` and ``CHALLENGER`` and are reloaded without a restart (:mod:`worker.apps.model_set`):
+a change is loaded and smoke-checked on a background thread and swapped in on the loop thread
+between two micro-batches, so in exactly-once mode between two transactions. A batch is answered
+by one version per user (a stable hash of the user id against the challenger's share), with one
+model call per version. A batch redone after an abandoned transaction, or a batch redelivered
+after a crash, may be answered by a newer version than the one whose outputs were aborted: those
+outputs were never visible, so every input still has exactly one visible answer. ``--model-version``
+pins one version and turns the polling off.
 """
 
 from __future__ import annotations
@@ -18,11 +28,22 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from worker.apps.batch import STEP_STAGES, BatchResult, BatchStep, InputRecord, now_ms
+from worker.apps.batch import STEP_STAGES, BatchResult, BatchStep, InputRecord, Lane, now_ms
+from worker.apps.model_set import (
+    Loaded,
+    ModelRejected,
+    ModelSet,
+    ModelWatcher,
+    Prepared,
+    routing_of,
+    smoke_check,
+)
 from worker.config import WorkerSettings
 from worker.core.drift import PSI_SIGNIFICANT, DriftTracker, ReferenceProfile, crossings
-from worker.core.errors import BrokerError
+from worker.core.errors import BrokerError, ModelLoadError
+from worker.core.features import FEATURE_NAMES
 from worker.core.pipeline import Recommender
+from worker.core.routing import Routing
 from worker.core.session import SessionStore
 from worker.kafka.changelog import ChangelogRestorer, changelog_topic
 from worker.kafka.checkpoint import (
@@ -38,7 +59,8 @@ from worker.kafka.clients import (
     start_at,
 )
 from worker.kafka.watches import FetchWatch, RejoinWatch
-from worker.model.artifact import ModelArtifact
+from worker.model.artifact import LATEST_FILE, ModelArtifact, load_artifact
+from worker.model.registry import ServingState
 from worker.model.scoring import make_scorer
 from worker.ops.health import Health, rss_mib, serve_http
 from worker.ops.metrics import WorkerMetrics
@@ -68,37 +90,27 @@ class BatchOutcome:
     dead_lettered: int
 
 
-def batch_step(
-    settings: WorkerSettings,
-    artifact: ModelArtifact,
-    recommender: Recommender,
-    changelog: str | None,
-) -> BatchStep:
-    """The worker's :class:`BatchStep`: its codecs (through the schema registry when one is
-    configured), suggestion writer and topics."""
+def batch_step(settings: WorkerSettings, changelog: str | None) -> tuple[BatchStep, bytes]:
+    """The worker's :class:`BatchStep` (its codecs, through the schema registry when one is
+    configured, and topics; the lanes are given per batch) and the suggestions' framing
+    header (for each version's :class:`SuggestionWriter`)."""
     registry = (
         HttpSchemaRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
     )
     topics = settings.topics
     suggestion_codec = codec_for("ProductSuggestion", registry=registry, topic=topics.suggestions)
-    return BatchStep(
+    step = BatchStep(
         event_codec=codec_for(
             "BrowsingEvent",
             registry=registry,
             topic=topics.events,
             max_record_bytes=settings.max_event_bytes,
         ),
-        recommender=recommender,
-        suggestion_writer=SuggestionWriter(
-            suggestion_codec.header(),
-            artifact.tables.product_ids.tolist(),
-            topics.events,
-            artifact.version,
-        ),
         suggestions_topic=topics.suggestions,
         dead_letter_topic=topics.dead_letter(topics.events),
         changelog_topic=changelog,
     )
+    return step, suggestion_codec.header()
 
 
 def consumer_overrides(settings: WorkerSettings) -> dict[str, Any]:
@@ -147,56 +159,64 @@ class Worker:
         consumer_factory: Callable[..., Consumer] = make_consumer,
         producer_factory: Callable[..., Any] = make_producer,
         clock: Callable[[], float] = time.monotonic,
+        loader: Callable[[str], ModelArtifact] | None = None,
     ) -> None:
         """Args:
         settings: the worker's settings.
-        artifact: the model to serve.
+        artifact: the model to serve first (the champion; with ``--model-version``, the pinned
+            version).
         log: a structlog-style logger.
         consumer_factory / producer_factory: make the Kafka clients, with
             :func:`~worker.kafka.clients.make_consumer`'s and
             :func:`~worker.kafka.clients.make_producer`'s signatures (fakes in tests).
-        clock: monotonic seconds of the commit protocol's waits (a fake clock in tests).
+        clock: monotonic seconds of the commit protocol's waits and of the model polling (a
+            fake clock in tests).
+        loader: loads a version of the models directory (hot reload); default
+            :func:`~worker.model.artifact.load_artifact` of ``<models_dir>/<version>``.
         """
         self.settings = settings
-        self.artifact = artifact
+        self._base_log = log
         self.log = log.bind(model_version=artifact.version)
-        # The worker owns the session state: the step advances it, rebalances drop and restore
-        # it, housekeeping expires it.
-        self.sessions = SessionStore(
-            max_users=settings.max_sessions, idle_ttl_ms=int(settings.session_idle_ttl_s * 1000)
-        )
-        self.recommender = Recommender(
-            artifact.tables,
-            make_scorer(
-                artifact.path,
-                artifact.booster,
-                backend=settings.scoring_backend,
-                num_threads=settings.scoring_threads,
-                log=self.log,
-            ),
-            n_candidates=settings.n_candidates,
-            top_k=settings.top_k,
-            max_new_products=settings.max_new_products,
-            trending_half_life_s=settings.trending_half_life_s,
-            trending=settings.proposes_trending,
-        )
-        # The serving catalogue: the model's, plus the products it does not know (cold starts).
-        self.live = self.recommender.live
-        # Input drift against the model's training window, when its artifact has a reference.
-        self.drift = drift_tracker(artifact, self.log)
-        self.recommender.drift = self.drift
+        self._loader = loader or self._load_version
+        self.changelog = changelog_topic(settings.group_id) if settings.state_changelog else None
+        self.step, self._suggestion_header = batch_step(settings, self.changelog)
+        # The served versions, each with its recommender (model, serving catalogue: the model's
+        # plus the products it does not know) and its session store. The worker owns the
+        # session state: the step advances it, rebalances drop and restore it, housekeeping
+        # expires it.
+        first = self._build(artifact, self.log, smoke=False)
+        self.models = ModelSet(Routing(artifact.version), {artifact.version: first})
         self._drift_psi: dict[str, float] = {}
         self._drift_updated_at: float | None = None
+        # Input drift against the champion's training window, when its artifact has a reference.
+        self.drift = first.drift
+        first.lane.recommender.drift = self.drift
         self._new_products_counted = 0
-        self.changelog = changelog_topic(settings.group_id) if settings.state_changelog else None
-        self.step = batch_step(settings, artifact, self.recommender, self.changelog)
+        self._migrated_counted = 0
         self.metrics = WorkerMetrics()
-        self.metrics.model_info.labels(version=artifact.version).set(1)
+        self._model_info: set[tuple[str, str]] = set()
+        self._show_models()
+        self._clock = clock
+        self.watcher: ModelWatcher | None = None
+        pinned = settings.model_version is not None
+        if not pinned and settings.model_poll_s > 0:
+            if (settings.models_dir / LATEST_FILE).is_file():
+                self.watcher = ModelWatcher(
+                    settings.models_dir, settings.model_poll_s, self._prepare, self.log, clock
+                )
+                self.watcher.served(ServingState(artifact.version))
+                # The challenger (or a newer champion) of the files now, before the first batch:
+                # a user must not start on one version and move to another a second later.
+                self._check_models(wait=True)
+            else:
+                self.log.info(
+                    "model_watch_off",
+                    reason=f"{settings.models_dir} has no {LATEST_FILE} (one artifact directory)",
+                )
         self.health = Health()
         self.health.model_loaded = True
         self.fetch_watch = FetchWatch()
         self.rejoin_watch = RejoinWatch()
-        self._clock = clock
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
         self._assigned: set[tuple[str, int]] = set()
@@ -222,8 +242,178 @@ class Worker:
         self._new_consumer = new_consumer
         self.consumer: Consumer = new_consumer()
         self.checkpoint = self._make_checkpoint(producer_factory, clock)
+
+    # -- the served versions -------------------------------------------------------------------
+
+    @property
+    def artifact(self) -> ModelArtifact:
+        """The champion's artifact."""
+        return self.models.champion.artifact
+
+    @property
+    def recommender(self) -> Recommender:
+        """The champion's recommender."""
+        return self.models.champion.lane.recommender
+
+    @property
+    def live(self) -> Any:
+        """The champion's serving catalogue."""
+        return self.recommender.live
+
+    @property
+    def sessions(self) -> SessionStore:
+        """The champion's session store (restored sessions go there; see ``ModelSet``)."""
+        return self.models.champion.lane.sessions
+
+    def _index_of(self, product_id: str) -> int | None:
         # Restored sessions name their products by id; new products join the live catalogue.
-        self._index_of = self.live.index_of
+        # They go to the champion's store: a challenger's user moves on its next event.
+        return self.models.champion.lane.recommender.live.index_of(product_id)
+
+    def _load_version(self, version: str) -> ModelArtifact:
+        return load_artifact(self.settings.models_dir / version, expected_features=FEATURE_NAMES)
+
+    def _build(self, artifact: ModelArtifact, log: Any, *, smoke: bool) -> Loaded:
+        """A lane for ``artifact`` (compiling or loading its scorer), smoke-checked if asked.
+
+        Raises:
+            ModelRejected: the smoke check failed.
+        """
+        settings = self.settings
+        scorer = make_scorer(
+            artifact.path,
+            artifact.booster,
+            backend=settings.scoring_backend,
+            num_threads=settings.scoring_threads,
+            log=log,
+        )
+        if smoke:
+            smoke_check(
+                artifact.version,
+                artifact,
+                scorer,
+                n_candidates=settings.n_candidates,
+                top_k=settings.top_k,
+            )
+        recommender = Recommender(
+            artifact.tables,
+            scorer,
+            n_candidates=settings.n_candidates,
+            top_k=settings.top_k,
+            max_new_products=settings.max_new_products,
+            trending_half_life_s=settings.trending_half_life_s,
+            trending=settings.proposes_trending,
+        )
+        writer = SuggestionWriter(
+            self._suggestion_header,
+            artifact.tables.product_ids.tolist(),
+            settings.topics.events,
+            artifact.version,
+        )
+        sessions = SessionStore(
+            max_users=settings.max_sessions, idle_ttl_ms=int(settings.session_idle_ttl_s * 1000)
+        )
+        lane = Lane(artifact.version, recommender, writer, sessions)
+        return Loaded(artifact, lane, drift_tracker(artifact, log))
+
+    def _prepare(self, state: ServingState, loaded: frozenset[str]) -> dict[str, Loaded]:
+        """Load and smoke-check the versions of ``state`` not in ``loaded`` (on the watcher's
+        background thread: nothing of the serving state is touched).
+
+        Raises:
+            ModelRejected: a version cannot serve.
+        """
+        try:
+            routing = routing_of(state)
+        except ModelLoadError as exc:
+            raise ModelRejected("?", str(exc)) from exc
+        out: dict[str, Loaded] = {}
+        for version in routing.versions:
+            if version in loaded:
+                continue
+            log = self._base_log.bind(model_version=version)
+            started = time.perf_counter()
+            try:
+                artifact = self._loader(version)
+            except ModelLoadError as exc:
+                raise ModelRejected(version, str(exc)) from exc
+            if artifact.version != version:
+                raise ModelRejected(version, f"its metadata names version {artifact.version}")
+            out[version] = self._build(artifact, log, smoke=True)
+            log.info("model_prepared", seconds=round(time.perf_counter() - started, 3))
+        return out
+
+    def _check_models(self, *, wait: bool = False) -> None:
+        """Between micro-batches: poll the models directory (every ``--model-poll-s``) and swap
+        in a version prepared meanwhile. ``wait``: wait for the preparation (at start)."""
+        watcher = self.watcher
+        if watcher is None:
+            return
+        problem = watcher.poll(frozenset(self.models.loaded))
+        if problem is not None:
+            self._rejected(problem, None)
+        prepared = watcher.wait() if wait else watcher.take()
+        if prepared is not None:
+            self._apply(prepared)
+
+    def _rejected(self, rejected: ModelRejected, state: ServingState | None) -> None:
+        self.metrics.model_reloads.labels(outcome="rejected").inc()
+        serving = self.models.state
+        self.log.warning(
+            "model_rejected",
+            version=rejected.version,
+            reason=rejected.reason,
+            wanted=state.as_dict() if state is not None else None,
+            serving=serving.as_dict(),
+        )
+
+    def _apply(self, prepared: Prepared) -> None:
+        """Swap a prepared state in (on the loop thread, between micro-batches)."""
+        if prepared.rejected is not None:
+            self._rejected(prepared.rejected, prepared.state)
+            return
+        before = self.models.state
+        try:
+            self.models.swap(routing_of(prepared.state), prepared.loaded)
+        except (ValueError, ModelLoadError) as exc:  # a reused version was dropped meanwhile
+            self.log.info("model_swap_retry", reason=str(exc))
+            if self.watcher is not None:
+                self.watcher.retry()
+            return
+        after = self.models.state
+        champion = self.models.champion
+        if champion.drift is not self.drift:
+            for item in self.models.loaded.values():
+                item.lane.recommender.drift = None
+            self.drift = champion.drift
+            champion.lane.recommender.drift = self.drift
+            self._drift_updated_at = None
+        self.log = self._base_log.bind(model_version=after.champion)
+        self._show_models()
+        self.metrics.model_reloads.labels(outcome="swapped").inc()
+        self.log.info(
+            "model_swapped",
+            before=before.as_dict(),
+            after=after.as_dict(),
+            loaded=sorted(prepared.loaded),
+            prepare_s=round(prepared.seconds, 3),
+            draining={
+                v: n
+                for v, n in self.models.sessions_by_version().items()
+                if v not in self.models.routing.versions
+            },
+        )
+
+    def _show_models(self) -> None:
+        """``worker_model_info{version,role}``: one series per serving version."""
+        routing = self.models.routing
+        now = {(v, routing.role_of(v)) for v in routing.versions}
+        gauge = self.metrics.model_info
+        for version, role in self._model_info - now:
+            gauge.remove(version, role)
+        for version, role in now:
+            gauge.labels(version=version, role=role).set(1)
+        self._model_info = now
 
     def _make_checkpoint(
         self, producer_factory: Callable[..., Any], clock: Callable[[], float]
@@ -292,7 +482,16 @@ class Worker:
             scoring_backend=getattr(self.recommender.scorer, "name", "lightgbm"),
             exactly_once=self.settings.exactly_once,
             kafka=repr(self.settings.kafka),
+            serving=self.models.state.as_dict(),
+            model_pinned=self.settings.model_version,
+            model_poll_s=self.settings.model_poll_s if self.watcher is not None else 0,
         )
+        if self.settings.model_version is not None:
+            self.log.info(
+                "model_pinned",
+                version=self.settings.model_version,
+                note="LATEST and CHALLENGER are ignored: no polling, no challenger",
+            )
         last_progress = last_input = time.monotonic()
         wait_s = self.settings.max_batch_wait_ms / 1000.0
         try:
@@ -310,6 +509,7 @@ class Worker:
                     if max_idle_s is not None and time.monotonic() - last_input > max_idle_s:
                         self.log.info("idle_exit", idle_s=max_idle_s)
                         break
+                self._check_models()  # between batches (and transactions): swaps happen here
                 self._update_drift(time.monotonic())
                 if time.monotonic() - last_progress > PROGRESS_LOG_INTERVAL_S:
                     last_progress = time.monotonic()
@@ -338,7 +538,7 @@ class Worker:
             consumed=self._consumed,
             answered=self._answered,
             dead_lettered=self._dead,
-            sessions=len(self.sessions),
+            sessions=len(self.models),
         )
 
     def _close_budget_s(self) -> float:
@@ -436,15 +636,20 @@ class Worker:
         self._drift_psi = current
 
     def _housekeeping(self) -> None:
-        expired = self.sessions.expire_idle()
-        self.metrics.sessions.set(len(self.sessions))
+        expired = self.models.expire_idle()
+        dropped = self.models.prune()
+        if dropped:
+            self.log.info("model_drained", versions=dropped)
+        self.metrics.sessions.set(len(self.models))
         self.metrics.trending_products.set(self.live.trending.active_products())
         self.log.info(
             "worker_progress",
             consumed=self._consumed,
             answered=self._answered,
             dead_lettered=self._dead,
-            sessions=len(self.sessions),
+            sessions=len(self.models),
+            sessions_by_version=self.models.sessions_by_version(),
+            sessions_migrated=self.models.migrated,
             expired=expired,
             new_products=len(self.live),
             partitions=len(self._assigned),
@@ -513,7 +718,7 @@ class Worker:
         self._assigned -= {(p.topic, p.partition) for p in partitions}
         self.health.assigned_partitions = len(self._assigned)
         self.metrics.assigned.set(len(self._assigned))
-        dropped = self.sessions.drop_partitions({p.partition for p in partitions})
+        dropped = self.models.drop_partitions({p.partition for p in partitions})
         self.log.info(
             event, partitions=sorted(p.partition for p in partitions), sessions_dropped=dropped
         )
@@ -544,7 +749,9 @@ class Worker:
                 redelivered).
         """
         records = self._records(messages)
-        batch = self.step(records, self.sessions, {p for _, p in self._assigned})
+        batch = self.step.run(records, self.models, {p for _, p in self._assigned})
+        for version, n in batch.answered_by.items():
+            self.metrics.events_routed.labels(model_version=version).inc(n)
         self._count_rejections(batch)
         t0 = time.perf_counter()
         self.checkpoint.send_all(batch.outputs())
@@ -602,8 +809,8 @@ class Worker:
         for (topic, partition), offset in committed.items():
             self.consumer.seek(start_at(topic, partition, offset))
         numbers = {tp.partition for tp in partitions}
-        self.sessions.drop_partitions(numbers)
-        self.sessions.drain_forgotten()
+        self.models.drop_partitions(numbers)
+        self.models.drain_forgotten()
         if self.restorer is not None:
             self.restorer.restore(
                 sorted(numbers),
@@ -627,6 +834,15 @@ class Worker:
         self._dead += n_dead
         m.events_in.inc(n_messages)
         m.suggestions_out.inc(answered)
+        for version, n in batch.answered_by.items():
+            m.suggestions_by_version.labels(model_version=version).inc(n)
+        migrated = self.models.migrated
+        m.sessions_migrated.inc(migrated - self._migrated_counted)
+        self._migrated_counted = migrated
+        if len(self.models.lanes()) > len(self.models.routing.versions):
+            dropped = self.models.prune()  # a drained version is dropped once its last user left
+            if dropped:
+                self.log.info("model_drained", versions=dropped)
         m.cold_start_events.inc(batch.cold_start_events)
         live = self.live
         m.new_products.inc(live.added_total - self._new_products_counted)

@@ -185,5 +185,24 @@ class SessionStore:
     def users(self) -> list[str]:
         return list(self._sessions)
 
+    def take(self, user_id: str) -> Session | None:
+        """Remove the user's session and return it (None if absent), without counting the user
+        as forgotten: the session moves elsewhere (to another model version's store), so no
+        tombstone is due."""
+        return self._sessions.pop(user_id, None)
+
+    def watermarks(self) -> dict[int, int]:
+        """Newest event time seen per input partition."""
+        return dict(self._watermarks_ms)
+
+    def advance_watermarks(self, watermarks: dict[int, int]) -> None:
+        """Raise the per-partition watermarks to ``watermarks`` where those are newer: a store
+        that no longer receives events (its model version stopped serving) still expires its
+        idle users against the partitions' progress elsewhere."""
+        mine = self._watermarks_ms
+        for partition, time_ms in watermarks.items():
+            if time_ms > mine.get(partition, 0):
+                mine[partition] = time_ms
+
     def stats(self) -> SessionStoreStats:
         return SessionStoreStats(len(self._sessions), self._evicted_lru, self._expired_idle)

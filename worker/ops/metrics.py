@@ -80,7 +80,35 @@ class WorkerMetrics:
             registry=r,
         )
         self.model_info = Gauge(
-            "worker_model_info", "Loaded model version", ["version"], registry=r
+            "worker_model_info",
+            "Served model versions (value 1): role champion, or challenger for a share of users",
+            ["version", "role"],
+            registry=r,
+        )
+        self.model_reloads = Counter(
+            "worker_model_reloads",
+            "Changes of the models directory's serving state: swapped in between micro-batches,"
+            " or rejected (unloadable, other features, failed smoke check; the old ones serve on)",
+            ["outcome"],
+            registry=r,
+        )
+        self.suggestions_by_version = Counter(
+            "worker_suggestions",
+            "Suggestions acknowledged by the broker, per model version that produced them",
+            ["model_version"],
+            registry=r,
+        )
+        self.events_routed = Counter(
+            "worker_events_routed",
+            "Events routed to a model version (champion/challenger by user), before the commit",
+            ["model_version"],
+            registry=r,
+        )
+        self.sessions_migrated = Counter(
+            "worker_sessions_migrated",
+            "User sessions moved from one model version's store to another's (lazily, on the"
+            " user's first event after a swap or a share change)",
+            registry=r,
         )
         self.cold_start_events = Counter(
             "worker_cold_start_events_total",
