@@ -43,12 +43,13 @@ def model_catalogue(models_dir) -> tuple[list[str], dict[str, str], dict[str, li
     return ids, category_of, tops
 
 
-def synthetic_stream(baseline: list[str], models_dir, seed: int = 11):
+def synthetic_stream(baseline: list[str], models_dir, seed: int = 11, version_of=None):
     """Browsing events, suggestions and purchases of 40 users over 20 minutes ending 10 s ago,
     in two sessions per user. Most events are answered by a suggestion (same event_id, session
     and time), some not. Some purchases follow a suggestion of their product, some the popular
     list, some a product viewed earlier in the session, some the category's top list, some
-    nothing in time."""
+    nothing in time. ``version_of(user_id)``: each user's model version (default: all m1)."""
+    version_of = version_of or (lambda _user: "m1")
     rng = random.Random(seed)
     known, category_of, tops = model_catalogue(models_dir)
     products = rng.sample(known, 300) + [f"new-{i:03d}" for i in range(20)]  # cold starts too
@@ -89,7 +90,7 @@ def synthetic_stream(baseline: list[str], models_dir, seed: int = 11):
                     "source_topic": "events",
                     "source_partition": 0,
                     "source_offset": i,
-                    "model_version": "m1",
+                    "model_version": version_of(user),
                     "products": [
                         {"product_id": p, "rank": r + 1, "score": 1.0 - r / 100}
                         for r, p in enumerate(shown)
@@ -417,7 +418,9 @@ def test_monitor_killed_mid_stream_and_restarted_reports_what_an_undisturbed_run
         )
 
     baseline = read_metadata(trained_models_dir)["popular_top"]
-    suggestions, purchases, events = synthetic_stream(baseline, trained_models_dir, seed=23)
+    suggestions, purchases, events = synthetic_stream(
+        baseline, trained_models_dir, seed=23, version_of=lambda u: f"m{int(u[5:]) % 2 + 1}"
+    )
     times = sorted(p["event_time"] for p in purchases)
     middle = times[len(times) // 2]
     cut = middle - middle % WINDOW_MS  # a window boundary: no window spans both halves
@@ -492,3 +495,17 @@ def test_monitor_killed_mid_stream_and_restarted_reports_what_an_undisturbed_run
             assert (
                 r[key] == pytest.approx(e[key], abs=1e-12) if e[key] is not None else r[key] is None
             ), (key, r, e)
+        # The per-version figures, cumulative ones included, and the comparison too.
+        assert [v["model_version"] for v in r["versions"]] == ["m1", "m2"]
+        for got_v, exp_v in zip(r["versions"], e["versions"], strict=True):
+            assert got_v == approx_record(exp_v), (got_v, exp_v)
+        assert (r["version_comparison"] is None) == (e["version_comparison"] is None)
+        if e["version_comparison"] is not None:
+            assert r["version_comparison"] == approx_record(e["version_comparison"])
+
+
+def approx_record(record: dict) -> dict:
+    """Floats to 1e-12, everything else exactly."""
+    return {
+        k: pytest.approx(v, abs=1e-12) if isinstance(v, float) else v for k, v in record.items()
+    }
