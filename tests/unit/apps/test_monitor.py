@@ -9,6 +9,7 @@ from pathlib import Path
 
 import fastavro
 import numpy as np
+import pytest
 
 from worker.apps.monitor import read_category_tables, report_codec
 from worker.core.accuracy import LIVE_FIELDS, VERSION_FIELDS, WindowReport
@@ -113,3 +114,39 @@ def test_category_tables_read_from_the_artifact(tmp_path: Path) -> None:
         tables.category, [int(category_of[p][1:]) for p in tables.product_ids]
     )
     json.dumps(tops)  # plain strings
+
+
+def test_per_version_gauges_and_log_lines() -> None:
+    """A report with two versions sets the model_version-labelled gauges (window and
+    cumulative), the comparison gauges, and logs accuracy_window.versions and version_comparison
+    (the unlabelled series stay)."""
+    from types import SimpleNamespace
+
+    from worker.apps.monitor import Monitor
+    from worker.core.accuracy import AccuracyTracker, PurchaseLine, ShownSuggestion
+    from worker.ops.metrics import MonitorMetrics
+
+    tracker = AccuracyTracker(k=2, attribution_window_ms=60_000, window_ms=60_000, baseline=["a"])
+    for n, (user, version) in enumerate([("u1", "v1"), ("u2", "v2"), ("u3", "v1")]):
+        tracker.add_suggestion(user, ShownSuggestion(10, f"s{n}", version, ("a", "b")))
+        tracker.add_purchase(PurchaseLine(user, "a" if n else "c", 20, 0))
+    (report,) = tracker.flush()
+    lines: list[tuple[str, dict]] = []
+    log = SimpleNamespace(info=lambda event, **kw: lines.append((event, kw)))
+    fake = SimpleNamespace(metrics=MonitorMetrics(), log=log)
+    Monitor._log_report(fake, report)  # type: ignore[arg-type]
+    value = fake.metrics.registry.get_sample_value
+    assert value("monitor_version_purchase_lines", {"model_version": "v1"}) == 2
+    assert value("monitor_version_hit_rate_at_k", {"model_version": "v1"}) == 0.5
+    assert value("monitor_version_cumulative_hit_rate_at_k", {"model_version": "v2"}) == 1.0
+    assert value("monitor_hit_rate_at_k") == pytest.approx(2 / 3)
+    pair = {"champion": "v1", "challenger": "v2"}
+    assert value("monitor_version_comparison_hit_rate_difference", pair) == pytest.approx(0.5)
+    assert 0 < value("monitor_version_comparison_p_value", pair) <= 1
+    events = dict(lines)
+    assert [v["model_version"] for v in events["accuracy_window"]["versions"]] == ["v1", "v2"]
+    assert events["version_comparison"]["champion_lines"] == 2
+    assert (
+        "challenger v2 1.000 on 1 vs champion v1 0.500 on 2"
+        in events["version_comparison"]["statement"]
+    )
