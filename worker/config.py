@@ -889,6 +889,24 @@ TRAIN_PUBLISH = Setting(
     help="make the new model the champion (LATEST) of --models-dir, recorded in its HISTORY.jsonl;"
     " --no-publish only adds it to the registry (then `worker models challenger` or `promote`)",
 )
+TRAIN_ENGINE = Setting(
+    "engine",
+    "--engine",
+    OneOf(("local", "dask")),
+    "local",
+    help="where the booster is fit: local (lightgbm.train in this process) or dask (LightGBM's "
+    "Dask interface, DaskLGBMRanker, data-parallel on a Dask cluster; needs the `dask` extra); "
+    "the tables and training examples are built in this process either way",
+)
+TRAIN_DASK_SCHEDULER = Setting(
+    "dask_scheduler",
+    "--dask-scheduler",
+    as_text,
+    "local",
+    help="the Dask scheduler's address (tcp://host:port) for --engine dask; local: a local "
+    "cluster of 2 single-threaded worker processes, started and closed by the command",
+    check=not_empty,
+)
 #: The flags of ``worker train`` (with ``--dataset`` and ``--models-dir``), in help order; each is
 #: a field of TrainSettings (a test checks that the two agree).
 TRAIN_SETTINGS: tuple[Setting[Any], ...] = (
@@ -901,6 +919,8 @@ TRAIN_SETTINGS: tuple[Setting[Any], ...] = (
     TRAIN_MAX_DROPPED_SHARE,
     TRAIN_REFIT,
     TRAIN_PUBLISH,
+    TRAIN_ENGINE,
+    TRAIN_DASK_SCHEDULER,
 )
 
 # The simulator (`worker simulate`): flags only. SimulatorSettings (worker/apps/simulate.py)

@@ -618,6 +618,8 @@ TRAIN_FLAGS = {
     "--max-dropped-share": 0.01,
     "--refit": True,
     "--publish": True,
+    "--engine": "local",
+    "--dask-scheduler": "local",
 }
 SIMULATE_FLAGS = {
     "--days": 2.0,

@@ -47,6 +47,8 @@ import numpy as np
 
 from worker.config import (
     TRAIN_CANDIDATES,
+    TRAIN_DASK_SCHEDULER,
+    TRAIN_ENGINE,
     TRAIN_LEAVES,
     TRAIN_MAX_DROPPED_SHARE,
     TRAIN_MAX_QUERIES,
@@ -105,6 +107,11 @@ class TrainSettings:
     max_dropped_share: float = TRAIN_MAX_DROPPED_SHARE.field()
     refit: bool = TRAIN_REFIT.field()
     publish: bool = TRAIN_PUBLISH.field()
+    #: Where the booster is fit: "local" (lightgbm.train) or "dask" (_fit_dask), and the Dask
+    #: scheduler's address ("local": a local cluster of ``dask_workers`` single-threaded workers).
+    engine: str = TRAIN_ENGINE.field()
+    dask_scheduler: str = TRAIN_DASK_SCHEDULER.field()
+    dask_workers: int = 2
     #: Training queries come from the last ``honest_folds`` slices (each ``honest_fold_fraction``
     #: of the window's time range) of the window, each replayed with tables built only from the
     #: events before its slice (as serving sees tables built from the past); 0: one set of tables
@@ -945,6 +952,8 @@ def _fit(
         "force_row_wise": True,
         "verbosity": -1,
     }
+    if settings.engine == "dask":
+        return _fit_dask(x_train, y_train, settings, params)
     train_set = lightgbm.Dataset(
         x_train.reshape(-1, n_features),
         label=y_train.reshape(-1),
@@ -953,6 +962,95 @@ def _fit(
         free_raw_data=True,
     )
     return lightgbm.train(params, train_set, num_boost_round=settings.num_trees), params
+
+
+def _fit_dask(
+    x_train: np.ndarray, y_train: np.ndarray, settings: TrainSettings, params: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """The same LambdaRank booster fit by LightGBM's Dask interface (``DaskLGBMRanker``,
+    data-parallel: each Dask worker builds histograms of its rows, merged over LightGBM's own
+    network), on the cluster at ``settings.dask_scheduler``, or (``local``) on a local cluster of
+    ``settings.dask_workers`` single-threaded worker processes started and closed here.
+
+    The examples are cut into one partition per worker, of whole queries (a query's candidates
+    never straddle two partitions; ``group`` holds each partition's query sizes), and scattered
+    to the workers. The result is a plain ``lightgbm.Booster`` (``booster_``), used exactly as
+    the local one. Not bit-identical to the local fit: the histograms are built per partition and
+    the bagging draws per machine.
+
+    Raises:
+        ConfigError: the ``dask`` extra is not installed, or the cluster has no worker.
+    """
+    from worker.core.errors import ConfigError
+
+    try:
+        import dask.array as da
+        import distributed
+        from lightgbm.dask import DaskLGBMRanker
+    except ImportError as exc:
+        raise ConfigError(
+            f"--engine dask needs the `dask` extra (pip install 'worker[dask]'): {exc}"
+        ) from None
+
+    n_queries, n_cands, n_features = x_train.shape
+    cluster = None
+    if settings.dask_scheduler != "local":
+        client = distributed.Client(settings.dask_scheduler)
+    else:
+        cluster = distributed.LocalCluster(
+            n_workers=settings.dask_workers,
+            threads_per_worker=1,
+            processes=True,  # LightGBM's network is one machine per process
+            dashboard_address=":0",  # any free port: never a clash with another cluster
+        )
+        client = distributed.Client(cluster)
+    try:
+        try:
+            client.wait_for_workers(1, timeout=120)
+        except TimeoutError:
+            raise ConfigError(f"no Dask worker at {settings.dask_scheduler} in 120 s") from None
+        workers = sorted(client.scheduler_info()["workers"])
+        bounds = np.linspace(0, n_queries, min(len(workers), n_queries) + 1).astype(int)
+        xs, ys, gs = [], [], []
+        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            part_x = np.ascontiguousarray(x_train[lo:hi].reshape(-1, n_features))
+            part_y = y_train[lo:hi].reshape(-1).astype(np.float32)
+            part_g = np.full(hi - lo, n_cands, dtype=np.int64)
+            # Each partition on its own worker: LightGBM trains where the data already is.
+            fx, fy, fg = client.scatter([part_x, part_y, part_g], workers=[workers[i]])
+            xs.append(da.from_delayed(fx, shape=part_x.shape, dtype=part_x.dtype))
+            ys.append(da.from_delayed(fy, shape=part_y.shape, dtype=part_y.dtype))
+            gs.append(da.from_delayed(fg, shape=part_g.shape, dtype=part_g.dtype))
+        ranker = DaskLGBMRanker(
+            client=client,
+            objective="lambdarank",
+            n_estimators=settings.num_trees,
+            num_leaves=settings.num_leaves,
+            learning_rate=settings.learning_rate,
+            min_child_samples=settings.min_data_in_leaf,
+            colsample_bytree=params["feature_fraction"],
+            subsample=params["bagging_fraction"],
+            subsample_freq=params["bagging_freq"],
+            random_state=settings.seed,
+            label_gain=params["label_gain"],
+            deterministic=params["deterministic"],
+            force_row_wise=params["force_row_wise"],
+            verbosity=params["verbosity"],
+        )
+        ranker.fit(
+            da.concatenate(xs),
+            da.concatenate(ys),
+            group=da.concatenate(gs),
+            feature_name=list(FEATURE_NAMES),
+        )
+        booster = ranker.booster_
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    dask_params = {k: v for k, v in params.items() if k != "num_threads"}
+    dask_params.update(tree_learner="data", num_machines=len(xs), threads_per_machine=1)
+    return booster, dask_params
 
 
 # -- step 4: the artifact's metadata -------------------------------------------------------------
