@@ -1088,6 +1088,10 @@ def run_scenario(
     initial = 1 if scenario == "scale" else 2
     for slot in range(initial):
         group.start(slot)
+    for slot in range(initial):
+        # The faults fall at set points of the feed: on a loaded machine a worker can take
+        # 20 s to load its model and join, and a fault before that would test nothing.
+        group.wait_started(slot)
     sampler = RssSampler(group)
     try:
         plan = _plan(scenario)
