@@ -720,8 +720,9 @@ class _OpenTransactions:
             {"bootstrap.servers": bootstrap, "group.id": f"open-{uuid.uuid4().hex}"}
         )
 
-    def partitions(self) -> set[int]:
-        """The partitions found so (empty if the broker does not answer)."""
+    def partitions(self, first: bool = False) -> set[int]:
+        """The partitions found so (empty if the broker does not answer); ``first``: stop at
+        the first one found."""
         found = set()
         for p in range(PARTITIONS):
             tp = TopicPartition(self.topic, p)
@@ -732,6 +733,8 @@ class _OpenTransactions:
                 continue
             if lso < end:
                 found.add(p)
+                if first:
+                    break
         return found
 
     def close(self) -> None:
@@ -742,15 +745,15 @@ class _OpenTransactions:
 def freeze_in_transaction(group: Group, bootstrap: str, topic: str, timeout_s: float) -> int | None:
     """Freeze (SIGSTOP) every live worker at a moment one of them holds an open transaction with
     records written, and return that worker's slot, the others thawed again; None (all thawed)
-    if no such moment came within ``timeout_s``. Transactions last milliseconds, shorter than a
-    look at the partitions: the workers are frozen at random moments, then looked at (what they
-    had sent given 0.3 s to land), until one is caught holding one."""
+    if no such moment came within ``timeout_s``. Transactions last milliseconds: the workers are
+    frozen the moment one is seen, then looked at again (what they had sent given 0.3 s to
+    land); often the transaction committed meanwhile and they are thawed to try again."""
     probe = _OpenTransactions(bootstrap, topic)
     deadline = time.monotonic() + timeout_s
-    rng = random.Random(11)
     try:
         while time.monotonic() < deadline:
-            time.sleep(rng.uniform(0.0, 0.2))
+            if not probe.partitions(first=True):
+                continue
             live = group.live_slots()
             group.signal(live, signal.SIGSTOP)
             time.sleep(0.3)
