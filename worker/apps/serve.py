@@ -191,7 +191,7 @@ class Worker:
         # Input drift against the champion's training window, when its artifact has a reference.
         self.drift = first.drift
         first.lane.recommender.drift = self.drift
-        self._new_products_counted = 0
+        self._new_products_counted: dict[int, int] = {}  # by id() of a lane's catalogue
         self._migrated_counted = 0
         self.metrics = WorkerMetrics()
         self._model_info: set[tuple[str, str]] = set()
@@ -847,9 +847,16 @@ class Worker:
             if dropped:
                 self.log.info("model_drained", versions=dropped)
         m.cold_start_events.inc(batch.cold_start_events)
+        # New products per lane's serving catalogue, each counted from its own total: a swap
+        # changes which catalogue is the champion's, and a new lane starts from zero.
+        counted: dict[int, int] = {}
+        for lane in self.models.lanes():
+            catalogue = lane.recommender.live
+            before = self._new_products_counted.get(id(catalogue), 0)
+            m.new_products.inc(max(0, catalogue.added_total - before))
+            counted[id(catalogue)] = catalogue.added_total
+        self._new_products_counted = counted
         live = self.live
-        m.new_products.inc(live.added_total - self._new_products_counted)
-        self._new_products_counted = live.added_total
         m.live_products.set(len(live))
         m.batches.inc()
         m.batch_size.observe(n_messages)

@@ -176,6 +176,11 @@ def test_a_promotion_swaps_between_batches_and_every_input_is_answered_once(tmp_
     assert swapped["before"]["champion"] == "v1" and swapped["after"]["champion"] == "v2"
     assert metric(w, "worker_suggestions_total", model_version="v1") == cut
     assert metric(w, "worker_suggestions_total", model_version="v2") == 150 - cut
+    # New products are counted per version's catalogue (a promotion once made the counter go
+    # backwards, which prometheus_client refuses: the worker crashed).
+    added = {lane.version: lane.recommender.live.added_total for lane in w.models.lanes()}
+    assert added["v1"] > 0 and added["v2"] > 0
+    assert metric(w, "worker_new_products_total") == added["v1"] + added["v2"]
     # Sessions moved lazily into v2's catalogue, products intact (v2 lacks p050..p059: those
     # became new products of its live catalogue); v1 drains while it holds users who have
     # not come back since (the fake consumer reads partition by partition).
