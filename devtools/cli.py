@@ -75,8 +75,16 @@ def build_parser() -> SettingsParser:
     runner.add_arguments(p)
 
     p = sub.add_parser("demo", help="the whole system on the local broker for about a minute")
-    p.add_argument("--duration-s", type=float, default=60.0)
+    p.add_argument(
+        "--duration-s", type=float, default=None, help="simulated traffic (60 s; --lifecycle 180 s)"
+    )
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--lifecycle",
+        action="store_true",
+        help="the model lifecycle: the shop shifts, v2 is trained on the topics, goes live as a "
+        "50 %% challenger by hot reload and is promoted, with per-version figures",
+    )
     p.add_argument("--rate", type=float, default=1000.0, help="offered events/s (approximate)")
     p.add_settings(DEMO_DIR, MODELS_DIR)
 
@@ -140,6 +148,8 @@ def cmd_bench(args: argparse.Namespace, log: Any) -> int:
 def cmd_demo(args: argparse.Namespace, log: Any) -> int:
     from devtools.demo import run_demo
 
+    if args.duration_s is None:
+        args.duration_s = 180.0 if args.lifecycle else 60.0
     return run_demo(args, log)
 
 

@@ -254,6 +254,10 @@ def run_demo(args: argparse.Namespace, log: Any) -> int:
         started_broker = not was_running
     print(f"broker: {bootstrap}", flush=True)
     try:
+        if getattr(args, "lifecycle", False):
+            from devtools.lifecycle_demo import run_lifecycle
+
+            return run_lifecycle(args, log, bootstrap, work_dir)
         return _run(args, log, bootstrap, work_dir)
     finally:
         if started_broker:
