@@ -6,8 +6,8 @@ models directory is never changed):
 
 1. v1 (the champion) serves the simulated shop.
 2. The shop shifts: a second simulator with another seed and a new product range takes over.
-3. Once the new shop has run for a while, ``worker dataset export`` reads the topics so far and
-   ``worker train --no-publish`` trains v2 on them; ``worker models challenger v2 --share 0.5``
+3. Once the new shop has run for a while, ``worker dataset export`` reads the topics since the
+   shift and ``worker train --no-publish`` trains v2 on them (a small model: 40 trees); ``worker models challenger v2 --share 0.5``
    makes it a challenger: the workers swap it in by hot reload, no restart.
 4. Later ``worker models promote`` makes v2 the champion of every user.
 5. The live table and the summary show each version's hit rate, discovery hit rate and purchase
@@ -49,7 +49,7 @@ from worker.model import registry
 SHIFT_AT = 0.2
 PROMOTE_AT = 0.8
 #: The retrained model is small, so that it is ready within the run (about a minute).
-RETRAIN_FLAGS = ["--trees", "60", "--max-queries", "8000", "--threads", "1", "--no-publish"]
+RETRAIN_FLAGS = ["--trees", "40", "--max-queries", "6000", "--threads", "1", "--no-publish"]
 
 
 def version_rows(
@@ -198,8 +198,8 @@ def run_lifecycle(args: argparse.Namespace, log: Any, bootstrap: str, work_dir: 
             env,
         )
 
-    started_ms = time.time_ns() // 1_000_000
     procs["shop"] = simulator(1, 5000, shift_s, "shop")
+    shifted_ms = 0
     print(
         f"run {run_id}: {args.workers} workers (hot reload every 1 s), monitor, the simulated shop "
         f"for {shift_s:.0f} s, then a shifted shop (another seed, 1,000 new products) for "
@@ -219,10 +219,12 @@ def run_lifecycle(args: argparse.Namespace, log: Any, bootstrap: str, work_dir: 
             elapsed = time.monotonic() - t0
             if "shifted" not in procs and elapsed >= shift_s:
                 procs["shifted"] = simulator(2, 6000, args.duration_s - shift_s, "shifted")
+                shifted_ms = time.time_ns() // 1_000_000
                 lifecycle._note(t0, "the shop shifts: another seed, 1,000 new products")
             if retrainer is None and elapsed >= shift_s + args.duration_s * 0.15:
+                # v2 learns the shifted shop: the topics' records since the shift.
                 retrainer = threading.Thread(
-                    target=lifecycle.retrain, args=(t0, started_ms - 60_000), daemon=True
+                    target=lifecycle.retrain, args=(t0, shifted_ms - 5_000), daemon=True
                 )
                 retrainer.start()
             ready = retrainer is not None and not retrainer.is_alive()
