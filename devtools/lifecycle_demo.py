@@ -7,8 +7,9 @@ models directory is never changed):
 1. v1 (the champion) serves the simulated shop.
 2. The shop shifts: a second simulator with another seed and a new product range takes over.
 3. Once the new shop has run for a while, ``worker dataset export`` reads the topics since the
-   shift and ``worker train --no-publish`` trains v2 on them (a small model: 40 trees); ``worker models challenger v2 --share 0.5``
-   makes it a challenger: the workers swap it in by hot reload, no restart.
+   shift and ``worker train --no-publish`` trains v2 on them (a small model: 40 trees);
+   ``worker models challenger v2 --share 0.5`` makes it a challenger: the workers swap it in by
+   hot reload, no restart.
 4. Later ``worker models promote`` makes v2 the champion of every user.
 5. The live table and the summary show each version's hit rate, discovery hit rate and purchase
    lines from the monitor's reports, and the champion/challenger significance statement.
