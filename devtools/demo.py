@@ -265,8 +265,9 @@ def run_demo(args: argparse.Namespace, log: Any) -> int:
             print("local broker stopped", flush=True)
 
 
-def _run(args: argparse.Namespace, log: Any, bootstrap: str, work_dir: Path) -> int:
-    kafka = KafkaSettings(bootstrap)
+def run_topics(kafka: KafkaSettings, log: Any) -> tuple[str, TopicSettings]:
+    """A run id and this run's topics (suffixed with it, so every figure is this run's alone),
+    created on the broker."""
     wait_for_cluster(kafka)
     run_id = time.strftime("%Y%m%d%H%M%S")
     topics = TopicSettings(
@@ -276,14 +277,12 @@ def _run(args: argparse.Namespace, log: Any, bootstrap: str, work_dir: Path) -> 
         accuracy=f"recommendation-accuracy-{run_id}",
     )
     ensure_topics(kafka, topics, log)
-    _ensure_model(args.models_dir, work_dir, log)
-    _warm_scorer(args.models_dir, log)
+    return run_id, topics
 
-    speedup = SPEEDUP
-    users = max(1000, int(args.rate * 86400 / (speedup * EVENTS_PER_USER_DAY)))
-    attribution_s = ATTRIBUTION_WINDOW_SIM_S / speedup
-    group = f"recommender-workers-{run_id}"
-    common = [
+
+def topic_args(bootstrap: str, topics: TopicSettings) -> list[str]:
+    """The ``worker`` flags naming the broker and this run's topics."""
+    return [
         "--bootstrap-servers",
         bootstrap,
         "--events-topic",
@@ -295,6 +294,24 @@ def _run(args: argparse.Namespace, log: Any, bootstrap: str, work_dir: Path) -> 
         "--accuracy-topic",
         topics.accuracy,
     ]
+
+
+def simulated_users(rate: float) -> int:
+    """Simulated users that offer about ``rate`` events/s at the demo's speed-up."""
+    return max(1000, int(rate * 86400 / (SPEEDUP * EVENTS_PER_USER_DAY)))
+
+
+def _run(args: argparse.Namespace, log: Any, bootstrap: str, work_dir: Path) -> int:
+    kafka = KafkaSettings(bootstrap)
+    run_id, topics = run_topics(kafka, log)
+    _ensure_model(args.models_dir, work_dir, log)
+    _warm_scorer(args.models_dir, log)
+
+    speedup = SPEEDUP
+    users = simulated_users(args.rate)
+    attribution_s = ATTRIBUTION_WINDOW_SIM_S / speedup
+    group = f"recommender-workers-{run_id}"
+    common = topic_args(bootstrap, topics)
     env = {**os.environ, "WORKER_LOG_FORMAT": "json"}
     logs = work_dir / f"logs-{run_id}"
     logs.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,6 @@ from typing import Any
 
 from devtools.demo import (
     ATTRIBUTION_WINDOW_SIM_S,
-    EVENTS_PER_USER_DAY,
     SPEEDUP,
     KafkaObserver,
     Progress,
@@ -41,9 +40,11 @@ from devtools.demo import (
     _stop_all,
     _warm_scorer,
     latency_summary,
+    run_topics,
+    simulated_users,
+    topic_args,
 )
-from worker.config import KafkaSettings, TopicSettings
-from worker.kafka.admin import ensure_topics, wait_for_cluster
+from worker.config import KafkaSettings
 from worker.model import registry
 
 #: Share of the run (of ``--duration-s``) before the shop shifts, and before the promotion.
@@ -152,23 +153,13 @@ def _registry_copy(models_dir: Path, work_dir: Path, run_id: str) -> Path:
 
 def run_lifecycle(args: argparse.Namespace, log: Any, bootstrap: str, work_dir: Path) -> int:
     kafka = KafkaSettings(bootstrap)
-    wait_for_cluster(kafka)
-    run_id = time.strftime("%Y%m%d%H%M%S")
-    topics = TopicSettings(
-        events=f"browsing-events-{run_id}",
-        suggestions=f"product-suggestions-{run_id}",
-        purchases=f"purchases-{run_id}",
-        accuracy=f"recommendation-accuracy-{run_id}",
-    )
-    ensure_topics(kafka, topics, log)
+    run_id, topics = run_topics(kafka, log)
     _ensure_model(args.models_dir, work_dir, log)
     models = _registry_copy(args.models_dir, work_dir, run_id)
     _warm_scorer(models, log)
-    users = max(1000, int(args.rate * 86400 / (SPEEDUP * EVENTS_PER_USER_DAY)))
+    users = simulated_users(args.rate)
     group = f"recommender-workers-{run_id}"
-    common = ["--bootstrap-servers", bootstrap, "--events-topic", topics.events]
-    common += ["--suggestions-topic", topics.suggestions, "--purchases-topic", topics.purchases]
-    common += ["--accuracy-topic", topics.accuracy]
+    common = topic_args(bootstrap, topics)
     env = {**os.environ, "WORKER_LOG_FORMAT": "json"}
     logs = work_dir / f"logs-{run_id}"
     logs.mkdir(parents=True, exist_ok=True)
