@@ -90,3 +90,10 @@ def test_suggestions_visible_late_after_a_worker_fault_fail_the_scenario() -> No
     late = passing("exactly-once")
     late.bounded_visible_s = [12.5, 64.0, float("nan")]
     assert late.failures == ["suggestions visible only [64.0, nan] s after a worker fault"]
+
+
+def test_a_fault_that_misfired_fails_the_scenario_though_nothing_was_lost() -> None:
+    r = passing("exactly-once")
+    assert r.passed
+    r.misfired.append("replace: no open transaction caught")
+    assert r.failures == ["replace: no open transaction caught"]
