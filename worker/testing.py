@@ -185,6 +185,27 @@ class FakeMessage:
         return f"FakeMessage({self._topic}[{self._partition}]@{self._offset}, key={self._key!r})"
 
 
+class RecordingLog:
+    """A structlog-style logger keeping (event, fields) of every line."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def bind(self, **_: object) -> RecordingLog:
+        return self
+
+    def _record(self, event: str, **fields: Any) -> None:
+        self.lines.append((event, fields))
+
+    info = warning = error = debug = critical = _record
+
+    def events(self) -> list[str]:
+        return [e for e, _ in self.lines]
+
+    def fields(self, event: str) -> list[dict[str, Any]]:
+        return [f for e, f in self.lines if e == event]
+
+
 class FakeClock:
     """Monotonic seconds that move only when told: by :meth:`advance`, by a fake client that
     waits (a ``flush`` with work left, a ``poll`` or ``consume`` with nothing to serve), or by
@@ -544,6 +565,7 @@ class FakeConsumer:
         self._callbacks: dict[str, Any] = {}
         self._due: list[tuple[str, list[TopicPartition]]] = []
         self._at_eof: set[tuple[str, int]] = set()
+        self.paused: set[tuple[str, int]] = set()
 
     # -- the group -------------------------------------------------------------------------------
 
@@ -589,6 +611,7 @@ class FakeConsumer:
         for key in gone:
             self.positions.pop(key, None)
             self.stored.pop(key, None)
+            self.paused.discard(key)
         self._batches = [
             [m for m in b if (m.topic(), m.partition()) not in gone] for b in self._batches
         ]
@@ -598,6 +621,7 @@ class FakeConsumer:
         self.calls.append(("assign", [(tp.topic, tp.partition, tp.offset) for tp in partitions]))
         self.positions = {_tp_key(tp): self._start(tp) for tp in partitions}
         self._at_eof = set()
+        self.paused = set()
 
     def incremental_assign(self, partitions: list[TopicPartition]) -> None:
         self._check_open()
@@ -611,10 +635,29 @@ class FakeConsumer:
         self.calls.append(("incremental_unassign", sorted(_tp_key(tp) for tp in partitions)))
         for tp in partitions:
             self.positions.pop(_tp_key(tp), None)
+            self.paused.discard(_tp_key(tp))
+            self._at_eof.discard(_tp_key(tp))
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        """Stop reading ``partitions`` (assigned ones) until :meth:`resume`."""
+        self.calls.append(("pause", sorted(_tp_key(tp) for tp in partitions)))
+        for tp in partitions:
+            if _tp_key(tp) in self.positions:
+                self.paused.add(_tp_key(tp))
+        gone = {_tp_key(tp) for tp in partitions}
+        self._batches = [
+            [m for m in b if m.error() is not None or _key_of(m) not in gone] for b in self._batches
+        ]
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.calls.append(("resume", sorted(_tp_key(tp) for tp in partitions)))
+        for tp in partitions:
+            self.paused.discard(_tp_key(tp))
 
     def unassign(self) -> None:
         self.calls.append(("unassign", None))
         self.positions = {}
+        self.paused = set()
 
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t, p in self.positions]
@@ -666,6 +709,8 @@ class FakeConsumer:
     def _read(self, num_messages: int) -> list[Any]:
         out: list[Any] = []
         for (topic, partition), position in list(self.positions.items()):
+            if (topic, partition) in self.paused:
+                continue
             log = self.broker.logs.get((topic, partition), [])
             fresh = [m for m in log if m.offset() >= position][: num_messages - len(out)]
             out.extend(fresh)

@@ -220,11 +220,12 @@ class Worker:
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
         self._assigned: set[tuple[str, int]] = set()
+        self._restore_started = 0.0  # when the latest restore began (for its log line)
         self._answered = 0
         self._dead = 0
         self._consumed = 0
         self.restorer = (
-            ChangelogRestorer(settings.kafka, self.changelog, log, consumer_factory)
+            ChangelogRestorer(settings.kafka, self.changelog, log, consumer_factory, clock=clock)
             if self.changelog
             else None
         )
@@ -509,9 +510,15 @@ class Worker:
                 else:
                     if self.rejoin_watch.watching:
                         self._check_rejoin()  # lost its partitions: rejoining, or wedged?
-                    if max_idle_s is not None and time.monotonic() - last_input > max_idle_s:
+                    restoring = self.restorer is not None and self.restorer.restoring
+                    if (
+                        max_idle_s is not None
+                        and not restoring
+                        and time.monotonic() - last_input > max_idle_s
+                    ):
                         self.log.info("idle_exit", idle_s=max_idle_s)
                         break
+                self._step_restore()
                 self._check_models()  # between batches (and transactions): swaps happen here
                 self._update_drift(time.monotonic())
                 if time.monotonic() - last_progress > PROGRESS_LOG_INTERVAL_S:
@@ -522,6 +529,22 @@ class Worker:
             if server is not None:
                 server.shutdown()
         return 0
+
+    def _step_restore(self) -> None:
+        """Read the changelog of the partitions being restored for a moment (longer when they
+        are all this worker holds), install the sessions of those done and resume them."""
+        if self.restorer is None or not self.restorer.restoring:
+            return
+        idle = not (self._assigned_numbers() - self.restorer.restoring)
+        done = self.restorer.step(self._index_of, self.log, budget_s=0.25 if idle else 0.02)
+        if done:
+            self.restorer.install(done, self.sessions, self.log, self._restore_started)
+            topic = self.settings.topics.events
+            self.consumer.resume([TopicPartition(topic, p) for p in sorted(done)])
+            self.metrics.restoring.set(len(self.restorer.restoring))
+
+    def _assigned_numbers(self) -> set[int]:
+        return {p for _, p in self._assigned}
 
     def _subscribe(self) -> None:
         self.consumer.subscribe(
@@ -678,22 +701,24 @@ class Worker:
             return  # a consumer given up (see _replace_consumer) calls back while it closes
         self.rejoin_watch.rejoined()
         committed = committed_offsets(consumer, partitions)
+        assign_at(consumer, partitions, committed, incremental=True)
         if self.restorer is not None and partitions:
-            # Sessions of the gained partitions are restored before their next event is scored.
-            # Exactly-once: until the changelog has caught up with the committed offsets, which
-            # are where fetching starts. At-least-once: to the changelog's end, waiting for
-            # nothing (state may be ahead of the committed offsets, which are sent a second
-            # later; a redelivered event is recognised by its session's last offset).
-            self.restorer.restore(
+            # Sessions of the gained partitions are restored before their next event is scored:
+            # the partitions stay paused meanwhile while the others are answered (the main loop
+            # reads the changelog between batches, _step_restore). Exactly-once: until the
+            # changelog has caught up with the committed offsets, which are where fetching
+            # starts. At-least-once: to the changelog's end, waiting for nothing (state may be
+            # ahead of the committed offsets, which are sent a second later; a redelivered event
+            # is recognised by its session's last offset).
+            consumer.pause(partitions)
+            self._restore_started = self._clock()
+            self.restorer.begin(
                 [p.partition for p in partitions],
-                self.sessions,
-                self._index_of,
-                self.log,
                 committed={p: o for (_, p), o in committed.items()}
                 if self.settings.exactly_once
                 else {},
             )
-        assign_at(consumer, partitions, committed, incremental=True)
+            self.metrics.restoring.set(len(self.restorer.restoring))
         self._assigned |= {(p.topic, p.partition) for p in partitions}
         self.health.assigned_partitions = len(self._assigned)
         self.metrics.assigned.set(len(self._assigned))
@@ -719,6 +744,9 @@ class Worker:
 
     def _forget(self, partitions: list[TopicPartition], event: str) -> None:
         self._assigned -= {(p.topic, p.partition) for p in partitions}
+        if self.restorer is not None:
+            self.restorer.cancel(p.partition for p in partitions)
+            self.metrics.restoring.set(len(self.restorer.restoring))
         self.health.assigned_partitions = len(self._assigned)
         self.metrics.assigned.set(len(self._assigned))
         dropped = self.models.drop_partitions({p.partition for p in partitions})
@@ -815,6 +843,7 @@ class Worker:
         self.models.drop_partitions(numbers)
         self.models.drain_forgotten()
         if self.restorer is not None:
+            # Every partition at once, those whose restore was under way included (paused).
             self.restorer.restore(
                 sorted(numbers),
                 self.sessions,
@@ -822,6 +851,8 @@ class Worker:
                 self.log,
                 committed={p: o for (_, p), o in committed.items()},
             )
+            self.consumer.resume(partitions)
+            self.metrics.restoring.set(0)
         self.health.backpressure = False
         self.log.warning(
             "batch_rewound", reason=reason, partitions=sorted(numbers), rss_mib=rss_mib()

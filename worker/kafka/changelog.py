@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -21,7 +22,7 @@ from confluent_kafka.admin import NewTopic
 
 from worker.config import KafkaSettings
 from worker.core.errors import BrokerError, DataError
-from worker.core.session import SessionStore
+from worker.core.session import Session, SessionStore
 from worker.kafka.admin import admin_client
 from worker.kafka.clients import make_consumer
 from worker.kafka.resend import Output
@@ -35,6 +36,8 @@ CHECKPOINT_KEY = b"\x00checkpoint"
 
 #: Records of the changelog fetched ahead while restoring, at most (KiB).
 RESTORE_BUFFER_KB = 4 * 1024
+#: Most seconds a partition's restore may take before the worker gives up (and exits).
+RESTORE_TIMEOUT_S = 120.0
 
 
 def changelog_topic(group_id: str) -> str:
@@ -123,10 +126,27 @@ def changelog_records(
     return records
 
 
+@dataclass
+class _Restoring:
+    """One changelog partition being read back."""
+
+    want: int  # the committed input offset its checkpoint must reach (-1: none, read to the end)
+    started: float
+    seen_checkpoint: int = -1
+    at_end: bool = False
+    sessions: dict[str, Session | None] = field(default_factory=dict)  # None: a tombstone
+
+
 class ChangelogRestorer:
     """Reads changelog partitions back into a SessionStore, through one consumer kept for the
     worker's lifetime (a librdkafka client per restore would cost threads and buffers each
     rebalance, and the process's resident memory would climb with every one).
+
+    Partitions are restored independently: :meth:`begin` adds partitions to read, :meth:`step`
+    reads for a bounded time and hands back each partition whose restore is complete, so the
+    worker keeps answering its other partitions meanwhile, and a partition held back by an open
+    transaction (a dead predecessor's, until the broker aborts it) holds back only itself.
+    :meth:`restore` does the whole of it at once.
 
     ``consumer_factory`` has :func:`~worker.kafka.clients.make_consumer`'s signature (a fake in
     tests)."""
@@ -137,10 +157,16 @@ class ChangelogRestorer:
         topic: str,
         log: Any,
         consumer_factory: Callable[..., Consumer] = make_consumer,
+        *,
+        timeout_s: float = RESTORE_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings, self.topic, self._log = settings, topic, log
         self._make_consumer = consumer_factory
         self._consumer: Consumer | None = None
+        self._active: dict[int, _Restoring] = {}
+        self.timeout_s = timeout_s
+        self._clock = clock
 
     def _client(self) -> Consumer:
         if self._consumer is None:
@@ -160,91 +186,155 @@ class ChangelogRestorer:
             )
         return self._consumer
 
+    @property
+    def restoring(self) -> set[int]:
+        """The partitions being restored."""
+        return set(self._active)
+
+    def begin(self, partitions: Iterable[int], committed: Mapping[int, int] | None = None) -> None:
+        """Start reading ``partitions`` from the beginning (those already being read go on).
+
+        ``committed`` gives, per partition, the group's committed input offset: the restore goes
+        on until the changelog's checkpoint record (written with every batch, in the same
+        transaction as the batch's offsets) has caught up with it. A transaction's commit
+        markers reach the partitions a moment after the commit returns; reading "to the end"
+        alone could stop just before the previous owner's last batch. Without it (at-least-once)
+        a partition is restored once read to its end.
+        """
+        new = sorted(set(partitions) - set(self._active))
+        if not new:
+            return
+        now = self._clock()
+        for p in new:
+            self._active[p] = _Restoring(want=(committed or {}).get(p, -1), started=now)
+        # Offset 0 = from the start (the log start offset, after compaction).
+        self._client().incremental_assign([TopicPartition(self.topic, p, 0) for p in new])
+
+    def cancel(self, partitions: Iterable[int]) -> None:
+        """Stop restoring ``partitions`` (they were revoked or lost meanwhile)."""
+        gone = sorted(set(partitions) & set(self._active))
+        for p in gone:
+            del self._active[p]
+        if gone and self._consumer is not None:
+            self._consumer.incremental_unassign([TopicPartition(self.topic, p) for p in gone])
+
+    def step(
+        self, index_of: Callable[[str], int | None], log: Any, budget_s: float
+    ) -> dict[int, dict[str, Session]]:
+        """Read what the changelog holds for the partitions being restored, for about
+        ``budget_s`` at most; return the partitions whose restore completed, each with its
+        sessions (user id -> session), and stop reading them. ``index_of`` resolves the
+        sessions' product ids (the worker's live catalogue, which adds the products it does not
+        hold yet; None drops a product).
+
+        Raises:
+            BrokerError: a partition not restored within ``timeout_s`` of its :meth:`begin`, or
+                a consumer error.
+        """
+        if not self._active:
+            return {}
+        consumer = self._client()
+        topic = self.topic
+        deadline = self._clock() + budget_s
+        while True:
+            remaining = deadline - self._clock()
+            # Records of a compacted topic always have a key (the broker refuses others), and
+            # consumed records a partition: the stubs' Optionals do not apply.
+            fetched: list[Any] = consumer.consume(1000, timeout=max(0.0, min(remaining, 0.1)))
+            for msg in fetched:
+                state = self._active.get(msg.partition())
+                if state is None:  # cancelled while its records were on the way
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        state.at_end = True
+                        continue
+                    raise BrokerError(f"restoring {topic}: {err.name()}: {err.str()}")
+                state.at_end = False
+                if msg.key() == CHECKPOINT_KEY:
+                    state.seen_checkpoint = int(msg.value() or b"-1")
+                    continue
+                user = msg.key().decode("utf-8")
+                if msg.value() is None:
+                    state.sessions[user] = None
+                    continue
+                try:
+                    state.sessions[user] = decode_session(msg.value(), index_of)
+                except DataError as exc:
+                    log.warning(
+                        "changelog_record_unreadable", user_hash=hash(user) & 0xFFFF, error=str(exc)
+                    )
+            if not fetched or self._clock() >= deadline or self._all_done():
+                break
+        done = sorted(
+            p for p, r in self._active.items() if r.at_end and r.seen_checkpoint >= r.want
+        )
+        out: dict[int, dict[str, Session]] = {}
+        for p in done:
+            state = self._active.pop(p)
+            out[p] = {u: s for u, s in state.sessions.items() if s is not None}
+        if done:
+            consumer.incremental_unassign([TopicPartition(topic, p) for p in done])
+        now = self._clock()
+        late = sorted(p for p, r in self._active.items() if now - r.started > self.timeout_s)
+        if late:
+            raise BrokerError(
+                f"restoring {topic} partitions {late} took over {self.timeout_s:.0f} s"
+            )
+        return out
+
+    def _all_done(self) -> bool:
+        return all(r.at_end and r.seen_checkpoint >= r.want for r in self._active.values())
+
+    def install(
+        self,
+        done: Mapping[int, Mapping[str, Session]],
+        sessions: SessionStore,
+        log: Any,
+        started: float,
+    ) -> int:
+        """Put the sessions of restored partitions (from :meth:`step`) into ``sessions``, log
+        ``sessions_restored``, and return how many."""
+        installed = 0
+        for restored in done.values():
+            for user, session in restored.items():
+                sessions.put(user, session)
+                installed += 1
+        log.info(
+            "sessions_restored",
+            partitions=sorted(done),
+            sessions=installed,
+            seconds=round(self._clock() - started, 3),
+            rss_mib=rss_mib(),
+        )
+        return installed
+
     def restore(
         self,
         partitions: list[int],
         sessions: SessionStore,
         index_of: Callable[[str], int | None],
         log: Any,
-        timeout_s: float = 120.0,
         committed: dict[int, int] | None = None,
     ) -> int:
-        """Read the changelog partitions to their end and install their sessions; return how
-        many. ``index_of`` resolves the sessions' product ids (the worker's live catalogue, which
-        adds the products it does not hold yet; None drops a product).
-
-        ``committed`` gives, per partition, the group's committed input offset: the restore goes
-        on until the changelog's checkpoint record (written with every batch, in the same
-        transaction as the batch's offsets) has caught up with it. A transaction's commit
-        markers reach the partitions a moment after the commit returns; reading "to the end"
-        alone could stop just before the previous owner's last batch.
+        """Restore ``partitions`` at once (:meth:`begin`, then :meth:`step` until they are
+        done) and install their sessions; return how many. Every restore under way is cancelled
+        first: the caller names all the partitions it needs restored.
 
         Raises:
-            BrokerError: the end was not reached within ``timeout_s``.
+            BrokerError: not restored within ``timeout_s``.
         """
         if not partitions:
             return 0
-        consumer = self._client()
-        started = time.monotonic()
-        restored: dict[str, Any] = {}
-        topic = self.topic
-        try:
-            # Offset 0 = from the start (the log start offset, after compaction).
-            consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-            at_end: set[int] = set()
-            seen_checkpoint = {p: -1 for p in partitions}
-            want = {p: (committed or {}).get(p, -1) for p in partitions}
-            pending = set(partitions)
-            while pending:
-                if time.monotonic() - started > timeout_s:
-                    raise BrokerError(
-                        f"restoring {topic} partitions {sorted(pending)} took over "
-                        f"{timeout_s:.0f} s"
-                    )
-                # Records of a compacted topic always have a key (the broker refuses others), and
-                # consumed records a partition: the stubs' Optionals do not apply.
-                fetched: list[Any] = consumer.consume(1000, timeout=0.5)
-                for msg in fetched:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            at_end.add(msg.partition())
-                            continue
-                        raise BrokerError(f"restoring {topic}: {err.name()}: {err.str()}")
-                    at_end.discard(msg.partition())
-                    if msg.key() == CHECKPOINT_KEY:
-                        seen_checkpoint[msg.partition()] = int(msg.value() or b"-1")
-                        continue
-                    user = msg.key().decode("utf-8")
-                    if msg.value() is None:
-                        restored[user] = None
-                        continue
-                    try:
-                        restored[user] = decode_session(msg.value(), index_of)
-                    except DataError as exc:
-                        log.warning(
-                            "changelog_record_unreadable",
-                            user_hash=hash(user) & 0xFFFF,
-                            error=str(exc),
-                        )
-                pending = {
-                    p for p in pending if not (p in at_end and seen_checkpoint[p] >= want[p])
-                }
-        finally:
-            consumer.unassign()
-        installed = 0
-        for user, session in restored.items():
-            if session is not None:
-                sessions.put(user, session)
-                installed += 1
-        log.info(
-            "sessions_restored",
-            partitions=sorted(partitions),
-            sessions=installed,
-            seconds=round(time.monotonic() - started, 3),
-            rss_mib=rss_mib(),
-        )
-        return installed
+        started = self._clock()
+        self.cancel(list(self._active))
+        self.begin(partitions, committed)
+        done: dict[int, dict[str, Session]] = {}
+        wanted = set(partitions)
+        while not wanted <= set(done):
+            done.update(self.step(index_of, log, budget_s=0.5))
+        return self.install({p: done[p] for p in sorted(wanted)}, sessions, log, started)
 
     def close(self) -> None:
         if self._consumer is not None:

@@ -57,6 +57,11 @@ class WorkerMetrics:
             registry=r,
         )
         self.assigned = Gauge("worker_assigned_partitions", "Partitions assigned", registry=r)
+        self.restoring = Gauge(
+            "worker_restoring_partitions",
+            "Assigned partitions paused while their sessions are restored from the changelog",
+            registry=r,
+        )
         self.fetch_stalled = Gauge(
             "worker_fetch_stalled_partitions",
             "Assigned partitions the client has not fetched for FETCH_STALL_S (fails liveness)",

@@ -95,10 +95,17 @@ def drive(w: Worker, h: Harness, after_batch=lambda n: None) -> int:
     process, check the models between batches; ``after_batch(n)`` after the n-th batch."""
     w._subscribe()
     n = 0
+    idle = 0
     while True:
         messages = w.consumer.consume(h.settings.max_batch_size, timeout=0.001)
+        restoring = w.restorer is not None and bool(w.restorer.restoring)
+        w._step_restore()  # gained partitions stay paused until their sessions are restored
         if not messages:
+            idle += 1
+            if restoring and idle < 100:
+                continue
             return n
+        idle = 0
         w.process(messages)
         n += 1
         after_batch(n)

@@ -29,6 +29,7 @@ from worker.testing import (
     header_map,
     tiny_artifact,
 )
+from worker.testing import RecordingLog as Log
 from worker.wire.codec import codec_for
 
 EVENTS, SUGGESTIONS = "events", "suggestions"
@@ -36,27 +37,6 @@ DLQ = f"{EVENTS}.dlq"
 GROUP = "g"
 PARTITIONS = [(EVENTS, 0), (EVENTS, 1), (EVENTS, 2)]
 T0 = 1_700_000_000_000
-
-
-class Log:
-    """A structlog-style logger keeping (event, fields)."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, dict]] = []
-
-    def bind(self, **_: object) -> Log:
-        return self
-
-    def _record(self, event: str, **fields) -> None:
-        self.lines.append((event, fields))
-
-    info = warning = error = debug = critical = _record
-
-    def events(self) -> list[str]:
-        return [e for e, _ in self.lines]
-
-    def fields(self, event: str) -> list[dict]:
-        return [f for e, f in self.lines if e == event]
 
 
 class Harness:
@@ -560,3 +540,37 @@ def test_exactly_once_abandon_rewinds_to_the_committed_offsets_and_state():
     restored = h.log.fields("sessions_restored")
     assert len(restored) == 2 and restored[1]["sessions"] > 0  # on assign, then on rewind
     assert before_close[0] == reference_sessions(h)  # no event in the state twice, none lost
+
+
+def test_a_partition_whose_changelog_is_behind_holds_back_only_itself():
+    """Exactly-once: the group committed partition 2 up to offset 4, but the changelog does not
+    show that batch yet (its transaction still open, or its markers on the way). The worker
+    answers partitions 0 and 1 meanwhile; partition 2 stays paused, and is answered from its
+    committed offset once the changelog has caught up."""
+    h = Harness(exactly_once=True, transactional_id="worker-0", max_batch_size=20)
+    h.write_events(90)
+    h.broker.committed[GROUP] = {(EVENTS, 2): 4}
+    w = h.worker()
+    w._subscribe()
+
+    def loop(times: int) -> None:
+        for _ in range(times):
+            messages = w.consumer.consume(h.settings.max_batch_size, timeout=0.01)
+            if messages:
+                w.process(messages)
+            w._step_restore()
+
+    loop(30)
+    assert {p for p, _ in h.answered()} == {0, 1}
+    assert sorted(h.answered()) == sorted(k for k in h.sent if k[0] != 2)
+    assert w.restorer is not None and w.restorer.restoring == {2}
+    assert h.main.paused == {(EVENTS, 2)}
+    assert w.metrics.restoring._value.get() == 1
+
+    changelog = changelog_topic(GROUP)
+    h.broker.add(changelog, 2, b"\x00checkpoint", b"4")  # the previous owner's batch lands
+    loop(30)
+    assert sorted(h.answered()) == sorted(k for k in h.sent if k[0] != 2 or k[1] >= 4)
+    assert not h.main.paused and w.metrics.restoring._value.get() == 0
+    restored = h.log.fields("sessions_restored")
+    assert [r["partitions"] for r in restored] == [[0, 1], [2]]
