@@ -20,7 +20,11 @@ it when that happens.
 Faults: ``kill9`` (SIGKILL a worker mid-batch, restart it under the same transactional id, 3
 times), ``replace`` (SIGKILL a worker and start its replacement under a new transactional id, as
 a Kubernetes Deployment does after an eviction or a rollout), ``killall`` (SIGKILL every worker
-at once, replacements under new transactional ids), ``broker`` (stop and restart the broker;
+at once, replacements under new transactional ids), ``zombie`` (SIGSTOP a worker, in an open
+transaction under exactly-once, for twice the group session timeout, so that its partitions move
+on, then SIGCONT it: it must notice it was fenced and rejoin), ``rebalancekill`` (start a third
+worker and SIGKILL another the moment the rebalance it causes is under way, then restart that
+one), ``broker`` (stop and restart the broker;
 workers must ride it out without restarting), ``brokerkill`` (SIGKILL the broker, a crash, and
 start it again), ``scale`` (1 -> 3 -> 2 workers), ``sigterm`` (SIGTERM every worker at once,
 then restart them), ``mixed`` (several of them).
@@ -79,6 +83,8 @@ SCENARIOS = (
     "kill9",
     "replace",
     "killall",
+    "zombie",
+    "rebalancekill",
     "broker",
     "brokerkill",
     "scale",
@@ -94,12 +100,18 @@ MIN_DURATION_S = {
     "kill9": 45.0,
     "replace": 30.0,
     "killall": 30.0,
+    "zombie": 45.0,
+    "rebalancekill": 35.0,
     "broker": 30.0,
     "brokerkill": 40.0,
     "scale": 30.0,
     "sigterm": 25.0,
     "mixed": 90.0,
 }
+#: The workers' group session timeout (``worker run --session-timeout-s`` default) and how long
+#: ``zombie`` freezes a worker: twice that, so the group gives its partitions away meanwhile.
+SESSION_TIMEOUT_S = 10.0
+ZOMBIE_FREEZE_S = 2 * SESSION_TIMEOUT_S
 #: Default length of a broker freeze or an output throttle.
 DEFAULT_FAULT_S = 30.0
 #: Produce quota on the workers during ``slow``: about a tenth of what 2,000 events/s need.
@@ -121,7 +133,7 @@ MODES = ("at-least-once", "exactly-once")
 #: 2-core machine. Broker faults are not held to it: they add the broker's own downtime.
 VISIBLE_BOUND_S = 45.0
 #: Faults whose visible recovery is held to ``VISIBLE_BOUND_S``.
-BOUNDED_FAULTS = ("kill -9", "replace", "kill -9 all")
+BOUNDED_FAULTS = ("kill -9", "replace", "kill -9 all", "zombie", "kill -9 in a rebalance")
 CORRUPT_EVERY = 1000
 PARTITIONS = 12
 
@@ -169,6 +181,9 @@ class ScenarioResult:
     duplicate_bound: int = 0
     identical: str = "n/a"
     worker_restarts_needed: int = 0
+    #: Lines of the workers' stdout and stderr that are not JSON objects, and the first one.
+    plain_log_lines: int = 0
+    first_plain_line: str = ""
     peak_rss_mb: float = 0.0
     seconds: float = 0.0
     memory: list[MemoryWindow] = field(default_factory=list)
@@ -201,6 +216,11 @@ class ScenarioResult:
             out.append(f"suggestions visible only {slow} s after a worker fault")
         if self.worker_restarts_needed:
             out.append(f"{self.worker_restarts_needed} worker exits not caused by the harness")
+        if self.plain_log_lines:
+            out.append(
+                f"{self.plain_log_lines} worker log lines not JSON, first: "
+                f"{self.first_plain_line[:120]!r}"
+            )
         for w in self.memory:
             if w.stalled:
                 out.append(f"{w.label}: {w.stalled} probes saw a stalled loop (liveness)")
@@ -487,6 +507,39 @@ class Group:
             if partition in held:
                 return slot
         return None
+
+    def plain_log_lines(self) -> tuple[int, str]:
+        """How many lines of the workers' stdout and stderr (one file per slot, every process
+        of it) are not JSON objects, and the first of them: tracebacks, or a library writing
+        to stderr past the structured log."""
+        count, first = 0, ""
+        for path in sorted(self.log_dir.glob("worker*.log")):
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    ok = isinstance(json.loads(line), dict)
+                except ValueError:
+                    ok = False
+                if not ok:
+                    count += 1
+                    first = first or line
+        return count, first
+
+    def log_marks(self) -> dict[int, int]:
+        """Each worker log's size now (what :meth:`logged_since` reads from)."""
+        out = {}
+        for path in self.log_dir.glob("worker*.log"):
+            out[int(path.stem.removeprefix("worker"))] = path.stat().st_size
+        return out
+
+    def logged_since(self, marks: dict[int, int], events: tuple[str, ...]) -> bool:
+        """Whether any worker logged one of ``events`` after ``marks``."""
+        for path in self.log_dir.glob("worker*.log"):
+            with open(path, "rb") as f:
+                f.seek(marks.get(int(path.stem.removeprefix("worker")), 0))
+                tail = f.read().decode(errors="replace")
+            if any(f'"event": "{e}"' in tail for e in events):
+                return True
+        return False
 
     def signal(self, slots: list[int], signum: int) -> None:
         """Send ``signum`` to the workers of ``slots`` (SIGSTOP/SIGCONT: freeze and thaw)."""
@@ -1148,6 +1201,7 @@ def run_scenario(
         # 20 s to load its model and join, and a fault before that would test nothing.
         group.wait_started(slot)
     sampler = RssSampler(group)
+    wakes: list[threading.Timer] = []
     try:
         plan = _plan(scenario)
         started = time.monotonic()
@@ -1211,6 +1265,45 @@ def run_scenario(
                     mid_transaction()
 
                 fault("kill -9 all", kill_all_and_replace, prepare=freeze_one)
+            elif name == "zombie":
+                fallback = random.Random(fraction).choice(group.live_slots())
+                stopped: list[int] = []
+
+                def stop_victim(fallback: int = fallback, stopped: list[int] = stopped) -> None:
+                    caught = mid_transaction()  # exactly-once: frozen in an open transaction
+                    stopped.append(caught if caught is not None else fallback)
+                    if caught is None:
+                        group.signal(stopped, signal.SIGSTOP)
+
+                def wake_later(stopped: list[int] = stopped) -> None:
+                    # The recovery measured is the group's, while the zombie still sleeps; it
+                    # wakes later in the run, fenced, and must find its way back by itself.
+                    timer = threading.Timer(
+                        ZOMBIE_FREEZE_S, group.signal, (stopped, signal.SIGCONT)
+                    )
+                    timer.start()
+                    wakes.append(timer)
+
+                fault("zombie", wake_later, prepare=stop_victim)
+            elif name == "rebalancekill":
+                newcomer = min(s for s in range(3) if s not in group.live_slots())
+                victim = random.Random(fraction).choice(group.live_slots())
+
+                def join_and_kill(newcomer: int = newcomer, victim: int = victim) -> None:
+                    marks = group.log_marks()
+                    group.start(newcomer)
+                    deadline = time.monotonic() + 60
+                    rebalancing = ("partitions_revoked", "partitions_assigned")
+                    while not group.logged_since(marks, rebalancing):
+                        if time.monotonic() > deadline:
+                            result.misfired.append("rebalancekill: no rebalance seen")
+                            break
+                        time.sleep(0.02)
+                    group.kill9(victim)
+                    time.sleep(1.0)
+                    group.start(victim)
+
+                fault("kill -9 in a rebalance", join_and_kill)
             elif name == "broker":
                 if broker.external:
                     result.notes.append("broker restart not run: external cluster")
@@ -1274,11 +1367,15 @@ def run_scenario(
         sampler.stop()
         sampler.write_csv(log_dir / "rss.csv", started)
         group.check_unexpected_exits()
+        for timer in wakes:  # a zombie still asleep is woken before the workers stop
+            timer.cancel()
+            timer.function(*timer.args)
         group.stop_all()
         progress.close()
     result.sessions_peak = group.sessions_peak()
     result.worker_restarts_needed = group.unexpected_exits
     result.notes.extend(group.exit_notes)
+    result.plain_log_lines, result.first_plain_line = group.plain_log_lines()
     result.bad_sent = produced[0] if produced else -1
     if feeding and feeding[0].replaced:
         input_feeder = feeding[0]
@@ -1325,6 +1422,8 @@ def _plan(scenario: str) -> list[tuple[float, str]]:
         "kill9": [(0.2, "kill9"), (0.45, "kill9"), (0.7, "kill9")],
         "replace": [(0.3, "replace")],
         "killall": [(0.4, "killall")],
+        "zombie": [(0.3, "zombie")],
+        "rebalancekill": [(0.4, "rebalancekill")],
         "broker": [(0.35, "broker")],
         "brokerkill": [(0.35, "brokerkill")],
         "scale": [(0.25, "scale-up"), (0.6, "scale-down")],
@@ -1351,7 +1450,7 @@ class _SilentLog:
 
 def format_table(results: list[ScenarioResult]) -> str:
     head = (
-        f"{'scenario':<11}{'mode':<15}{'produced':>9}{'answered':>9}{'missing':>8}{'dups':>6}"
+        f"{'scenario':<14}{'mode':<15}{'produced':>9}{'answered':>9}{'missing':>8}{'dups':>6}"
         f"{'dup bound':>10}{'DLQ':>5}{'order':>6}{'faults':>7}  {'recovery s':<24}"
         f"{'visible s':<24}"
         f"{'identical':<10}{'secs':>6}{'RSS MB':>7}  result"
@@ -1362,7 +1461,7 @@ def format_table(results: list[ScenarioResult]) -> str:
         vis = ",".join(f"{x:g}" for x in r.visible_s) or "-"
         bound = "-" if r.mode == "exactly-once" else str(r.duplicate_bound)
         lines.append(
-            f"{r.scenario:<11}{r.mode:<15}{r.produced:>9,}{r.answered:>9,}{r.missing:>8}"
+            f"{r.scenario:<14}{r.mode:<15}{r.produced:>9,}{r.answered:>9,}{r.missing:>8}"
             f"{r.duplicates:>6}{bound:>10}{r.dead_lettered:>5}{r.order_violations:>6}"
             f"{r.faults:>7}  {rec:<24}{vis:<24}{r.identical:<10}"
             f"{r.seconds:>6.0f}{r.peak_rss_mb:>7.0f}  "

@@ -36,14 +36,17 @@ def default_catalogue_model(tmp_path_factory):
 def test_every_scenario_loses_nothing_and_exactly_once_duplicates_nothing(
     default_catalogue_model, tmp_path
 ):
-    """kill -9, replacement under a new transactional id, kill -9 of every worker, broker restart
-    and broker SIGKILL, 1->3->2 scaling, SIGTERM-all, all mixed, a frozen broker, a throttled
+    """kill -9, replacement under a new transactional id, kill -9 of every worker, a worker
+    frozen past the session timeout (a zombie), kill -9 during a rebalance, broker restart and
+    broker SIGKILL, 1->3->2 scaling, SIGTERM-all, all mixed, a frozen broker, a throttled
     output topic and a soak: zero missing answers in both modes, duplicates within
     the in-flight bound (at-least-once) or zero (exactly-once), per-user order kept, every bad
     record dead-lettered once, exactly-once suggestions identical to an undisturbed run's
     (session state restored, not reset), workers live throughout the freeze and the throttle
-    and fetching again by themselves, and worker memory bounded around the freeze and the
-    throttle (the backlog stays in Kafka) and over the soak."""
+    and fetching again by themselves, worker memory bounded around the freeze and the
+    throttle (the backlog stays in Kafka) and over the soak, suggestions visible to
+    read_committed readers within the bound after every worker fault, and every line the
+    workers wrote a JSON object."""
     results = run_chaos(
         scenarios=list(SCENARIOS),
         modes=list(MODES),

@@ -94,3 +94,29 @@ def test_the_owner_of_a_partition_is_read_from_the_live_workers_logs(tmp_path):
         for proc in group.procs.values():
             proc.kill()
             proc.wait()
+
+
+def test_every_line_of_the_workers_output_that_is_not_a_json_object_is_counted(tmp_path):
+    group = _group(tmp_path)
+    (tmp_path / "worker0.log").write_text('{"event": "worker_started"}\n{"event": "batch"}\n')
+    assert group.plain_log_lines() == (0, "")
+    (tmp_path / "worker1.log").write_text(
+        '{"event": "worker_started"}\n'
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1\n'
+        "[1, 2]\n"
+    )
+    assert group.plain_log_lines() == (3, "Traceback (most recent call last):")
+
+
+def test_a_rebalance_is_seen_in_any_workers_log_after_the_mark(tmp_path):
+    group = _group(tmp_path)
+    (tmp_path / "worker0.log").write_text('{"event": "partitions_assigned", "partitions": [1]}\n')
+    marks = group.log_marks()
+    events = ("partitions_revoked", "partitions_assigned")
+    assert not group.logged_since(marks, events)
+    with open(tmp_path / "worker0.log", "a") as f:
+        f.write('{"event": "batch"}\n')
+    assert not group.logged_since(marks, events)
+    (tmp_path / "worker2.log").write_text('{"event": "partitions_assigned", "partitions": []}\n')
+    assert group.logged_since(marks, events)  # a newcomer's log counts from its start
