@@ -1,9 +1,12 @@
 """Every line `worker run` and `worker monitor` write is a JSON log record: with malformed
-input, and with health probes that give up before the answer (a paused or busy kubelet) or send
-half a request. Both processes' whole output is read, stdout and stderr together."""
+input, with health probes that give up before the answer (a paused or busy kubelet) or send
+half a request, and after both were frozen past the worker's group session timeout (librdkafka
+then reports the lost session and the rejoin). Both processes' whole output is read, stdout and
+stderr together. (`worker-dev chaos` checks the workers' output under its faults too.)"""
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 import uuid
@@ -29,6 +32,7 @@ from worker.wire.codec import codec_for
 pytestmark = pytest.mark.kafka
 
 N_EVENTS = 40
+FREEZE_S = 12.0  # past the worker's 10 s group session timeout
 
 
 class _Quiet:
@@ -80,6 +84,17 @@ def test_worker_and_monitor_output_is_only_json(
             rude_probes(worker_port)
             rude_probes(monitor_port)
             time.sleep(0.2)
+        for proc in (worker, monitor):
+            proc.send_signal(signal.SIGSTOP)
+        time.sleep(FREEZE_S)
+        for proc in (worker, monitor):
+            proc.send_signal(signal.SIGCONT)
+        produce(kafka_bootstrap, records[:N_EVENTS])  # answered once the worker has rejoined
+        assert (
+            len(read_n(conf, topics.suggestions, topics.partitions, 2 * N_EVENTS, 120))
+            == 2 * N_EVENTS
+        )
+        wait_metric(monitor_port, "monitor_suggestions_consumed_total", 2 * N_EVENTS)
     finally:
         worker_rc = stop(worker)
         monitor_rc = stop(monitor)
@@ -92,3 +107,5 @@ def test_worker_and_monitor_output_is_only_json(
         lines = json_lines(text)
         assert not [r["raw"] for r in lines if "raw" in r], f"non-JSON lines in {name}:\n{text}"
         assert {started, stopped} <= {r.get("event") for r in lines}, text
+    worker_events = {r.get("event") for r in json_lines((tmp_path / "worker.log").read_text())}
+    assert "partitions_lost" in worker_events  # the freeze cost the worker its group session

@@ -316,6 +316,7 @@ class Monitor:
             [topics.events, topics.suggestions, topics.purchases],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
         )
         self.log.info(
             "monitor_started",
@@ -720,6 +721,18 @@ class Monitor:
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self.checkpoint.commit_stored()
+        self._forget(partitions)
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """The group gave the partitions away while this member was away (its session timed
+        out, a freeze or a long pause): nothing can be committed for them any more; what was
+        read since the last commit is read again by their next owner."""
+        self.log.warning(
+            "partitions_lost", partitions=[f"{p.topic}/{p.partition}" for p in partitions]
+        )
+        self._forget(partitions)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             for state in (self._replay, self._next, self._stored):
                 state.pop((p.topic, p.partition), None)

@@ -283,12 +283,31 @@ class Checkpoint:
         """Shutdown was requested: give up sooner on calls that hang (exactly-once)."""
 
     def commit_stored(self) -> None:
-        """Synchronously commit what is stored (on revoke and before close)."""
+        """Synchronously commit what is stored (on revoke and before close). A commit the group
+        refuses because this member no longer holds the partitions (its session expired
+        meanwhile) is logged, not raised: their next owner reads from the last commit."""
         try:
             self._consumer.commit(asynchronous=False)
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:
+            code = exc.args[0].code()
+            if code == KafkaError._NO_OFFSET:
+                return
+            if code not in _MEMBERSHIP_GONE:
                 raise
+            if self._log is not None:
+                self._log.warning("offsets_not_committed", error=str(exc))
+
+
+#: Commit errors that mean the member lost its partitions (not a broker failure).
+_MEMBERSHIP_GONE = frozenset(
+    {
+        KafkaError._ASSIGNMENT_LOST,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.FENCED_INSTANCE_ID,
+    }
+)
 
 
 class TransactionAbandonedError(DeliveryError):

@@ -248,6 +248,30 @@ def test_commit_stored_tolerates_nothing_to_commit_and_commits_the_rest():
     assert rig.broker.committed["g"] == {(IN, 2): 4}
 
 
+def test_a_commit_refused_because_the_partitions_were_lost_is_logged_not_raised():
+    """A member whose session expired (a frozen process) commits on its way out of the
+    assignment: the group refuses; that is not a failure of the process."""
+    rig = Rig()
+    checkpoint = rig.checkpoint()
+    checkpoint.send_all(outputs(1))
+    checkpoint.complete({(IN, 2): 4})
+
+    def refused(*_args, **_kwargs):
+        raise KafkaException(KafkaError(KafkaError._ASSIGNMENT_LOST, "assignment lost"))
+
+    rig.consumer.commit = refused  # type: ignore[method-assign]
+    checkpoint.commit_stored()
+    (warning,) = rig.log.fields("offsets_not_committed")
+    assert "assignment lost" in warning["error"]
+
+    def broken(*_args, **_kwargs):
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT, "broker away"))
+
+    rig.consumer.commit = broken  # type: ignore[method-assign]
+    with pytest.raises(KafkaException, match="broker away"):
+        checkpoint.commit_stored()
+
+
 # -- step 2, at-least-once: a stuck producer -----------------------------------------------------
 
 
