@@ -542,9 +542,11 @@ class Group:
         return False
 
     def signal(self, slots: list[int], signum: int) -> None:
-        """Send ``signum`` to the workers of ``slots`` (SIGSTOP/SIGCONT: freeze and thaw)."""
+        """Send ``signum`` to the workers of ``slots`` (SIGSTOP/SIGCONT: freeze and thaw); a slot
+        whose process is gone is skipped."""
         for s in slots:
-            self.procs[s].send_signal(signum)
+            if s in self.procs:
+                self.procs[s].send_signal(signum)
 
     def live_slots(self) -> list[int]:
         return [s for s, p in self.procs.items() if p.poll() is None]

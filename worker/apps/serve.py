@@ -838,7 +838,15 @@ class Worker:
         partitions = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
         committed = committed_offsets(self.consumer, partitions)
         for (topic, partition), offset in committed.items():
-            self.consumer.seek(start_at(topic, partition, offset))
+            try:
+                self.consumer.seek(start_at(topic, partition, offset))
+            except KafkaException as exc:
+                # Not in the consumer's assignment any more: its session expired while the
+                # batch waited (a frozen process), the loss is served by the next consume, and a
+                # partition not assigned is never fetched from its old position.
+                if exc.args[0].code() != KafkaError._STATE:
+                    raise
+                self.log.warning("seek_skipped", partition=partition, reason=str(exc))
         numbers = {tp.partition for tp in partitions}
         self.models.drop_partitions(numbers)
         self.models.drain_forgotten()

@@ -178,7 +178,7 @@ class Checkpoint:
         reported = False
         replaced = False  # at most once per batch: a second stuck producer is reported
         next_log = started + WAIT_LOG_EVERY_S
-        while outbox.producer.flush(FLUSH_SLICE_S) > 0:
+        while _flush_slice(outbox.producer) > 0:
             self._on_wait(self._clock() - started)
             self._give_up_if_hurried()
             stuck = outbox.stuck()
@@ -296,6 +296,19 @@ class Checkpoint:
                 raise
             if self._log is not None:
                 self._log.warning("offsets_not_committed", error=str(exc))
+
+
+def _flush_slice(producer: Producer) -> int:
+    """``producer.flush`` for one slice. A fatal error that reaches confluent-kafka while it
+    serves delivery reports (a transaction the broker timed out and fenced) can come out as a
+    ``SystemError`` ("<callback> returned a result with an exception set") whose cause is the
+    ``KafkaException``: the latter is raised, so that it is handled as the error it is."""
+    try:
+        return producer.flush(FLUSH_SLICE_S)
+    except SystemError as exc:
+        if isinstance(exc.__cause__, KafkaException):
+            raise exc.__cause__ from exc
+        raise
 
 
 #: Commit errors that mean the member lost its partitions (not a broker failure).

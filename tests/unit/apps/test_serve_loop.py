@@ -574,3 +574,33 @@ def test_a_partition_whose_changelog_is_behind_holds_back_only_itself():
     assert not h.main.paused and w.metrics.restoring._value.get() == 0
     restored = h.log.fields("sessions_restored")
     assert [r["partitions"] for r in restored] == [[0, 1], [2]]
+
+
+def test_a_rewind_skips_a_partition_taken_away_while_the_batch_waited():
+    """Exactly-once: the second transaction's producer gets stuck, and while the worker waits
+    the group takes partition 2 away (its session expired: a frozen process). The rewind seeks
+    the partitions it still holds and skips the lost one, instead of failing on it; the loss is
+    served by the next consume and the other partitions are answered exactly once."""
+    h = Harness(exactly_once=True, max_batch_size=40, transactional_id="worker-0")
+
+    def stuck_from_second_transaction(producer: FakeProducer, n: int) -> None:
+        if n > 0:
+            return
+
+        def hook() -> None:
+            if producer.calls.count("begin_transaction") >= 2 and not producer.stuck:
+                producer.stuck = True
+                h.main.take_away([(EVENTS, 2)])
+            producer.during_flush.append(hook)
+
+        producer.during_flush.append(hook)
+
+    h.setup_producer = stuck_from_second_transaction
+    h.write_events(90)
+    w = h.worker()
+    assert run(w) == 0
+    assert h.log.fields("seek_skipped")[0]["partition"] == 2
+    assert [f["partitions"] for f in h.log.fields("partitions_lost")] == [[2]]
+    answered = h.answered()
+    assert len(answered) == len(set(answered))  # nothing answered twice
+    assert {k for k in h.sent if k[0] != 2} <= set(answered)

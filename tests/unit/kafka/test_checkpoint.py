@@ -462,6 +462,31 @@ def test_a_fatal_error_of_a_transaction_the_broker_timed_out_is_redone_not_fatal
     assert rig.broker.committed["g"] == {(IN, 0): 2}
 
 
+def test_a_fatal_error_surfacing_as_a_systemerror_in_flush_is_handled_as_itself():
+    """confluent-kafka can report a fatal error met while serving delivery reports as a
+    SystemError caused by the KafkaException (seen when a frozen worker woke with its
+    transaction timed out and fenced by the broker): redone like the KafkaException itself."""
+    rig = Rig(transactional=True)
+    checkpoint = rig.transactional(transaction_timeout_s=5.0)
+    producer = rig.producers[0]
+    checkpoint.send_all(outputs(2))
+    rig.clock.advance(6.0)  # frozen for longer than the transaction timeout
+
+    def flush_fenced(*_args, **_kwargs):
+        fenced = KafkaException(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
+        raise SystemError("<function _on_delivery> returned a result with an exception set") from (
+            fenced
+        )
+
+    producer.flush = flush_fenced  # type: ignore[method-assign]
+    with pytest.raises(TransactionAbandonedError, match="transaction timed out"):
+        checkpoint.complete({(IN, 0): 2})
+    assert checkpoint.replaced == 1 and len(rig.producers) == 2
+    checkpoint.send_all(outputs(2))
+    checkpoint.complete({(IN, 0): 2})
+    assert written(rig.broker) == expected(2)
+
+
 def test_init_transactions_is_retried_while_retriable_and_fatal_errors_stop_at_once():
     """A replacement producer's init_transactions that times out (the broker away, the previous
     transaction being aborted) is tried again with the health beat going on; a fatal error is a
