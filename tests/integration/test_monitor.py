@@ -495,13 +495,17 @@ def test_monitor_killed_mid_stream_and_restarted_reports_what_an_undisturbed_run
             assert (
                 r[key] == pytest.approx(e[key], abs=1e-12) if e[key] is not None else r[key] is None
             ), (key, r, e)
-        # The per-version figures, cumulative ones included, and the comparison too.
-        assert [v["model_version"] for v in r["versions"]] == ["m1", "m2"]
+        # The per-version figures, cumulative ones included, and the comparison too. (A window
+        # closed before any m2 suggestion was seen lists m1 alone, in both runs.)
+        assert [v["model_version"] for v in r["versions"]] == [
+            v["model_version"] for v in e["versions"]
+        ]
         for got_v, exp_v in zip(r["versions"], e["versions"], strict=True):
             assert got_v == approx_record(exp_v), (got_v, exp_v)
         assert (r["version_comparison"] is None) == (e["version_comparison"] is None)
         if e["version_comparison"] is not None:
             assert r["version_comparison"] == approx_record(e["version_comparison"])
+    assert any([v["model_version"] for v in r["versions"]] == ["m1", "m2"] for r in got)
 
 
 def approx_record(record: dict) -> dict:
