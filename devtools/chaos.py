@@ -783,14 +783,7 @@ class _OpenTransactions:
                 "isolation.level": "read_committed",
             }
         )
-        self._written = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"open-{uuid.uuid4().hex}",
-                # librdkafka's default is read_committed, whose end offset is the stable one.
-                "isolation.level": "read_uncommitted",
-            }
-        )
+        self._written = _uncommitted_reader(bootstrap)
 
     def partitions(self, first: bool = False) -> set[int]:
         """The partitions found so (empty if the broker does not answer); ``first``: stop at

@@ -780,7 +780,7 @@ class Worker:
                 redelivered).
         """
         records = self._records(messages)
-        batch = self.step.run(records, self.models, {p for _, p in self._assigned})
+        batch = self.step.run(records, self.models, self._assigned_numbers())
         for version, n in batch.answered_by.items():
             self.metrics.events_routed.labels(model_version=version).inc(n)
         self._count_rejections(batch)

@@ -453,13 +453,19 @@ def test_a_fatal_error_of_a_transaction_the_broker_timed_out_is_redone_not_fatal
     producer.txn_errors["commit_transaction"] = KafkaError(
         KafkaError._FENCED, "producer fenced: epoch bumped by a timed-out transaction", fatal=True
     )
+    _redone_with_a_fresh_producer(rig, checkpoint)
+    assert rig.broker.committed["g"] == {(IN, 0): 2}
+
+
+def _redone_with_a_fresh_producer(rig: Rig, checkpoint) -> None:
+    """The two-output batch's transaction is abandoned as timed out, its producer replaced, and
+    the batch sent again goes through the fresh one."""
     with pytest.raises(TransactionAbandonedError, match="transaction timed out"):
         checkpoint.complete({(IN, 0): 2})
     assert checkpoint.replaced == 1 and len(rig.producers) == 2
     checkpoint.send_all(outputs(2))
     checkpoint.complete({(IN, 0): 2})
     assert written(rig.broker) == expected(2)
-    assert rig.broker.committed["g"] == {(IN, 0): 2}
 
 
 def test_a_fatal_error_surfacing_as_a_systemerror_in_flush_is_handled_as_itself():
@@ -479,12 +485,7 @@ def test_a_fatal_error_surfacing_as_a_systemerror_in_flush_is_handled_as_itself(
         )
 
     producer.flush = flush_fenced  # type: ignore[method-assign]
-    with pytest.raises(TransactionAbandonedError, match="transaction timed out"):
-        checkpoint.complete({(IN, 0): 2})
-    assert checkpoint.replaced == 1 and len(rig.producers) == 2
-    checkpoint.send_all(outputs(2))
-    checkpoint.complete({(IN, 0): 2})
-    assert written(rig.broker) == expected(2)
+    _redone_with_a_fresh_producer(rig, checkpoint)
 
 
 def test_init_transactions_is_retried_while_retriable_and_fatal_errors_stop_at_once():
