@@ -192,12 +192,14 @@ class ScenarioResult:
     notes: list[str] = field(default_factory=list)
     #: Faults that did not strike as the scenario means them to (it then tests less).
     misfired: list[str] = field(default_factory=list)
+    #: What stopped the scenario before its verdict (the harness's exception).
+    errors: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[str]:
         """What breaks the guarantees in this result, or a fault that misfired (empty when it
         passes)."""
-        out = list(self.misfired)
+        out = list(self.errors) + list(self.misfired)
         if self.missing:
             out.append(f"{self.missing} events unanswered")
         if self.order_violations:
@@ -308,6 +310,24 @@ class Broker:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"kafka-configs failed: {(done.stdout + done.stderr)[-2000:]}")
+
+    def describe(self) -> str:
+        """Whether the broker process runs, and the tail of its log (for a failure report)."""
+        if self.cfg is None:
+            return f"external broker {self.bootstrap}"
+        state = self._lk.status(self.cfg)
+        pid = state.get("pid")
+        alive = False
+        if pid:
+            try:
+                os.kill(int(pid), 0)
+                alive = True
+            except OSError:
+                alive = False
+        return (
+            f"broker pid {pid} {'alive' if alive else 'not running'}; "
+            f"{self._lk._server_log_tail(self.cfg)}"
+        )
 
     def close(self) -> None:
         if self.cfg is not None:
@@ -577,6 +597,7 @@ class Group:
 
     def readiness(self) -> list[dict[str, Any]]:
         """``/readyz`` details of the live workers that answered within a second."""
+        import http.client
         import urllib.error
         import urllib.request
 
@@ -584,12 +605,13 @@ class Group:
         for slot in self.live_slots():
             url = f"http://127.0.0.1:{self.ports[slot]}/readyz"
             try:
-                with urllib.request.urlopen(url, timeout=1.0) as response:
-                    out.append(json.loads(response.read()))
-            except urllib.error.HTTPError as exc:  # 503: not ready, the detail says why
-                out.append(json.loads(exc.read()))
-            except (OSError, ValueError):  # starting, stopping, or busy
-                continue
+                try:
+                    with urllib.request.urlopen(url, timeout=1.0) as response:
+                        out.append(json.loads(response.read()))
+                except urllib.error.HTTPError as exc:  # 503: not ready, the detail says why
+                    out.append(json.loads(exc.read()))
+            except (OSError, ValueError, http.client.HTTPException):
+                continue  # starting, stopping (the answer cut short), or busy
         return out
 
     def sessions_peak(self) -> int:
@@ -693,14 +715,30 @@ class RssSampler:
 
 
 class Progress:
-    """Committed offsets of the group against the input."""
+    """Committed offsets of the group against the input.
+
+    The client that asks is replaced by a fresh one after ``RENEW_AFTER_S`` without an answer:
+    a librdkafka consumer that neither subscribes nor assigns can keep a coordinator it lost to
+    a broker fault (librdkafka #2791), and the harness must measure the workers, not its own
+    client. A fresh client that gets no answer either means the broker does not answer.
+    """
+
+    RENEW_AFTER_S = 15.0
 
     def __init__(self, bootstrap: str, topic: str, group: str, partitions: int) -> None:
         self.topic, self.partitions = topic, partitions
-        self._c = Consumer(
+        self._bootstrap, self._group = bootstrap, group
+        self._c = self._client()
+        self._failing_since: float | None = None
+        self.renewed = 0  # clients replaced after RENEW_AFTER_S without an answer
+        self.last_error = ""
+        self.total = 0  # input events to answer in all (set by the caller)
+
+    def _client(self) -> Consumer:
+        return Consumer(
             {
-                "bootstrap.servers": bootstrap,
-                "group.id": group,
+                "bootstrap.servers": self._bootstrap,
+                "group.id": self._group,
                 "enable.auto.commit": False,
                 # Not librdkafka's default read_committed: that asks for stable offsets only
                 # (KIP-447) and blocks while a frozen or killed worker's transaction holds a
@@ -708,25 +746,43 @@ class Progress:
                 "isolation.level": "read_uncommitted",
             }
         )
-        self.total = 0  # input events to answer in all (set by the caller)
+
+    def _answered(self) -> None:
+        self._failing_since = None
+
+    def _failed(self, exc: Exception) -> None:
+        self.last_error = repr(exc)
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failing_since > self.RENEW_AFTER_S:
+            self._c.close()
+            self._c = self._client()
+            self.renewed += 1
+            self._failing_since = None
 
     def committed(self) -> list[int]:
         try:
             tps = self._c.committed(
                 [TopicPartition(self.topic, p) for p in range(self.partitions)], timeout=5
             )
-            return [max(tp.offset, 0) for tp in tps]
-        except Exception:  # broker down during the broker scenario
+        except Exception as exc:  # broker down during the broker scenario
+            self._failed(exc)
             return []
+        self._answered()
+        return [max(tp.offset, 0) for tp in tps]
 
     def ends(self) -> list[int]:
         try:
-            return [
+            ends = [
                 self._c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5)[1]
                 for p in range(self.partitions)
             ]
-        except Exception:  # broker down
+        except Exception as exc:  # broker down
+            self._failed(exc)
             return []
+        self._answered()
+        return ends
 
     def backlog(self, timeout_s: float = 15.0) -> int:
         """Input events not yet committed by the group (-1 if the broker does not answer)."""
@@ -932,7 +988,8 @@ def _wait_drained(progress: Progress, timeout_s: float = 180.0) -> None:
     behind = (
         ", ".join(f"{p}: {c}/{e}" for p, (c, e) in pairs if c < e)
         if pairs is not None
-        else "broker not answering"
+        else f"broker not answering, {progress.renewed} fresh clients tried, last error "
+        f"{progress.last_error}"
     )
     raise TimeoutError(
         f"backlog not drained in {timeout_s:.0f} s (partitions behind, committed/end: {behind})"
@@ -966,7 +1023,10 @@ def _wait_fraction(
         pairs = enumerate(zip(committed, ends, strict=True))
         behind = ", ".join(f"{p}: {c}/{e}" for p, (c, e) in pairs if c < e)
     else:
-        behind = "broker not answering"
+        behind = (
+            f"broker not answering, {progress.renewed} fresh clients tried, last error "
+            f"{progress.last_error}"
+        )
     raise TimeoutError(
         f"progress stuck below {fraction:.0%} (partitions behind, committed/end: {behind})"
     )
@@ -1367,6 +1427,11 @@ def run_scenario(
             timer.function(*timer.args)
         group.stop_all()
         progress.close()
+    if progress.renewed:
+        result.notes.append(
+            f"harness progress client renewed {progress.renewed}x after "
+            f"{Progress.RENEW_AFTER_S:g} s without an answer"
+        )
     result.sessions_peak = group.sessions_peak()
     result.worker_restarts_needed = group.unexpected_exits
     result.notes.extend(group.exit_notes)
@@ -1525,18 +1590,22 @@ def run_chaos(
                 if (scenario, mode) in skip:
                     continue
                 log(f"scenario {scenario} / {mode}: {n_events:,} events")
-                result, _ = run_scenario(
-                    scenario,
-                    mode,
-                    rate=rate,
-                    fault_s=fault_s,
-                    broker=broker,
-                    events=events,
-                    models_dir=models_dir,
-                    work_dir=work_dir,
-                    reference=reference,
-                    log=log,
-                )
+                try:
+                    result, _ = run_scenario(
+                        scenario,
+                        mode,
+                        rate=rate,
+                        fault_s=fault_s,
+                        broker=broker,
+                        events=events,
+                        models_dir=models_dir,
+                        work_dir=work_dir,
+                        reference=reference,
+                        log=log,
+                    )
+                except Exception as exc:  # one scenario's failure must not hide the others'
+                    result = ScenarioResult(scenario, mode, errors=[f"{type(exc).__name__}: {exc}"])
+                    log(f"  {scenario} / {mode} stopped: {exc!r}\n{broker.describe()}")
                 results.append(result)
                 log(format_table([result]).splitlines()[-1])
                 broker.drop_topics(f"-{scenario}-")

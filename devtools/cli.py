@@ -51,8 +51,8 @@ def build_parser() -> SettingsParser:
     p.add_argument(
         "--scenarios",
         default="kill9,broker,scale,sigterm,mixed,freeze,slow,soak",
-        help="comma-separated subset of kill9,replace,killall,broker,brokerkill,scale,sigterm,"
-        "mixed,freeze,slow,soak",
+        help="comma-separated subset of kill9,replace,killall,zombie,rebalancekill,broker,"
+        "brokerkill,scale,sigterm,mixed,freeze,slow,soak",
     )
     p.add_argument("--modes", default="at-least-once,exactly-once")
     p.add_argument("--events", type=int, default=200_000, help="input events per scenario")

@@ -97,3 +97,27 @@ def test_a_fault_that_misfired_fails_the_scenario_though_nothing_was_lost() -> N
     assert r.passed
     r.misfired.append("replace: no open transaction caught")
     assert r.failures == ["replace: no open transaction caught"]
+
+
+def test_a_scenario_stopped_by_the_harness_fails_with_the_reason() -> None:
+    """run_chaos records a scenario that raised (a wait that timed out, say) as a failure with
+    its exception, and goes on with the others."""
+    r = ScenarioResult("freeze", "at-least-once", errors=["TimeoutError: backlog not drained"])
+    assert r.failures == ["TimeoutError: backlog not drained"]
+
+
+def test_progress_renews_its_client_when_it_gets_no_answer() -> None:
+    """A client that gets no answer past RENEW_AFTER_S is replaced by a fresh one (a librdkafka
+    consumer can keep a coordinator lost to a broker fault); the failure stays reported."""
+    from devtools.chaos import Progress
+
+    progress = Progress("127.0.0.1:9", "nowhere", "g", 2)  # port 9: nothing listens
+    progress.RENEW_AFTER_S = 0.0
+    try:
+        first = progress._c
+        assert progress.ends() == [] and progress.renewed == 0  # the first failure is timed
+        assert progress.committed() == []
+        assert progress.renewed == 1 and progress._c is not first
+        assert progress.last_error
+    finally:
+        progress.close()
