@@ -285,6 +285,10 @@ def test_keda_scales_the_worker_group_up_to_the_partition_count(parser):
     assert meta["bootstrapServers"] == cm["KAFKA_BOOTSTRAP_SERVERS"]
     assert int(meta["lagThreshold"]) > 0
     assert meta.get("allowIdleConsumers", "false") == "false"
+    # Set deliberately (deploy/README.md, "Scaling"): a stuck partition adds no replica, and
+    # replica counts divide the partition count.
+    assert meta["excludePersistentLag"] == "true"
+    assert meta["ensureEvenDistributionOfPartitions"] == "true"
     auth = k8s_kind("TriggerAuthentication")
     assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
     secret = k8s_kind("Secret")
