@@ -134,17 +134,31 @@ def test_monitor_reports_per_version_figures_equal_a_direct_computation(
     )
     assert unversioned == 7
 
-    # The comparison: the trained directory's LATEST names neither version, so the champion is
-    # the version with more attributed lines.
-    champion, challenger = sorted(totals, key=lambda v: (-totals[v]["attributed"], v))
-    a, b = totals[champion], totals[challenger]
+    # The comparison, head to head: over the windows in which both versions served (answered
+    # events or had purchase lines). The trained directory's LATEST names neither version, so
+    # the champion is the version with more attributed lines there.
+    def served(version: str, start: int) -> bool:
+        e = expected[version].get(start)
+        return e is not None and (e["purchases"] > 0 or e["events_answered"] > 0)
+
+    shared = [
+        r["window_start"] for r in reports if all(served(v, r["window_start"]) for v in expected)
+    ]
+    assert shared, "the two versions never served in the same window"
+    h2h = {
+        v: {key: sum(expected[v][w][key] for w in shared) for key in ("attributed", "hits")}
+        for v in expected
+    }
+    champion, challenger = sorted(h2h, key=lambda v: (-h2h[v]["attributed"], v))
+    a, b = h2h[champion], h2h[challenger]
     result = compare_proportions(a["hits"], a["attributed"], b["hits"], b["attributed"])
     c = last["version_comparison"]
-    assert (c["champion"], c["challenger"]) == (champion, challenger)
+    assert (c["champion"], c["challenger"], c["windows"]) == (champion, challenger, len(shared))
     assert (c["champion_attributed"], c["challenger_hits"]) == (a["attributed"], b["hits"])
     assert c["p_value"] == pytest.approx(result.p_value)
-    assert c["statement"] == "hit rate@K: " + result.statement(
-        f"champion {champion}", f"challenger {challenger}"
+    plural = "s" if len(shared) != 1 else ""
+    assert c["statement"] == f"hit rate@K over {len(shared)} window{plural} both served: " + (
+        result.statement(f"champion {champion}", f"challenger {challenger}")
     )
 
     # The logs: every accuracy_window line lists the versions; the last version_comparison

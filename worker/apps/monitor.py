@@ -37,6 +37,7 @@ from worker.core.accuracy import (
     PurchaseLine,
     SessionEvent,
     ShownSuggestion,
+    VersionComparison,
     VersionCounts,
     VersionReport,
     WindowReport,
@@ -64,12 +65,27 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _without_comparison_windows(schema: dict[str, Any]) -> dict[str, Any]:
+    """The report schema before the comparison became head to head (no ``windows`` field in
+    ``VersionComparison``)."""
+    fields = []
+    for f in schema["fields"]:
+        if f["name"] == "version_comparison":
+            null, record = f["type"]
+            record = {**record, "fields": [g for g in record["fields"] if g["name"] != "windows"]}
+            f = {**f, "type": [null, record]}
+        fields.append(f)
+    return {**schema, "fields": fields}
+
+
 def report_codec(registry: SchemaRegistry | None, topic: str) -> AvroCodec:
     """The accuracy report's codec, which also reads reports written by earlier versions
-    (single-object encoding names its writer schema by fingerprint only): before the per-version
-    figures, today's schema without :data:`~worker.core.accuracy.VERSION_FIELDS`; before the
-    live figures, without :data:`~worker.core.accuracy.LIVE_FIELDS` either."""
+    (single-object encoding names its writer schema by fingerprint only): before the head-to-head
+    comparison, today's schema without the comparison's ``windows``; before the per-version
+    figures, without :data:`~worker.core.accuracy.VERSION_FIELDS`; before the live figures,
+    without :data:`~worker.core.accuracy.LIVE_FIELDS` either."""
     schema = load_schema("AccuracyReport")
+    before_windows = _without_comparison_windows(schema)
     before_versions = {
         **schema,
         "fields": [f for f in schema["fields"] if f["name"] not in VERSION_FIELDS],
@@ -82,7 +98,7 @@ def report_codec(registry: SchemaRegistry | None, topic: str) -> AvroCodec:
         schema,
         registry=registry,
         subject=f"{topic}-value",
-        extra_writer_schemas=(before_versions, before_live),
+        extra_writer_schemas=(before_windows, before_versions, before_live),
         known_foreign_schemas=tuple(
             load_schema(other) for other in SCHEMA_FILES if other != "AccuracyReport"
         ),
@@ -582,6 +598,11 @@ class Monitor:
                         )
                         for v in last["versions"]
                     },
+                    comparison=(
+                        VersionComparison(**last["version_comparison"])
+                        if last["version_comparison"] is not None
+                        else None
+                    ),
                 )
                 self.log.info(
                     "monitor_resumed",

@@ -51,10 +51,14 @@ Per model version (champion/challenger: every suggestion carries its ``model_ver
 * ``events_answered`` per version: the window's events answered by a suggestion of that version
   (an event answered by two versions, a redelivery across a model swap, counts for both; the
   per-version event denominator is unknown, since an unanswered event has no version);
-* the cumulative per-version counts go on across windows (and restarts), and when exactly two
-  versions have attributed lines (or the caller names the champion and the challenger) a
-  :class:`VersionComparison` compares their cumulative hit rates with a two-proportion test
-  (:func:`worker.core.stats.compare_proportions`).
+* the cumulative per-version counts go on across windows (and restarts);
+* a :class:`VersionComparison` compares two versions' hit rates with a two-proportion test
+  (:func:`worker.core.stats.compare_proportions`) **head to head**: over the windows in which
+  both served suggestions, never over a period one served alone (a champion's weeks alone saw
+  other traffic than the days it shared with a challenger). The pair is the champion and the
+  challenger when the caller names them, else the two versions that served in a window when
+  there were exactly two (the champion the one with more attributed lines); a new pair (a
+  promotion, a new challenger) starts from zero, and the counts go on across restarts.
 
 Suggestions are deduplicated by ``suggestion_id`` (at-least-once redelivery does not count twice).
 A purchase line is evaluated once the suggestions and events of its partition are known up to its
@@ -182,8 +186,9 @@ class VersionReport:
 
 @dataclass(frozen=True)
 class VersionComparison:
-    """The challenger's cumulative hit rate against the champion's (two-proportion z-test over
-    their attributed lines; :func:`worker.core.stats.compare_proportions`)."""
+    """The challenger's hit rate against the champion's over the windows in which both served
+    (two-proportion z-test over their attributed lines there;
+    :func:`worker.core.stats.compare_proportions`)."""
 
     champion: str
     challenger: str
@@ -197,53 +202,53 @@ class VersionComparison:
     p_value: float
     significant: bool
     statement: str
+    windows: int = 0  # report windows counted: those in which both versions served
 
     def to_avro(self) -> dict[str, object]:
         return asdict(self)
 
 
 def compare_versions(
-    versions: Sequence[VersionReport],
+    counts: Mapping[str, tuple[int, int]],
     champion: str | None = None,
     challenger: str | None = None,
+    windows: int = 0,
 ) -> VersionComparison | None:
-    """Compare two versions' cumulative hit rates, or None when there is no pair.
+    """Compare two versions' hit rates from their ``(attributed lines, hits)``, or None when
+    there is no pair.
 
     The pair: ``champion`` and ``challenger`` when both are given and both have attributed lines;
     otherwise the two versions with attributed lines when there are exactly two, the champion
     being ``champion`` if it is one of them, else the one with more attributed lines (ties: the
-    first in sort order).
+    first in sort order). ``windows``: how many report windows the counts cover (reported).
     """
-    with_lines = {v.model_version: v for v in versions if v.cumulative_attributed > 0}
+    with_lines = {name: c for name, c in counts.items() if c[0] > 0}
     if champion in with_lines and challenger in with_lines and champion != challenger:
-        a, b = with_lines[champion], with_lines[challenger]
+        a, b = champion, challenger
     elif len(with_lines) == 2:
-        first, second = sorted(with_lines.values(), key=lambda v: v.model_version)
-        if champion == second.model_version or (
-            champion != first.model_version
-            and second.cumulative_attributed > first.cumulative_attributed
-        ):
-            first, second = second, first
-        a, b = first, second
+        a, b = sorted(with_lines)
+        if champion == b or (champion != a and with_lines[b][0] > with_lines[a][0]):
+            a, b = b, a
     else:
         return None
-    result = compare_proportions(
-        a.cumulative_hits, a.cumulative_attributed, b.cumulative_hits, b.cumulative_attributed
-    )
+    (a_lines, a_hits), (b_lines, b_hits) = with_lines[a], with_lines[b]
+    result = compare_proportions(a_hits, a_lines, b_hits, b_lines)
+    plural = "s" if windows != 1 else ""
     return VersionComparison(
-        champion=a.model_version,
-        challenger=b.model_version,
-        champion_attributed=a.cumulative_attributed,
-        champion_hits=a.cumulative_hits,
-        challenger_attributed=b.cumulative_attributed,
-        challenger_hits=b.cumulative_hits,
+        champion=a,
+        challenger=b,
+        champion_attributed=a_lines,
+        champion_hits=a_hits,
+        challenger_attributed=b_lines,
+        challenger_hits=b_hits,
         difference=result.difference,
         ci95_low=result.ci95_low,
         ci95_high=result.ci95_high,
         p_value=result.p_value,
         significant=result.significant,
-        statement="hit rate@K: "
-        + result.statement(f"champion {a.model_version}", f"challenger {b.model_version}"),
+        statement=f"hit rate@K over {windows} window{plural} both served: "
+        + result.statement(f"champion {a}", f"challenger {b}"),
+        windows=windows,
     )
 
 
@@ -384,6 +389,11 @@ class Cumulative:
     events: int = 0
     events_answered: int = 0
     versions: dict[str, VersionCounts] = field(default_factory=dict)
+    #: The compared pair (sorted names), each one's ``[attributed, hits]`` over the windows in
+    #: which both served, and how many windows that was (module docstring).
+    pair: tuple[str, str] | None = None
+    pair_counts: dict[str, list[int]] = field(default_factory=dict)
+    pair_windows: int = 0
 
 
 def heuristic_top(
@@ -546,10 +556,11 @@ class AccuracyTracker:
         events: int = 0,
         events_answered: int = 0,
         versions: Mapping[str, VersionCounts] | None = None,
+        comparison: VersionComparison | None = None,
     ) -> None:
         """Continue after a restart: windows before ``closed_before_ms`` were reported already
         (their purchases and events are skipped when read again) and the cumulative counts, per
-        version too, go on."""
+        version too, go on, as do the head-to-head counts of the last ``comparison``."""
         self._closed_before_ms = closed_before_ms
         self._resumed_before_ms = closed_before_ms
         self._cum = Cumulative(
@@ -564,6 +575,20 @@ class AccuracyTracker:
             events_answered=events_answered,
             versions={name: VersionCounts(**asdict(c)) for name, c in (versions or {}).items()},
         )
+        if comparison is not None:
+            c = self._cum
+            c.pair = (
+                min(comparison.champion, comparison.challenger),
+                max(comparison.champion, comparison.challenger),
+            )
+            c.pair_counts = {
+                comparison.champion: [comparison.champion_attributed, comparison.champion_hits],
+                comparison.challenger: [
+                    comparison.challenger_attributed,
+                    comparison.challenger_hits,
+                ],
+            }
+            c.pair_windows = comparison.windows
 
     @property
     def closed_before_ms(self) -> int:
@@ -830,7 +855,39 @@ class AccuracyTracker:
             cumulative_events_answered=c.events_answered,
             cumulative_event_coverage=_ratio(c.events_answered, c.events),
             versions=versions,
-            version_comparison=compare_versions(versions, self.champion, self.challenger),
+            version_comparison=self._compare_head_to_head(tally),
+        )
+
+    def _compare_head_to_head(self, tally: WindowTally) -> VersionComparison | None:
+        """Add the window to the compared pair's counts if both served in it, and compare."""
+        c = self._cum
+        # Served in the window: answered one of its events or has one of its purchase lines.
+        served = set(tally.versions)
+        if self.champion and self.challenger and self.champion != self.challenger:
+            pair: tuple[str, str] | None = (
+                min(self.champion, self.challenger),
+                max(self.champion, self.challenger),
+            )
+        elif len(served) == 2:
+            low, high = sorted(served)
+            pair = (low, high)
+        else:
+            pair = None  # this window names no pair: the last one goes on
+        if pair is not None and pair != c.pair:
+            c.pair, c.pair_counts, c.pair_windows = pair, {n: [0, 0] for n in pair}, 0
+        if c.pair is None:
+            return None
+        if all(name in served for name in c.pair):
+            for name in c.pair:
+                counts = tally.versions.get(name, VersionCounts())
+                c.pair_counts[name][0] += counts.attributed
+                c.pair_counts[name][1] += counts.hits
+            c.pair_windows += 1
+        return compare_versions(
+            {name: (lines, hits) for name, (lines, hits) in c.pair_counts.items()},
+            self.champion,
+            self.challenger,
+            c.pair_windows,
         )
 
     def _version_reports(self, tally: WindowTally) -> tuple[VersionReport, ...]:

@@ -72,6 +72,53 @@ def test_report_written_before_the_version_figures_reads_with_empty_versions() -
     assert decoded["versions"] == [] and decoded["version_comparison"] is None
 
 
+#: ... and before the comparison became head to head (no ``windows`` in VersionComparison).
+BEFORE_WINDOWS_FINGERPRINT = "eeb28a3d6be8183d"
+
+
+def test_report_written_before_the_head_to_head_comparison_reads_and_resumes() -> None:
+    """A report of the version before the comparison's ``windows`` decodes with windows = 0, and
+    a tracker resumed from its comparison goes on from its counts."""
+    from worker.apps.monitor import _without_comparison_windows
+    from worker.core.accuracy import (
+        AccuracyTracker,
+        PurchaseLine,
+        ShownSuggestion,
+        VersionComparison,
+    )
+
+    old = ParsedSchema.from_json(_without_comparison_windows(load_schema("AccuracyReport")))
+    assert old.fingerprint.hex() == BEFORE_WINDOWS_FINGERPRINT
+    tracker = AccuracyTracker(k=2, attribution_window_ms=60_000, window_ms=60_000, baseline=["a"])
+    for n, (user, version) in enumerate([("u1", "v1"), ("u2", "v2"), ("u3", "v1")]):
+        tracker.add_suggestion(user, ShownSuggestion(10, f"s{n}", version, ("a", "b")))
+        tracker.add_purchase(PurchaseLine(user, "a" if n else "c", 20, 0))
+    (report,) = tracker.flush()
+    record = report.to_avro(1)
+    assert record["version_comparison"] is not None
+    del record["version_comparison"]["windows"]
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, old.parsed, record)
+    decoded = report_codec(None, "acc").decode(
+        SINGLE_OBJECT_MARKER + old.fingerprint + body.getvalue()
+    )
+    comparison = VersionComparison(**decoded["version_comparison"])
+    assert comparison.windows == 0
+    assert (comparison.champion_attributed, comparison.challenger_attributed) == (2, 1)
+    resumed = AccuracyTracker(k=2, attribution_window_ms=60_000, window_ms=60_000, baseline=["a"])
+    resumed.resume(
+        closed_before_ms=60_000, attributed=3, hits=2, baseline_hits=2, comparison=comparison
+    )
+    resumed.add_suggestion("u4", ShownSuggestion(60_010, "s4", "v1", ("a",)))
+    resumed.add_suggestion("u5", ShownSuggestion(60_010, "s5", "v2", ("a",)))
+    resumed.add_purchase(PurchaseLine("u4", "a", 60_020, 0))
+    resumed.add_purchase(PurchaseLine("u5", "a", 60_020, 0))
+    (after,) = resumed.flush()
+    c = after.version_comparison
+    assert c is not None and c.windows == 1
+    assert (c.champion_attributed, c.challenger_attributed) == (3, 2)
+
+
 def test_report_with_versions_round_trips() -> None:
     """Per-version figures and the comparison survive the codec (names, counts, rates)."""
     from worker.core.accuracy import AccuracyTracker, PurchaseLine, ShownSuggestion

@@ -30,7 +30,6 @@ from worker.core.accuracy import (
     PurchaseLine,
     ShownSuggestion,
     VersionCounts,
-    VersionReport,
     WindowReport,
     compare_versions,
 )
@@ -365,39 +364,108 @@ def test_resume_continues_the_per_version_counts() -> None:
     assert report.cumulative_attributed == 11
 
 
-def _version(name: str, attributed: int, hits: int) -> VersionReport:
-    fields = dict.fromkeys(VersionReport.__dataclass_fields__, 0)
-    fields.update(model_version=name, cumulative_attributed=attributed, cumulative_hits=hits)
-    return VersionReport(**fields)  # type: ignore[arg-type]
-
-
 def test_compare_versions_picks_the_pair_and_the_champion() -> None:
-    a, b, c = _version("a", 100, 10), _version("b", 300, 60), _version("c", 0, 0)
+    a, b, c = (100, 10), (300, 60), (0, 0)
     # Two versions with lines: the one with more lines is the champion...
-    got = compare_versions([a, b, c])
+    got = compare_versions({"a": a, "b": b, "c": c}, windows=3)
     assert got is not None and (got.champion, got.challenger) == ("b", "a")
     assert got.difference == pytest.approx(0.1 - 0.2)
-    assert got.significant and got.p_value < 0.05
+    assert got.significant and got.p_value < 0.05 and got.windows == 3
+    assert "over 3 windows both served" in got.statement
     assert "challenger a 0.100 on 100 vs champion b 0.200 on 300" in got.statement
     # ... unless the caller names it.
-    got = compare_versions([a, b], champion="a")
+    got = compare_versions({"a": a, "b": b}, champion="a")
     assert got is not None and (got.champion, got.challenger) == ("a", "b")
     # Three versions with lines: only a named pair is compared.
-    d = _version("d", 50, 5)
-    assert compare_versions([a, b, d]) is None
-    assert compare_versions([a, b, d], champion="b") is None
-    got = compare_versions([a, b, d], champion="b", challenger="d")
+    d = (50, 5)
+    assert compare_versions({"a": a, "b": b, "d": d}) is None
+    assert compare_versions({"a": a, "b": b, "d": d}, champion="b") is None
+    got = compare_versions({"a": a, "b": b, "d": d}, champion="b", challenger="d")
     assert got is not None and (got.champion, got.challenger) == ("b", "d")
     # One version, or a named challenger without lines: no pair.
-    assert compare_versions([a]) is None
-    got = compare_versions([a, b, c], champion="a", challenger="c")
+    assert compare_versions({"a": a}) is None
+    got = compare_versions({"a": a, "b": b, "c": c}, champion="a", challenger="c")
     assert got is not None and (got.champion, got.challenger) == ("a", "b")
 
 
 def test_a_small_difference_on_few_lines_is_not_significant() -> None:
-    got = compare_versions([_version("v1", 40, 8), _version("v2", 35, 9)])
+    got = compare_versions({"v1": (40, 8), "v2": (35, 9)})
     assert got is not None and not got.significant
     assert "not enough evidence yet" in got.statement
+
+
+def _serve_window(tracker: AccuracyTracker, start_min: int, hits: dict[str, tuple[int, int]]):
+    """In the window starting at ``start_min``, each version ``v`` gets ``hits[v] = (lines,
+    hits)``: that many users shown ("a",) by ``v``, of whom ``hits`` buy "a" and the rest "z"."""
+    n = 0
+    for version, (lines, hit) in hits.items():
+        for i in range(lines):
+            user = f"{version}-{start_min}-{i}"
+            t = start_min + 1
+            tracker.add_suggestion(user, S(t, f"s-{user}", version))
+            tracker.add_purchase(P(user, "a" if i < hit else "z", t + 1))
+            n += 1
+    return n
+
+
+def test_the_comparison_counts_only_the_windows_both_versions_served() -> None:
+    """v1 serves alone for two windows at a high hit rate (other traffic), then v1 and v2 serve
+    together: the comparison is v1 against v2 over the shared windows only, and says so."""
+    tracker = hand_tracker()
+    _serve_window(tracker, 0, {"v1": (10, 9)})
+    _serve_window(tracker, 60, {"v1": (10, 9)})
+    _serve_window(tracker, 120, {"v1": (10, 3), "v2": (10, 4)})
+    _serve_window(tracker, 180, {"v1": (10, 3), "v2": (10, 4)})
+    reports = tracker.flush()
+    assert [r.version_comparison is None for r in reports] == [True, True, False, False]
+    c = reports[-1].version_comparison
+    assert c is not None and c.windows == 2
+    assert (c.champion_attributed, c.champion_hits) == (20, 6)  # not 40 and 24
+    assert (c.challenger_attributed, c.challenger_hits) == (20, 8)
+    assert c.difference == pytest.approx(0.1)
+    # The cumulative per-version figures still count everything.
+    v1 = next(v for v in reports[-1].versions if v.model_version == "v1")
+    assert (v1.cumulative_attributed, v1.cumulative_hits) == (40, 24)
+
+
+def test_a_window_one_of_the_pair_did_not_serve_leaves_the_comparison_as_it_was() -> None:
+    tracker = hand_tracker()
+    tracker.champion, tracker.challenger = "v1", "v2"
+    _serve_window(tracker, 0, {"v1": (10, 3), "v2": (10, 4)})
+    _serve_window(tracker, 60, {"v1": (10, 10)})  # v2 paused: not head to head
+    first, second = tracker.flush()
+    assert first.version_comparison is not None and second.version_comparison is not None
+    assert asdict(second.version_comparison) == asdict(first.version_comparison)
+
+
+def test_a_new_pair_starts_from_zero_and_a_resumed_tracker_goes_on() -> None:
+    """After a promotion the pair (v2, v3) is new: its comparison starts at its first shared
+    window. A tracker resumed from a report's comparison continues its counts."""
+    tracker = hand_tracker()
+    tracker.champion, tracker.challenger = "v1", "v2"
+    _serve_window(tracker, 0, {"v1": (10, 3), "v2": (10, 4)})
+    tracker.champion, tracker.challenger = "v2", "v3"
+    _serve_window(tracker, 60, {"v2": (10, 5), "v3": (10, 6)})
+    first, second = tracker.flush()
+    c = second.version_comparison
+    assert c is not None and (c.champion, c.challenger, c.windows) == ("v2", "v3", 1)
+    assert (c.champion_attributed, c.champion_hits) == (10, 5)
+
+    resumed = hand_tracker()
+    resumed.champion, resumed.challenger = "v2", "v3"
+    resumed.resume(
+        closed_before_ms=120 * MIN_MS,
+        attributed=0,
+        hits=0,
+        baseline_hits=0,
+        comparison=c,
+    )
+    _serve_window(resumed, 120, {"v2": (10, 5), "v3": (10, 6)})
+    (third,) = resumed.flush()
+    got = third.version_comparison
+    assert got is not None and got.windows == 2
+    assert (got.champion_attributed, got.champion_hits) == (20, 10)
+    assert (got.challenger_attributed, got.challenger_hits) == (20, 12)
 
 
 def test_window_report_without_versions_has_no_comparison() -> None:
