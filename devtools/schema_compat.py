@@ -240,7 +240,7 @@ def changed_logical_types(old: Any, new: Any) -> list[str]:
 def invalid_defaults(schema: Any) -> list[str]:
     """Field defaults that are not a value of the field's type (a union's first branch)."""
     named: dict[str, Any] = {}
-    fastavro.parse_schema(schema, named_schemas=named, _write_hint=False)
+    fastavro.parse_schema(schema, named_schemas=named)
     problems = []
     for name, node in _named_types(schema):
         if node["type"] not in ("record", "error"):
@@ -249,7 +249,7 @@ def invalid_defaults(schema: Any) -> list[str]:
             if "default" not in field:
                 continue
             kind = field["type"][0] if isinstance(field["type"], list) else field["type"]
-            parsed = fastavro.parse_schema(kind, named_schemas=dict(named), _write_hint=False)
+            parsed = fastavro.parse_schema(kind, named_schemas=dict(named))
             if not validate(field["default"], parsed, raise_errors=False):
                 problems.append(
                     f"field {name}.{field['name']}: default {field['default']!r} is not a "
