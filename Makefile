@@ -30,12 +30,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/worker-dev demo
 
-## Command two: lint, layer contracts, type check, unit and integration tests (the integration
-## tests start a real broker). Cheapest first: a lint error fails in seconds.
+## Command two: lint, layer contracts, schema compatibility, type check, unit and integration
+## tests (the integration tests start a real broker). Cheapest first: a lint error fails in seconds.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/worker-dev schemas check
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
@@ -50,6 +51,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/worker-dev schemas check
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

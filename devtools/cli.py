@@ -3,7 +3,8 @@
 Subcommands: ``kafka`` (local Apache Kafka without Docker), ``chaos`` (fault-injection harness),
 ``bench`` (benchmark with peers), ``demo`` (the whole system on the local broker for a minute),
 ``ready`` (a worker's seconds from start to ready and its memory, by catalogue size), ``calibrate``
-(the simulator's baselines side by side with the DIGINETICA sample's).
+(the simulator's baselines side by side with the DIGINETICA sample's), ``schemas check`` (the
+schema compatibility gate: each schema against every released version, backward and forward).
 Installed from ``devtools/`` (``pip install -e devtools``); the production image has none of it.
 """
 
@@ -102,6 +103,19 @@ def build_parser() -> SettingsParser:
     )
     calibrate.add_arguments(p)
 
+    p = sub.add_parser(
+        "schemas",
+        help="check: each schema is backward and forward compatible with every released version "
+        "(schemas/history/); prints each refused pair and why, exit 1 if any",
+    )
+    p.add_argument("action", choices=["check"])
+    p.add_argument(
+        "--schemas-dir",
+        type=Path,
+        default=None,
+        help="the schemas and their history/ (default: this checkout's schemas/)",
+    )
+
     for name, command in sub.choices.items():
         if name != "kafka":  # the launcher parses its own arguments
             command.add_settings(*LOGGING_SETTINGS)
@@ -161,12 +175,19 @@ def cmd_calibrate(args: argparse.Namespace, log: Any) -> int:
     return calibrate.run(args, log)
 
 
+def cmd_schemas(args: argparse.Namespace, log: Any) -> int:
+    from devtools import schema_compat  # imports avro (the `dev` extra) only for this command
+
+    return schema_compat.run(args.schemas_dir or schema_compat.SCHEMAS_DIR)
+
+
 COMMANDS = {
     "chaos": cmd_chaos,
     "bench": cmd_bench,
     "demo": cmd_demo,
     "ready": cmd_ready,
     "calibrate": cmd_calibrate,
+    "schemas": cmd_schemas,
 }
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Read product-suggestions with the schema file alone (confluent-kafka + fastavro), keeping the
+"""Read product-suggestions with the schema files alone (confluent-kafka + fastavro), keeping the
 freshest suggestion per user: README.md, "Consuming suggestions".
 
     KAFKA_BOOTSTRAP_SERVERS=localhost:9092 python examples/consume_suggestions.py
@@ -15,26 +15,42 @@ from typing import Any
 import fastavro
 import fastavro.schema
 
-SCHEMA_JSON = json.loads(
-    (Path(__file__).resolve().parents[1] / "schemas" / "product_suggestion.avsc").read_text("utf-8")
-)
-SCHEMA = fastavro.parse_schema(SCHEMA_JSON)
-CANONICAL = fastavro.schema.to_parsing_canonical_form(SCHEMA_JSON)
-FINGERPRINT = bytes.fromhex(fastavro.schema.fingerprint(CANONICAL, "CRC-64-AVRO"))
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+SCHEMA_JSON = json.loads((SCHEMAS / "product_suggestion.avsc").read_text("utf-8"))
+SCHEMA = fastavro.parse_schema(SCHEMA_JSON, named_schemas={})
+
+
+def fingerprint(schema_json: dict[str, Any]) -> bytes:
+    """CRC-64-AVRO of the Parsing Canonical Form: the 8 bytes after C3 01."""
+    canonical = fastavro.schema.to_parsing_canonical_form(schema_json)
+    return bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
+
+
+#: Every writer schema ever released (schemas/history/product_suggestion/v<N>.avsc), by
+#: fingerprint: single-object encoding names the writer schema by its fingerprint only.
+WRITERS = {
+    fingerprint(version): fastavro.parse_schema(version, named_schemas={})
+    for version in (
+        json.loads(path.read_text("utf-8"))
+        for path in sorted((SCHEMAS / "history" / "product_suggestion").glob("v*.avsc"))
+    )
+}
+FINGERPRINT = fingerprint(SCHEMA_JSON)
 
 
 def decode(value: bytes) -> dict[str, Any]:
     """One Kafka value: Avro single-object encoding (C3 01 + 8-byte fingerprint, the default)
     or Confluent framing (00 + 4-byte schema id, with a schema registry) + the Avro body."""
     if value[:2] == b"\xc3\x01":
-        if value[2:10] != FINGERPRINT:  # another schema version: get that .avsc and resolve
+        writer = WRITERS.get(value[2:10])
+        if writer is None:  # a version newer than this checkout: get its .avsc and resolve
             raise ValueError(f"unknown ProductSuggestion fingerprint {value[2:10].hex()}")
-        body = value[10:]
-    elif value[:1] == b"\x00":  # assumes the registry's schema is this file's; else fetch it
-        body = value[5:]
-    else:
-        raise ValueError("neither single-object encoding nor Confluent framing")
-    return fastavro.schemaless_reader(io.BytesIO(body), SCHEMA)
+        # An older writer is resolved into today's schema (fields it lacks at their defaults);
+        # today's own needs no resolution (fastavro skips it when both schemas are equal).
+        return fastavro.schemaless_reader(io.BytesIO(value[10:]), writer, SCHEMA)
+    if value[:1] == b"\x00":  # assumes the registry's schema is this file's; else fetch it
+        return fastavro.schemaless_reader(io.BytesIO(value[5:]), SCHEMA)
+    raise ValueError("neither single-object encoding nor Confluent framing")
 
 
 def main() -> None:

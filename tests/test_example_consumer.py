@@ -101,6 +101,13 @@ def test_decodes_the_workers_batched_writer() -> None:
     assert decoded["event_time"] == utc(EVENT_TIME_MS)
 
 
+def test_knows_every_released_writer_schema() -> None:
+    """The example's fingerprint table is the codec's: every version in schemas/history/."""
+    module = example()
+    assert set(module.WRITERS) == codec_for("ProductSuggestion").writer_fingerprints
+    assert module.FINGERPRINT in module.WRITERS
+
+
 def test_fingerprint_is_the_documented_one_and_unknown_framings_fail() -> None:
     module = example()
     assert codec_for("ProductSuggestion").reader.fingerprint == module.FINGERPRINT

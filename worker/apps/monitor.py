@@ -31,8 +31,6 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from worker.config import MonitorSettings
 from worker.core.accuracy import (
-    LIVE_FIELDS,
-    VERSION_FIELDS,
     AccuracyTracker,
     PurchaseLine,
     SessionEvent,
@@ -54,7 +52,7 @@ from worker.model.artifact import read_metadata, resolve_artifact_dir
 from worker.model.registry import serving_state
 from worker.ops.health import Health, serve_http
 from worker.ops.metrics import MonitorMetrics
-from worker.wire.codec import SCHEMA_FILES, AvroCodec, SchemaRegistry, codec_for, load_schema
+from worker.wire.codec import AvroCodec, SchemaRegistry, codec_for
 from worker.wire.registry import HttpSchemaRegistry
 
 NEVER = -(1 << 62)
@@ -65,44 +63,12 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _without_comparison_windows(schema: dict[str, Any]) -> dict[str, Any]:
-    """The report schema before the comparison became head to head (no ``windows`` field in
-    ``VersionComparison``)."""
-    fields = []
-    for f in schema["fields"]:
-        if f["name"] == "version_comparison":
-            null, record = f["type"]
-            record = {**record, "fields": [g for g in record["fields"] if g["name"] != "windows"]}
-            f = {**f, "type": [null, record]}
-        fields.append(f)
-    return {**schema, "fields": fields}
-
-
 def report_codec(registry: SchemaRegistry | None, topic: str) -> AvroCodec:
     """The accuracy report's codec, which also reads reports written by earlier versions
-    (single-object encoding names its writer schema by fingerprint only): before the head-to-head
-    comparison, today's schema without the comparison's ``windows``; before the per-version
-    figures, without :data:`~worker.core.accuracy.VERSION_FIELDS`; before the live figures,
-    without :data:`~worker.core.accuracy.LIVE_FIELDS` either."""
-    schema = load_schema("AccuracyReport")
-    before_windows = _without_comparison_windows(schema)
-    before_versions = {
-        **schema,
-        "fields": [f for f in schema["fields"] if f["name"] not in VERSION_FIELDS],
-    }
-    before_live = {
-        **schema,
-        "fields": [f for f in before_versions["fields"] if f["name"] not in LIVE_FIELDS],
-    }
-    return AvroCodec(
-        schema,
-        registry=registry,
-        subject=f"{topic}-value",
-        extra_writer_schemas=(before_windows, before_versions, before_live),
-        known_foreign_schemas=tuple(
-            load_schema(other) for other in SCHEMA_FILES if other != "AccuracyReport"
-        ),
-    )
+    (single-object encoding names its writer schema by fingerprint only): every released version
+    of the schema, ``schemas/history/accuracy_report/`` (before the live figures, before the
+    per-version figures, before the head-to-head comparison's ``windows``, today's)."""
+    return codec_for("AccuracyReport", registry=registry, topic=topic)
 
 
 def read_category_tables(artifact_dir: Path, k: int) -> tuple[dict[str, list[str]], dict[str, str]]:

@@ -88,6 +88,35 @@ def load_schema(name: str) -> dict[str, Any]:
     return schema
 
 
+def schema_history(name: str) -> tuple[dict[str, Any], ...]:
+    """Every released version of the named record schema, oldest first.
+
+    The history is package data too: ``schemas/history/<file stem>/v1.avsc``, ``v2.avsc``, ...,
+    one file per version ever released, the newest equal to the current file (README, section
+    "Schemas"). Single-object encoding names its writer schema by fingerprint only, so a reader
+    must know every writer schema ever used: :func:`codec_for` gives them all to the codec.
+
+    Raises:
+        ConfigError: the name is unknown, it has no history, or a version is not JSON.
+    """
+    if name not in SCHEMA_FILES:
+        raise ConfigError(f"unknown schema name {name!r}; known: {sorted(SCHEMA_FILES)}")
+    stem = SCHEMA_FILES[name].removesuffix(".avsc")
+    folder = resources.files("worker.wire") / "schemas" / "history" / stem
+    try:
+        numbered = sorted(
+            (int(f.name[1:].removesuffix(".avsc")), f)
+            for f in folder.iterdir()
+            if f.name.startswith("v") and f.name.endswith(".avsc")
+        )
+        versions = tuple(json.loads(f.read_text(encoding="utf-8")) for _, f in numbered)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the history of schema {name} from {folder}: {exc}") from exc
+    if not versions:
+        raise ConfigError(f"no released version of schema {name} in {folder}")
+    return versions
+
+
 def _strip_logical_types(node: Any) -> Any:
     """Copy of a schema without ``logicalType`` annotations (same binary encoding)."""
     if isinstance(node, dict):
@@ -175,7 +204,9 @@ class AvroCodec:
         self._by_fingerprint: dict[bytes, ParsedSchema] = {self.reader.fingerprint: self.reader}
         for extra in extra_writer_schemas:
             parsed = ParsedSchema.from_json(extra)
-            self._by_fingerprint[parsed.fingerprint] = parsed
+            # setdefault: a version that differs from the reader only in docs has its
+            # fingerprint, and payloads written with it take the reader's fast path.
+            self._by_fingerprint.setdefault(parsed.fingerprint, parsed)
         self._foreign_names: dict[bytes, str] = {}
         for foreign in known_foreign_schemas:
             parsed = ParsedSchema.from_json(foreign)
@@ -186,6 +217,12 @@ class AvroCodec:
     @property
     def name(self) -> str:
         return self.reader.name
+
+    @property
+    def writer_fingerprints(self) -> frozenset[bytes]:
+        """The fingerprints of the writer schemas single-object payloads may carry (the reader's
+        and ``extra_writer_schemas``'), 8 bytes each as on the wire."""
+        return frozenset(self._by_fingerprint)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -320,12 +357,18 @@ def codec_for(
     topic: str | None = None,
     max_record_bytes: int = 1 << 20,
 ) -> AvroCodec:
-    """A codec for one of the project's record types, knowing the others as foreign."""
+    """A codec for one of the project's record types: it reads single-object payloads written
+    with any released version of it (:func:`schema_history`) and knows the others as foreign.
+
+    Raises:
+        ConfigError: a schema file or its history is missing or not JSON.
+    """
     others = tuple(load_schema(other) for other in SCHEMA_FILES if other != name)
     return AvroCodec(
         load_schema(name),
         registry=registry,
         subject=f"{topic}-value" if topic else None,
+        extra_writer_schemas=schema_history(name),
         known_foreign_schemas=others,
         max_record_bytes=max_record_bytes,
     )

@@ -25,6 +25,7 @@ from worker.wire.codec import (
     ParsedSchema,
     fingerprint_int64,
     load_schema,
+    schema_history,
 )
 
 
@@ -37,6 +38,7 @@ class SchemaFingerprint:
     file: str  # e.g. "browsing_event.avsc"
     canonical: str  # Parsing Canonical Form (Avro specification)
     fingerprint: bytes  # CRC-64-AVRO, 8 bytes little-endian, as written on the wire
+    released: tuple[bytes, ...] = ()  # of each released version, v1 first (schemas/history/)
 
     @property
     def wire_hex(self) -> str:
@@ -56,10 +58,11 @@ class SchemaFingerprint:
 
 
 def schema_fingerprints() -> list[SchemaFingerprint]:
-    """The fingerprint of every schema of the package, in ``SCHEMA_FILES`` order.
+    """The fingerprint of every schema of the package, in ``SCHEMA_FILES`` order, with those of
+    its released versions (all of which the codec decodes).
 
     Raises:
-        ConfigError: a schema file is missing or not JSON.
+        ConfigError: a schema file or its history is missing or not JSON.
     """
     out = []
     for name, file in SCHEMA_FILES.items():
@@ -71,6 +74,9 @@ def schema_fingerprints() -> list[SchemaFingerprint]:
                 file=file,
                 canonical=parsed.canonical,
                 fingerprint=parsed.fingerprint,
+                released=tuple(
+                    ParsedSchema.from_json(version).fingerprint for version in schema_history(name)
+                ),
             )
         )
     return out
@@ -86,6 +92,9 @@ def render(fingerprints: list[SchemaFingerprint], *, canonical: bool = False) ->
             f"  fingerprint, signed 64-bit integer: {fp.as_int64}",
             f"  single-object header: {fp.header_hex}",
         ]
+        if fp.released:
+            versions = ", ".join(f"v{n} {f.hex()}" for n, f in enumerate(fp.released, start=1))
+            lines.append(f"  released versions, all read (wire hex): {versions}")
         if canonical:
             lines.append(f"  canonical form: {fp.canonical}")
         blocks.append("\n".join(lines))

@@ -79,15 +79,15 @@ BEFORE_WINDOWS_FINGERPRINT = "eeb28a3d6be8183d"
 def test_report_written_before_the_head_to_head_comparison_reads_and_resumes() -> None:
     """A report of the version before the comparison's ``windows`` decodes with windows = 0, and
     a tracker resumed from its comparison goes on from its counts."""
-    from worker.apps.monitor import _without_comparison_windows
     from worker.core.accuracy import (
         AccuracyTracker,
         PurchaseLine,
         ShownSuggestion,
         VersionComparison,
     )
+    from worker.wire.codec import schema_history
 
-    old = ParsedSchema.from_json(_without_comparison_windows(load_schema("AccuracyReport")))
+    old = ParsedSchema.from_json(schema_history("AccuracyReport")[2])  # v3
     assert old.fingerprint.hex() == BEFORE_WINDOWS_FINGERPRINT
     tracker = AccuracyTracker(k=2, attribution_window_ms=60_000, window_ms=60_000, baseline=["a"])
     for n, (user, version) in enumerate([("u1", "v1"), ("u2", "v2"), ("u3", "v1")]):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import copy
 import dataclasses
+import io
 import json
 import socket
 import struct
@@ -23,12 +24,14 @@ from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import fastavro
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.core.accuracy import LIVE_FIELDS, VersionReport
 from worker.core.errors import (
+    ConfigError,
     CorruptPayloadError,
     DataError,
     DecodeError,
@@ -41,10 +44,12 @@ from worker.core.errors import (
 from worker.testing import InMemorySchemaRegistry
 from worker.wire.codec import (
     SCHEMA_FILES,
+    SINGLE_OBJECT_MARKER,
     AvroCodec,
     ParsedSchema,
     codec_for,
     load_schema,
+    schema_history,
 )
 from worker.wire.registry import HttpSchemaRegistry
 
@@ -160,6 +165,7 @@ VERSION_COMPARISON = st.fixed_dictionaries(
         **{name: doubles for name in ("difference", "ci95_low", "ci95_high", "p_value")},
         "significant": st.booleans(),
         "statement": st.text(max_size=40),
+        "windows": longs,
     }
 )
 
@@ -446,6 +452,67 @@ def test_unknown_enum_symbol_from_newer_writer_reads_as_view() -> None:
     payload = AvroCodec(newer).encode({**EVENT, "event_type": "WISH"})
     reader = AvroCodec(current, extra_writer_schemas=(newer,))
     assert reader.decode(payload) == {**EVENT, "event_type": "VIEW"}
+
+
+def _released_version_test(name: str, version: int):
+    """A record of today's schema written with an older released version (the fields that version
+    has), single-object framed with that version's fingerprint."""
+    current = load_schema(name)
+    writer = ParsedSchema.from_json(schema_history(name)[version - 1])
+    writer_fields = {f["name"] for f in writer.json["fields"]}
+    defaults = {f["name"]: f["default"] for f in current["fields"] if "default" in f}
+    codec = codec_for(name)
+
+    @settings(max_examples=25, deadline=None)
+    @given(record=RECORDS[name])
+    def check(record: dict[str, Any]) -> None:
+        written = {k: v for k, v in record.items() if k in writer_fields}
+        body = io.BytesIO()
+        fastavro.schemaless_writer(body, writer.parsed, written)
+        payload = SINGLE_OBJECT_MARKER + writer.fingerprint + body.getvalue()
+        assert codec.decode(payload) == {k: written.get(k, defaults.get(k)) for k in record}
+
+    return check
+
+
+@pytest.mark.parametrize(
+    ("name", "version"),
+    [(name, v + 1) for name in NAMES for v in range(len(schema_history(name)))],
+)
+def test_every_released_writer_schema_decodes_by_fingerprint(name: str, version: int) -> None:
+    """Single-object encoding names the writer schema by fingerprint only: a payload written with
+    any released version (schemas/history/) decodes with codec_for, the fields that version lacks
+    at today's defaults."""
+    assert ParsedSchema.from_json(schema_history(name)[version - 1]).fingerprint in (
+        codec_for(name).writer_fingerprints
+    )
+    _released_version_test(name, version)()
+
+
+def test_schema_history_is_oldest_first_and_ends_with_the_current_schema() -> None:
+    """v1, v2, ... in number order (v10 after v9), the newest equal to the current file."""
+    for name in NAMES:
+        history = schema_history(name)
+        assert history[-1] == load_schema(name)
+    report = schema_history("AccuracyReport")
+    assert [len(v["fields"]) for v in report] == sorted(len(v["fields"]) for v in report)
+
+
+def test_a_docs_only_version_takes_the_readers_fast_path() -> None:
+    """BrowsingEvent v1 and v2 differ in a doc only (one fingerprint): the reader, not the older
+    parse, is the writer of that fingerprint, so its payloads decode without resolution."""
+    v1, v2 = schema_history("BrowsingEvent")[:2]
+    assert (
+        v1 != v2
+        and ParsedSchema.from_json(v1).fingerprint == ParsedSchema.from_json(v2).fingerprint
+    )
+    codec = codec_for("BrowsingEvent")
+    assert codec._writer_for(codec.encode(EVENT))[0] is codec.reader
+
+
+def test_schema_history_of_an_unknown_name_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown schema name"):
+        schema_history("Nope")
 
 
 def test_incompatible_version_of_the_same_record_is_a_decode_error() -> None:

@@ -120,6 +120,25 @@ def test_render_lists_name_hex_int_and_optionally_the_canonical_form() -> None:
     assert "canonical form: " + fingerprints[0].canonical in render(fingerprints, canonical=True)
 
 
+def test_render_lists_the_fingerprints_of_the_released_versions() -> None:
+    """Every writer schema ever released (schemas/history/), oldest first: a docs-only version
+    repeats its predecessor's fingerprint; the newest is today's."""
+    by_name = {fp.schema: fp for fp in schema_fingerprints()}
+    report = by_name["AccuracyReport"]
+    assert [f.hex() for f in report.released] == [
+        "bbd383ee34c3159f",  # before the live figures
+        "e17b131c5c10ec3e",  # before the per-version figures
+        "eeb28a3d6be8183d",
+    ]
+    assert all(fp.released[-1] == fp.fingerprint for fp in by_name.values())
+    text = render(list(by_name.values()))
+    assert (
+        "released versions, all read (wire hex): v1 bbd383ee34c3159f, v2 e17b131c5c10ec3e, "
+        "v3 eeb28a3d6be8183d\n"
+    ) in text
+    assert "v1 b5c077aa6d1166bd, v2 b5c077aa6d1166bd\n" in text  # BrowsingEvent: a doc change
+
+
 def test_worker_schemas_command(capsys: pytest.CaptureFixture[str]) -> None:
     """``worker schemas --fingerprints [--canonical]`` prints without Kafka; exit code 0."""
     assert cli.main(["schemas", "--fingerprints", "--log-format", "json"]) == 0
