@@ -297,8 +297,10 @@ def test_command_prints_the_refused_pair_and_why_and_exits_1(
         "purchase_outcome: forward refused: reader schemas/history/purchase_outcome/v1.avsc" in out
     )
     assert out.rstrip().endswith("2 refused")
-    assert out.rstrip().splitlines()[-1].startswith(
-        f"REFUSED: 4 schemas against {RELEASED + 1} released"
+    assert (
+        out.rstrip()
+        .splitlines()[-1]
+        .startswith(f"REFUSED: 4 schemas against {RELEASED + 1} released")
     )
 
 
