@@ -66,9 +66,10 @@ def draw_report(report: Report) -> Figure:
         y -= SUMMARY_LINE_IN
         fig.text(0.01, frac(y), line, fontsize=9, family="monospace")
     y -= SUMMARY_LINE_IN
-    y = _section(fig, report.accuracy, "Accuracy (the monitor's reports)", y, height)
+    period = (report.since_ms, report.until_ms)
+    y = _section(fig, report.accuracy, "Accuracy (the monitor's reports)", y, height, period)
     if report.runtime:
-        _section(fig, report.runtime, "Runtime (Prometheus)", y, height)
+        _section(fig, report.runtime, "Runtime (Prometheus)", y, height, period)
     else:
         y -= SECTION_IN
         fig.text(0.01, frac(y + 0.1), "Runtime", fontsize=13, weight="bold")
@@ -76,8 +77,17 @@ def draw_report(report: Report) -> Figure:
     return fig
 
 
-def _section(fig: Figure, panels: Sequence[Panel], heading: str, y: float, height: float) -> float:
-    """Draw a heading and its panels below ``y`` (inches); the new ``y``."""
+def _section(
+    fig: Figure,
+    panels: Sequence[Panel],
+    heading: str,
+    y: float,
+    height: float,
+    period: tuple[int, int],
+) -> float:
+    """Draw a heading and its panels below ``y`` (inches); the new ``y``. A model version has
+    one colour in every panel of the section."""
+    groups = list(dict.fromkeys(line.group for p in panels for line in p.lines if line.group))
     y -= SECTION_IN
     fig.text(0.01, (y + 0.1) / height, heading, fontsize=13, weight="bold")
     cell_w = 1.0 / COLUMNS
@@ -88,7 +98,7 @@ def _section(fig: Figure, panels: Sequence[Panel], heading: str, y: float, heigh
         ax = fig.add_axes(
             (col * cell_w + 0.05, bottom / height, cell_w - 0.08, (ROW_IN - 0.95) / height)
         )
-        draw_panel(ax, panel)
+        draw_panel(ax, panel, period, groups)
     return y - ROW_IN * _rows(panels)
 
 
@@ -96,18 +106,22 @@ def _as_datetime(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc)
 
 
-def draw_panel(ax: Axes, panel: Panel) -> None:
-    """One panel: its lines (a group's lines in one colour), levels, legend and note."""
+def draw_panel(
+    ax: Axes, panel: Panel, period: tuple[int, int] | None = None, groups: Sequence[str] = ()
+) -> None:
+    """One panel over ``period`` (epoch ms): its lines, levels, legend and note. The lines of
+    ``groups[i]`` take colour ``i``; the other lines the colours after those."""
     ax.set_title(panel.title, fontsize=10, loc="left")
     ax.set_ylabel(panel.unit, fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(True, alpha=0.3)
-    colours: dict[str, str] = {}
     palette = [f"C{i}" for i in range(10)]
+    colours = {name: palette[i % len(palette)] for i, name in enumerate(groups)}
+    free = iter(palette[len(groups) :] + palette[: len(groups)])
     for line in panel.lines:
         key = line.group or line.label
         if key not in colours:
-            colours[key] = palette[len(colours) % len(palette)]
+            colours[key] = next(free, "black")
         ax.plot(
             date2num([_as_datetime(t) for t in line.times_ms]),
             [math.nan if v is None else v for v in line.values],
@@ -130,10 +144,13 @@ def draw_panel(ax: Axes, panel: Panel) -> None:
                 va="bottom",
                 color="grey",
             )
-    if panel.lines:
+    if period is not None:
+        ax.set_xlim(date2num(_as_datetime(period[0])), date2num(_as_datetime(period[1])))
+    if panel.lines or period is not None:
         locator = AutoDateLocator()
         ax.xaxis.set_major_locator(locator)
         ax.xaxis.set_major_formatter(ConciseDateFormatter(locator, tz=dt.timezone.utc))
+    if panel.lines:
         ax.legend(fontsize=7, loc="best", ncol=3 if len(panel.lines) > 6 else 1)
     if panel.note:
         ax.text(

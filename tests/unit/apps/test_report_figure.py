@@ -107,3 +107,21 @@ def test_times_are_utc() -> None:
     ax = _axes(draw_report(_report()))["Hit rate@10 against baselines, per window"]
     first = num2date(ax.get_lines()[0].get_xdata()[0])
     assert first == dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=dt.timezone.utc)
+
+
+def test_a_version_has_one_colour_in_every_panel_and_every_axis_spans_the_period() -> None:
+    rep = _report()
+    axes = _axes(draw_report(rep))
+    per_version = {
+        line.get_label(): line.get_color() for line in axes[rep.accuracy[1].title].get_lines()
+    }
+    attributed = {
+        line.get_label(): line.get_color()
+        for line in axes["Purchase lines attributed per window"].get_lines()
+    }
+    assert attributed["attributed m1"] == per_version["m1"]
+    assert attributed["attributed m2"] == per_version["m2"]
+    assert attributed["purchase lines"] not in (per_version["m1"], per_version["m2"])
+    for ax in axes.values():
+        low, high = (round(d.timestamp() * 1000) for d in num2date(ax.get_xlim()))
+        assert (low, high) == (rep.since_ms, rep.until_ms)
