@@ -775,7 +775,11 @@ def cmd_report(args: argparse.Namespace, log: Any) -> int:
         prometheus = PrometheusClient(args.prometheus_url)
         source = prometheus.shown_url
         runtime = report.runtime_panels(
-            prometheus, args.since_ms, until_ms, args.prometheus_selector or ""
+            prometheus,
+            args.since_ms,
+            until_ms,
+            args.prometheus_selector or "",
+            scrape_interval_s=args.scrape_interval_s,
         )
     built = report.build_report(read, runtime, source=source or "")
     width, height = report.write_png(built, args.output)

@@ -1093,6 +1093,15 @@ PROMETHEUS_SELECTOR: Setting[str | None] = Setting(
     help='label matchers added to every runtime query, e.g. namespace="shop" (the dashboard\'s'
     " namespace variable)",
 )
+REPORT_SCRAPE_INTERVAL_S = Setting(
+    "scrape_interval_s",
+    "--scrape-interval-s",
+    as_int,
+    30,
+    help="how often that Prometheus scrapes the pods (deploy/'s PodMonitor: 30): the finest"
+    " step of the runtime panels, and rate() windows span at least four",
+    check=positive,
+)
 #: The flags of ``worker report`` besides Kafka's.
 REPORT_SETTINGS: tuple[Setting[Any], ...] = (
     EXPORT_SINCE,
@@ -1100,6 +1109,7 @@ REPORT_SETTINGS: tuple[Setting[Any], ...] = (
     REPORT_OUTPUT,
     PROMETHEUS_URL,
     PROMETHEUS_SELECTOR,
+    REPORT_SCRAPE_INTERVAL_S,
     EXPORT_MAX_WAIT_S,
 )
 

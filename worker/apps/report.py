@@ -177,18 +177,25 @@ def read_accuracy(
 
 
 def runtime_panels(
-    prometheus: Any, since_ms: int, until_ms: int, selector: str = ""
+    prometheus: Any,
+    since_ms: int,
+    until_ms: int,
+    selector: str = "",
+    *,
+    scrape_interval_s: int = series.SCRAPE_INTERVAL_S,
 ) -> tuple[Panel, ...]:
     """The runtime panels from Prometheus range queries over the period.
 
     Args:
         prometheus: a :class:`~worker.ops.prometheus.PrometheusClient` (``query_range``).
+        scrape_interval_s: how often Prometheus scrapes the pods: the finest step, and the
+            rate window's unit (:func:`worker.core.report.rate_window_s`).
 
     Raises:
         PrometheusError: Prometheus is unreachable or refused a query.
     """
-    step = series.step_s(since_ms, until_ms)
-    rate = series.rate_window_s(step)
+    step = series.step_s(since_ms, until_ms, floor_s=scrape_interval_s)
+    rate = series.rate_window_s(step, scrape_interval_s)
     panels = []
     for spec in series.RUNTIME_PANELS:
         results = [

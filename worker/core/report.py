@@ -546,13 +546,20 @@ RUNTIME_PANELS: tuple[PanelQueries, ...] = (
 )
 
 
-def step_s(since_ms: int, until_ms: int, points: int = 400) -> int:
-    """The query_range step: about ``points`` points over the period, at least 15 s (a usual
-    scrape interval; finer steps only repeat samples)."""
-    return max(15, -(-(until_ms - since_ms) // 1000 // points))
+#: The scrape interval assumed of the Prometheus asked: deploy/'s PodMonitor scrapes every 30 s
+#: (``worker report --scrape-interval-s`` for another).
+SCRAPE_INTERVAL_S = 30
 
 
-def rate_window_s(step: int, scrape_interval_s: int = 15) -> int:
+def step_s(
+    since_ms: int, until_ms: int, points: int = 400, floor_s: int = SCRAPE_INTERVAL_S
+) -> int:
+    """The query_range step: about ``points`` points over the period, at least ``floor_s`` (the
+    scrape interval: finer steps only repeat samples)."""
+    return max(floor_s, -(-(until_ms - since_ms) // 1000 // points))
+
+
+def rate_window_s(step: int, scrape_interval_s: int = SCRAPE_INTERVAL_S) -> int:
     """The range of ``rate()``, Grafana's ``$__rate_interval``: the step plus one scrape
     interval, and at least four scrape intervals (so that a window always holds two samples)."""
     return max(step + scrape_interval_s, 4 * scrape_interval_s)

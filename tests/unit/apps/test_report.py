@@ -90,9 +90,12 @@ def test_runtime_panels_query_the_period_and_feed_the_drift_line() -> None:
     panels = report.runtime_panels(prometheus, T0, T0 + 60 * MIN, 'namespace="shop"')
     assert [p.title for p in panels] == [s.title for s in series.RUNTIME_PANELS]
     assert len(prometheus.asked) == sum(len(s.queries) for s in series.RUNTIME_PANELS)
-    assert {(a[1], a[2], a[3]) for a in prometheus.asked} == {(T0 / 1000, T0 / 1000 + 3600, 15)}
+    assert {(a[1], a[2], a[3]) for a in prometheus.asked} == {(T0 / 1000, T0 / 1000 + 3600, 30)}
     assert all('namespace="shop"' in a[0] for a in prometheus.asked)
-    assert "[60s]" in prometheus.asked[0][0]
+    assert "[120s]" in prometheus.asked[0][0]  # four scrapes of 30 s
+    prometheus.asked.clear()
+    report.runtime_panels(prometheus, T0, T0 + 60 * MIN, scrape_interval_s=5)
+    assert {a[3] for a in prometheus.asked} == {9} and "[20s]" in prometheus.asked[0][0]
     read = report.AccuracyRead(TOPIC, series.AccuracyWindows(T0, T0 + 60 * MIN))
     built = report.build_report(read, panels, source="http://prom:9090")
     assert built.summary[-2:] == (

@@ -176,9 +176,11 @@ def test_query_rendering_step_and_rate_window() -> None:
         report.render_query(q, 'namespace="shop"', 60)
         == 'sum(rate(worker_events_consumed_total{namespace="shop"}[60s]))'
     )
-    assert report.step_s(0, 3_600_000) == 15  # an hour: the floor
+    assert report.step_s(0, 3_600_000) == 30  # an hour: the scrape interval
+    assert report.step_s(0, 3_600_000, floor_s=1) == 9  # about 400 points
     assert report.step_s(0, 7 * 86_400_000) == 1512  # a week: about 400 points
-    assert report.rate_window_s(15) == 60 and report.rate_window_s(1512) == 1527
+    assert report.rate_window_s(15, 15) == 60  # four scrapes
+    assert report.rate_window_s(1512) == 1542  # a step and a scrape
 
 
 def test_matrix_result_becomes_labelled_lines_with_gaps() -> None:
