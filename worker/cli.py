@@ -283,7 +283,7 @@ def build_parser() -> SettingsParser:
     p = sub.add_parser(
         "report",
         help="a PNG of the dashboard's main panels, for people without Grafana",
-        description="worker report --since T [--until T] --output report.png "
+        description="worker report --since T [--until T (default now)] --output report.png "
         "[--prometheus-url URL]: the accuracy panels (hit rate per window against the "
         "baselines and per model version, discovery hit rate, purchase lines attributed, "
         "challenger minus champion) from the accuracy topic's reports of windows starting in "
@@ -735,8 +735,9 @@ def cmd_monitor(args: argparse.Namespace, log: Any) -> int:
 
 
 def cmd_report(args: argparse.Namespace, log: Any) -> int:
-    """``worker report``: read the period's accuracy reports (and Prometheus, when given), write
-    the PNG, print the summary lines."""
+    """``worker report``: query Prometheus (when given) and read the period's accuracy reports,
+    write the PNG, print the summary lines. The cheap failures come first: matplotlib missing,
+    then Prometheus unreachable or refusing a query, before the topic is read."""
     import time as _time
 
     from worker.apps import report
@@ -744,12 +745,25 @@ def cmd_report(args: argparse.Namespace, log: Any) -> int:
     from worker.kafka.admin import partition_count, wait_for_cluster
     from worker.kafka.clients import make_consumer
 
-    report.require_matplotlib()  # before anything is read
+    report.require_matplotlib()
     if args.since_ms is None:
         raise ConfigError("report: --since is required")
     until_ms = args.until_ms if args.until_ms is not None else int(_time.time() * 1000)
     if until_ms <= args.since_ms:
         raise ConfigError("report: --until is not after --since")
+    runtime, source = None, ""
+    if args.prometheus_url:
+        from worker.ops.prometheus import PrometheusClient
+
+        prometheus = PrometheusClient(args.prometheus_url)
+        source = prometheus.shown_url
+        runtime = report.runtime_panels(
+            prometheus,
+            args.since_ms,
+            until_ms,
+            args.prometheus_selector or "",
+            scrape_interval_s=args.scrape_interval_s,
+        )
     kafka, topics = _kafka(args), _topics(args)
     wait_for_cluster(kafka)
     consumer = make_consumer(
@@ -768,20 +782,7 @@ def cmd_report(args: argparse.Namespace, log: Any) -> int:
         )
     finally:
         consumer.close()
-    runtime = source = None
-    if args.prometheus_url:
-        from worker.ops.prometheus import PrometheusClient
-
-        prometheus = PrometheusClient(args.prometheus_url)
-        source = prometheus.shown_url
-        runtime = report.runtime_panels(
-            prometheus,
-            args.since_ms,
-            until_ms,
-            args.prometheus_selector or "",
-            scrape_interval_s=args.scrape_interval_s,
-        )
-    built = report.build_report(read, runtime, source=source or "")
+    built = report.build_report(read, runtime, source=source)
     width, height = report.write_png(built, args.output)
     print(f"wrote {args.output} ({width}x{height} px)")
     for line in built.summary:

@@ -2,7 +2,8 @@
 ``prometheus`` package, the same one that ships promtool for tests/deploy/test_alert_rules.py;
 required, never skipped) scraping the worker's and the monitor's own metric registries every
 second through the product's /metrics server: every query of every panel is accepted by
-Prometheus, and the gauges come back as they were set.
+Prometheus, and the gauges come back as they were set; then ``worker report --prometheus-url``
+end to end (an empty accuracy topic on the real broker) draws them and prints the drift line.
 """
 
 from __future__ import annotations
@@ -13,18 +14,25 @@ import subprocess
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import NewTopic
 
 from tests.kafka_fixtures import free_port
+from worker import cli
 from worker.apps import report
+from worker.config import KafkaSettings
 from worker.core import report as series
 from worker.core.report import AccuracyWindows, Panel
+from worker.kafka.admin import admin_client
 from worker.ops.health import Health, serve_http
 from worker.ops.metrics import MonitorMetrics, WorkerMetrics
 from worker.ops.prometheus import PrometheusClient
+
+pytestmark = pytest.mark.kafka  # the command end to end reads an accuracy topic
 
 SCRAPE_S = 1
 
@@ -113,7 +121,9 @@ def _line_values(panel: Panel) -> dict[str, list[float]]:
     return {line.label: [v for v in line.values if v is not None] for line in panel.lines}
 
 
-def test_runtime_panels_from_a_real_prometheus(exporters, prometheus, tmp_path: Path) -> None:
+def test_runtime_panels_from_a_real_prometheus(
+    exporters, prometheus, tmp_path: Path, kafka_bootstrap, capsys
+) -> None:
     worker, monitor, _, _ = exporters
     worker.sessions.set(42)
     worker.assigned.set(3)
@@ -201,3 +211,41 @@ def test_runtime_panels_from_a_real_prometheus(exporters, prometheus, tmp_path: 
     out = tmp_path / "runtime.png"
     width, height = report.write_png(built, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and width == 1600
+
+    # The command end to end: the same period, Prometheus and an empty accuracy topic.
+    topic = f"accuracy-prom-{uuid.uuid4().hex[:8]}"
+    admin = admin_client(KafkaSettings(kafka_bootstrap))
+    for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        future.result(30)
+    cli_out = tmp_path / "cli.png"
+    code = cli.main(
+        [
+            "report",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--accuracy-topic",
+            topic,
+            "--since",
+            str(since_ms),
+            "--until",
+            str(until_ms),
+            "--output",
+            str(cli_out),
+            "--prometheus-url",
+            prometheus,
+            "--prometheus-selector",
+            'job=~"worker|monitor"',
+            "--scrape-interval-s",
+            str(SCRAPE_S),
+        ]
+    )
+    printed = capsys.readouterr().out.splitlines()
+    assert code == 0, printed
+    assert printed[1:] == [
+        "accuracy reports: 0 read, 0 windows in the period, 0 duplicate, 0 outside the period, "
+        "0 undecodable",
+        f"runtime: 11 panels from {prometheus}",
+        built.summary[-1],
+    ]
+    assert printed[0] == f"wrote {cli_out} ({width}x{height} px)"
+    assert cli_out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

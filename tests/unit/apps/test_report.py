@@ -134,6 +134,29 @@ def test_without_matplotlib_the_command_says_how_to_install_it(
     assert "pip install 'worker[report]'" in capsys.readouterr().err
 
 
+def test_an_unreachable_prometheus_fails_before_the_topic_is_read(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.kafka_fixtures import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    # No broker at 127.0.0.1:1 either: the Prometheus error comes first, in a few ms.
+    code = cli.main(
+        [
+            "report",
+            "--since",
+            str(T0),
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+            "--prometheus-url",
+            url,
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"Prometheus at {url}" in err and "PrometheusError" in err
+
+
 def test_since_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["report", "--bootstrap-servers", "127.0.0.1:1"]) == 2
     assert "--since is required" in capsys.readouterr().err
