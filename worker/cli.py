@@ -5,7 +5,8 @@ dataset), ``dataset export`` (the topics' records of a window as a dataset), ``m
 registry: list, show, history, compare, challenger, promote, rollback), ``retrain`` (export,
 train, gate, publish as challenger), ``run`` (the worker), ``monitor``, ``compile`` (the served
 model compiled with lleaves into its artifact's cache, for workers of this platform), ``schemas``
-(the record schemas and, with ``--fingerprints``, their single-object fingerprints).
+(the record schemas and, with ``--fingerprints``, their single-object fingerprints), ``report``
+(a PNG of the dashboard's main panels from the accuracy topic and, given one, Prometheus).
 The development tooling (local broker, chaos harness, benchmark, demo) is ``worker-dev``
 (:mod:`devtools.cli`), which production does not install.
 
@@ -27,6 +28,7 @@ from worker.config import (
     EXPORT_SETTINGS,
     LOGGING_SETTINGS,
     MODELS_DIR,
+    REPORT_SETTINGS,
     SCHEMA_REGISTRY_URL,
     SIMULATE_SETTINGS,
     TRAIN_SETTINGS,
@@ -277,6 +279,20 @@ def build_parser() -> SettingsParser:
         "of this platform (CPU family) load it at start instead of compiling it",
     )
     _models_arg(p)
+
+    p = sub.add_parser(
+        "report",
+        help="a PNG of the dashboard's main panels, for people without Grafana",
+        description="worker report --since T [--until T (default now)] --output report.png "
+        "[--prometheus-url URL]: the accuracy panels (hit rate per window against the "
+        "baselines and per model version, discovery hit rate, purchase lines attributed, "
+        "challenger minus champion) from the accuracy topic's reports of windows starting in "
+        "[since, until); with --prometheus-url, the runtime panels (throughput, lag, batch "
+        "size, latency, stage times, dead letters, sessions, memory, replicas, input drift) "
+        "as range queries over the same period. Needs the 'report' extra (matplotlib).",
+    )
+    _add_kafka_args(p)
+    p.add_settings(*REPORT_SETTINGS)
 
     p = sub.add_parser(
         "schemas",
@@ -718,6 +734,71 @@ def cmd_monitor(args: argparse.Namespace, log: Any) -> int:
     return Monitor(settings, log).run()
 
 
+def cmd_report(args: argparse.Namespace, log: Any) -> int:
+    """``worker report``: query Prometheus (when given) and read the period's accuracy reports,
+    write the PNG, print the summary lines. The cheap failures come first: matplotlib missing,
+    then Prometheus unreachable or refusing a query, before the topic is read."""
+    import time as _time
+
+    from worker.apps import report
+    from worker.apps.monitor import report_codec
+    from worker.kafka.admin import partition_count, wait_for_cluster
+    from worker.kafka.clients import make_consumer
+
+    report.require_matplotlib()
+    if args.since_ms is None:
+        raise ConfigError("report: --since is required")
+    until_ms = args.until_ms if args.until_ms is not None else int(_time.time() * 1000)
+    if until_ms <= args.since_ms:
+        raise ConfigError("report: --until is not after --since")
+    runtime, source = None, ""
+    if args.prometheus_url:
+        from worker.ops.prometheus import PrometheusClient
+
+        prometheus = PrometheusClient(args.prometheus_url)
+        source = prometheus.shown_url
+        runtime = report.runtime_panels(
+            prometheus,
+            args.since_ms,
+            until_ms,
+            args.prometheus_selector or "",
+            scrape_interval_s=args.scrape_interval_s,
+        )
+    kafka, topics = _kafka(args), _topics(args)
+    wait_for_cluster(kafka)
+    consumer = make_consumer(
+        kafka, "recommender-report", log, auto_commit=False, **{"enable.partition.eof": True}
+    )
+    try:
+        read = report.read_accuracy(
+            consumer,
+            topics.accuracy,
+            partition_count(kafka, topics.accuracy),
+            report_codec(_registry(args), topics.accuracy),
+            args.since_ms,
+            until_ms,
+            log=log,
+            max_wait_s=args.max_wait_s,
+        )
+    finally:
+        consumer.close()
+    built = report.build_report(read, runtime, source=source)
+    width, height = report.write_png(built, args.output)
+    print(f"wrote {args.output} ({width}x{height} px)")
+    for line in built.summary:
+        print(line)
+    log.info(
+        "report_written",
+        output=str(args.output),
+        windows=len(read.windows.windows()),
+        records=read.windows.records,
+        undecodable=sum(read.windows.undecodable.values()),
+        runtime_panels=len(built.runtime),
+        seconds=round(read.seconds, 1),
+    )
+    return 0
+
+
 def cmd_compile(args: argparse.Namespace, log: Any) -> int:
     """Precompile the artifact ``--models-dir`` serves (its LATEST, or the artifact itself); print
     the compiled object's path. Without lleaves there is nothing to compile: exit 0 all the same
@@ -811,6 +892,7 @@ COMMANDS = {
     "monitor": cmd_monitor,
     "compile": cmd_compile,
     "schemas": cmd_schemas,
+    "report": cmd_report,
 }
 
 if __name__ == "__main__":

@@ -1066,6 +1066,53 @@ EXPORT_SETTINGS: tuple[Setting[Any], ...] = (
 )
 
 
+# The report (`worker report`): a PNG of the dashboard's main panels. --since/--until are
+# EXPORT_SINCE/EXPORT_UNTIL (the same window of times; --until defaults to now there).
+REPORT_OUTPUT = Setting(
+    "output",
+    "--output",
+    as_path,
+    Path("report.png"),
+    help="the PNG to write",
+)
+PROMETHEUS_URL: Setting[str | None] = Setting(
+    "prometheus_url",
+    "--prometheus-url",
+    as_text,
+    None,
+    env="WORKER_PROMETHEUS_URL",
+    help="Prometheus HTTP API that scrapes the workers and the monitor (http://prometheus:9090):"
+    " the runtime panels are range queries there; unset = accuracy panels only",
+    secret=True,  # a URL may carry user:password
+)
+PROMETHEUS_SELECTOR: Setting[str | None] = Setting(
+    "prometheus_selector",
+    "--prometheus-selector",
+    as_text,
+    None,
+    help='label matchers added to every runtime query, e.g. namespace="shop" (the dashboard\'s'
+    " namespace variable)",
+)
+REPORT_SCRAPE_INTERVAL_S = Setting(
+    "scrape_interval_s",
+    "--scrape-interval-s",
+    as_int,
+    30,
+    help="how often that Prometheus scrapes the pods (deploy/'s PodMonitor: 30): the finest"
+    " step of the runtime panels, and rate() windows span at least four",
+    check=positive,
+)
+#: The flags of ``worker report`` besides Kafka's.
+REPORT_SETTINGS: tuple[Setting[Any], ...] = (
+    EXPORT_SINCE,
+    EXPORT_UNTIL,
+    REPORT_OUTPUT,
+    PROMETHEUS_URL,
+    PROMETHEUS_SELECTOR,
+    REPORT_SCRAPE_INTERVAL_S,
+    EXPORT_MAX_WAIT_S,
+)
+
 # -- settings objects ---------------------------------------------------------------------------
 
 

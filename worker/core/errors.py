@@ -78,3 +78,8 @@ class SchemaRegistryError(InfrastructureError):
 
 class BrokerError(InfrastructureError):
     """The cluster is unreachable, refused the credentials, or a fatal client error occurred."""
+
+
+class PrometheusError(InfrastructureError):
+    """The Prometheus HTTP API (``worker report --prometheus-url``) could not be reached or
+    answered with an error."""
