@@ -128,13 +128,14 @@ def test_render_lists_the_fingerprints_of_the_released_versions() -> None:
     assert [f.hex() for f in report.released] == [
         "bbd383ee34c3159f",  # before the live figures
         "e17b131c5c10ec3e",  # before the per-version figures
-        "eeb28a3d6be8183d",
+        "eeb28a3d6be8183d",  # before the comparison's windows (head to head)
+        "fd52bc45156c8695",
     ]
     assert all(fp.released[-1] == fp.fingerprint for fp in by_name.values())
     text = render(list(by_name.values()))
     assert (
         "released versions, all read (wire hex): v1 bbd383ee34c3159f, v2 e17b131c5c10ec3e, "
-        "v3 eeb28a3d6be8183d\n"
+        "v3 eeb28a3d6be8183d, v4 fd52bc45156c8695\n"
     ) in text
     assert "v1 b5c077aa6d1166bd, v2 b5c077aa6d1166bd\n" in text  # BrowsingEvent: a doc change
 
