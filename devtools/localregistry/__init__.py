@@ -45,6 +45,7 @@ from devtools.localkafka import (
     _tail_file,
     _tail_text,
     find_mvn,
+    free_ports,
 )
 from worker.core.errors import InfrastructureError
 
@@ -281,9 +282,13 @@ def start(cfg: LocalRegistryConfig | None = None, timeout_s: float = 180) -> str
 
 
 def _launch(cfg: LocalRegistryConfig, java: str, app: Path) -> subprocess.Popen[bytes]:
+    # Quarkus's management interface (health, metrics) listens on 0.0.0.0:9000 by default: keep
+    # it on loopback and on a free port, so that two registries (or anything on 9000) coexist.
+    management_port = free_ports(1)[0]
     cmd = [
         java, *JVM_FLAGS,
         "-Dquarkus.http.host=127.0.0.1", f"-Dquarkus.http.port={cfg.port}",
+        "-Dquarkus.management.host=127.0.0.1", f"-Dquarkus.management.port={management_port}",
         "-jar", str(app / "quarkus-run.jar"),
     ]  # fmt: skip
     cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -297,7 +302,13 @@ def _launch(cfg: LocalRegistryConfig, java: str, app: Path) -> subprocess.Popen[
             start_new_session=True,
         )
     _children[proc.pid] = proc
-    record = {"pid": proc.pid, "port": cfg.port, "version": cfg.version, "started_at": time.time()}
+    record = {
+        "pid": proc.pid,
+        "port": cfg.port,
+        "management_port": management_port,
+        "version": cfg.version,
+        "started_at": time.time(),
+    }
     cfg.pid_file.write_text(json.dumps(record))
     return proc
 
