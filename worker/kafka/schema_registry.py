@@ -14,28 +14,46 @@ project's:
 
 Credentials never appear in a repr, an error message or a log line: user info in the URL is moved
 into the client's ``basic.auth.user.info`` and shown nowhere.
+
+The client is imported when a registry is configured, not with this module: its imports (httpx2,
+authlib, cryptography) take about 0.7 s, which a worker without a registry does not pay.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
-
-import httpx2
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError as ClientError
 
 from worker.core.errors import ConfigError, SchemaRegistryError, UnknownSchemaError
 
+if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
 #: Confluent's error code for "schema not found" (``GET /schemas/ids/{id}``).
 SCHEMA_NOT_FOUND = 40403
-# What a failed call can raise: the registry's answer (ClientError), or no answer at all (httpx2's
-# TransportError and the rest of its HTTPError family, an OSError below it, ValueError for a body
-# that is not JSON).
-_CALL_ERRORS = (ClientError, httpx2.HTTPError, OSError, ValueError)
+
+
+@functools.cache
+def _call_errors() -> tuple[type[Exception], ...]:
+    """What a failed call can raise: the registry's answer (the client's SchemaRegistryError), or
+    no answer at all (httpx2's TransportError and the rest of its HTTPError family, an OSError
+    below it, ValueError for a body that is not JSON)."""
+    import httpx2
+    from confluent_kafka.schema_registry.error import SchemaRegistryError as ClientError
+
+    return (ClientError, httpx2.HTTPError, OSError, ValueError)
+
+
+def _is_unknown_id(exc: Exception) -> bool:
+    """The registry's own 'schema not found': HTTP 404 with error code 40403."""
+    return (
+        getattr(exc, "http_status_code", None) == 404
+        and getattr(exc, "error_code", None) == SCHEMA_NOT_FOUND
+    )
 
 
 class RegistrySettings(Protocol):
@@ -98,7 +116,9 @@ class ConfluentSchemaRegistry:
             conf["basic.auth.user.info"] = auth
         if ca_location is not None:
             conf["ssl.ca.location"] = str(ca_location)
-        self._client = SchemaRegistryClient(conf)
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        self._client: SchemaRegistryClient = SchemaRegistryClient(conf)
         self._by_id: dict[int, Mapping[str, Any]] = {}
 
     def __repr__(self) -> str:  # the URL without user info; no credentials in reprs
@@ -110,10 +130,12 @@ class ConfluentSchemaRegistry:
         Raises:
             SchemaRegistryError: the registry refused it or could not be reached.
         """
+        from confluent_kafka.schema_registry import Schema
+
         text = json.dumps(schema_json, sort_keys=True)
         try:
             schema_id = self._client.register_schema(subject, Schema(text, "AVRO"))
-        except _CALL_ERRORS as exc:
+        except _call_errors() as exc:
             raise SchemaRegistryError(
                 f"schema registry {self._url}: registering a schema under {subject!r} failed: "
                 f"{_describe(exc)}"
@@ -133,16 +155,11 @@ class ConfluentSchemaRegistry:
             return cached
         try:
             schema = self._client.get_schema(schema_id)
-        except ClientError as exc:
-            if exc.http_status_code == 404 and exc.error_code == SCHEMA_NOT_FOUND:
+        except _call_errors() as exc:
+            if _is_unknown_id(exc):
                 raise UnknownSchemaError(
                     f"schema id {schema_id} is not registered in the schema registry {self._url}"
                 ) from exc
-            raise SchemaRegistryError(
-                f"schema registry {self._url}: fetching schema id {schema_id} failed: "
-                f"{_describe(exc)}"
-            ) from exc
-        except _CALL_ERRORS as exc:
             raise SchemaRegistryError(
                 f"schema registry {self._url}: fetching schema id {schema_id} failed: "
                 f"{_describe(exc)}"
