@@ -44,7 +44,6 @@ from devtools.localkafka import (
     _port_free,
     _tail_file,
     _tail_text,
-    find_mvn,
     free_ports,
 )
 from worker.core.errors import InfrastructureError
@@ -141,10 +140,11 @@ def resolve_app(version: str = APICURIO_VERSION, timeout_s: float = 900) -> Path
 
 
 def _fetch(version: str, workdir: Path, target: Path, timeout_s: float) -> None:
-    try:
-        mvn = find_mvn()
-    except InfrastructureError as exc:
-        raise LocalRegistryError(f"{exc}") from exc
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise LocalRegistryError(
+            f"`mvn` not found on PATH (needed once to fetch Apicurio Registry): {INSTALL_HINT}"
+        )
     artifact = f"io.apicurio:apicurio-registry-app:{version}:tar.gz:all"
     download = workdir / "download"
     shutil.rmtree(download, ignore_errors=True)
