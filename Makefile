@@ -1,7 +1,9 @@
 # Set-up and everyday commands. Everything installs into .venv (created on first use).
 # Needs: Python 3.11 with venv (the lock files are compiled for CPython 3.11 on Linux x86_64, the
 # CI machine and the image), and for the local broker Java >= 17 and Maven
-# (`apt-get install openjdk-17-jre-headless maven`), and for the alert rule tests promtool
+# (`apt-get install openjdk-17-jre-headless maven`), for the local schema registry
+# (devtools/localregistry, Apicurio Registry) Java >= 21 as well (a Temurin JDK under
+# /usr/lib/jvm, or WORKER_LOCAL_REGISTRY_JAVA), and for the alert rule tests promtool
 # (`apt-get install --no-install-recommends prometheus`; tests/deploy/test_alert_rules.py fails
 # without it).
 

@@ -29,7 +29,7 @@ from worker.config import (
     LOGGING_SETTINGS,
     MODELS_DIR,
     REPORT_SETTINGS,
-    SCHEMA_REGISTRY_URL,
+    SCHEMA_REGISTRY_SETTINGS,
     SIMULATE_SETTINGS,
     TRAIN_SETTINGS,
     AtMost,
@@ -187,7 +187,7 @@ def _add_kafka_args(p: SettingsParser) -> None:
         help="librdkafka property passed through (repeatable; VALUE @file reads a file); "
         "also env WORKER_KAFKA_<KEY> with _ for .",
     )
-    p.add_settings(SCHEMA_REGISTRY_URL, group=g)
+    p.add_settings(*SCHEMA_REGISTRY_SETTINGS, group=g)
     p.add_settings_of(TopicSettings, group=g)
 
 
@@ -644,11 +644,9 @@ def cmd_retrain(args: argparse.Namespace, log: Any) -> int:
 
 
 def _registry(args: argparse.Namespace) -> Any:
-    if not args.schema_registry_url:
-        return None
-    from worker.wire.registry import HttpSchemaRegistry
+    from worker.kafka.schema_registry import open_schema_registry
 
-    return HttpSchemaRegistry(args.schema_registry_url)
+    return open_schema_registry(args)
 
 
 def _exit_cleanly_on_sigterm_while_starting() -> None:

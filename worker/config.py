@@ -140,6 +140,21 @@ def as_text(text: str) -> str:
     return text
 
 
+def as_secret_text(text: str) -> str:
+    """The text, or for ``@/path`` the content of that file (a secret mounted as a file).
+
+    Raises:
+        ValueError: the file cannot be read (the message shows neither the value nor the path,
+            which may be a password that starts with ``@``).
+    """
+    if not text.startswith("@"):
+        return text
+    try:
+        return Path(text[1:]).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"names a file that cannot be read ({exc.strerror})") from None
+
+
 def as_path(text: str) -> Path:
     """A filesystem path (not required to exist: the command that reads it says so)."""
     return Path(text)
@@ -267,8 +282,9 @@ class Setting(Generic[T]):
         return self.secret or is_secret(self.name) or is_secret(self.env or "")
 
     def field(self) -> T:
-        """The dataclass field of a settings object: this default, this declaration attached."""
-        return field(default=self.default, metadata={_DECLARED: self})
+        """The dataclass field of a settings object: this default, this declaration attached; a
+        secret's field is left out of the object's repr."""
+        return field(default=self.default, repr=not self.hidden, metadata={_DECLARED: self})
 
     def verify(self, value: T) -> T:
         """The value, if it passes the check.
@@ -407,6 +423,29 @@ SCHEMA_REGISTRY_URL: Setting[str | None] = Setting(
     env="WORKER_SCHEMA_REGISTRY_URL",
     help="Confluent-compatible schema registry; unset = Avro single-object encoding",
     secret=True,  # a URL may carry user:password
+)
+SCHEMA_REGISTRY_BASIC_AUTH: Setting[str | None] = Setting(
+    "schema_registry_basic_auth",
+    "--schema-registry-basic-auth",
+    as_secret_text,
+    None,
+    env="WORKER_SCHEMA_REGISTRY_BASIC_AUTH",
+    help="USER:PASSWORD for HTTP basic auth at the schema registry (@/path reads it from a file)",
+    secret=True,
+)
+SCHEMA_REGISTRY_CA_LOCATION: Setting[Path | None] = Setting(
+    "schema_registry_ca_location",
+    "--schema-registry-ca-location",
+    as_path,
+    None,
+    env="WORKER_SCHEMA_REGISTRY_CA_LOCATION",
+    help="CA certificate (PEM) that verifies an https schema registry; unset = the system's CAs",
+)
+#: Where the codecs find the schema registry (every command that reads or writes records).
+SCHEMA_REGISTRY_SETTINGS = (
+    SCHEMA_REGISTRY_URL,
+    SCHEMA_REGISTRY_BASIC_AUTH,
+    SCHEMA_REGISTRY_CA_LOCATION,
 )
 EVENTS_TOPIC = Setting(
     "events",
@@ -1194,6 +1233,8 @@ class WorkerSettings:
     shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S.field()
     metrics_port: int = METRICS_PORT.field()
     schema_registry_url: str | None = SCHEMA_REGISTRY_URL.field()
+    schema_registry_basic_auth: str | None = SCHEMA_REGISTRY_BASIC_AUTH.field()
+    schema_registry_ca_location: Path | None = SCHEMA_REGISTRY_CA_LOCATION.field()
     scoring_threads: int = 1
     # "lleaves" (compiled), "lightgbm", or auto: lleaves if installed
     scoring_backend: str = SCORING_BACKEND.field()
@@ -1240,6 +1281,8 @@ class MonitorSettings:
     session_lookback_s: float = SESSION_LOOKBACK_S.field()
     metrics_port: int = MONITOR_METRICS_PORT.field()
     schema_registry_url: str | None = SCHEMA_REGISTRY_URL.field()
+    schema_registry_basic_auth: str | None = SCHEMA_REGISTRY_BASIC_AUTH.field()
+    schema_registry_ca_location: Path | None = SCHEMA_REGISTRY_CA_LOCATION.field()
     exit_at_end: bool = EXIT_AT_END.field()
     worker_group_id: str = MONITOR_WORKER_GROUP_ID.field()
     group_lag_interval_s: float = GROUP_LAG_INTERVAL_S.field()

@@ -25,6 +25,8 @@ from worker.apps.simulate import SimulatorSettings
 from worker.apps.train import TrainSettings
 from worker.config import (
     MODELS_DIR,
+    SCHEMA_REGISTRY_BASIC_AUTH,
+    SCHEMA_REGISTRY_SETTINGS,
     SCHEMA_REGISTRY_URL,
     SIMULATE_SETTINGS,
     TRAIN_SETTINGS,
@@ -67,7 +69,7 @@ def _unique(settings: list[Setting[Any]]) -> list[Setting[Any]]:
 
 
 #: What each subcommand reads, by declaration: these and only these are resolved and checked.
-KAFKA = [*declared(KafkaSettings), SCHEMA_REGISTRY_URL, *declared(TopicSettings)]
+KAFKA = [*declared(KafkaSettings), *SCHEMA_REGISTRY_SETTINGS, *declared(TopicSettings)]
 READS: dict[str, list[Setting[Any]]] = {
     "topics": KAFKA,
     "run": _unique([*KAFKA, MODELS_DIR, *declared(WorkerSettings), cli.MAX_IDLE_S]),
@@ -518,8 +520,16 @@ def test_bad_value_of_a_secret_setting_is_not_echoed(
 
 
 def test_schema_registry_url_is_treated_as_secret() -> None:
-    """A registry URL may carry user:password; errors about it never show it."""
-    assert SCHEMA_REGISTRY_URL.hidden
+    """A registry URL may carry user:password, the basic auth setting is one: errors about them
+    never show them, nor do the reprs of the settings objects that hold them."""
+    assert SCHEMA_REGISTRY_URL.hidden and SCHEMA_REGISTRY_BASIC_AUTH.hidden
+    settings = WorkerSettings(
+        kafka=KafkaSettings(),
+        topics=TopicSettings(),
+        schema_registry_url=f"https://u:{PASSWORD}@r",
+        schema_registry_basic_auth=f"u:{PASSWORD}",
+    )
+    assert PASSWORD not in repr(settings)
     with pytest.raises(SettingError) as raised:
         Setting("url", "--url", as_int, 0, secret=True).from_text(f"https://u:{PASSWORD}@r")
     assert PASSWORD not in str(raised.value)

@@ -47,13 +47,13 @@ from worker.kafka.checkpoint import Checkpoint
 from worker.kafka.clients import assign_at, committed_offsets, make_consumer, make_producer
 from worker.kafka.dead_letter import dead_letter_of
 from worker.kafka.group_lag import GroupLagProbe
+from worker.kafka.schema_registry import open_schema_registry
 from worker.kafka.watches import FetchWatch
 from worker.model.artifact import read_metadata, resolve_artifact_dir
 from worker.model.registry import serving_state
 from worker.ops.health import Health, serve_http
 from worker.ops.metrics import MonitorMetrics
 from worker.wire.codec import AvroCodec, SchemaRegistry, codec_for
-from worker.wire.registry import HttpSchemaRegistry
 
 NEVER = -(1 << 62)
 PRUNE_INTERVAL_S = 5.0
@@ -194,11 +194,7 @@ class Monitor:
             category_top=self.category_top,
             session_lookback_ms=int(settings.session_lookback_s * 1000),
         )
-        registry = (
-            HttpSchemaRegistry(settings.schema_registry_url)
-            if settings.schema_registry_url
-            else None
-        )
+        registry = open_schema_registry(settings)
         topics = settings.topics
         self.suggestion_codec = codec_for(
             "ProductSuggestion", registry=registry, topic=topics.suggestions

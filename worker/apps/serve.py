@@ -58,6 +58,7 @@ from worker.kafka.clients import (
     make_producer,
     start_at,
 )
+from worker.kafka.schema_registry import open_schema_registry
 from worker.kafka.watches import FetchWatch, RejoinWatch
 from worker.model.artifact import LATEST_FILE, ModelArtifact, load_artifact
 from worker.model.registry import ServingState
@@ -65,7 +66,6 @@ from worker.model.scoring import make_scorer
 from worker.ops.health import Health, rss_mib, serve_http
 from worker.ops.metrics import WorkerMetrics
 from worker.wire.codec import codec_for
-from worker.wire.registry import HttpSchemaRegistry
 from worker.wire.suggestion_writer import SuggestionWriter
 
 PROGRESS_LOG_INTERVAL_S = 10.0
@@ -94,9 +94,7 @@ def batch_step(settings: WorkerSettings, changelog: str | None) -> tuple[BatchSt
     """The worker's :class:`BatchStep` (its codecs, through the schema registry when one is
     configured, and topics; the lanes are given per batch) and the suggestions' framing
     header (for each version's :class:`SuggestionWriter`)."""
-    registry = (
-        HttpSchemaRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
-    )
+    registry = open_schema_registry(settings)
     topics = settings.topics
     suggestion_codec = codec_for("ProductSuggestion", registry=registry, topic=topics.suggestions)
     step = BatchStep(

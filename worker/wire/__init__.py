@@ -1,3 +1,4 @@
 """Bytes on the wire: Avro codecs for both framings (Confluent and single-object), the batched
-suggestion writer, the session changelog codec, the schema registry client, and the ``.avsc``
-schemas (``schemas/``, package data)."""
+suggestion writer, the session changelog codec, and the ``.avsc`` schemas (``schemas/``, package
+data). The schema registry client they use is in the Kafka edge, ``worker.kafka.schema_registry``.
+"""

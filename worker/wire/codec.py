@@ -20,7 +20,8 @@ epoch milliseconds. Logical types do not change the binary encoding nor the fing
 parsing canonical form drops them), and plain ints keep the hot path free of datetime objects.
 
 This module is pure: schema registry access goes through the :class:`SchemaRegistry` protocol,
-whose HTTP implementation lives in :mod:`worker.wire.registry`.
+whose implementation (confluent-kafka's ``SchemaRegistryClient``) lives in the Kafka edge,
+:mod:`worker.kafka.schema_registry`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The wire format (design.md, "Wire format"): both framings, byte-level headers, schema
-evolution, typed errors for malformed input, and the HTTP schema registry client.
+evolution and typed errors for malformed input. The schema registry client is tested against a
+real registry in tests/integration/test_schema_registry.py.
 
-Pure: no broker. The registry tests run a tiny ``http.server`` on 127.0.0.1 in a thread.
+Pure: no broker, no HTTP.
 
 Hypothesis example counts (``max_examples`` set explicitly below):
 
@@ -12,16 +13,12 @@ Hypothesis example counts (``max_examples`` set explicitly below):
 
 from __future__ import annotations
 
-import base64
 import copy
 import dataclasses
 import io
 import json
-import socket
 import struct
-import threading
 from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import fastavro
@@ -37,7 +34,6 @@ from worker.core.errors import (
     DecodeError,
     OversizedRecordError,
     SchemaMismatchError,
-    SchemaRegistryError,
     UnknownFramingError,
     UnknownSchemaError,
 )
@@ -51,7 +47,6 @@ from worker.wire.codec import (
     load_schema,
     schema_history,
 )
-from worker.wire.registry import HttpSchemaRegistry
 
 NAMES = list(SCHEMA_FILES)
 
@@ -753,151 +748,3 @@ def test_fuzz_mutated_valid_encodings_decode_or_raise_typed_error(payload: bytes
     error, never another exception type."""
     _decode_or_typed_error(FUZZ_CODECS[NAMES.index("BrowsingEvent") * 2], payload)
     _decode_or_typed_error(FUZZ_CODECS[NAMES.index("PurchaseOutcome") * 2], payload)
-
-
-# -- HTTP schema registry ---------------------------------------------------------------------
-
-
-class _FakeRegistry:
-    """State of the fake Confluent-compatible registry."""
-
-    def __init__(self) -> None:
-        self.schemas: dict[int, str] = {}
-        self.ids: dict[str, int] = {}
-        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
-        self.lock = threading.Lock()
-
-
-def _make_handler(state: _FakeRegistry) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
-            pass
-
-        def _reply(self, code: int, body: Mapping[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            with state.lock:
-                state.requests.append(("POST", self.path, dict(self.headers), body))
-                parts = self.path.strip("/").split("/")
-                if len(parts) != 3 or parts[0] != "subjects" or parts[2] != "versions":
-                    self._reply(404, {"error_code": 404, "message": "not found"})
-                    return
-                text = json.loads(body)["schema"]
-                if text not in state.ids:
-                    state.ids[text] = 100 + len(state.ids)
-                    state.schemas[state.ids[text]] = text
-                self._reply(200, {"id": state.ids[text]})
-
-        def do_GET(self) -> None:
-            with state.lock:
-                state.requests.append(("GET", self.path, dict(self.headers), b""))
-                prefix = "/schemas/ids/"
-                if self.path.startswith(prefix) and self.path[len(prefix) :] == "500":
-                    self._reply(500, {"error_code": 50001, "message": "boom"})
-                    return
-                if self.path.startswith(prefix) and self.path[len(prefix) :].isdigit():
-                    schema_id = int(self.path[len(prefix) :])
-                    if schema_id in state.schemas:
-                        self._reply(200, {"schema": state.schemas[schema_id]})
-                        return
-                self._reply(404, {"error_code": 40403, "message": "Schema not found"})
-
-    return Handler
-
-
-@pytest.fixture
-def fake_registry() -> Iterator[tuple[str, _FakeRegistry]]:
-    """A fake registry on 127.0.0.1 (ephemeral port), served by a thread; yields (url, state)."""
-    state = _FakeRegistry()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-def test_http_registry_register_returns_id_and_caches(fake_registry) -> None:
-    """register POSTs {"schema": <text>} to /subjects/<subject>/versions and returns the id;
-    a second register of the same schema is answered from the cache."""
-    url, state = fake_registry
-    registry = HttpSchemaRegistry(url, timeout_s=2)
-    schema = load_schema("BrowsingEvent")
-    assert registry.register("browsing-events-value", schema) == 100
-    assert registry.register("browsing-events-value", schema) == 100
-    posts = [r for r in state.requests if r[0] == "POST"]
-    assert len(posts) == 1
-    method, path, headers, body = posts[0]
-    assert path == "/subjects/browsing-events-value/versions"
-    assert json.loads(json.loads(body)["schema"]) == schema
-    assert headers["Content-Type"] == "application/vnd.schemaregistry.v1+json"
-    assert "Authorization" not in headers
-
-
-def test_http_registry_schema_by_id_fetches_and_feeds_a_codec(fake_registry) -> None:
-    """A record written through one client decodes through another that only knows the id."""
-    url, state = fake_registry
-    writer = codec_for("BrowsingEvent", registry=HttpSchemaRegistry(url), topic="browsing-events")
-    payload = writer.encode(EVENT)
-    assert payload[:5] == b"\x00" + struct.pack(">I", 100)
-
-    fresh = HttpSchemaRegistry(url)
-    assert fresh.schema_by_id(100) == load_schema("BrowsingEvent")
-    reader = codec_for("BrowsingEvent", registry=HttpSchemaRegistry(url))
-    assert reader.decode(payload) == EVENT
-    assert ("GET", "/schemas/ids/100") in [(m, p) for m, p, _, _ in state.requests]
-
-
-def test_http_registry_404_is_unknown_schema_error(fake_registry) -> None:
-    """An id the registry does not know: UnknownSchemaError (a data error, dead-lettered)."""
-    url, _ = fake_registry
-    with pytest.raises(UnknownSchemaError):
-        HttpSchemaRegistry(url).schema_by_id(7)
-    payload = b"\x00" + struct.pack(">I", 7) + b"\x02"
-    with pytest.raises(UnknownSchemaError):
-        codec_for("BrowsingEvent", registry=HttpSchemaRegistry(url)).decode(payload)
-
-
-def test_http_registry_server_error_is_schema_registry_error(fake_registry) -> None:
-    """HTTP 500 is an infrastructure error (SchemaRegistryError), not a data error."""
-    url, _ = fake_registry
-    with pytest.raises(SchemaRegistryError, match="HTTP 500"):
-        HttpSchemaRegistry(url).schema_by_id(500)
-
-
-def test_http_registry_connection_refused_is_schema_registry_error() -> None:
-    """Nobody listening on the port: SchemaRegistryError."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))  # bound but not listening: connections are refused
-        port = sock.getsockname()[1]
-        registry = HttpSchemaRegistry(f"http://127.0.0.1:{port}", timeout_s=2)
-        with pytest.raises(SchemaRegistryError):
-            registry.schema_by_id(1)
-        with pytest.raises(SchemaRegistryError):
-            registry.register("x-value", load_schema("BrowsingEvent"))
-
-
-def test_http_registry_sends_basic_auth_and_keeps_password_out_of_repr(fake_registry) -> None:
-    """basic_auth 'user:password' goes out as an Authorization: Basic header on every call, and
-    the password never appears in repr/str of the client."""
-    url, state = fake_registry
-    password = "s3cr3t-Pa55"
-    registry = HttpSchemaRegistry(url, basic_auth=f"alice:{password}")
-    schema_id = registry.register("t-value", load_schema("PurchaseOutcome"))
-    with pytest.raises(UnknownSchemaError):
-        registry.schema_by_id(schema_id + 1)
-    expected = "Basic " + base64.b64encode(f"alice:{password}".encode()).decode()
-    assert [r[2].get("Authorization") for r in state.requests] == [expected, expected]
-    for text in (repr(registry), str(registry)):
-        assert password not in text
-        assert base64.b64encode(f"alice:{password}".encode()).decode() not in text
