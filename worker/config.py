@@ -589,7 +589,7 @@ MAX_SESSIONS = Setting(
     as_int,
     2_000_000,
     env="WORKER_MAX_SESSIONS",
-    help="user sessions held in memory, at most",
+    help="user sessions held in memory, at most (all served model versions together)",
     check=positive,
 )
 SESSION_IDLE_TTL_S = Setting(

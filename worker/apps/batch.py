@@ -47,7 +47,7 @@ import numpy as np
 from worker.core.errors import DataError
 from worker.core.pipeline import BatchEntry, Recommender, StageTimings
 from worker.core.records import to_browsing_event
-from worker.core.session import SessionStore
+from worker.core.session import SessionStore, trim_to_total
 from worker.kafka.admin import DLQ_MAX_MESSAGE_BYTES
 from worker.kafka.changelog import CHECKPOINT_KEY, changelog_records, checkpoint_value
 from worker.kafka.dead_letter import dead_letter_of
@@ -163,6 +163,9 @@ class BatchStep:
         suggestion_writer: encodes the suggestions (likewise).
         suggestions_topic / dead_letter_topic: where suggestions and dead letters go.
         changelog_topic: the session changelog, or None when it is off.
+        max_sessions: the most sessions all lanes hold together (the least recently active
+            users beyond it are evicted after the batch, their tombstones in its changelog);
+            None: each store's own cap only.
         clock_ms: wall-clock milliseconds: read once before parsing (event times are checked
             against it) and once after ranking (the suggestions' produced time).
     """
@@ -177,6 +180,7 @@ class BatchStep:
         dead_letter_topic: str,
         changelog_topic: str | None,
         clock_ms: Callable[[], int] = now_ms,
+        max_sessions: int | None = None,
     ) -> None:
         self._decode = event_codec.decode
         self._recommender = recommender
@@ -186,6 +190,7 @@ class BatchStep:
         self._dead_letters = dead_letter_topic
         self._changelog = changelog_topic
         self._clock_ms = clock_ms
+        self._max_sessions = max_sessions
 
     def __call__(
         self,
@@ -280,6 +285,9 @@ class BatchStep:
             for entry, value in zip(entries, values, strict=True)
         ]
         t4 = time.perf_counter()
+        if self._max_sessions is not None and len(all_lanes) > 1:
+            # Two versions' stores share the worker's memory: one cap for their sum.
+            trim_to_total([lane.sessions for lane in all_lanes], self._max_sessions)
         changelog = self._changelog_records(
             all_lanes, rows, entries, owned_partitions, next_offsets
         )

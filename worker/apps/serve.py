@@ -107,6 +107,7 @@ def batch_step(settings: WorkerSettings, changelog: str | None) -> tuple[BatchSt
         suggestions_topic=topics.suggestions,
         dead_letter_topic=topics.dead_letter(topics.events),
         changelog_topic=changelog,
+        max_sessions=settings.max_sessions,
     )
     return step, suggestion_codec.header()
 

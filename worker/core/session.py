@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from array import array
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 SESSION_GAP_MS = 30 * 60 * 1000
@@ -206,3 +207,33 @@ class SessionStore:
 
     def stats(self) -> SessionStoreStats:
         return SessionStoreStats(len(self._sessions), self._evicted_lru, self._expired_idle)
+
+    def oldest_last_ms(self) -> int | None:
+        """Last event time of the least recently active user, None when empty."""
+        if not self._sessions:
+            return None
+        return next(iter(self._sessions.values())).last_ms
+
+    def evict_oldest(self) -> None:
+        """Evict the least recently active user (counted and forgotten as an LRU eviction)."""
+        user_id, evicted = self._sessions.popitem(last=False)
+        self._evicted_lru += 1
+        self._forgotten.append((user_id, evicted.partition))
+
+
+def trim_to_total(stores: Sequence[SessionStore], limit: int) -> int:
+    """Evict users, least recently active first across ``stores`` (by their last event time),
+    until the stores hold ``limit`` users together; returns how many were evicted. Each store
+    caps itself (``max_users``); this caps the sum, for a worker that serves two model versions
+    whose stores share one memory budget."""
+    excess = sum(len(s) for s in stores) - limit
+    evicted = 0
+    while excess > 0:
+        victim = min(
+            (s for s in stores if len(s)),
+            key=lambda s: s.oldest_last_ms() or 0,
+        )
+        victim.evict_oldest()
+        excess -= 1
+        evicted += 1
+    return evicted

@@ -243,6 +243,39 @@ def test_a_challenger_answers_its_share_of_users_each_user_on_one_version(tmp_pa
     w._close()
 
 
+def test_the_session_cap_holds_for_the_sum_of_the_versions_stores(tmp_path):
+    """--max-sessions caps what the worker holds, not each version's store: with a challenger
+    the two stores together stay within it, the least recently active users evicted, each with
+    a tombstone as its last changelog record."""
+    from tests.unit.apps.test_serve_loop import GROUP
+    from worker.kafka.changelog import changelog_topic
+
+    r = Reloading(tmp_path, max_batch_size=20, max_sessions=4)
+    h = r.h
+    h.write_events(200)
+    w = r.worker()
+    held: list[int] = []
+
+    def after_batch(n: int) -> None:
+        if n == 1:
+            registry.set_challenger(r.dir, "v2", 0.5, why="test")
+            swap_now(w, h)
+        held.append(sum(len(lane.sessions) for lane in w.models.lanes()))
+
+    drive(w, h, after_batch)
+    assert len(w.models.lanes()) == 2
+    assert max(held) == 4  # 9 users: without the shared cap each store would hold up to 4
+    kept = {u for lane in w.models.lanes() for u in lane.sessions.users()}
+    last: dict[bytes, bytes | None] = {}
+    for m in h.broker.messages(changelog_topic(GROUP)):
+        if m.key() != b"\x00checkpoint":
+            last[m.key()] = m.value()
+    evicted = {key.decode() for key, value in last.items() if value is None}
+    assert evicted and not evicted & kept
+    assert {key.decode() for key, value in last.items() if value is not None} == kept
+    w._close()
+
+
 @pytest.mark.parametrize(
     ("bad", "reason"),
     [

@@ -176,3 +176,19 @@ def test_idleness_is_judged_against_the_users_own_partition() -> None:
     store.record("other-on-1", "s1", 1, 0, 2 * hour, False, partition=1, offset=1)
     assert store.expire_idle() == 1
     assert "lagging" not in store and "other-on-1" in store and "ahead" in store
+
+
+def test_trim_to_total_evicts_the_least_recently_active_across_stores() -> None:
+    """The sum is capped; the victims are the users with the oldest last event, whichever store
+    holds them; each store forgets its own (its tombstones)."""
+    from worker.core.session import trim_to_total
+
+    a, b = SessionStore(), SessionStore()
+    for t, (store, user) in enumerate([(a, "a1"), (b, "b1"), (a, "a2"), (b, "b2"), (a, "a3")]):
+        store.record(user, "s", 1, 0, 1000 * t, False, partition=0, offset=t)
+    assert trim_to_total([a, b], 5) == 0
+    assert trim_to_total([a, b], 2) == 3
+    assert (a.users(), b.users()) == (["a3"], ["b2"])
+    assert a.drain_forgotten() == [("a1", 0), ("a2", 0)] and b.drain_forgotten() == [("b1", 0)]
+    assert a.stats().evicted_lru == 2 and b.stats().evicted_lru == 1
+    assert trim_to_total([a, b], 0) == 2 and len(a) == len(b) == 0
