@@ -28,10 +28,10 @@ SESSION_GAP_MS = 30 * 60 * 1000
 _I32_MIN = -(1 << 31)
 _I32_MAX = (1 << 31) - 1
 _I64_MIN = -(1 << 63)
-# Session ids up to this many UTF-8 bytes are held in a fixed-width byte pool (the width follows
-# the longest id seen); longer ones as str objects in a side dict.
-_SID_POOL_MAX = 64
-_SID_LONG = 255  # length marker of a session id held in the side dict
+# User and session ids up to this many UTF-8 bytes are held in fixed-width byte pools (the width
+# follows the longest id seen); longer ones as str objects in a side dict.
+_TEXT_POOL_MAX = 64
+_TEXT_LONG = 255  # length marker of a string held in the side dict
 
 
 @dataclass(slots=True)
@@ -111,8 +111,13 @@ class SessionStore:
         self.max_users = max_users
         self.idle_ttl_ms = idle_ttl_ms
         self.session_gap_ms = session_gap_ms
-        self._slot_of: dict[str, int] = {}
-        self._user_of: list[str | None] = []  # slot -> user id, None while free
+        # User id -> slot: an open-addressing table (linear probing, at most half full) of
+        # slots, keyed by the low 32 bits of the id's hash, which every slot keeps.
+        self._table = array("i", [-1]) * 8
+        self._count = 0
+        self._hashes = array("I")
+        self._used = bytearray()  # 1 while the slot holds a user
+        self._users = _TextColumn()  # user ids
         self._free = array("i")  # free slots (a stack)
         # One element per slot (``history`` elements for the two histories, most recent first).
         self._codes = array("i")  # item * 4 + event type
@@ -130,10 +135,7 @@ class SessionStore:
         self._newer = array("i")
         self._oldest = -1
         self._newest = -1
-        self._sid_width = 4
-        self._sids = bytearray()  # session ids, ``_sid_width`` bytes per slot
-        self._sid_len = array("B")
-        self._long_sids: dict[int, str] = {}
+        self._sids = _TextColumn()  # session ids
         self._blank_codes = array("i", [0]) * history
         self._blank_times = array("i", [0]) * history
         self._evicted_slot = -1  # the slot the last record() evicted, -1 if none
@@ -146,20 +148,20 @@ class SessionStore:
         self._forgotten: list[tuple[str, int]] = []
 
     def __len__(self) -> int:
-        return len(self._slot_of)
+        return self._count
 
     def __contains__(self, user_id: str) -> bool:
-        return user_id in self._slot_of
+        return self._find(user_id, _utf8(user_id)) >= 0
 
     @property
     def capacity(self) -> int:
         """Slots allocated: the most users held at once so far (freed slots are reused)."""
-        return len(self._user_of)
+        return len(self._used)
 
     def get(self, user_id: str) -> Session | None:
         """A copy of the user's session (None if absent)."""
-        slot = self._slot_of.get(user_id)
-        return None if slot is None else self._session_at(slot)
+        slot = self._find(user_id, _utf8(user_id))
+        return None if slot < 0 else self._session_at(slot)
 
     def record(
         self,
@@ -201,14 +203,15 @@ class SessionStore:
         prev_out = np.empty(n_rows, dtype=np.int64)
         outs = (codes_out, times_out, start_out, n_events_out, n_carts_out, prev_out)
         pending: dict[int, int] = {}  # slot -> the row that reads it at the end
-        slot_of = self._slot_of
+        find = self._find
         record = self._record
         copy_row = self._copy_row
         for row, fields in enumerate(events):
-            held = slot_of.get(fields[0])
-            if held is not None and held in pending:
+            user_id = fields[0]
+            held = find(user_id, _utf8(user_id))
+            if held in pending:
                 copy_row(held, pending.pop(held), outs)
-            slot = record(*fields)
+            slot = record(*fields, held)
             pending[slot] = row
             evicted = self._evicted_slot
             if evicted >= 0 and evicted in pending:
@@ -233,8 +236,7 @@ class SessionStore:
             horizon = marks.get(partition, 0) - self.idle_ttl_ms
             if self._start[oldest] + self._last[oldest] >= horizon:
                 break
-            user_id = self._user_of[oldest]
-            assert user_id is not None
+            user_id = self._users.get(oldest)
             self._release(oldest)
             self._forgotten.append((user_id, partition))
             expired += 1
@@ -243,12 +245,12 @@ class SessionStore:
 
     def drop_partitions(self, partitions: set[int]) -> int:
         """Forget the users whose events came from the given input partitions."""
-        if not partitions or not self._slot_of:
+        if not partitions or not self._count:
             return 0
         tagged = np.flatnonzero(
             np.isin(np.frombuffer(self._partition, dtype=np.int32), list(partitions))
         ).tolist()
-        gone = [slot for slot in tagged if self._user_of[slot] is not None]
+        gone = [slot for slot in tagged if self._used[slot]]
         for slot in gone:
             self._release(slot)
         return len(gone)
@@ -261,8 +263,8 @@ class SessionStore:
     def put(self, user_id: str, session: Session) -> None:
         """Install a restored session (for example read back from a changelog); a history
         longer than ``history`` keeps its most recent interactions."""
-        slot = self._slot_of.get(user_id)
-        if slot is None:
+        slot = self._find(user_id, _utf8(user_id))
+        if slot < 0:
             slot = self._new_slot(user_id)
         else:
             self._touch(slot)
@@ -288,7 +290,7 @@ class SessionStore:
         self._n_carts[slot] = session.n_carts
         self._partition[slot] = session.partition
         self._offset[slot] = session.offset
-        self._set_session_id(slot, session.session_id, _utf8(session.session_id))
+        self._sids.set(slot, session.session_id, _utf8(session.session_id))
         if session.last_ms > self._watermarks_ms.get(session.partition, 0):
             self._watermarks_ms[session.partition] = session.last_ms
 
@@ -297,9 +299,7 @@ class SessionStore:
         out = []
         slot = self._oldest
         while slot >= 0:
-            user_id = self._user_of[slot]
-            assert user_id is not None
-            out.append(user_id)
+            out.append(self._users.get(slot))
             slot = self._newer[slot]
         return out
 
@@ -307,8 +307,8 @@ class SessionStore:
         """Remove the user's session and return it (None if absent), without counting the user
         as forgotten: the session moves elsewhere (to another model version's store), so no
         tombstone is due."""
-        slot = self._slot_of.get(user_id)
-        if slot is None:
+        slot = self._find(user_id, _utf8(user_id))
+        if slot < 0:
             return None
         session = self._session_at(slot)
         self._release(slot)
@@ -328,7 +328,7 @@ class SessionStore:
                 mine[partition] = time_ms
 
     def stats(self) -> SessionStoreStats:
-        return SessionStoreStats(len(self._slot_of), self._evicted_lru, self._expired_idle)
+        return SessionStoreStats(self._count, self._evicted_lru, self._expired_idle)
 
     # -- slots ---------------------------------------------------------------------------------
 
@@ -342,12 +342,14 @@ class SessionStore:
         is_cart: bool,
         partition: int,
         offset: int,
+        held: int | None = None,
     ) -> int:
-        """:meth:`record` without the copy: the user's slot."""
+        """:meth:`record` without the copy: the user's slot (``held``: the user's slot, -1 if
+        none, when the caller looked it up)."""
         self._evicted_slot = -1
-        slot = self._slot_of.get(user_id)
+        slot = self._find(user_id, _utf8(user_id)) if held is None else held
         sid = _utf8(session_id)
-        if slot is None:
+        if slot < 0:
             slot = self._new_slot(user_id)
             fresh = True
         else:
@@ -355,7 +357,7 @@ class SessionStore:
                 self._touch(slot)
                 return slot
             fresh = (
-                not self._session_id_is(slot, session_id, sid)
+                not self._sids.equals(slot, session_id, sid)
                 or time_ms - (self._start[slot] + self._last[slot]) > self.session_gap_ms
             )
             self._touch(slot)
@@ -366,7 +368,7 @@ class SessionStore:
         if fresh:
             start = time_ms
             self._start[slot] = start
-            self._set_session_id(slot, session_id, sid)
+            self._sids.set(slot, session_id, sid)
             self._prev[slot] = self._no_prev
             self._last[slot] = 0
             n_events = n_carts = length = 0
@@ -399,11 +401,9 @@ class SessionStore:
         marks = self._watermarks_ms
         if time_ms > marks.get(partition, 0):
             marks[partition] = time_ms
-        if len(self._slot_of) > self.max_users:
+        if self._count > self.max_users:
             victim = self._oldest
-            victim_user = self._user_of[victim]
-            assert victim_user is not None
-            self._forgotten.append((victim_user, self._partition[victim]))
+            self._forgotten.append((self._users.get(victim), self._partition[victim]))
             self._release(victim)
             self._evicted_lru += 1
             self._evicted_slot = victim
@@ -413,10 +413,12 @@ class SessionStore:
         """A slot for a new user, linked as the most recently active."""
         if self._free:
             slot = self._free.pop()
-            self._user_of[slot] = user_id
         else:
-            slot = len(self._user_of)
-            self._user_of.append(user_id)
+            slot = len(self._used)
+            self._used.append(0)
+            self._hashes.append(0)
+            self._users.add_slot()
+            self._sids.add_slot()
             self._codes.extend(self._blank_codes)
             self._times.extend(self._blank_times)
             for column in (self._length, self._start, self._last, self._prev, self._n_events):
@@ -424,9 +426,9 @@ class SessionStore:
             for column in (self._n_carts, self._partition, self._offset, self._older):
                 column.append(0)
             self._newer.append(0)
-            self._sid_len.append(0)
-            self._sids.extend(bytes(self._sid_width))
-        self._slot_of[user_id] = slot
+        self._index(slot, hash(user_id))  # first: a growing table takes the slots in use
+        self._used[slot] = 1
+        self._users.set(slot, user_id, _utf8(user_id))
         newest = self._newest
         self._older[slot] = newest
         self._newer[slot] = -1
@@ -456,10 +458,10 @@ class SessionStore:
 
     def _release(self, slot: int) -> None:
         """Unlink ``slot`` and return it to the free list; its data stay until reused."""
-        user_id = self._user_of[slot]
-        assert user_id is not None
-        del self._slot_of[user_id]
-        self._user_of[slot] = None
+        self._unindex(slot)
+        self._used[slot] = 0
+        self._users.clear(slot)
+        self._sids.clear(slot)
         older, newer = self._older, self._newer
         before, after = older[slot], newer[slot]
         if before >= 0:
@@ -470,49 +472,66 @@ class SessionStore:
             older[after] = before
         else:
             self._newest = before
-        if self._long_sids:
-            self._long_sids.pop(slot, None)
         self._free.append(slot)
 
-    def _session_id_is(self, slot: int, session_id: str, utf8: bytes) -> bool:
-        length = self._sid_len[slot]
-        if length == _SID_LONG:
-            return self._long_sids[slot] == session_id
-        if length != len(utf8):
-            return False
-        base = slot * self._sid_width
-        return self._sids[base : base + length] == utf8
+    def _find(self, user_id: str, utf8: bytes) -> int:
+        """The user's slot, -1 if the user is not held."""
+        key = hash(user_id)
+        table = self._table
+        mask = len(table) - 1
+        at = key & mask
+        key &= 0xFFFFFFFF
+        hashes = self._hashes
+        users = self._users
+        while (slot := table[at]) >= 0:
+            if hashes[slot] == key and users.equals(slot, user_id, utf8):
+                return slot
+            at = (at + 1) & mask
+        return -1
 
-    def _set_session_id(self, slot: int, session_id: str, utf8: bytes) -> None:
-        length = len(utf8)
-        if length > _SID_POOL_MAX:
-            self._long_sids[slot] = session_id
-            self._sid_len[slot] = _SID_LONG
-            return
-        if self._long_sids:
-            self._long_sids.pop(slot, None)
-        if length > self._sid_width:
-            self._widen_session_ids(length)
-        base = slot * self._sid_width
-        self._sids[base : base + length] = utf8
-        self._sid_len[slot] = length
+    def _index(self, slot: int, key: int) -> None:
+        """Enter ``slot`` in the table under ``key`` (the user id's hash)."""
+        if (self._count + 1) * 2 > len(self._table):
+            self._grow_table()
+        table = self._table
+        mask = len(table) - 1
+        at = key & mask
+        while table[at] >= 0:
+            at = (at + 1) & mask
+        table[at] = slot
+        self._hashes[slot] = key & 0xFFFFFFFF
+        self._count += 1
 
-    def _session_id_at(self, slot: int) -> str:
-        length = self._sid_len[slot]
-        if length == _SID_LONG:
-            return self._long_sids[slot]
-        base = slot * self._sid_width
-        return self._sids[base : base + length].decode("utf-8", "surrogatepass")
+    def _unindex(self, slot: int) -> None:
+        """Remove ``slot`` from the table, moving back the entries probed past it (no
+        tombstones: lookups stay as short as the load allows)."""
+        table = self._table
+        mask = len(table) - 1
+        hashes = self._hashes
+        hole = hashes[slot] & mask
+        while table[hole] != slot:
+            hole = (hole + 1) & mask
+        at = hole
+        while (other := table[at := (at + 1) & mask]) >= 0:
+            home = hashes[other] & mask
+            # ``other`` stays where it is if its home is in the cyclic range (hole, at].
+            if hole < home <= at if hole < at else (home > hole or home <= at):
+                continue
+            table[hole] = other
+            hole = at
+        table[hole] = -1
+        self._count -= 1
 
-    def _widen_session_ids(self, length: int) -> None:
-        """Room for session ids of ``length`` bytes in every slot (the pool is rebuilt)."""
-        width = min(max(length, self._sid_width * 3 // 2), _SID_POOL_MAX)
-        old = np.frombuffer(self._sids, dtype=np.uint8).reshape(-1, self._sid_width)
-        new = np.zeros((old.shape[0], width), dtype=np.uint8)
-        new[:, : self._sid_width] = old
-        del old
-        self._sids = bytearray(new.tobytes())
-        self._sid_width = width
+    def _grow_table(self) -> None:
+        table = array("i", [-1]) * (len(self._table) * 2)
+        mask = len(table) - 1
+        hashes = self._hashes
+        for slot in np.flatnonzero(np.frombuffer(self._used, dtype=np.uint8)).tolist():
+            at = hashes[slot] & mask
+            while table[at] >= 0:
+                at = (at + 1) & mask
+            table[at] = slot
+        self._table = table
 
     def _widen_times(self) -> None:
         """Hold relative times as int64 from now on: one did not fit in int32."""
@@ -532,7 +551,7 @@ class SessionStore:
         times.reverse()
         prev = self._prev[slot]
         return Session(
-            session_id=self._session_id_at(slot),
+            session_id=self._sids.get(slot),
             start_ms=start,
             last_ms=start + self._last[slot],
             n_events=self._n_events[slot],
@@ -582,6 +601,67 @@ class SessionStore:
         n_carts_out[rows] = np.frombuffer(self._n_carts, dtype=np.int32)[slots]
         prev = np.frombuffer(self._prev, dtype=time_type)[slots]
         prev_out[rows] = np.where(prev == self._no_prev, -1, start + prev)
+
+
+class _TextColumn:
+    """A string per slot: UTF-8 in a fixed-width byte pool (the width follows the longest held,
+    up to ``_TEXT_POOL_MAX`` bytes), longer ones as str objects aside."""
+
+    __slots__ = ("width", "pool", "lengths", "long")
+
+    def __init__(self) -> None:
+        self.width = 4
+        self.pool = bytearray()
+        self.lengths = array("B")
+        self.long: dict[int, str] = {}
+
+    def add_slot(self) -> None:
+        self.lengths.append(0)
+        self.pool.extend(bytes(self.width))
+
+    def equals(self, slot: int, text: str, utf8: bytes) -> bool:
+        length = self.lengths[slot]
+        if length == _TEXT_LONG:
+            return self.long[slot] == text
+        if length != len(utf8):
+            return False
+        base = slot * self.width
+        return self.pool[base : base + length] == utf8
+
+    def set(self, slot: int, text: str, utf8: bytes) -> None:
+        length = len(utf8)
+        if length > _TEXT_POOL_MAX:
+            self.long[slot] = text
+            self.lengths[slot] = _TEXT_LONG
+            return
+        if self.long:
+            self.long.pop(slot, None)
+        if length > self.width:
+            self._widen(length)
+        base = slot * self.width
+        self.pool[base : base + length] = utf8
+        self.lengths[slot] = length
+
+    def get(self, slot: int) -> str:
+        length = self.lengths[slot]
+        if length == _TEXT_LONG:
+            return self.long[slot]
+        base = slot * self.width
+        return self.pool[base : base + length].decode("utf-8", "surrogatepass")
+
+    def clear(self, slot: int) -> None:
+        if self.long:
+            self.long.pop(slot, None)
+
+    def _widen(self, length: int) -> None:
+        """Room for ``length`` bytes in every slot (the pool is rebuilt)."""
+        width = min(max(length, self.width * 3 // 2), _TEXT_POOL_MAX)
+        old = np.frombuffer(self.pool, dtype=np.uint8).reshape(-1, self.width)
+        new = np.zeros((old.shape[0], width), dtype=np.uint8)
+        new[:, : self.width] = old
+        del old
+        self.pool = bytearray(new.tobytes())
+        self.width = width
 
 
 def _utf8(text: str) -> bytes:
