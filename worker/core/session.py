@@ -207,8 +207,7 @@ class SessionStore:
         record = self._record
         copy_row = self._copy_row
         for row, fields in enumerate(events):
-            user_id = fields[0]
-            held = find(user_id, _utf8(user_id))
+            held = find(fields[0], fields[0].encode("utf-8", "surrogatepass"))
             if held in pending:
                 copy_row(held, pending.pop(held), outs)
             slot = record(*fields, held)
@@ -482,10 +481,16 @@ class SessionStore:
         at = key & mask
         key &= 0xFFFFFFFF
         hashes = self._hashes
-        users = self._users
         while (slot := table[at]) >= 0:
-            if hashes[slot] == key and users.equals(slot, user_id, utf8):
-                return slot
+            if hashes[slot] == key:
+                users = self._users  # the equality test of _TextColumn.equals, inlined
+                length = users.lengths[slot]
+                if length == len(utf8):
+                    base = slot * users.width
+                    if users.pool[base : base + length] == utf8:
+                        return slot
+                elif length == _TEXT_LONG and users.long[slot] == user_id:
+                    return slot
             at = (at + 1) & mask
         return -1
 
