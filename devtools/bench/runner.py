@@ -842,8 +842,10 @@ class Bench:
             raise BenchError(f"state probe failed:\n{proc.stderr[-3000:]}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         self.say(
-            f"state: {result['users']:,} users, peak RSS {result['peak_rss_mib']} MiB "
-            f"(state {result['state_mib']} MiB); after expiry {result['users_after_expiry']} users"
+            f"state: {result['users']:,} users, {result['bytes_per_user']} B per session, "
+            f"peak RSS {result.get('peak_rss_filled_mib')} MiB filled, "
+            f"{result['peak_rss_mib']} MiB with the expiry (state {result['state_mib']} MiB); "
+            f"after expiry {result['users_after_expiry']} users"
         )
         return result
 
@@ -1137,6 +1139,7 @@ STATE_PROBE = textwrap.dedent(
     fill_s = time.monotonic() - started
     gc.collect()
     filled_kib = kib("VmRSS")
+    filled_peak_kib = kib("VmHWM")  # the peak while filling (expiry below allocates too)
     n_users = len(store)
     # Expiry: one event an idle TTL later moves the watermark; everyone else is idle.
     late = t0 + 3 * 60_000 + users + store.idle_ttl_ms + 1
@@ -1151,11 +1154,14 @@ STATE_PROBE = textwrap.dedent(
         "baseline_rss_mib": round(base_kib / 1024, 1),
         "rss_filled_mib": round(filled_kib / 1024, 1),
         "peak_rss_mib": round(kib("VmHWM") / 1024, 1),
+        "peak_rss_filled_mib": round(filled_peak_kib / 1024, 1),
         "state_mib": round((filled_kib - base_kib) / 1024, 1),
         "bytes_per_user": round((filled_kib - base_kib) * 1024 / max(n_users, 1)),
         "expired": expired,
         "users_after_expiry": len(store),
         "rss_after_expiry_mib": round(kib("VmRSS") / 1024, 1),
+        # Slots held after expiry: reused by the next users, not returned to the system.
+        "slots_after_expiry": getattr(store, "capacity", None),
     }))
     """
 )

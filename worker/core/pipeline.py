@@ -83,36 +83,27 @@ def advance_entries(sessions: SessionStore, entries: Sequence[BatchEntry]) -> Se
         sessions: the store, updated in place.
         entries: the batch's events in processing order (per-user order preserved).
     """
+    rows = sessions.record_rows(
+        [
+            (
+                event.user_id,
+                event.session_id,
+                item,
+                event.event_type,
+                event.event_time_ms,
+                event.event_type == ADD_TO_CART,
+                partition,
+                offset,
+            )
+            for event, item, partition, offset, _ in entries
+        ]
+    )
     n_events = len(entries)
-    history = sessions.history
-    codes_out = np.full((n_events, history), -1, dtype=np.int32)
-    times_out = np.zeros((n_events, history), dtype=np.int64)
-    start = np.empty(n_events, dtype=np.int64)
-    n_ev = np.empty(n_events, dtype=np.int32)
-    n_carts = np.empty(n_events, dtype=np.int32)
-    prev = np.empty(n_events, dtype=np.int64)
-    for row, (event, item, partition, offset, _) in enumerate(entries):
-        session = sessions.record(
-            event.user_id,
-            event.session_id,
-            item,
-            event.event_type,
-            event.event_time_ms,
-            event.event_type == ADD_TO_CART,
-            partition,
-            offset,
-        )
-        length = len(session.codes)
-        codes_out[row, :length] = session.codes[::-1]
-        times_out[row, :length] = session.times_ms[::-1]
-        start[row] = session.start_ms
-        n_ev[row] = session.n_events
-        n_carts[row] = session.n_carts
-        prev[row] = session.prev_ms
+    codes_out = rows.codes
     return SessionBatch(
         items=np.where(codes_out >= 0, codes_out >> 2, -1).astype(np.int32),
         types=np.where(codes_out >= 0, codes_out & 3, -1).astype(np.int8),
-        times_ms=times_out,
+        times_ms=rows.times_ms,
         current_item=np.fromiter((e.item for e in entries), dtype=np.int32, count=n_events),
         current_type=np.fromiter(
             (e.event.event_type for e in entries), dtype=np.int8, count=n_events
@@ -120,10 +111,10 @@ def advance_entries(sessions: SessionStore, entries: Sequence[BatchEntry]) -> Se
         now_ms=np.fromiter(
             (e.event.event_time_ms for e in entries), dtype=np.int64, count=n_events
         ),
-        start_ms=start,
-        n_events=n_ev,
-        n_carts=n_carts,
-        prev_ms=prev,
+        start_ms=rows.start_ms,
+        n_events=rows.n_events,
+        n_carts=rows.n_carts,
+        prev_ms=rows.prev_ms,
     )
 
 
