@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from devtools import calibrate, ready
+from devtools import calibrate, memory, ready
 from devtools.bench import runner
 from worker.cli import SettingsParser, run_command
 from worker.config import BOOTSTRAP_SERVERS, LOGGING_SETTINGS, MODELS_DIR, Setting, as_path
@@ -97,6 +97,13 @@ def build_parser() -> SettingsParser:
     ready.add_arguments(p)
 
     p = sub.add_parser(
+        "memory",
+        help="a real worker's memory with N users in session state, and while a fresh worker "
+        "restores them from the changelog after a kill -9",
+    )
+    memory.add_arguments(p)
+
+    p = sub.add_parser(
         "calibrate",
         help="the heuristics' HR@10 on simulated data side by side with DIGINETICA's; "
         "exit 1 if a figure is out of band",
@@ -171,6 +178,10 @@ def cmd_ready(args: argparse.Namespace, log: Any) -> int:
     return ready.run(args, log)
 
 
+def cmd_memory(args: argparse.Namespace, log: Any) -> int:
+    return memory.run(args, log)
+
+
 def cmd_calibrate(args: argparse.Namespace, log: Any) -> int:
     return calibrate.run(args, log)
 
@@ -186,6 +197,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "demo": cmd_demo,
     "ready": cmd_ready,
+    "memory": cmd_memory,
     "calibrate": cmd_calibrate,
     "schemas": cmd_schemas,
 }
