@@ -729,7 +729,10 @@ class Progress:
         self.topic, self.partitions = topic, partitions
         self._bootstrap, self._group = bootstrap, group
         self._c = self._client()
-        self._failing_since: float | None = None
+        # Per question (committed offsets from the coordinator, end offsets from the leaders):
+        # one can fail for good while the other answers (a stale partition leader in the
+        # client's metadata after a broker freeze: "Unknown partition").
+        self._failing_since: dict[str, float] = {}
         self.renewed = 0  # clients replaced after RENEW_AFTER_S without an answer
         self.last_error = ""
         self.total = 0  # input events to answer in all (set by the caller)
@@ -747,19 +750,18 @@ class Progress:
             }
         )
 
-    def _answered(self) -> None:
-        self._failing_since = None
+    def _answered(self, question: str) -> None:
+        self._failing_since.pop(question, None)
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, question: str, exc: Exception) -> None:
         self.last_error = repr(exc)
         now = time.monotonic()
-        if self._failing_since is None:
-            self._failing_since = now
-        elif now - self._failing_since > self.RENEW_AFTER_S:
+        since = self._failing_since.setdefault(question, now)
+        if now - since > self.RENEW_AFTER_S:
             self._c.close()
             self._c = self._client()
             self.renewed += 1
-            self._failing_since = None
+            self._failing_since.clear()
 
     def committed(self) -> list[int]:
         try:
@@ -767,9 +769,9 @@ class Progress:
                 [TopicPartition(self.topic, p) for p in range(self.partitions)], timeout=5
             )
         except Exception as exc:  # broker down during the broker scenario
-            self._failed(exc)
+            self._failed("committed", exc)
             return []
-        self._answered()
+        self._answered("committed")
         return [max(tp.offset, 0) for tp in tps]
 
     def ends(self) -> list[int]:
@@ -779,9 +781,9 @@ class Progress:
                 for p in range(self.partitions)
             ]
         except Exception as exc:  # broker down
-            self._failed(exc)
+            self._failed("ends", exc)
             return []
-        self._answered()
+        self._answered("ends")
         return ends
 
     def backlog(self, timeout_s: float = 15.0) -> int:

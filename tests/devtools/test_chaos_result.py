@@ -116,8 +116,26 @@ def test_progress_renews_its_client_when_it_gets_no_answer() -> None:
     try:
         first = progress._c
         assert progress.ends() == [] and progress.renewed == 0  # the first failure is timed
-        assert progress.committed() == []
+        assert progress.ends() == []
         assert progress.renewed == 1 and progress._c is not first
         assert progress.last_error
+    finally:
+        progress.close()
+
+
+def test_one_question_failing_for_good_renews_the_client_though_the_other_answers() -> None:
+    """The CI failure of 2026-12-02: after a broker freeze the end offsets failed for 180 s
+    ("Unknown partition", stale metadata) while the committed offsets answered, and each answer
+    reset the one renewal timer, so no fresh client was ever tried."""
+    from devtools.chaos import Progress
+
+    progress = Progress("127.0.0.1:9", "nowhere", "g", 2)
+    progress.RENEW_AFTER_S = 0.0
+    try:
+        first = progress._c
+        progress._failed("ends", RuntimeError("Unknown partition"))
+        progress._answered("committed")
+        progress._failed("ends", RuntimeError("Unknown partition"))
+        assert progress.renewed == 1 and progress._c is not first
     finally:
         progress.close()
