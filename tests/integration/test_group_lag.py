@@ -7,10 +7,12 @@ import time
 import uuid
 
 import pytest
+import structlog
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from worker.config import KafkaSettings
 from worker.kafka.admin import admin_client, ensure_topics
+from worker.kafka.clients import make_consumer
 from worker.kafka.group_lag import GroupLagProbe, lag_by_partition
 
 pytestmark = pytest.mark.kafka
@@ -39,7 +41,13 @@ def test_probe_reports_lag_members_and_ignores_open_transactions(kafka_bootstrap
     for i in range(30):
         producer.produce(topic, b"x", key=str(i).encode(), partition=i % 3)
     producer.flush(30)
-    probe = GroupLagProbe(admin_client(settings), group, topic, timeout_s=30)
+    probe = GroupLagProbe(
+        admin_client(settings),
+        make_consumer(settings, group, structlog.get_logger(), auto_commit=False),
+        group,
+        topic,
+        timeout_s=30,
+    )
     consumer = Consumer(
         {"bootstrap.servers": kafka_bootstrap, "group.id": group, "enable.auto.commit": False}
     )
@@ -80,3 +88,31 @@ def test_probe_reports_lag_members_and_ignores_open_transactions(kafka_bootstrap
     assert probe.probe().lag[3] == 6  # 5 records and the commit marker
     consumer.close()
     assert probe.probe().members == 0
+
+
+def test_probe_of_a_group_the_broker_has_never_seen(kafka_bootstrap, topics) -> None:
+    """The monitor's first probe after a broker start names a group no member has joined yet.
+    Through the admin client's ``list_consumer_group_offsets`` that request could kill the
+    process (librdkafka#5040: SIGSEGV on a ``NOT_COORDINATOR`` answer); the probe reads the
+    committed offsets through a consumer instead and counts the whole range as lag. Probed
+    several times with fresh groups, each answered before its coordinator is known."""
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    ensure_topics(settings, topics, _Log())
+    topic = topics.events
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(12):
+        producer.produce(topic, b"x", key=str(i).encode(), partition=i % 2)
+    producer.flush(30)
+    for _ in range(5):
+        group = f"never-{uuid.uuid4().hex[:8]}"
+        probe = GroupLagProbe(
+            admin_client(settings),
+            make_consumer(settings, group, structlog.get_logger(), auto_commit=False),
+            group,
+            topic,
+            timeout_s=30,
+        )
+        lag = probe.probe()
+        probe.close()
+        assert lag.lag == {0: 6, 1: 6, 2: 0, 3: 0, 4: 0, 5: 0}
+        assert (lag.members, lag.state) == (0, "DEAD")

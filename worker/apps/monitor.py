@@ -143,8 +143,14 @@ class GroupLagPoller:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 5.0) -> None:
+        """Stop polling; the probe's clients are closed once the thread has finished (a probe
+        still waiting on an absent broker after ``wait_s`` leaves them to the process's exit)."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(wait_s)
+        if not self._thread.is_alive():
+            self.probe.close()
 
     def poll_once(self) -> None:
         try:
@@ -280,6 +286,10 @@ class Monitor:
         if self.settings.group_lag_interval_s > 0:
             probe = GroupLagProbe(
                 admin_client(self.settings.kafka, self.log),
+                # Carries the workers' group id to read its committed offsets; never subscribes.
+                make_consumer(
+                    self.settings.kafka, self.settings.worker_group_id, self.log, auto_commit=False
+                ),
                 self.settings.worker_group_id,
                 topics.events,
                 timeout_s=min(10.0, max(1.0, self.settings.group_lag_interval_s)),

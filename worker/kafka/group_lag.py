@@ -6,6 +6,12 @@ for the worker group's committed offsets, the input topic's end offsets (``read_
 the last stable offset, so an open transaction does not count as lag) and the group's members
 and state. A group with no committed offset on a partition counts the partition's whole
 retained range (from its earliest offset) as lag.
+
+The committed offsets are read by a consumer that carries the group's id but never subscribes
+(so it never joins the group), not by the admin client's ``list_consumer_group_offsets``:
+librdkafka (2.16.1 included, librdkafka#5040) dereferences a null group handle when that admin
+request is answered ``NOT_COORDINATOR``, which a freshly started or restarted broker does, and
+the whole process dies with SIGSEGV.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from confluent_kafka import (
-    ConsumerGroupTopicPartitions,
+    Consumer,
     IsolationLevel,
     KafkaError,
     KafkaException,
@@ -87,15 +93,25 @@ def _retrying(call: Callable[[], T], deadline: float) -> T:
 
 
 class GroupLagProbe:
-    """Probes ``group`` on ``topic`` through an admin client; each call bounded by ``timeout_s``.
+    """Probes ``group`` on ``topic`` through an admin client (end offsets, the group's members)
+    and ``offsets``, a consumer with ``group.id`` = ``group`` that never subscribes (committed
+    offsets); each call bounded by ``timeout_s``.
 
     Retriable broker errors are retried within the bound; :meth:`probe` raises whatever else the
     admin calls raise (``KafkaException`` when the broker does not answer in time): the caller
     decides how to report an unknown lag.
     """
 
-    def __init__(self, admin: AdminClient, group: str, topic: str, timeout_s: float = 10.0):
+    def __init__(
+        self,
+        admin: AdminClient,
+        offsets: Consumer,
+        group: str,
+        topic: str,
+        timeout_s: float = 10.0,
+    ):
         self.admin = admin
+        self.offsets = offsets
         self.group = group
         self.topic = topic
         self.timeout_s = timeout_s
@@ -117,18 +133,22 @@ class GroupLagProbe:
         return {tp.partition: f.result().offset for tp, f in futures.items()}
 
     def _committed(self, partitions: list[int]) -> dict[int, int]:
-        request = ConsumerGroupTopicPartitions(
-            self.group, [TopicPartition(self.topic, p) for p in partitions]
-        )
-        futures = self.admin.list_consumer_group_offsets([request], request_timeout=self.timeout_s)
-        result = futures[self.group].result()
-        return {tp.partition: tp.offset for tp in result.topic_partitions if tp.error is None}
+        asked = [TopicPartition(self.topic, p) for p in partitions]
+        answer = self.offsets.committed(asked, timeout=self.timeout_s)
+        failed = [tp.error for tp in answer if tp.error is not None]
+        if failed:
+            raise KafkaException(failed[0])
+        return {tp.partition: tp.offset for tp in answer}
 
     def _group(self) -> tuple[int, str]:
         futures = self.admin.describe_consumer_groups([self.group], request_timeout=self.timeout_s)
         description: Any = futures[self.group].result()
         state = getattr(description.state, "name", str(description.state))
         return len(description.members or []), state
+
+    def close(self) -> None:
+        """Close the offsets consumer (it never joined the group: nothing to leave)."""
+        self.offsets.close()
 
     def probe(self) -> GroupLag:
         deadline = time.monotonic() + self.timeout_s

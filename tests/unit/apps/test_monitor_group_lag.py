@@ -66,3 +66,21 @@ def test_poller_exports_lag_and_reports_failures_once() -> None:
     assert _value(metrics, "monitor_worker_group_lag", partition="1") == 7
     assert _value(metrics, "monitor_worker_group_lag_total") == 7
     assert _value(metrics, "monitor_worker_group_members") == 0
+
+
+class _ClosingProbe(_Probe):
+    def __init__(self, answers):
+        super().__init__(answers)
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_stop_closes_the_probe_once_its_thread_has_finished() -> None:
+    probe = _ClosingProbe([GroupLag({0: 1}, members=1, state="STABLE")] * 3)
+    poller = GroupLagPoller(probe, MonitorMetrics(), _Log(), interval_s=60.0)  # type: ignore[arg-type]
+    poller.start()
+    poller.stop(wait_s=5.0)
+    assert probe.closed == 1
+    assert not poller._thread.is_alive()
