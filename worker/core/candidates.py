@@ -72,7 +72,11 @@ def generate_candidates(
     if proposals.shape[1] < width:  # tiny catalogues or short lists: room for the fill below
         pad = np.full((n_events, width - proposals.shape[1]), PAD, dtype=np.int32)
         proposals = np.concatenate([proposals, pad], axis=1)
-    keep = _first_occurrences(proposals)
+    keep = _first_occurrences(proposals, tables.n_products)
+    kept = np.cumsum(keep, axis=1, dtype=np.int32)
+    if kept[:, -1].min() >= width:  # every row has enough: its first ``width`` kept, in order
+        chosen = keep & (kept <= width)
+        return proposals[chosen].reshape(n_events, width)
     # Stable sort of "not kept" puts kept proposals first, in their original order.
     order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
     candidates = np.take_along_axis(proposals, order, axis=1)
@@ -82,8 +86,32 @@ def generate_candidates(
     return candidates
 
 
-def _first_occurrences(proposals: np.ndarray) -> np.ndarray:
-    """Boolean mask of the first occurrence of each non-pad value within each row."""
+#: The largest scratch (int16 per row and product) :func:`_first_occurrences` uses; beyond it,
+#: a batch is de-duplicated by sorting each row.
+MAX_SCRATCH_BYTES = 64 << 20
+
+
+def _first_occurrences(proposals: np.ndarray, n_products: int) -> np.ndarray:
+    """Boolean mask of the first occurrence of each non-pad value within each row.
+
+    Each (row, product) keeps the smallest column it appears in (``np.minimum.at``: one pass,
+    no sort), and a proposal is kept when its column is that one."""
+    n_rows, width = proposals.shape
+    stride = n_products + 1
+    if width >= 1 << 15 or n_rows * stride * 2 > MAX_SCRATCH_BYTES:
+        return _first_occurrences_sorted(proposals)
+    rows = np.arange(n_rows, dtype=np.intp)[:, None] * stride
+    keys = (rows + np.where(proposals < 0, n_products, proposals)).ravel()
+    columns = np.broadcast_to(np.arange(width, dtype=np.int16), (n_rows, width)).ravel()
+    first = np.full(n_rows * stride, width, dtype=np.int16)
+    np.minimum.at(first, keys, columns)
+    keep = (first[keys] == columns).reshape(n_rows, width)
+    keep &= proposals != PAD
+    return keep
+
+
+def _first_occurrences_sorted(proposals: np.ndarray) -> np.ndarray:
+    """:func:`_first_occurrences` by a stable sort of each row (any catalogue size)."""
     order = np.argsort(proposals, axis=1, kind="stable")
     sorted_values = np.take_along_axis(proposals, order, axis=1)
     first_sorted = np.ones_like(sorted_values, dtype=bool)

@@ -101,25 +101,37 @@ def build_features(
     out[..., 6] = cand_cat == tables.category[cur][:, None]
     out[..., 7] = candidates == cur[:, None]
 
-    # Candidate x session history.
-    match = candidates[:, :, None] == batch.items[:, None, :]  # (B, C, L)
-    types = batch.types[:, None, :]
-    out[..., 8] = (match & (types == VIEW)).sum(axis=2)
-    out[..., 9] = (match & (types == ADD_TO_CART)).sum(axis=2) - (
-        match & (types == REMOVE_FROM_CART)
-    ).sum(axis=2)
+    # Candidate x session history: per (event, candidate), its views and net carts in the
+    # session, the position of its latest interaction (``history`` if none) and its dwell.
     history = batch.items.shape[1]
-    seen = match.any(axis=2)
-    last_pos = np.argmax(match, axis=2)  # most recent first: first match is the latest
-    last_time = np.take_along_axis(batch.times_ms, last_pos, axis=1)
+    dwell = np.zeros(batch.times_ms.shape, dtype=np.float64)
+    dwell[:, 1:] = np.where(
+        valid[:, 1:], (batch.times_ms[:, :-1] - batch.times_ms[:, 1:]) / 1000.0, 0
+    )
+    positions = _candidate_positions(candidates, tables.n_products)
+    if positions is None:
+        views, net_carts, last_pos, dwell_sum = _history_by_comparison(batch, candidates, dwell)
+    else:
+        views, net_carts, last_pos, dwell_sum = _history_by_position(
+            batch, positions, n_cands, dwell
+        )
+    seen = last_pos < history
+    out[..., 8] = views
+    out[..., 9] = net_carts
+    latest = np.minimum(last_pos, history - 1)
+    last_time = np.take_along_axis(batch.times_ms, latest, axis=1)
     secs = (batch.now_ms[:, None] - last_time) / 1000.0
     out[..., 10] = np.where(seen, secs, NEVER_SEEN_S)
-    out[..., 11] = np.where(seen, last_pos, history)
+    out[..., 11] = last_pos
 
     # Co-visitation from the current product and from earlier session products.
-    out[..., 12] = _covis_scores(tables, cur[:, None], candidates)
     earlier = batch.items[:, 1 : 1 + COVIS_SESSION_ITEMS]
-    out[..., 13] = _covis_scores(tables, earlier, candidates)
+    if positions is None:
+        out[..., 12] = _covis_scores(tables, cur[:, None], candidates)
+        out[..., 13] = _covis_scores(tables, earlier, candidates)
+    else:
+        out[..., 12] = _covis_scores_at(tables, cur[:, None], positions, n_cands)
+        out[..., 13] = _covis_scores_at(tables, earlier, positions, n_cands)
 
     # Category share of the session.
     session_cats = np.where(valid, tables.category[np.maximum(batch.items, 0)], -1)
@@ -141,17 +153,106 @@ def build_features(
     )  # (B, L, L): position l repeats a more recent position
     first = valid & ~earlier_same.any(axis=2)
     distinct_rank = np.cumsum(first, axis=1)  # at a first occurrence: its 1-based rank
-    rank_at = np.take_along_axis(distinct_rank, last_pos, axis=1)
+    rank_at = np.take_along_axis(distinct_rank, latest, axis=1)
     out[..., 20] = np.where(seen, rank_at, 0)
     out[..., 21] = seen
     out[..., 22] = np.where(out[..., 6] > 0, tables.category_rank[candidates], -1.0)
-    dwell = np.zeros(batch.times_ms.shape, dtype=np.float64)
-    dwell[:, 1:] = np.where(
-        valid[:, 1:], (batch.times_ms[:, :-1] - batch.times_ms[:, 1:]) / 1000.0, 0
-    )
-    out[..., 23] = (match * dwell[:, None, :]).sum(axis=2)
+    out[..., 23] = dwell_sum
     out[..., 24] = np.arange(n_cands, dtype=np.float32)[None, :]
     return out.reshape(n_events * n_cands, N_FEATURES)
+
+
+def _history_by_comparison(
+    batch: SessionBatch, candidates: np.ndarray, dwell: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Views, net carts, latest position (``L`` if never) and summed dwell of each candidate
+    in its event's session, ``(B, C)`` each, by comparing every candidate with every history
+    position (``(B, C, L)``: any catalogue size, repeated candidates)."""
+    history = batch.items.shape[1]
+    match = candidates[:, :, None] == batch.items[:, None, :]  # (B, C, L)
+    types = batch.types[:, None, :]
+    views = (match & (types == VIEW)).sum(axis=2)
+    net_carts = (match & (types == ADD_TO_CART)).sum(axis=2) - (
+        match & (types == REMOVE_FROM_CART)
+    ).sum(axis=2)
+    last_pos = np.where(match.any(axis=2), np.argmax(match, axis=2), history)
+    dwell_sum = (match * dwell[:, None, :]).sum(axis=2)
+    return views, net_carts, last_pos, dwell_sum
+
+
+def _history_by_position(
+    batch: SessionBatch, positions: np.ndarray, n_cands: int, dwell: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_history_by_comparison` through the candidates' positions: each history entry is
+    looked up once (``(B, L)``), and the sums are counts over (event, candidate) cells."""
+    n_events, history = batch.items.shape
+    cells = n_events * n_cands
+    rows = np.arange(n_events)[:, None]
+    at = positions[rows, batch.items]  # 1-based candidate column, 0: not a candidate
+    hit = at > 0
+    flat = (rows * n_cands + at.astype(np.intp) - 1)[hit]
+    types = batch.types[hit]
+    views = np.bincount(flat[types == VIEW], minlength=cells)
+    net_carts = np.bincount(flat[types == ADD_TO_CART], minlength=cells) - np.bincount(
+        flat[types == REMOVE_FROM_CART], minlength=cells
+    )
+    last_pos = np.full(cells, history, dtype=np.intp)
+    np.minimum.at(last_pos, flat, np.broadcast_to(np.arange(history), (n_events, history))[hit])
+    dwell_sum = np.bincount(flat, weights=dwell[hit], minlength=cells)
+    shape = (n_events, n_cands)
+    return (
+        views.reshape(shape),
+        net_carts.reshape(shape),
+        last_pos.reshape(shape),
+        dwell_sum.reshape(shape),
+    )
+
+
+#: The largest ``events x (products + 1)`` byte matrix :func:`_candidate_positions` builds; a
+#: larger batch or catalogue takes the broadcast comparison of :func:`_covis_scores` instead.
+MAX_POSITION_BYTES = 64 << 20
+
+
+def _candidate_positions(candidates: np.ndarray, n_products: int) -> np.ndarray | None:
+    """uint8 ``(B, n_products + 1)``: for each row, 1 + the column of each of its candidates, 0
+    for every other product (and in the last column, which padding ``-1`` indexes). None when
+    the matrix would exceed :data:`MAX_POSITION_BYTES`, a row has over 255 candidates, or a row
+    repeats a candidate (:func:`~worker.core.candidates.generate_candidates` never does).
+
+    It turns "which candidate is product p, if any" into one lookup per (row, product): the
+    co-visitation sums then cost one gather per neighbour instead of a comparison of every
+    neighbour with every candidate."""
+    n_events, n_cands = candidates.shape
+    if n_cands > 255 or n_events * (n_products + 1) > MAX_POSITION_BYTES:
+        return None
+    positions = np.zeros((n_events, n_products + 1), dtype=np.uint8)
+    rows = np.arange(n_events)[:, None]
+    columns = np.arange(1, n_cands + 1, dtype=np.uint8)[None, :]
+    positions[rows, candidates] = columns
+    if not (positions[rows, candidates] == columns).all():
+        return None  # a row repeats a candidate (or pads with -1): not one position each
+    return positions
+
+
+def _covis_scores_at(
+    tables: ProductTables, sources: np.ndarray, positions: np.ndarray, n_cands: int
+) -> np.ndarray:
+    """:func:`_covis_scores` through the candidates' positions (:func:`_candidate_positions`):
+    each neighbour of each source is looked up once and its score added to the candidate it
+    is, if any. Sums in float64 as :func:`_covis_scores` does (equal to rounding)."""
+    n_events = sources.shape[0]
+    safe = np.maximum(sources, 0)
+    neighbours = tables.covis_items[safe].reshape(n_events, -1)  # (B, S*M), -1 padded
+    scores = tables.covis_scores[safe]
+    if (sources < 0).any():
+        scores = np.where((sources >= 0)[:, :, None], scores, 0.0)
+    scores = scores.reshape(n_events, -1)
+    rows = np.arange(n_events)[:, None]
+    at = positions[rows, neighbours]  # 1-based candidate column, 0: not a candidate
+    hit = at > 0
+    flat = (rows * n_cands + at.astype(np.intp) - 1)[hit]
+    summed = np.bincount(flat, weights=scores[hit], minlength=n_events * n_cands)
+    return summed.reshape(n_events, n_cands)
 
 
 def _covis_scores(tables: ProductTables, sources: np.ndarray, candidates: np.ndarray) -> np.ndarray:

@@ -10,6 +10,8 @@ random catalogues and sessions (example counts set explicitly below):
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -18,7 +20,13 @@ from hypothesis import strategies as st
 from worker.apps.train import TrainSettings, _covisitation, build_tables
 from worker.core.candidates import generate_candidates
 from worker.core.catalogue import CatalogueTables
-from worker.core.features import FEATURE_NAMES, N_FEATURES, NEVER_SEEN_S, build_features
+from worker.core.features import (
+    FEATURE_NAMES,
+    N_FEATURES,
+    NEVER_SEEN_S,
+    SessionBatch,
+    build_features,
+)
 from worker.core.pipeline import advance_sessions
 from worker.core.records import ADD_TO_CART, REMOVE_FROM_CART, VIEW, BrowsingEvent
 from worker.core.session import SessionStore
@@ -550,3 +558,99 @@ def test_build_tables_ranks_by_views() -> None:
     assert tables.log_price[2] == 0.0  # unknown price
     assert tables.cart_rate[1] == pytest.approx((1 + 0.1) / (2 + 10.0))
     assert tables.index_of("d") == 3
+
+
+# -- the fast paths against the broadcast ones ------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n_products=st.integers(1, 30),
+    data=st.data(),
+)
+def test_first_occurrences_by_scatter_equal_the_sorted_ones(
+    n_products: int, data: st.DataObject
+) -> None:
+    """Random proposal rows (repeats and -1 padding anywhere): the scatter path keeps exactly
+    the first occurrence of each product per row, as the per-row stable sort does."""
+    from worker.core import candidates as module
+
+    width = data.draw(st.integers(1, 40))
+    rows = data.draw(st.integers(1, 6))
+    proposals = np.array(
+        data.draw(
+            st.lists(
+                st.lists(st.integers(-1, n_products - 1), min_size=width, max_size=width),
+                min_size=rows,
+                max_size=rows,
+            )
+        ),
+        dtype=np.int32,
+    )
+    fast = module._first_occurrences(proposals, n_products)
+    assert (fast == module._first_occurrences_sorted(proposals)).all()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), tables=random_tables(), history=st.integers(1, 6))
+def test_features_by_position_equal_the_broadcast_ones(
+    data: st.DataObject, tables: CatalogueTables, history: int
+) -> None:
+    """Random catalogues with random co-visitation scores, sessions (random event types and
+    gaps) and candidate matrices (distinct per row, or with repeats and -1): every feature
+    through the candidates' position matrix equals the broadcast comparison's, to float32
+    rounding (the co-visitation sums add the same scores in another order)."""
+    from worker.core import features as module
+
+    n = tables.n_products
+    m = tables.covis_items.shape[1]
+    scores = np.array(
+        data.draw(st.lists(st.floats(0, 1, width=32), min_size=n * m, max_size=n * m)),
+        dtype=np.float32,
+    ).reshape(n, m)
+    tables = dataclasses.replace(tables, covis_scores=scores)
+    batch_size = data.draw(st.integers(1, 5))
+    width = data.draw(st.integers(1, 8))
+    item = st.integers(0, n - 1)
+    sessions = [data.draw(st.lists(item, min_size=1, max_size=history)) for _ in range(batch_size)]
+    items = np.array([s + [-1] * (history - len(s)) for s in sessions], dtype=np.int32)
+    if data.draw(st.booleans()):  # distinct per row, as generate_candidates makes them
+        width = min(width, n)
+        rows = [data.draw(st.permutations(range(n)))[:width] for _ in range(batch_size)]
+    else:  # repeats and -1: the broadcast path is taken
+        rows = data.draw(
+            st.lists(
+                st.lists(st.integers(-1, n - 1), min_size=width, max_size=width),
+                min_size=batch_size,
+                max_size=batch_size,
+            )
+        )
+    candidates = np.array(rows, dtype=np.int32)
+    zeros = np.zeros(batch_size, dtype=np.int64)
+    types = data.draw(
+        st.lists(st.sampled_from([VIEW, ADD_TO_CART, REMOVE_FROM_CART]), min_size=items.size)
+    )[: items.size]
+    gaps = np.array(
+        data.draw(st.lists(st.integers(0, 90_000), min_size=items.size))[: items.size]
+    ).reshape(items.shape)
+    times = T0 - np.cumsum(gaps, axis=1)  # most recent first
+    batch = SessionBatch(
+        items=items,
+        types=np.array(types, dtype=np.int8).reshape(items.shape),
+        times_ms=np.where(items >= 0, times, -1).astype(np.int64),
+        current_item=items[:, 0].copy(),
+        current_type=np.zeros(batch_size, dtype=np.int8),
+        now_ms=zeros + T0,
+        start_ms=zeros + T0,
+        n_events=np.ones(batch_size, dtype=np.int32),
+        n_carts=np.zeros(batch_size, dtype=np.int32),
+        prev_ms=zeros - 1,
+    )
+    fast = build_features(tables, batch, candidates)
+    limit = module.MAX_POSITION_BYTES
+    module.MAX_POSITION_BYTES = 0
+    try:
+        broadcast = build_features(tables, batch, candidates)
+    finally:
+        module.MAX_POSITION_BYTES = limit
+    np.testing.assert_allclose(fast, broadcast, rtol=1e-6, atol=1e-6)
