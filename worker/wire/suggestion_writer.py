@@ -12,7 +12,6 @@ score], event_time, produced_time.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +29,21 @@ def zigzag_varint(n: int) -> bytes:
         z >>= 7
     out.append(z)
     return bytes(out)
+
+
+def zigzag_varints(values: np.ndarray) -> list[bytes]:
+    """:func:`zigzag_varint` of each of an int64 array, computed for the whole array at once."""
+    v = values.astype(np.int64, copy=False)
+    z = ((v << 1) ^ (v >> 63)).astype(np.uint64)
+    groups = np.empty((v.shape[0], 10), dtype=np.uint8)
+    for i in range(10):
+        groups[:, i] = (z >> np.uint64(7 * i)) & np.uint64(0x7F)
+    length = np.ones(v.shape[0], dtype=np.intp)
+    for i in range(1, 10):
+        length += z >= np.uint64(1 << (7 * i))  # 7*i bits no longer hold z: one more byte
+    groups[np.arange(10)[None, :] < (length - 1)[:, None]] |= 0x80  # continuation bits
+    raw = groups.tobytes()
+    return [raw[10 * row : 10 * row + size] for row, size in enumerate(length.tolist())]
 
 
 def avro_string(text: str) -> bytes:
@@ -57,7 +71,6 @@ class SuggestionWriter:
         self._topic_prefix = f"{source_topic}/"
         self._version = avro_string(model_version)
         self._ranks: list[bytes] = []
-        self._packers: dict[int, struct.Struct] = {}
 
     def name_product(self, index: int, product_id: str) -> None:
         """Name (or rename) catalogue index ``index``: for products that join the serving
@@ -97,36 +110,66 @@ class SuggestionWriter:
         produced_time_ms: int,
     ) -> list[bytes]:
         """One framed record per entry (its event, partition and offset); ``items``/``scores``
-        are ``(B, K)``, best first, row ``i`` answering ``entries[i]``."""
+        are ``(B, K)``, best first, row ``i`` answering ``entries[i]``.
+
+        The scores of the whole batch are laid out as little-endian doubles once (``tobytes``),
+        each product's (id, rank) bytes are looked up per rank position, and short strings
+        and counts take their one-byte varint from a table."""
         k = items.shape[1] if items.ndim == 2 else 0
-        packer = self._packers.setdefault(k, struct.Struct("<" + "d" * k))
         ranks = [self._rank(r) for r in range(1, k + 1)]
         count = zigzag_varint(k) if k else b""
         produced = zigzag_varint(produced_time_ms)
         products = self._products
+        score_bytes = np.ascontiguousarray(scores, dtype="<f8").tobytes()
+        width = 8 * k
+        header, topic, version = self._header, self._topic, self._version
+        prefix = self._topic_prefix
+        n = len(entries)
+        offsets = zigzag_varints(np.fromiter((e.offset for e in entries), np.int64, n))
+        times = zigzag_varints(np.fromiter((e.event.event_time_ms for e in entries), np.int64, n))
         out = []
-        for (event, _, partition, offset, _), row, row_scores in zip(
-            entries, items.tolist(), scores.tolist(), strict=True
+        append = out.append
+        base = 0
+        for (event, _, partition, offset, key), row, offset_bytes, time_bytes in zip(
+            entries, items.tolist(), offsets, times, strict=True
         ):
-            packed = packer.pack(*row_scores)
+            user = key if key is not None else event.user_id.encode("utf-8")
             parts = [
-                self._header,
-                avro_string(f"{self._topic_prefix}{partition}/{offset}"),
-                avro_string(event.user_id),
-                avro_string(event.session_id),
-                avro_string(event.event_id),
-                self._topic,
-                zigzag_varint(partition),
-                zigzag_varint(offset),
-                self._version,
+                header,
+                _string(f"{prefix}{partition}/{offset}".encode()),
+                _length(len(user)),
+                user,
+                _string(event.session_id.encode("utf-8")),
+                _string(event.event_id.encode("utf-8")),
+                topic,
+                _SHORT_LENGTHS[partition] if 0 <= partition < 64 else zigzag_varint(partition),
+                offset_bytes,
+                version,
                 count,
             ]
-            for i, item in enumerate(row):
+            at = base
+            for item, rank in zip(row, ranks, strict=True):
                 parts.append(products[item])
-                parts.append(ranks[i])
-                parts.append(packed[8 * i : 8 * i + 8])
+                parts.append(rank)
+                parts.append(score_bytes[at : at + 8])
+                at += 8
+            base += width
             parts.append(b"\x00")  # end of the products array
-            parts.append(zigzag_varint(event.event_time_ms))
+            parts.append(time_bytes)
             parts.append(produced)
-            out.append(b"".join(parts))
+            append(b"".join(parts))
         return out
+
+
+#: The varint of every length below 64 (one byte: the zigzag of n is 2n).
+_SHORT_LENGTHS = tuple(bytes([n << 1]) for n in range(64))
+
+
+def _length(n: int) -> bytes:
+    return _SHORT_LENGTHS[n] if n < 64 else zigzag_varint(n)
+
+
+def _string(data: bytes) -> bytes:
+    """Avro ``string`` (or ``bytes``) of already UTF-8 ``data``."""
+    n = len(data)
+    return (_SHORT_LENGTHS[n] if n < 64 else zigzag_varint(n)) + data

@@ -6,10 +6,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from worker.core.pipeline import BatchEntry
 from worker.core.records import BrowsingEvent, RankedProduct, SourceRef
 from worker.testing import Suggestion
 from worker.wire.codec import codec_for
-from worker.wire.suggestion_writer import SuggestionWriter, zigzag_varint
+from worker.wire.suggestion_writer import SuggestionWriter, zigzag_varint, zigzag_varints
 
 CATALOGUE = [f"p{i:05d}" for i in range(40)] + ["ünïcødé-product", "x" * 300]
 text = st.text(min_size=1, max_size=40)
@@ -24,6 +25,12 @@ def test_zigzag_varint_matches_the_avro_spec_examples_and_round_trips(n):
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, "long", n)
     assert zigzag_varint(n) == buf.getvalue()
+
+
+@given(st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=20))
+def test_array_varints_equal_the_scalar_ones(values):
+    got = zigzag_varints(np.array(values, dtype=np.int64))
+    assert got == [zigzag_varint(n) for n in values]
 
 
 @settings(max_examples=200, deadline=None)
@@ -58,6 +65,12 @@ def test_batch_encoding_is_byte_identical_to_fastavro(rows, produced, version, t
     items = np.array([r[6] for r in rows], dtype=np.int32)
     scores = np.array([r[7] for r in rows], dtype=np.float64)
     fast = writer.encode_batch(events, partitions, offsets, items, scores, produced)
+    # The worker's entries carry the record key (the UTF-8 user id), used as is.
+    keyed = [
+        BatchEntry(e, -1, p, o, e.user_id.encode("utf-8"))
+        for e, p, o in zip(events, partitions, offsets, strict=True)
+    ]
+    assert writer.encode(keyed, items, scores, produced) == fast
     for i, (event, payload) in enumerate(zip(events, fast, strict=True)):
         products = tuple(
             RankedProduct(CATALOGUE[item], rank, float(score))
