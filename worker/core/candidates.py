@@ -105,7 +105,7 @@ def _first_occurrences(proposals: np.ndarray, n_products: int) -> np.ndarray:
     columns = np.broadcast_to(np.arange(width, dtype=np.int16), (n_rows, width)).ravel()
     first = np.full(n_rows * stride, width, dtype=np.int16)
     np.minimum.at(first, keys, columns)
-    keep = (first[keys] == columns).reshape(n_rows, width)
+    keep: np.ndarray = (first[keys] == columns).reshape(n_rows, width)
     keep &= proposals != PAD
     return keep
 

@@ -127,7 +127,7 @@ class SuggestionWriter:
         n = len(entries)
         offsets = zigzag_varints(np.fromiter((e.offset for e in entries), np.int64, n))
         times = zigzag_varints(np.fromiter((e.event.event_time_ms for e in entries), np.int64, n))
-        out = []
+        out: list[bytes] = []
         append = out.append
         base = 0
         for (event, _, partition, offset, key), row, offset_bytes, time_bytes in zip(
