@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from worker.core.catalogue import ProductTables
+from worker.core.scratch import scratch
 
 PAD = -1
 
@@ -86,26 +87,29 @@ def generate_candidates(
     return candidates
 
 
-#: The largest scratch (int16 per row and product) :func:`_first_occurrences` uses; beyond it,
-#: a batch is de-duplicated by sorting each row.
-MAX_SCRATCH_BYTES = 64 << 20
-
-
 def _first_occurrences(proposals: np.ndarray, n_products: int) -> np.ndarray:
     """Boolean mask of the first occurrence of each non-pad value within each row.
 
-    Each (row, product) keeps the smallest column it appears in (``np.minimum.at``: one pass,
-    no sort), and a proposal is kept when its column is that one."""
+    Each (row, product) cell of this thread's scratch (:mod:`worker.core.scratch`) keeps the
+    smallest column the product appears in (``np.minimum.at``: one pass, no sort), and a
+    proposal is kept when its column is that one. Rows wider than 254 proposals, or a scratch
+    over its limit, take the per-row sort instead."""
     n_rows, width = proposals.shape
-    stride = n_products + 1
-    if width >= 1 << 15 or n_rows * stride * 2 > MAX_SCRATCH_BYTES:
+    if width >= 255:
         return _first_occurrences_sorted(proposals)
-    rows = np.arange(n_rows, dtype=np.intp)[:, None] * stride
-    keys = (rows + np.where(proposals < 0, n_products, proposals)).ravel()
-    columns = np.broadcast_to(np.arange(width, dtype=np.int16), (n_rows, width)).ravel()
-    first = np.full(n_rows * stride, width, dtype=np.int16)
-    np.minimum.at(first, keys, columns)
-    keep: np.ndarray = (first[keys] == columns).reshape(n_rows, width)
+    first = scratch("first-proposal", n_rows, n_products + 1, np.uint8, 255)
+    if first is None:
+        return _first_occurrences_sorted(proposals)
+    rows = np.arange(n_rows)[:, None]
+    columns = np.broadcast_to(np.arange(width, dtype=np.uint8), (n_rows, width))
+    try:
+        np.minimum.at(first, (rows, proposals), columns)  # padding -1: the last column
+        keep: np.ndarray = first[rows, proposals] == columns
+    finally:
+        try:
+            first[rows, proposals] = 255
+        except IndexError:  # a proposal out of range: the scratch is reset whole
+            first[...] = 255
     keep &= proposals != PAD
     return keep
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from worker.core.catalogue import ProductTables
 from worker.core.records import ADD_TO_CART, REMOVE_FROM_CART, VIEW
+from worker.core.scratch import scratch
 
 FEATURE_NAMES: list[str] = [
     "cand_log_pop",  # log1p(views of the candidate in the training window)
@@ -108,13 +109,21 @@ def build_features(
     dwell[:, 1:] = np.where(
         valid[:, 1:], (batch.times_ms[:, :-1] - batch.times_ms[:, 1:]) / 1000.0, 0
     )
+    earlier = batch.items[:, 1 : 1 + COVIS_SESSION_ITEMS]
     positions = _candidate_positions(candidates, tables.n_products)
     if positions is None:
         views, net_carts, last_pos, dwell_sum = _history_by_comparison(batch, candidates, dwell)
+        covis_current = _covis_scores(tables, cur[:, None], candidates)
+        covis_session = _covis_scores(tables, earlier, candidates)
     else:
-        views, net_carts, last_pos, dwell_sum = _history_by_position(
-            batch, positions, n_cands, dwell
-        )
+        try:
+            views, net_carts, last_pos, dwell_sum = _history_by_position(
+                batch, positions, n_cands, dwell
+            )
+            covis_current = _covis_scores_at(tables, cur[:, None], positions, n_cands)
+            covis_session = _covis_scores_at(tables, earlier, positions, n_cands)
+        finally:
+            _clear_positions(positions, candidates)
     seen = last_pos < history
     out[..., 8] = views
     out[..., 9] = net_carts
@@ -125,13 +134,8 @@ def build_features(
     out[..., 11] = last_pos
 
     # Co-visitation from the current product and from earlier session products.
-    earlier = batch.items[:, 1 : 1 + COVIS_SESSION_ITEMS]
-    if positions is None:
-        out[..., 12] = _covis_scores(tables, cur[:, None], candidates)
-        out[..., 13] = _covis_scores(tables, earlier, candidates)
-    else:
-        out[..., 12] = _covis_scores_at(tables, cur[:, None], positions, n_cands)
-        out[..., 13] = _covis_scores_at(tables, earlier, positions, n_cands)
+    out[..., 12] = covis_current
+    out[..., 13] = covis_session
 
     # Category share of the session.
     session_cats = np.where(valid, tables.category[np.maximum(batch.items, 0)], -1)
@@ -208,30 +212,37 @@ def _history_by_position(
     )
 
 
-#: The largest ``events x (products + 1)`` byte matrix :func:`_candidate_positions` builds; a
-#: larger batch or catalogue takes the broadcast comparison of :func:`_covis_scores` instead.
-MAX_POSITION_BYTES = 64 << 20
-
-
 def _candidate_positions(candidates: np.ndarray, n_products: int) -> np.ndarray | None:
     """uint8 ``(B, n_products + 1)``: for each row, 1 + the column of each of its candidates, 0
     for every other product (and in the last column, which padding ``-1`` indexes). None when
-    the matrix would exceed :data:`MAX_POSITION_BYTES`, a row has over 255 candidates, or a row
-    repeats a candidate (:func:`~worker.core.candidates.generate_candidates` never does).
+    the matrix would exceed the scratch limit (:mod:`worker.core.scratch`), a row has over 255
+    candidates, or a row repeats a candidate (:func:`generate_candidates` never does).
 
     It turns "which candidate is product p, if any" into one lookup per (row, product): the
-    co-visitation sums then cost one gather per neighbour instead of a comparison of every
-    neighbour with every candidate."""
+    co-visitation and session sums then cost one gather per neighbour or history entry
+    instead of a comparison with every candidate. The matrix is this thread's scratch: the
+    caller must :func:`_clear_positions` it when done, whatever happens."""
     n_events, n_cands = candidates.shape
-    if n_cands > 255 or n_events * (n_products + 1) > MAX_POSITION_BYTES:
+    if n_cands > 255:
         return None
-    positions = np.zeros((n_events, n_products + 1), dtype=np.uint8)
+    positions = scratch("candidate-positions", n_events, n_products + 1, np.uint8, 0)
+    if positions is None:
+        return None
     rows = np.arange(n_events)[:, None]
     columns = np.arange(1, n_cands + 1, dtype=np.uint8)[None, :]
-    positions[rows, candidates] = columns
+    try:
+        positions[rows, candidates] = columns
+    except IndexError:
+        positions[...] = 0  # a candidate out of range: whatever was written goes
+        raise
     if not (positions[rows, candidates] == columns).all():
-        return None  # a row repeats a candidate (or pads with -1): not one position each
+        positions[rows, candidates] = 0
+        return None  # a row repeats a candidate: not one position each
     return positions
+
+
+def _clear_positions(positions: np.ndarray, candidates: np.ndarray) -> None:
+    positions[np.arange(candidates.shape[0])[:, None], candidates] = 0
 
 
 def _covis_scores_at(

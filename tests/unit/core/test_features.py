@@ -600,7 +600,7 @@ def test_features_by_position_equal_the_broadcast_ones(
     gaps) and candidate matrices (distinct per row, or with repeats and -1): every feature
     through the candidates' position matrix equals the broadcast comparison's, to float32
     rounding (the co-visitation sums add the same scores in another order)."""
-    from worker.core import features as module
+    from worker.core import scratch as module
 
     n = tables.n_products
     m = tables.covis_items.shape[1]
@@ -647,10 +647,30 @@ def test_features_by_position_equal_the_broadcast_ones(
         prev_ms=zeros - 1,
     )
     fast = build_features(tables, batch, candidates)
-    limit = module.MAX_POSITION_BYTES
-    module.MAX_POSITION_BYTES = 0
+    limit = module.MAX_SCRATCH_BYTES
+    module.MAX_SCRATCH_BYTES = 0  # no scratch: the broadcast paths
     try:
         broadcast = build_features(tables, batch, candidates)
     finally:
-        module.MAX_POSITION_BYTES = limit
+        module.MAX_SCRATCH_BYTES = limit
+    # The scratch is left as it was found: all zero.
+    assert build_features(tables, batch, candidates).tobytes() == fast.tobytes()
     np.testing.assert_allclose(fast, broadcast, rtol=1e-6, atol=1e-6)
+
+
+def test_a_failed_batch_leaves_the_scratch_clean() -> None:
+    """A batch that fails after the candidates' positions were written (a co-visitation table
+    naming a product outside the catalogue: IndexError) leaves no marks in the thread's
+    scratch: a next batch with fewer candidates gets the features it would get alone."""
+    tables = hand_tables()
+    store = SessionStore(history=4)
+    events = [event("u", 0, VIEW, T0), event("u", 1, VIEW, T0 + 5_000), event("v", 3, VIEW, T0)]
+    batch = advance_sessions(store, events, np.array([0, 1, 3], dtype=np.int32))
+    candidates = generate_candidates(tables, batch.items, batch.current_item, 4)
+    others = candidates[:, :2].copy()  # fewer products: a stale mark would be misread
+    alone = build_features(tables, batch, others)
+    broken = tables.covis_items.copy()
+    broken[1, 1] = tables.n_products + 7
+    with pytest.raises(IndexError):
+        build_features(dataclasses.replace(tables, covis_items=broken), batch, candidates)
+    assert build_features(tables, batch, others).tobytes() == alone.tobytes()
