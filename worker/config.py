@@ -571,7 +571,8 @@ MAX_BATCH_WAIT_MS = Setting(
     as_int,
     20,
     env="WORKER_MAX_BATCH_WAIT_MS",
-    help="how long a micro-batch waits to fill up",
+    help="how long an idle worker waits for a first record before its housekeeping (a "
+    "micro-batch never waits to fill up: it is what has arrived, up to --max-batch-size)",
     check=non_negative,
 )
 MAX_EVENT_BYTES = Setting(

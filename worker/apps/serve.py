@@ -499,9 +499,13 @@ class Worker:
         wait_s = self.settings.max_batch_wait_ms / 1000.0
         try:
             while not self._stop.is_set():
-                messages = self.consumer.consume(
-                    self.settings.max_batch_size, timeout=max(wait_s, 0.001)
-                )
+                # A batch is what has arrived, never waited for: with records queued, all of
+                # them (up to the batch size) at once; with none, the first one as soon as it
+                # comes. Under load batches grow by themselves (more arrives while one is
+                # answered); at low load no record waits for others to fill its batch.
+                messages = self.consumer.consume(self.settings.max_batch_size, timeout=0)
+                if not messages:
+                    messages = self.consumer.consume(1, timeout=max(wait_s, 0.001))
                 self.health.beat()
                 if messages:
                     last_input = time.monotonic()
