@@ -1773,8 +1773,10 @@ PLOT_SCRIPT = textwrap.dedent(
     for name in ("lightgbm", "lleaves"):
         if f.get(f"ceiling_{name}_per_s"):
             tp.append((f"scoring ceiling ({name})", f[f"ceiling_{name}_per_s"], "C7"))
-    lat = [("worker, 1 process", r.get("latency", {}).get("offered_rate_per_s"),
-            r.get("latency", {}).get("latency_acknowledged", {}), "C0")]
+    halves = {p["mode"]: p for p in r.get("latency", {}).get("points", [])
+              if p.get("fraction") == 0.5}
+    lat = [(f"worker, {mode}", p.get("offered_per_s"), p.get("latency_acknowledged", {}),
+            "C0" if mode == "pinned" else "C9") for mode, p in sorted(halves.items())]
     for mode, m in peers.get("quix", {}).items():
         if isinstance(m, dict):
             tp.append((f"Quix {mode}", m.get("throughput_per_s"), "C2"))
@@ -1788,12 +1790,13 @@ PLOT_SCRIPT = textwrap.dedent(
                 h = m["latency_at_half"]
                 lat.append((f"MLServer {mode}", h.get("offered_per_s"), h, "C3"))
     tp = [t for t in tp if t[1]]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(14, 5.5))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(20, 5.5))
     ys = range(len(tp))
     a.barh(list(ys), [t[1] for t in tp], color=[t[2] for t in tp])
     a.set_yticks(list(ys), [t[0] for t in tp])
     a.invert_yaxis()
-    a.set_xscale("log")
+    if tp:  # a partial run (--phases) may have none
+        a.set_xscale("log")
     a.set_xlabel("events/s (log scale)")
     a.set_title("Sustained throughput")
     for y, t in zip(ys, tp):
@@ -1813,6 +1816,31 @@ PLOT_SCRIPT = textwrap.dedent(
     b.set_ylabel("ms (log scale)")
     b.set_title("Latency event -> suggestion at half of each one's max")
     b.legend()
+    # The worker's latency histogram at half load, pinned and unpinned (log-spaced buckets).
+    for mode, p in sorted(halves.items()):
+        h = p.get("histogram_acknowledged")
+        if not h or not sum(h["counts"]):
+            continue
+        last = max(i for i, k in enumerate(h["counts"]) if k) + 2  # up to the last non-empty
+        edges, counts = h["edges_ms"][:last], h["counts"][:last]
+        total = sum(counts)
+        lo = [max(e, 0.5) for e in edges]
+        hi = lo[1:] + [lo[-1] * 10]
+        shares = [100 * k / total for k in counts]
+        color = "C0" if mode == "pinned" else "C9"
+        c.stairs(shares, lo + [hi[-1]], label=f"{mode} @ {p['offered_per_s']:,.0f}/s",
+                 color=color, lw=1.5)
+        p99 = p.get("latency_acknowledged", {}).get("p99_ms")
+        if p99:
+            c.axvline(p99, color=color, ls=":", lw=1)
+            c.text(p99, 0, f" p99 {p99:,.0f}", color=color, rotation=90, va="bottom", fontsize=8)
+    c.axvline(50, color="k", ls="--", lw=0.8)
+    c.set_xscale("log")
+    c.set_xlabel("ms, event's scheduled send -> suggestion acknowledged (log scale)")
+    c.set_ylabel("% of events per bucket (10 per decade)")
+    c.set_title("Worker latency histogram at half load")
+    if halves:
+        c.legend()
     m = r.get("machine", {})
     fig.suptitle(f"worker bench, {r['workload']['events']:,} events, {m.get('cpus')} shared cores,"
                  f" {r.get('date', '')[:10]}")
