@@ -24,23 +24,25 @@ What one run measures, in this order:
 2. **Scoring ceiling**: the model call alone (``scorer.score``) on pre-built feature matrices of
    the worker's batch shape (500 events x 50 candidates x 20 features) built with the worker's
    own session, candidate and feature code from the same events; per scoring backend available.
-3. **Latency** at a fixed offered load of half the measured 1-process maximum: a paced producer
-   (``event_time`` = wall clock at send) feeds one worker; latency = broker append time of the
-   suggestion (its topic uses ``message.timestamp.type=LogAppendTime``: when the broker
-   acknowledged it) minus ``event_time``, over the steady part (after a warm-up).
-4. **State size**: a fresh interpreter loads the model artifact as the worker does and fills a
+3. **State size**: a fresh interpreter loads the model artifact as the worker does and fills a
    :class:`worker.core.session.SessionStore` with ``--rss-users`` (default 1,000,000) distinct users
    through :func:`worker.core.pipeline.advance_sessions` (3 events each, in batches); it reports its
    peak RSS, the state's share, and that idle sessions expire (``expire_idle``).
-5. **Peers** (unless ``--skip-peers``), each in its own venv (:mod:`devtools.bench.peers.envs`):
+4. **Peers** (unless ``--skip-peers``), each in its own venv (:mod:`devtools.bench.peers.envs`):
    MLServer's Kafka mode (mlserver-lightgbm, the same ``model.txt``) measured by a rate sweep,
    plain and with adaptive batching; the Quix Streams app (the worker's feature code) over the
    same events topic, per message and with its batching sink; each peer's latency at half its own
    maximum.
+5. **Latency** (:mod:`devtools.bench.latency`) at 25 %, 50 % and 75 % of the measured 1-process
+   maximum and at each peer's latency rate, pinned (broker and load generator on one CPU, the
+   worker on another) and unpinned: per point a fresh worker and topics; events pre-encoded with
+   their intended send time as ``event_time`` and sent on that schedule by a paced loop that does
+   no encoding; latency = broker append time of the suggestion (``LogAppendTime``) minus the
+   intended send time, over the steady part (after a warm-up); the generator's own lag beside it.
 
 It ends with one table of every figure, the targets met / not met and the ratios, and writes
-``--json-out``; ``--plot-out`` draws throughput and latency per configuration (matplotlib from a
-small venv of its own, never the project's env).
+``--json-out``; ``--plot-out`` draws throughput and latency per configuration and the latency
+histograms at half load (matplotlib from a small venv of its own, never the project's env).
 """
 
 from __future__ import annotations
