@@ -1013,7 +1013,15 @@ class Bench:
                 continue
             try:
                 if mode == "pinned":
-                    pinning.apply()
+                    try:
+                        pinning.apply()
+                    except OSError as exc:  # e.g. a broker pid this user may not re-pin
+                        pinning.possible = False
+                        pinning.reason = f"sched_setaffinity failed: {exc}"
+                        out["pinned"] = "not possible"
+                        out["pinning"] = pinning.describe()
+                        self.say(pinning.describe())
+                        continue
                 for k, (label, rate, fraction) in enumerate(points):
                     point = self.latency_point(
                         f"lat-{mode}-{k}", rate, events, pinning if mode == "pinned" else None
