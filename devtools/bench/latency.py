@@ -300,6 +300,20 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_ticks() -> dict[str, tuple[int, int]]:
+    """``{"cpu0": (busy, total), ...}`` jiffies of every CPU so far (``/proc/stat``; busy = total
+    - idle - iowait); empty without ``/proc``."""
+    out: dict[str, tuple[int, int]] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *values = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                ticks = [int(v) for v in values]
+                total = sum(ticks[:8])  # user nice system idle iowait irq softirq steal
+                out[name] = (total - ticks[3] - ticks[4], total)
+    return out
+
+
 class CpuWindow:
     """CPU seconds of named processes between two wall-clock instants, read on a thread (which
     sleeps in between, so it takes nothing from the load generator)."""
@@ -308,6 +322,7 @@ class CpuWindow:
         self.pids = pids
         self.start_ns, self.end_ns = start_ns, end_ns
         self.readings: list[dict[str, float | None]] = []
+        self.ticks: list[dict[str, tuple[int, int]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-window", daemon=True)
 
@@ -320,6 +335,7 @@ class CpuWindow:
             if self._stop.wait(max(at - time.time_ns(), 0) / 1e9):
                 return
             self.readings.append({name: cpu_seconds(pid) for name, pid in self.pids.items()})
+            self.ticks.append(cpu_ticks())
 
     def shares(self) -> dict[str, float | None]:
         """CPU seconds per wall second over the window (1.0 = one core busy), per process; None
@@ -335,3 +351,22 @@ class CpuWindow:
             ca, cb = a[name], b[name]
             out[name] = None if ca is None or cb is None else round((cb - ca) / wall, 2)
         return out
+
+    def cpu_busy(self) -> dict[str, float]:
+        """Busy share of each CPU over the window (all processes, the bench's and others')."""
+        if len(self.ticks) < 2:
+            return {}
+        a, b = self.ticks
+        return {
+            cpu: round((b[cpu][0] - a[cpu][0]) / max(b[cpu][1] - a[cpu][1], 1), 2)
+            for cpu in b
+            if cpu in a
+        }
+
+
+def others_cpu(shares: dict[str, float | None], busy: dict[str, float]) -> float | None:
+    """Cores used by processes other than the measured ones over the window: all CPUs' busy time
+    minus the measured processes' shares (other tenants of a shared machine, the kernel)."""
+    if not busy or any(v is None for v in shares.values()):
+        return None
+    return round(max(sum(busy.values()) - sum(v or 0.0 for v in shares.values()), 0.0), 2)

@@ -1195,6 +1195,7 @@ class Bench:
                 time.sleep(0.1)
             time.sleep(0.5)  # a late answer to the probe may have been counted
             shares = cpu.shares()
+            busy = cpu.cpu_busy()
         finally:
             code = worker.stop()
             self._procs = [w for w in self._procs if w is not worker]
@@ -1231,6 +1232,9 @@ class Bench:
             "generator_lag": L.lag_summary(sent_ns[first:], schedule[first:].tolist()),
             "generator_start_late_s": round(lag_behind_s, 3),
             "cpu_share": shares,
+            "cpu_busy": busy,
+            "others_cpu": L.others_cpu(shares, busy),
+            "load_average_1m": round(os.getloadavg()[0], 2),
             "affinity": affinity,
             "peak_rss_mib": round(worker.hwm_kib / 1024, 1),
             "exit_code": code,
@@ -1739,7 +1743,7 @@ def format_latency_table(lat: dict[str, Any]) -> list[str]:
     ]
     head = (
         "mode", "load", "offered/s", "achieved/s", "answered/sent", "p50", "p95", "p99", "max",
-        "p99 prod.", "ingest p99", "gen. lag p99/max", "worker CPU",
+        "p99 prod.", "ingest p99", "gen. lag p99/max", "worker CPU", "others CPU",
     )  # fmt: skip
     table = [head]
     for p in lat.get("points", []):
@@ -1753,6 +1757,7 @@ def format_latency_table(lat: dict[str, Any]) -> list[str]:
             _fmt(p.get("latency_ingest", {}).get("p99_ms")),
             f"{_fmt(g.get('p99_ms'))}/{_fmt(g.get('max_ms'))}",
             _fmt((p.get("cpu_share") or {}).get("worker")),
+            _fmt(p.get("others_cpu")),
         ))  # fmt: skip
     if lat.get("pinned") == "not possible":
         table.append(("pinned", "not possible", *("-" for _ in head[2:])))

@@ -125,6 +125,17 @@ def test_summary_and_achieved_rate():
     assert L.achieved_rate([1000]) is None
 
 
+def test_others_cpu_is_the_busy_cores_minus_the_measured_processes():
+    shares = {"worker": 0.5, "generator": 0.1, "broker": 0.3}
+    assert L.others_cpu(shares, {"cpu0": 0.9, "cpu1": 0.7}) == pytest.approx(0.7)
+    assert L.others_cpu(shares, {"cpu0": 0.4, "cpu1": 0.4}) == 0.0  # never negative
+    assert L.others_cpu({"worker": None}, {"cpu0": 1.0}) is None
+    assert L.others_cpu(shares, {}) is None
+    ticks = L.cpu_ticks()
+    if ticks:  # Linux
+        assert all(0 <= busy <= total for busy, total in ticks.values())
+
+
 def test_load_points_fractions_then_absolute_rates_merged_when_equal():
     points = L.load_points(
         8000.0, [0.25, 0.5, 0.75], [(150.0, "MLServer plain's rate"), (4000.4, "Quix's rate")]
