@@ -1103,13 +1103,16 @@ class Bench:
     ) -> dict[str, Any]:
         """One fresh worker on a fresh topic, fed ``rate`` events/s on a schedule."""
         from devtools.bench import latency as L
-        from devtools.bench.peers.workload import OutputCollector, create_topics, make_load_producer
+        from devtools.bench.peers.workload import (
+            LOG_APPEND_TIME,
+            OutputCollector,
+            create_topics,
+            make_load_producer,
+        )
         from worker.wire.codec import codec_for
 
         topic = f"{self.prefix}-{tag}-events"
         suggestions = f"{self.prefix}-{tag}-suggestions"
-        from devtools.bench.peers.workload import LOG_APPEND_TIME
-
         # Events appended at LogAppendTime too: their append time splits the latency into the
         # generator's and broker's part (ingest) and the worker's.
         create_topics(self.bootstrap, {topic: (self.args.partitions, LOG_APPEND_TIME)})
