@@ -24,23 +24,25 @@ What one run measures, in this order:
 2. **Scoring ceiling**: the model call alone (``scorer.score``) on pre-built feature matrices of
    the worker's batch shape (500 events x 50 candidates x 20 features) built with the worker's
    own session, candidate and feature code from the same events; per scoring backend available.
-3. **Latency** at a fixed offered load of half the measured 1-process maximum: a paced producer
-   (``event_time`` = wall clock at send) feeds one worker; latency = broker append time of the
-   suggestion (its topic uses ``message.timestamp.type=LogAppendTime``: when the broker
-   acknowledged it) minus ``event_time``, over the steady part (after a warm-up).
-4. **State size**: a fresh interpreter loads the model artifact as the worker does and fills a
+3. **State size**: a fresh interpreter loads the model artifact as the worker does and fills a
    :class:`worker.core.session.SessionStore` with ``--rss-users`` (default 1,000,000) distinct users
    through :func:`worker.core.pipeline.advance_sessions` (3 events each, in batches); it reports its
    peak RSS, the state's share, and that idle sessions expire (``expire_idle``).
-5. **Peers** (unless ``--skip-peers``), each in its own venv (:mod:`devtools.bench.peers.envs`):
+4. **Peers** (unless ``--skip-peers``), each in its own venv (:mod:`devtools.bench.peers.envs`):
    MLServer's Kafka mode (mlserver-lightgbm, the same ``model.txt``) measured by a rate sweep,
    plain and with adaptive batching; the Quix Streams app (the worker's feature code) over the
    same events topic, per message and with its batching sink; each peer's latency at half its own
    maximum.
+5. **Latency** (:mod:`devtools.bench.latency`) at 25 %, 50 % and 75 % of the measured 1-process
+   maximum and at each peer's latency rate, pinned (broker and load generator on one CPU, the
+   worker on another) and unpinned: per point a fresh worker and topics; events pre-encoded with
+   their intended send time as ``event_time`` and sent on that schedule by a paced loop that does
+   no encoding; latency = broker append time of the suggestion (``LogAppendTime``) minus the
+   intended send time, over the steady part (after a warm-up); the generator's own lag beside it.
 
 It ends with one table of every figure, the targets met / not met and the ratios, and writes
-``--json-out``; ``--plot-out`` draws throughput and latency per configuration (matplotlib from a
-small venv of its own, never the project's env).
+``--json-out``; ``--plot-out`` draws throughput and latency per configuration and the latency
+histograms at half load (matplotlib from a small venv of its own, never the project's env).
 """
 
 from __future__ import annotations
@@ -57,7 +59,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -89,12 +90,14 @@ STAGES = (
 )
 PLOT_REQUIREMENTS = ("matplotlib==3.10.7",)
 
+#: A figure shown beside a target's: {target figure: (figure, label)}.
+TARGET_ASIDES = {"latency_pinned_p99_ms": ("latency_unpinned_p99_ms", "unpinned")}
 #: Targets of the issue: (figure key, comparison, bound, text).
 TARGETS = (
     ("ratio_e2e_to_ceiling", ">=", 0.6, "e2e throughput >= 0.6 x scoring ceiling"),
     ("ratio_throughput_vs_mlserver", ">=", 10.0, "throughput >= 10 x MLServer"),
     ("ratio_throughput_vs_quix", ">=", 2.0, "throughput >= 2 x Quix"),
-    ("latency_p99_ms", "<=", 50.0, "p99 at half load <= 50 ms"),
+    ("latency_pinned_p99_ms", "<=", 50.0, "p99 at half load <= 50 ms (pinned)"),
     ("scaling_factor", ">=", 1.8, "two processes >= 1.8 x one"),
     ("rss_1m_users_mib", "<=", 1024.0, "<= 1 GiB RSS with the active users"),
 )
@@ -127,8 +130,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "peers limited to a few hundred requests each",
     )
     p.add_argument("--rss-users", type=int, default=None, help="distinct users in state (1M)")
-    p.add_argument("--latency-s", type=float, default=None, help="measured seconds (60)")
-    p.add_argument("--warmup-s", type=float, default=None, help="latency warm-up seconds (10)")
+    p.add_argument(
+        "--latency-s",
+        type=float,
+        default=None,
+        help="measured seconds per latency point (30; --small 5)",
+    )
+    p.add_argument(
+        "--warmup-s",
+        type=float,
+        default=None,
+        help="warm-up seconds per latency point, not measured (5; --small 2)",
+    )
     p.add_argument("--ceiling-events", type=int, default=None, help="events for the ceiling")
     p.add_argument("--max-batch-size", type=int, default=500)
     p.add_argument("--max-batch-wait-ms", type=int, default=20)
@@ -167,10 +180,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated subset to run (a partial run; the reference run runs all)",
     )
     p.add_argument(
+        "--latency-max-rate",
+        type=float,
+        default=None,
+        help="events/s taken as 100 %% for the latency loads (default: the measured 1-process "
+        "max; required with --phases latency without throughput, unless --latency-rate or "
+        "--latency-rates alone is given)",
+    )
+    p.add_argument(
         "--latency-rate",
         type=float,
         default=None,
-        help="offered events/s of the latency run (default: half the measured 1-process max)",
+        help="the half-load rate of the latency phase (sets --latency-max-rate to twice it)",
+    )
+    p.add_argument(
+        "--latency-loads",
+        default="0.25,0.5,0.75",
+        help="fractions of the maximum at which latency is measured, each mode",
+    )
+    p.add_argument(
+        "--latency-rates",
+        default="peers",
+        help="absolute events/s at which latency is also measured, comma-separated; `peers` "
+        "(default) = the rates of the peers' latency runs of this run (the peers phase runs "
+        "before the latency phase), e.g. `peers,500`; `none` for none",
+    )
+    p.add_argument(
+        "--latency-modes",
+        default="pinned,unpinned",
+        help="pinned (broker and load generator on one CPU, the worker on another, Linux "
+        "sched_setaffinity) and/or unpinned",
     )
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--plot-out", type=Path, default=None, help="PNG of throughput and latency")
@@ -194,9 +233,9 @@ class Sizes:
 def sizes_of(args: argparse.Namespace) -> Sizes:
     small = bool(args.small)
     base = (
-        Sizes(20_000, 50_000, 8.0, 3.0, 5_000, 600, 4.0, 2.0, 100.0, 1)
+        Sizes(20_000, 50_000, 5.0, 2.0, 5_000, 600, 4.0, 2.0, 100.0, 1)
         if small
-        else Sizes(1_000_000, 1_000_000, 60.0, 10.0, 20_000, 60_000, 20.0, 8.0, 150.0, 8)
+        else Sizes(1_000_000, 1_000_000, 30.0, 5.0, 20_000, 60_000, 20.0, 8.0, 150.0, 8)
     )
 
     def pick(name: str, default: Any) -> Any:
@@ -720,114 +759,7 @@ class Bench:
         out["served_backend"] = self.served_backend
         return out
 
-    # -- 3. latency at half load -------------------------------------------------------------
-
-    def measure_latency(self, rate: float) -> dict[str, Any]:
-        from devtools.bench.peers.workload import (
-            OutputCollector,
-            create_topics,
-            latency_summary,
-            make_load_producer,
-            produce_paced,
-        )
-        from worker.wire.codec import codec_for
-
-        label = "latency"
-        topic = f"{self.prefix}-{label}-events"
-        suggestions = f"{self.prefix}-{label}-suggestions"
-        create_topics(self.bootstrap, {topic: (self.args.partitions, {})})
-        self.wait_topic(topic)
-        self.create_output_topic(suggestions)
-        warm, measured = self.sizes.warmup_s, self.sizes.latency_s
-        n = int(rate * (warm + measured))
-        self.say(f"latency: 1 process at {rate:,.0f} events/s for {warm + measured:.0f} s")
-        # Unique event ids: latency is matched by event_id.
-        events = [
-            {**e, "event_id": f"{self.prefix}-lat-{i}"}
-            for i, e in enumerate(stream_events(self.sim_settings(), n))
-        ]
-        event_codec = codec_for("BrowsingEvent")
-        sugg_codec = codec_for("ProductSuggestion")
-        raw: list[tuple[bytes | None, int]] = []  # decoded after the run: less load meanwhile
-        arrivals: dict[str, tuple[int, int]] = {}
-        lock = threading.Lock()
-
-        def on_suggestion(key: bytes | None, value: bytes | None, ts_ms: int) -> None:
-            raw.append((value, ts_ms))  # list.append is atomic under the GIL
-
-        send_ms = [0] * n
-
-        def make_value(index: int, sent_ms: int) -> tuple[bytes, bytes]:
-            record = {**events[index], "event_time": sent_ms}
-            send_ms[index] = sent_ms
-            return record["user_id"].encode("utf-8"), event_codec.encode(record)
-
-        worker = self.start_worker(f"{label}-w0", topic, suggestions, f"{self.prefix}-{label}")
-        collector = OutputCollector(self.bootstrap, suggestions, on_suggestion).start()
-        try:
-            deadline = time.monotonic() + 120
-            while not worker.ready():
-                worker.check()
-                if time.monotonic() > deadline:
-                    raise BenchError("latency worker never became ready")
-                time.sleep(0.2)
-            producer = make_load_producer(self.bootstrap)
-            worker.sample()
-            produce_paced(
-                producer,
-                ((topic, None, b"", None) for _ in range(n)),
-                rate=rate,
-                make_value=make_value,
-            )
-            deadline = time.monotonic() + 60
-            while True:
-                done = len(raw)
-                if done >= n or time.monotonic() > deadline:
-                    break
-                worker.check()
-                time.sleep(0.1)
-            sample = worker.sample()
-        finally:
-            code = worker.stop()
-            self._procs = [w for w in self._procs if w is not worker]
-            collector.stop()
-        with lock:
-            for value, ts_ms in raw:
-                rec = sugg_codec.decode(value)
-                arrivals[rec["event_id"]] = (ts_ms, rec["produced_time"])
-        first = int(rate * warm)
-        ids = [events[i]["event_id"] for i in range(first, n)]
-        with lock:
-            acked = [
-                arrivals[e][0] - send_ms[i]
-                for i, e in zip(range(first, n), ids, strict=True)
-                if e in arrivals
-            ]
-            produced = [
-                arrivals[e][1] - send_ms[i]
-                for i, e in zip(range(first, n), ids, strict=True)
-                if e in arrivals
-            ]
-            answered = sum(1 for e in events if e["event_id"] in arrivals)
-        summary = latency_summary(acked)
-        self.say(
-            f"latency at {rate:,.0f}/s: p50 {summary.get('p50_ms')} p95 {summary.get('p95_ms')} "
-            f"p99 {summary.get('p99_ms')} ms"
-        )
-        return {
-            "offered_rate_per_s": round(rate, 1),
-            "events": n,
-            "answered": answered,
-            "warmup_s": warm,
-            "measured_s": measured,
-            "latency_acknowledged": summary,
-            "latency_produced_time": latency_summary(produced),
-            "peak_rss_mib": round(worker.hwm_kib / 1024, 1),
-            "cpu_s": round(sample.cpu_s, 1) if sample else None,
-            "exit_code": code,
-        }
-
-    # -- 4. state size -----------------------------------------------------------------------
+    # -- 3. state size -----------------------------------------------------------------------
 
     def measure_state(self) -> dict[str, Any]:
         users = self.sizes.rss_users
@@ -849,7 +781,7 @@ class Bench:
         )
         return result
 
-    # -- 5. peers ----------------------------------------------------------------------------
+    # -- 4. peers ----------------------------------------------------------------------------
 
     def peer_features(self, count: int) -> np.ndarray:
         mats = self.feature_matrices
@@ -1000,6 +932,324 @@ class Bench:
                 "peak_rss_mib": res["figures"]["peak_hwm_mb"],
             }
         return entry
+
+    # -- 5. latency at several loads, pinned and unpinned ------------------------------------
+
+    def latency_plan(self) -> tuple[list[tuple[str, float, float | None]], str]:
+        """The latency points ``(label, rate, fraction or None)`` and where the maximum comes
+        from."""
+        from devtools.bench.latency import load_points
+
+        a = self.args
+        if a.latency_max_rate:
+            max_rate, basis = a.latency_max_rate, "--latency-max-rate"
+        elif a.latency_rate:
+            max_rate, basis = 2 * a.latency_rate, "twice --latency-rate"
+        elif self.results.get("throughput_1p", {}).get("throughput_per_s"):
+            max_rate = self.results["throughput_1p"]["throughput_per_s"]
+            basis = "the measured 1-process maximum"
+        else:
+            max_rate, basis = None, "none known"
+        fractions = [float(x) for x in a.latency_loads.split(",") if x.strip()]
+        absolute: list[tuple[float, str]] = []
+        for item in (x.strip() for x in a.latency_rates.split(",")):
+            if item == "peers":
+                absolute.extend(self.peer_latency_rates())
+            elif item and item != "none":
+                absolute.append((float(item), f"{float(item):g}/s"))
+        points = load_points(max_rate, fractions, absolute)
+        if not points:
+            raise BenchError(
+                "latency: no maximum rate known and no absolute rate given; run the throughput "
+                "phase or give --latency-max-rate (or --latency-rates)"
+            )
+        return points, basis
+
+    def peer_latency_rates(self) -> list[tuple[float, str]]:
+        """The rates of the peers' latency runs of this run: ``(rate, "<peer> <mode>'s rate")``."""
+        out: list[tuple[float, str]] = []
+        peers = self.results.get("peers", {})
+        for name, title in (("mlserver", "MLServer"), ("quix", "Quix")):
+            for mode, m in peers.get(name, {}).items():
+                rate = (
+                    m.get("latency_at_half", {}).get("offered_per_s")
+                    if isinstance(m, dict)
+                    else None
+                )
+                if rate:
+                    out.append((float(rate), f"{title} {mode}'s rate"))
+        return out
+
+    def measure_latency(self) -> dict[str, Any]:
+        """Latency per mode (pinned, unpinned) and load: see :mod:`devtools.bench.latency`."""
+        from devtools.bench.latency import LOAD_PRODUCER_OVERRIDES, Pinning, broker_pid_of
+
+        points, basis = self.latency_plan()
+        broker_pid = broker_pid_of(self._kafka_cfg.pid_file) if self._kafka_cfg else None
+        pinning = Pinning(broker_pid).plan()
+        warm, measured = self.sizes.warmup_s, self.sizes.latency_s
+        modes = [m.strip() for m in self.args.latency_modes.split(",") if m.strip()]
+        out: dict[str, Any] = {
+            "max_rate_basis": basis,
+            "warmup_s": warm,
+            "measured_s": measured,
+            "pinning": pinning.describe(),
+            "producer": {"linger.ms": LOAD_PRODUCER_OVERRIDES["linger.ms"], "acks": "all"},
+            "points": [],
+        }
+        self.results["latency"] = out  # the points measured so far survive a failure
+        n_max = max(int(rate * (warm + measured)) for _, rate, _ in points)
+        self.say(
+            f"latency: {len(points)} loads x {modes}, {warm:g} + {measured:g} s each; "
+            f"{pinning.describe()}; generating {n_max:,} events"
+        )
+        events = stream_events(self.sim_settings(), max(n_max, 10))
+        for mode in modes:
+            if mode not in ("pinned", "unpinned"):
+                raise BenchError(f"unknown latency mode {mode!r} (pinned, unpinned)")
+            if mode == "pinned" and not pinning.possible:
+                out["pinned"] = "not possible"
+                self.say(pinning.describe())
+                continue
+            try:
+                if mode == "pinned":
+                    try:
+                        pinning.apply()
+                    except OSError as exc:  # e.g. a broker pid this user may not re-pin
+                        pinning.possible = False
+                        pinning.reason = f"sched_setaffinity failed: {exc}"
+                        out["pinned"] = "not possible"
+                        out["pinning"] = pinning.describe()
+                        self.say(pinning.describe())
+                        continue
+                for k, (label, rate, fraction) in enumerate(points):
+                    point = self.latency_point(
+                        f"lat-{mode}-{k}", rate, events, pinning if mode == "pinned" else None
+                    )
+                    out["points"].append(
+                        {"mode": mode, "load": label, "fraction": fraction, **point}
+                    )
+            finally:
+                pinning.restore()
+        return out
+
+    def latency_probe(
+        self,
+        producer: Any,
+        topic: str,
+        template: dict[str, Any],
+        id_prefix: str,
+        raw: list[tuple[bytes | None, int]],
+        worker: WorkerProc,
+        event_codec: Any,
+        sugg_codec: Any,
+        timeout_s: float = 120.0,
+    ) -> None:
+        """One event per partition every 2 s until each partition has answered one."""
+        answered: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        round_ = 0
+        while len(answered) < self.args.partitions:
+            for p in range(self.args.partitions):
+                if p in answered:
+                    continue
+                record = {**template, "event_id": f"{id_prefix}-warm{round_}-{p}",
+                          "event_time": now_ms()}  # fmt: skip
+                value = event_codec.encode(record)
+                producer.produce(topic, value=value, key=record["user_id"].encode(), partition=p)
+            producer.flush(10)
+            round_ += 1
+            until = time.monotonic() + 2.0
+            while time.monotonic() < until and len(answered) < self.args.partitions:
+                for value, _ in raw[seen:]:
+                    eid = sugg_codec.decode(value)["event_id"]
+                    answered.add(int(eid.rpartition("-")[2]))
+                seen = len(raw)
+                worker.check()
+                time.sleep(0.05)
+            if time.monotonic() > deadline:
+                missing = sorted(set(range(self.args.partitions)) - answered)
+                raise BenchError(f"latency probe: {missing} unanswered after {timeout_s:.0f} s")
+
+    def append_times(self, topic: str, id_prefix: str, n: int, codec: Any) -> dict[int, int]:
+        """``{index: broker append time (ms)}`` of the scheduled events of a latency point."""
+        from devtools.bench.peers.workload import OutputCollector
+
+        out: dict[int, int] = {}
+        raw: list[tuple[bytes | None, int]] = []
+        collector = OutputCollector(
+            self.bootstrap, topic, lambda k, v, ts: raw.append((v, ts))
+        ).start()
+        try:
+            deadline = time.monotonic() + 30
+            last, since = -1, time.monotonic()
+            while time.monotonic() < deadline:  # all read: >= n and no more for 0.5 s
+                if len(raw) != last:
+                    last, since = len(raw), time.monotonic()
+                elif time.monotonic() - since > (0.5 if len(raw) >= n else 5.0):
+                    break
+                time.sleep(0.1)
+        finally:
+            collector.stop()
+        for value, ts_ms in raw:
+            head, _, index = codec.decode(value)["event_id"].rpartition("-")
+            if head == id_prefix:
+                out[int(index)] = ts_ms
+        return out
+
+    def latency_point(
+        self, tag: str, rate: float, events: list[dict[str, Any]], pinning: Any
+    ) -> dict[str, Any]:
+        """One fresh worker on a fresh topic, fed ``rate`` events/s on a schedule."""
+        from devtools.bench import latency as L
+        from devtools.bench.peers.workload import (
+            LOG_APPEND_TIME,
+            OutputCollector,
+            create_topics,
+            make_load_producer,
+        )
+        from worker.wire.codec import codec_for
+
+        topic = f"{self.prefix}-{tag}-events"
+        suggestions = f"{self.prefix}-{tag}-suggestions"
+        # Events appended at LogAppendTime too: their append time splits the latency into the
+        # generator's and broker's part (ingest) and the worker's.
+        create_topics(self.bootstrap, {topic: (self.args.partitions, LOG_APPEND_TIME)})
+        self.wait_topic(topic)
+        self.create_output_topic(suggestions)
+        warm, measured = self.sizes.warmup_s, self.sizes.latency_s
+        n = max(int(rate * (warm + measured)), 10)
+        first = min(int(rate * warm), n - 1)
+        id_prefix = f"{self.prefix}-{tag}"
+        event_codec = codec_for("BrowsingEvent")
+        sugg_codec = codec_for("ProductSuggestion")
+        raw: list[tuple[bytes | None, int]] = []  # decoded after the run: less load meanwhile
+
+        def on_suggestion(key: bytes | None, value: bytes | None, ts_ms: int) -> None:
+            raw.append((value, ts_ms))  # list.append is atomic under the GIL
+
+        worker = self.start_worker(f"{tag}-w0", topic, suggestions, f"{self.prefix}-{tag}")
+        if pinning is not None:
+            pinning.pin_worker(worker.proc.pid)
+        collector = OutputCollector(self.bootstrap, suggestions, on_suggestion).start()
+        producer = make_load_producer(self.bootstrap, **L.LOAD_PRODUCER_OVERRIDES)
+        lag_behind_s = 0.0
+        try:
+            deadline = time.monotonic() + 120
+            while not worker.ready():
+                worker.check()
+                if time.monotonic() > deadline:
+                    raise BenchError("latency worker never became ready")
+                time.sleep(0.2)
+            # Before the clock: one event per partition, in rounds, until every partition has
+            # answered (the group joined, every partition assigned and served once).
+            self.latency_probe(
+                producer, topic, events[0], id_prefix, raw, worker, event_codec, sugg_codec
+            )
+            base = len(raw)
+            if pinning is not None:
+                pinning.pin_worker(worker.proc.pid)  # again: threads are all there now
+            # Encode everything before the clock starts; t0 after the (estimated) encoding.
+            sample = min(n, 2000)
+            started = time.perf_counter()
+            L.encode_scheduled(events, L.build_schedule(sample, rate, 0), "x", event_codec.encode)
+            per_event = (time.perf_counter() - started) / sample
+            for _ in range(3):
+                t0_ns = L.choose_t0_ns(n, per_event)
+                schedule = L.build_schedule(n, rate, t0_ns)
+                started = time.perf_counter()
+                messages = L.encode_scheduled(events, schedule, id_prefix, event_codec.encode)
+                per_event = (time.perf_counter() - started) / n
+                if time.time_ns() < t0_ns - 500_000_000:
+                    break
+            lag_behind_s = max((time.time_ns() - t0_ns) / 1e9, 0.0)
+            window_ns = (int(schedule[first]), int(schedule[-1]))
+            pids = {"worker": worker.proc.pid, "generator": os.getpid()}
+            if self._kafka_cfg is not None:
+                broker_pid = L.broker_pid_of(self._kafka_cfg.pid_file)
+                if broker_pid:
+                    pids["broker"] = broker_pid
+            cpu = L.CpuWindow(pids, *window_ns).start()
+            affinity = {name: L.affinity_of(pid) for name, pid in pids.items()}
+
+            def produce(key: bytes, value: bytes, ts_ms: int) -> None:
+                while True:
+                    try:
+                        producer.produce(topic, value=value, key=key, timestamp=ts_ms)
+                        return
+                    except BufferError:
+                        producer.poll(0.01)
+
+            sent_ns = L.send_scheduled(produce, lambda: producer.poll(0), messages, schedule)
+            del messages
+            remaining = producer.flush(60)
+            if remaining:
+                raise BenchError(f"{remaining} latency events were not acknowledged")
+            # Drain: every answer, or 10 s without a new one, or 60 s.
+            deadline = time.monotonic() + 60
+            last, last_change = -1, time.monotonic()
+            while len(raw) - base < n and time.monotonic() < deadline:
+                worker.check()
+                if len(raw) != last:
+                    last, last_change = len(raw), time.monotonic()
+                elif time.monotonic() - last_change > 10:
+                    break
+                time.sleep(0.1)
+            time.sleep(0.5)  # a late answer to the probe may have been counted
+            shares = cpu.shares()
+            busy = cpu.cpu_busy()
+        finally:
+            code = worker.stop()
+            self._procs = [w for w in self._procs if w is not worker]
+            collector.stop()
+        ingest_ms = self.append_times(topic, id_prefix, n, event_codec)
+        answers: dict[int, tuple[int, int]] = {}
+        for value, ts_ms in list(raw):
+            rec = sugg_codec.decode(value)
+            head, _, index = rec["event_id"].rpartition("-")
+            if head != id_prefix:
+                continue
+            i = int(index)
+            if i not in answers or ts_ms < answers[i][0]:  # at-least-once: the first answer
+                answers[i] = (ts_ms, rec["produced_time"])
+        intended_ms = schedule / 1e6
+        measured_ids = [i for i in range(first, n) if i in answers]
+        acked = [answers[i][0] - intended_ms[i] for i in measured_ids]
+        produced = [answers[i][1] - intended_ms[i] for i in measured_ids]
+        measured_in = [i for i in range(first, n) if i in ingest_ms]
+        ingest = [ingest_ms[i] - intended_ms[i] for i in measured_in]
+        in_worker = [answers[i][0] - ingest_ms[i] for i in measured_ids if i in ingest_ms]
+        result = {
+            "offered_per_s": round(rate, 1),
+            "events": n,
+            "answered": len(answers),
+            "measured_events": n - first,
+            "measured_answered": len(measured_ids),
+            "achieved_per_s": L.achieved_rate([answers[i][0] for i in measured_ids]),
+            "latency_acknowledged": L.summary(acked),
+            "latency_produced_time": L.summary(produced),
+            "latency_ingest": L.summary(ingest),
+            "latency_event_appended_to_acknowledged": L.summary(in_worker),
+            "histogram_acknowledged": L.histogram(acked),
+            "generator_lag": L.lag_summary(sent_ns[first:], schedule[first:].tolist()),
+            "generator_start_late_s": round(lag_behind_s, 3),
+            "cpu_share": shares,
+            "cpu_busy": busy,
+            "others_cpu": L.others_cpu(shares, busy),
+            "load_average_1m": round(os.getloadavg()[0], 2),
+            "affinity": affinity,
+            "peak_rss_mib": round(worker.hwm_kib / 1024, 1),
+            "exit_code": code,
+        }
+        s, g = result["latency_acknowledged"], result["generator_lag"]
+        self.say(
+            f"latency {tag} at {rate:,.0f}/s: answered {len(answers):,}/{n:,}, "
+            f"p50 {s.get('p50_ms')} p95 {s.get('p95_ms')} p99 {s.get('p99_ms')} "
+            f"max {s.get('max_ms')} ms; generator lag p99 {g.get('p99_ms')} max {g.get('max_ms')} "
+            f"ms; CPU {shares}"
+        )
+        return result
 
     # -- clean-up ----------------------------------------------------------------------------
 
@@ -1181,13 +1431,24 @@ def derive_figures(results: dict[str, Any]) -> dict[str, Any]:
         f["scaling_factor"] = round(two["throughput_per_s"] / one["throughput_per_s"], 2)
     f["cpu_s_per_million_1p"] = one.get("cpu_s_per_million")
     f["cpu_s_per_million_2p"] = two.get("cpu_s_per_million")
-    lat = results.get("latency", {}).get("latency_acknowledged", {})
-    f["latency_offered_per_s"] = results.get("latency", {}).get("offered_rate_per_s")
+    latency = results.get("latency", {})
+    for mode in ("pinned", "unpinned"):
+        point = half_load_point(latency, mode)
+        if point is None:
+            continue
+        s = point.get("latency_acknowledged", {})
+        f[f"latency_{mode}_offered_per_s"] = point.get("offered_per_s")
+        for p in ("p50", "p95", "p99", "max"):
+            f[f"latency_{mode}_{p}_ms"] = s.get(f"{p}_ms")
+    # The headline latency (and the ratios to the peers, which run unpinned): unpinned, as the
+    # peers; pinned when only that mode ran.
+    mode = "unpinned" if "latency_unpinned_p99_ms" in f else "pinned"
+    f["latency_mode"] = mode if f"latency_{mode}_p99_ms" in f else None
+    f["latency_offered_per_s"] = f.get(f"latency_{mode}_offered_per_s")
     for p in ("p50", "p95", "p99"):
-        f[f"latency_{p}_ms"] = lat.get(f"{p}_ms")
+        f[f"latency_{p}_ms"] = f.get(f"latency_{mode}_{p}_ms")
     rss = [*one.get("peak_rss_mib", []), *two.get("peak_rss_mib", [])]
-    if results.get("latency", {}).get("peak_rss_mib"):
-        rss.append(results["latency"]["peak_rss_mib"])
+    rss.extend(p["peak_rss_mib"] for p in latency.get("points", []) if p.get("peak_rss_mib"))
     f["peak_rss_per_process_mib"] = max(rss) if rss else None
     state = results.get("state", {})
     f["state_users"] = state.get("users")
@@ -1255,7 +1516,54 @@ def derive_figures(results: dict[str, Any]) -> dict[str, Any]:
         f["quix_best_p99_ms"] = p99
         if f.get("latency_p99_ms"):
             f["ratio_p99_vs_quix"] = round(f["latency_p99_ms"] / p99, 2)
+    # At the same absolute rate: ours (unpinned, as the peer) / the peer's, at its best mode's.
+    for system, _mode, rate, peer_p99 in same_rate_pairs(results, best_only=True):
+        ours = _point_at(latency, "unpinned", rate)
+        value = (ours or {}).get("latency_acknowledged", {}).get("p99_ms")
+        if value is not None and peer_p99:
+            f[f"ratio_p99_same_rate_vs_{system}"] = round(value / peer_p99, 2)
     return f
+
+
+def half_load_point(latency: dict[str, Any], mode: str) -> dict[str, Any] | None:
+    """The latency point at 50 % of the maximum in ``mode``, if measured."""
+    return next(
+        (
+            p
+            for p in latency.get("points", [])
+            if p.get("mode") == mode and p.get("fraction") == 0.5
+        ),
+        None,
+    )
+
+
+def _point_at(latency: dict[str, Any], mode: str, rate: float) -> dict[str, Any] | None:
+    return next(
+        (
+            p
+            for p in latency.get("points", [])
+            if p.get("mode") == mode and abs(p.get("offered_per_s", -9) - rate) < 1.0
+        ),
+        None,
+    )
+
+
+def same_rate_pairs(
+    results: dict[str, Any], *, best_only: bool = False
+) -> list[tuple[str, str, float, float]]:
+    """``(system, mode, rate, p99_ms)`` of every peer latency run (``best_only``: each system's
+    mode with the lowest p99)."""
+    out: list[tuple[str, str, float, float]] = []
+    for system, entries in results.get("peers", {}).items():
+        mine = []
+        for mode, m in entries.items():
+            h = m.get("latency_at_half", {}) if isinstance(m, dict) else {}
+            if h.get("offered_per_s") and h.get("p99_ms") is not None:
+                mine.append((system, mode, float(h["offered_per_s"]), float(h["p99_ms"])))
+        if best_only and mine:
+            mine = [min(mine, key=lambda x: x[3])]
+        out.extend(mine)
+    return out
 
 
 def _best_p99(entries) -> float | None:
@@ -1277,8 +1585,12 @@ def evaluate_targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             ok = value >= bound if op == ">=" else value <= bound
             status = "met" if ok else "NOT met"
-        out.append({"target": text, "figure": key, "value": value, "bound": f"{op} {bound:g}",
-                    "status": status})  # fmt: skip
+        row = {"target": text, "figure": key, "value": value, "bound": f"{op} {bound:g}",
+               "status": status}  # fmt: skip
+        if key in TARGET_ASIDES:
+            aside, label = TARGET_ASIDES[key]
+            row["aside"] = f"{label}: {_fmt(figures.get(aside), 'ms')}"
+        out.append(row)
     return out
 
 
@@ -1307,16 +1619,12 @@ def format_report(results: dict[str, Any]) -> str:
     add(("CPU per million events, 1 process", _fmt(f.get("cpu_s_per_million_1p"), "CPU s")))
     add(("CPU per million events, 2 processes", _fmt(f.get("cpu_s_per_million_2p"), "CPU s")))
     lat = r.get("latency", {})
-    add((
-        f"latency p50 / p95 / p99 at {_fmt(f.get('latency_offered_per_s'))}/s (half max)",
-        " / ".join(_fmt(f.get(f"latency_{p}_ms")) for p in ("p50", "p95", "p99")) + " ms",
-    ))  # fmt: skip
-    pt = lat.get("latency_produced_time", {})
-    if pt:
-        add((
-            "  same, to produced_time (before the ack)",
-            " / ".join(_fmt(pt.get(f"{p}_ms")) for p in ("p50", "p95", "p99")) + " ms",
-        ))  # fmt: skip
+    for mode in ("pinned", "unpinned"):
+        if f.get(f"latency_{mode}_p99_ms") is not None:
+            rate = _fmt(f.get(f"latency_{mode}_offered_per_s"))
+            values = (_fmt(f.get(f"latency_{mode}_{p}_ms")) for p in ("p50", "p95", "p99", "max"))
+            add((f"latency p50 / p95 / p99 / max at {rate}/s (half max, {mode})",
+                 " / ".join(values) + " ms"))  # fmt: skip
     one, two = r.get("throughput_1p", {}), r.get("throughput_2p", {})
     add(("peak RSS, 1-process run", _fmt(", ".join(map(str, one.get("peak_rss_mib", []))), "MiB")))
     add(
@@ -1325,7 +1633,8 @@ def format_report(results: dict[str, Any]) -> str:
             _fmt(", ".join(map(str, two.get("peak_rss_mib", []))), "MiB"),
         )
     )
-    add(("peak RSS, latency run", _fmt(lat.get("peak_rss_mib"), "MiB")))
+    lat_rss = [p["peak_rss_mib"] for p in lat.get("points", []) if p.get("peak_rss_mib")]
+    add(("peak RSS, latency runs (largest)", _fmt(max(lat_rss) if lat_rss else None, "MiB")))
     st = r.get("state", {})
     if st:
         add((f"state probe: {st['users']:,} users, peak RSS", _fmt(st.get("peak_rss_mib"), "MiB")))
@@ -1389,10 +1698,33 @@ def format_report(results: dict[str, Any]) -> str:
     if "ratio_throughput_vs_quix" in f:
         add(("ours / Quix (best), throughput", _fmt(f["ratio_throughput_vs_quix"], "x")))
         add(("ours / Quix (best), p99 latency", _fmt(f.get("ratio_p99_vs_quix"), "x")))
+    for system, mode, rate, peer_p99 in same_rate_pairs(r):
+        ours = [
+            (p.get("latency_acknowledged", {}).get("p99_ms"), p["mode"])
+            for p in lat.get("points", [])
+            if abs(p.get("offered_per_s", -9) - rate) < 1.0
+        ]
+        title = {"mlserver": "MLServer", "quix": "Quix"}.get(system, system)
+        add((
+            f"p99 at {_fmt(rate)}/s, {title} {mode}'s rate: ours vs it",
+            ", ".join(f"{_fmt(v)} ({m})" for v, m in ours) + f" vs {_fmt(peer_p99)} ms",
+        ))  # fmt: skip
+    for key, title in (("mlserver", "MLServer"), ("quix", "Quix")):
+        if f"ratio_p99_same_rate_vs_{key}" in f:
+            add((
+                f"ours / {title} (best), p99 at its rate (unpinned)",
+                _fmt(f[f"ratio_p99_same_rate_vs_{key}"], "x"),
+            ))  # fmt: skip
     width = max(len(k) for k, _ in rows) + 2
-    lines = ["", "=== worker bench ===", *[f"{k:<{width}}{v}" for k, v in rows], "", "targets:"]
+    lines = ["", "=== worker bench ===", *[f"{k:<{width}}{v}" for k, v in rows]]
+    if lat:
+        lines.extend(["", *format_latency_table(lat)])
+    lines.extend(["", "targets:"])
     for t in r.get("targets", []):
-        lines.append(f"  {t['target']:<42} {_fmt(t['value']):>10}  ({t['bound']})  {t['status']}")
+        aside = f"  [{t['aside']}]" if t.get("aside") else ""
+        lines.append(
+            f"  {t['target']:<42} {_fmt(t['value']):>10}  ({t['bound']})  {t['status']}{aside}"
+        )
     for failure in r.get("failures", []):
         lines.append(f"FAILED: {failure[:500]}")
     m = r.get("machine", {})
@@ -1402,6 +1734,44 @@ def format_report(results: dict[str, Any]) -> str:
         f"{m.get('shared')}; {r.get('date')}"
     )
     return "\n".join(lines)
+
+
+def format_latency_table(lat: dict[str, Any]) -> list[str]:
+    """The latency table: one row per (mode, offered rate)."""
+    lines = [
+        f"latency (ms, event's scheduled send time -> suggestion acknowledged; "
+        f"{lat.get('warmup_s')} s warm-up + {lat.get('measured_s')} s measured per point; "
+        f"100 % = {lat.get('max_rate_basis')})",
+        f"  {lat.get('pinning')}",
+    ]
+    head = (
+        "mode", "load", "offered/s", "achieved/s", "answered/sent", "p50", "p95", "p99", "max",
+        "p99 prod.", "ingest p99", "gen. lag p99/max", "worker CPU", "others CPU",
+    )  # fmt: skip
+    table = [head]
+    for p in lat.get("points", []):
+        s = p.get("latency_acknowledged", {})
+        g = p.get("generator_lag", {})
+        table.append((
+            p["mode"], p["load"], _fmt(p.get("offered_per_s")), _fmt(p.get("achieved_per_s")),
+            f"{p.get('answered', 0):,}/{p.get('events', 0):,}",
+            *(_fmt(s.get(f"{q}_ms")) for q in ("p50", "p95", "p99", "max")),
+            _fmt(p.get("latency_produced_time", {}).get("p99_ms")),
+            _fmt(p.get("latency_ingest", {}).get("p99_ms")),
+            f"{_fmt(g.get('p99_ms'))}/{_fmt(g.get('max_ms'))}",
+            _fmt((p.get("cpu_share") or {}).get("worker")),
+            _fmt(p.get("others_cpu")),
+        ))  # fmt: skip
+    if lat.get("pinned") == "not possible":
+        table.append(("pinned", "not possible", *("-" for _ in head[2:])))
+    widths = [max(len(str(row[c])) for row in table) for c in range(len(head))]
+    for row in table:
+        cells = [
+            f"{row[c]:<{widths[c]}}" if c < 2 else f"{row[c]:>{widths[c]}}"
+            for c in range(len(head))
+        ]
+        lines.append("  " + "  ".join(cells))
+    return lines
 
 
 # -- plot -------------------------------------------------------------------------------------
@@ -1421,8 +1791,10 @@ PLOT_SCRIPT = textwrap.dedent(
     for name in ("lightgbm", "lleaves"):
         if f.get(f"ceiling_{name}_per_s"):
             tp.append((f"scoring ceiling ({name})", f[f"ceiling_{name}_per_s"], "C7"))
-    lat = [("worker, 1 process", r.get("latency", {}).get("offered_rate_per_s"),
-            r.get("latency", {}).get("latency_acknowledged", {}), "C0")]
+    halves = {p["mode"]: p for p in r.get("latency", {}).get("points", [])
+              if p.get("fraction") == 0.5}
+    lat = [(f"worker, {mode}", p.get("offered_per_s"), p.get("latency_acknowledged", {}),
+            "C0" if mode == "pinned" else "C9") for mode, p in sorted(halves.items())]
     for mode, m in peers.get("quix", {}).items():
         if isinstance(m, dict):
             tp.append((f"Quix {mode}", m.get("throughput_per_s"), "C2"))
@@ -1436,12 +1808,13 @@ PLOT_SCRIPT = textwrap.dedent(
                 h = m["latency_at_half"]
                 lat.append((f"MLServer {mode}", h.get("offered_per_s"), h, "C3"))
     tp = [t for t in tp if t[1]]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(14, 5.5))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(20, 5.5))
     ys = range(len(tp))
     a.barh(list(ys), [t[1] for t in tp], color=[t[2] for t in tp])
     a.set_yticks(list(ys), [t[0] for t in tp])
     a.invert_yaxis()
-    a.set_xscale("log")
+    if tp:  # a partial run (--phases) may have none
+        a.set_xscale("log")
     a.set_xlabel("events/s (log scale)")
     a.set_title("Sustained throughput")
     for y, t in zip(ys, tp):
@@ -1461,6 +1834,31 @@ PLOT_SCRIPT = textwrap.dedent(
     b.set_ylabel("ms (log scale)")
     b.set_title("Latency event -> suggestion at half of each one's max")
     b.legend()
+    # The worker's latency histogram at half load, pinned and unpinned (log-spaced buckets).
+    for mode, p in sorted(halves.items()):
+        h = p.get("histogram_acknowledged")
+        if not h or not sum(h["counts"]):
+            continue
+        last = max(i for i, k in enumerate(h["counts"]) if k) + 2  # up to the last non-empty
+        edges, counts = h["edges_ms"][:last], h["counts"][:last]
+        total = sum(counts)
+        lo = [max(e, 0.5) for e in edges]
+        hi = lo[1:] + [lo[-1] * 10]
+        shares = [100 * k / total for k in counts]
+        color = "C0" if mode == "pinned" else "C9"
+        c.stairs(shares, lo + [hi[-1]], label=f"{mode} @ {p['offered_per_s']:,.0f}/s",
+                 color=color, lw=1.5)
+        p99 = p.get("latency_acknowledged", {}).get("p99_ms")
+        if p99:
+            c.axvline(p99, color=color, ls=":", lw=1)
+            c.text(p99, 0, f" p99 {p99:,.0f}", color=color, rotation=90, va="bottom", fontsize=8)
+    c.axvline(50, color="k", ls="--", lw=0.8)
+    c.set_xscale("log")
+    c.set_xlabel("ms, event's scheduled send -> suggestion acknowledged (log scale)")
+    c.set_ylabel("% of events per bucket (10 per decade)")
+    c.set_title("Worker latency histogram at half load")
+    if halves:
+        c.legend()
     m = r.get("machine", {})
     fig.suptitle(f"worker bench, {r['workload']['events']:,} events, {m.get('cpus')} shared cores,"
                  f" {r.get('date', '')[:10]}")
@@ -1524,9 +1922,6 @@ def run(args: argparse.Namespace, log: Any) -> int:
             r["throughput_2p"] = bench.measure_backlog(2)
         if phases & {"ceiling", "peers"}:
             r["ceiling"] = bench.measure_ceiling()
-        if "latency" in phases:
-            rate = args.latency_rate or r["throughput_1p"]["throughput_per_s"] / 2
-            r["latency"] = bench.measure_latency(rate)
         if "state" in phases:
             r["state"] = bench.measure_state()
         if "peers" in phases and not args.skip_peers:
@@ -1547,6 +1942,8 @@ def run(args: argparse.Namespace, log: Any) -> int:
                     failures.append(f"{name}: {type(exc).__name__}: {exc}")
                     r["peers"][name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
                     bench.say(f"peer {name} failed: {exc}")
+        if "latency" in phases:  # after the peers: it is measured at their rates too
+            r["latency"] = bench.measure_latency()
     except Exception as exc:
         failures.append(f"{type(exc).__name__}: {exc}")
         log.error("bench_failed", error_class=type(exc).__name__, error=str(exc)[:2000])
