@@ -359,6 +359,9 @@ class WorkerProc:
     log_path: Path
     last: Sample | None = None
     hwm_kib: int = 0
+    started: float = field(default_factory=time.monotonic)
+    #: Seconds from the spawn to the first ``/readyz`` 200 (None until then).
+    ready_s: float | None = None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -377,7 +380,10 @@ class WorkerProc:
         return self.last
 
     def ready(self) -> bool:
-        return _http_get(f"http://127.0.0.1:{self.port}/readyz")[0] == 200
+        ok = _http_get(f"http://127.0.0.1:{self.port}/readyz")[0] == 200
+        if ok and self.ready_s is None:
+            self.ready_s = time.monotonic() - self.started
+        return ok
 
     def stop(self, timeout_s: float = 40.0) -> int | None:
         self.hwm_kib = max(self.hwm_kib, _status_kib(self.proc.pid, "VmHWM"))
@@ -645,6 +651,8 @@ class Bench:
                 samples = []
                 for w in procs:
                     w.check()
+                    if w.ready_s is None:
+                        w.ready()  # records the time to ready
                     samples.append(w.sample())
                 if any(s is None for s in samples):
                     if time.monotonic() - last_change > 180:
@@ -680,6 +688,7 @@ class Bench:
             "cpu_s_per_million": round((cpu_b - cpu_a) / events * 1e6, 1),
             "cpu_utilisation": round((cpu_b - cpu_a) / wall, 2),
             "peak_rss_mib": [round(w.hwm_kib / 1024, 1) for w in procs],
+            "ready_s": [_r(w.ready_s, 2) for w in procs],
             "stages_us_per_event": {k: round(v / events * 1e6, 1) for k, v in breakdown.items()},
             "stages_share": {k: round(v / (wall * n_procs), 3) for k, v in breakdown.items()},
             "exit_codes": codes,
@@ -1627,6 +1636,14 @@ def format_report(results: dict[str, Any]) -> str:
                  " / ".join(values) + " ms"))  # fmt: skip
     one, two = r.get("throughput_1p", {}), r.get("throughput_2p", {})
     add(("peak RSS, 1-process run", _fmt(", ".join(map(str, one.get("peak_rss_mib", []))), "MiB")))
+    ready = [r for r in [*one.get("ready_s", []), *two.get("ready_s", [])] if r is not None]
+    if ready:
+        add(
+            (
+                "time to ready (spawn to /readyz 200, model precompiled; 0.5 s sampling)",
+                _fmt(", ".join(f"{r:.1f}" for r in ready), "s"),
+            )
+        )
     add(
         (
             "peak RSS, 2-process run (each)",
