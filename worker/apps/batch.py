@@ -46,7 +46,7 @@ import numpy as np
 
 from worker.core.errors import DataError
 from worker.core.pipeline import BatchEntry, Recommender, StageTimings
-from worker.core.records import to_browsing_event
+from worker.core.records import to_browsing_events
 from worker.core.session import SessionStore, trim_to_total
 from worker.kafka.admin import DLQ_MAX_MESSAGE_BYTES
 from worker.kafka.changelog import CHECKPOINT_KEY, changelog_records, checkpoint_value
@@ -182,7 +182,7 @@ class BatchStep:
         clock_ms: Callable[[], int] = now_ms,
         max_sessions: int | None = None,
     ) -> None:
-        self._decode = event_codec.decode
+        self._decode_batch = event_codec.decode_batch
         self._recommender = recommender
         self._writer = suggestion_writer
         self._single: tuple[SessionStore, _OneLane] | None = None
@@ -376,17 +376,27 @@ class BatchStep:
         entries: list[BatchEntry] = []
         rejections: list[Rejection] = []
         next_offsets: dict[tuple[str, int], int] = {}
-        decode = self._decode
-        for msg in records:
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            next_offsets[(topic, partition)] = offset + 1
-            key, value = msg.key(), msg.value()
-            try:
-                event = to_browsing_event(decode(value), key, clock_ms)
-            except DataError as exc:
-                rejections.append(self._reject(exc, msg))
+        # The whole batch at once: one decode_batch, then one to_browsing_events over the
+        # records that decoded (the outcomes of decode and to_browsing_event, record by record).
+        keys = [msg.key() for msg in records]
+        decoded = self._decode_batch([msg.value() for msg in records])
+        good = [i for i, d in enumerate(decoded) if not isinstance(d, DataError)]
+        events = iter(
+            to_browsing_events(
+                [decoded[i] for i in good],  # type: ignore[misc]  # the dicts only
+                [keys[i] for i in good],
+                clock_ms,
+            )
+        )
+        new_entry = tuple.__new__  # BatchEntry(...) would add a Python frame (NamedTuple.__new__)
+        for msg, key, record in zip(records, keys, decoded, strict=True):
+            partition, offset = msg.partition(), msg.offset()
+            next_offsets[(msg.topic(), partition)] = offset + 1
+            outcome = record if isinstance(record, DataError) else next(events)
+            if isinstance(outcome, DataError):
+                rejections.append(self._reject(outcome, msg))
                 continue
-            entries.append(BatchEntry(event, -1, partition, offset, key))
+            entries.append(new_entry(BatchEntry, (outcome, -1, partition, offset, key)))
         return entries, rejections, next_offsets
 
     def _reject(self, error: DataError, msg: Any) -> Rejection:
