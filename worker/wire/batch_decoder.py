@@ -180,6 +180,9 @@ class _Generator:
             self.emit(self.resolve(schema, namespace), target, namespace, out, depth)
 
     def emit_long(self, target: str, out: list[str], depth: int) -> None:
+        """Lines that read a zigzag varint: one byte (small ints, counts, indexes) without a
+        loop, longer ones (epoch milliseconds take six bytes) in an inline loop, as
+        :func:`read_varint`."""
         pad = "    " * depth
         out += [
             f"{pad}b = buf[pos]",
@@ -187,7 +190,20 @@ class _Generator:
             f"{pad}    {target} = (b >> 1) ^ -(b & 1)",
             f"{pad}    pos += 1",
             f"{pad}else:",
-            f"{pad}    {target}, pos = _varint(buf, pos)",
+            f"{pad}    n = b & 127",
+            f"{pad}    shift = 7",
+            f"{pad}    pos += 1",
+            f"{pad}    b = buf[pos]",
+            f"{pad}    while b >= 128:",
+            f"{pad}        n |= (b & 127) << shift",
+            f"{pad}        shift += 7",
+            f"{pad}        pos += 1",
+            f"{pad}        b = buf[pos]",
+            f"{pad}    n |= b << shift",
+            f"{pad}    pos += 1",
+            f"{pad}    if shift >= 63 and (shift > 63 or b > 1):",
+            f"{pad}        raise _Malformed('varint over 64 bits')",
+            f"{pad}    {target} = (n >> 1) ^ -(n & 1)",
         ]
 
     def emit_length(self, out: list[str], depth: int) -> None:

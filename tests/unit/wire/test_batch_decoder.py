@@ -282,9 +282,13 @@ def test_long_and_odd_varints() -> None:
             head = b"".join(_string(s) for s in ("sug", "u1", "s1", "e1", "events"))
             body = head + partition + _zigzag(offset, pad_to=pad) + _string("v1")
             payloads.append(codec.header() + body + _zigzag(0) + _zigzag(1) + _zigzag(2))
-    over = b"\xff" * 9 + b"\x7f"  # 10 bytes, 70 bits
     head = b"".join(_string(s) for s in ("sug", "u1", "s1", "e1", "events"))
-    payloads.append(codec.header() + head + _zigzag(1) + over + _string("v1") + b"\x00\x02\x04")
+    # Ten bytes whose last carries bits 63 to 69 (only bit 63 fits), and eleven bytes.
+    overs = [fill * 9 + bytes([last]) for fill in (b"\xff", b"\x80") for last in (0, 1, 2, 3, 0x7F)]
+    overs.append(b"\xff" * 10 + b"\x01")
+    for over in overs:
+        for body in (over + _zigzag(1), _zigzag(1) + over):
+            payloads.append(codec.header() + head + body + _string("v1") + b"\x00\x02\x04")
     _assert_same_as_decode(codec, payloads)
     assert read_varint(_zigzag(-(2**63)), 0) == (-(2**63), 10)
 
