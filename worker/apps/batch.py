@@ -14,7 +14,9 @@ Stages, timed in :attr:`BatchResult.stages_s` (the loop adds ``produce`` and ``c
 
 ``parse``
     Avro decode, validation and catalogue lookup of every record into a :class:`BatchEntry`;
-    records that fail become dead letters. A product the model does not know is a cold start,
+    records that fail become dead letters. The batch is decoded and validated at once
+    (:meth:`AvroCodec.decode_batch`, :func:`~worker.core.records.to_browsing_events`), with
+    the outcome of doing it record by record. A product the model does not know is a cold start,
     not an error: it is looked up in, or added to, the live catalogue
     (:class:`~worker.core.live_catalogue.LiveCatalogue`) with the event's category and price.
 ``state`` / ``candidates`` / ``features`` / ``scoring`` / ``rank``

@@ -15,6 +15,11 @@ typed :class:`~worker.core.errors.DecodeError`. Writer schemas are resolved agai
 schema (Avro schema resolution), so records written with an older or newer compatible version
 decode.
 
+A micro-batch is read with :meth:`AvroCodec.decode_batch`: the same outcome as ``decode`` for
+each payload, but bodies written with the reader schema itself are read by a reader compiled for
+that schema (:mod:`worker.wire.batch_decoder`) rather than by one fastavro call each: about half
+the time for a ``BrowsingEvent``.
+
 Logical types are not applied: ``timestamp-millis`` fields read and write as plain ``int``
 epoch milliseconds. Logical types do not change the binary encoding nor the fingerprint (the
 parsing canonical form drops them), and plain ints keep the hot path free of datetime objects.
