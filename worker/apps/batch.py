@@ -14,7 +14,9 @@ Stages, timed in :attr:`BatchResult.stages_s` (the loop adds ``produce`` and ``c
 
 ``parse``
     Avro decode, validation and catalogue lookup of every record into a :class:`BatchEntry`;
-    records that fail become dead letters. A product the model does not know is a cold start,
+    records that fail become dead letters. The batch is decoded and validated at once
+    (:meth:`AvroCodec.decode_batch`, :func:`~worker.core.records.to_browsing_events`), with
+    the outcome of doing it record by record. A product the model does not know is a cold start,
     not an error: it is looked up in, or added to, the live catalogue
     (:class:`~worker.core.live_catalogue.LiveCatalogue`) with the event's category and price.
 ``state`` / ``candidates`` / ``features`` / ``scoring`` / ``rank``
@@ -46,7 +48,7 @@ import numpy as np
 
 from worker.core.errors import DataError
 from worker.core.pipeline import BatchEntry, Recommender, StageTimings
-from worker.core.records import to_browsing_event
+from worker.core.records import to_browsing_events
 from worker.core.session import SessionStore, trim_to_total
 from worker.kafka.admin import DLQ_MAX_MESSAGE_BYTES
 from worker.kafka.changelog import CHECKPOINT_KEY, changelog_records, checkpoint_value
@@ -182,7 +184,7 @@ class BatchStep:
         clock_ms: Callable[[], int] = now_ms,
         max_sessions: int | None = None,
     ) -> None:
-        self._decode = event_codec.decode
+        self._decode_batch = event_codec.decode_batch
         self._recommender = recommender
         self._writer = suggestion_writer
         self._single: tuple[SessionStore, _OneLane] | None = None
@@ -376,17 +378,27 @@ class BatchStep:
         entries: list[BatchEntry] = []
         rejections: list[Rejection] = []
         next_offsets: dict[tuple[str, int], int] = {}
-        decode = self._decode
-        for msg in records:
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            next_offsets[(topic, partition)] = offset + 1
-            key, value = msg.key(), msg.value()
-            try:
-                event = to_browsing_event(decode(value), key, clock_ms)
-            except DataError as exc:
-                rejections.append(self._reject(exc, msg))
+        # The whole batch at once: one decode_batch, then one to_browsing_events over the
+        # records that decoded (the outcomes of decode and to_browsing_event, record by record).
+        keys = [msg.key() for msg in records]
+        decoded = self._decode_batch([msg.value() for msg in records])
+        good = [i for i, d in enumerate(decoded) if not isinstance(d, DataError)]
+        events = iter(
+            to_browsing_events(
+                [decoded[i] for i in good],  # type: ignore[misc]  # the dicts only
+                [keys[i] for i in good],
+                clock_ms,
+            )
+        )
+        new_entry = tuple.__new__  # BatchEntry(...) would add a Python frame (NamedTuple.__new__)
+        for msg, key, record in zip(records, keys, decoded, strict=True):
+            partition, offset = msg.partition(), msg.offset()
+            next_offsets[(msg.topic(), partition)] = offset + 1
+            outcome = record if isinstance(record, DataError) else next(events)
+            if isinstance(outcome, DataError):
+                rejections.append(self._reject(outcome, msg))
                 continue
-            entries.append(BatchEntry(event, -1, partition, offset, key))
+            entries.append(new_entry(BatchEntry, (outcome, -1, partition, offset, key)))
         return entries, rejections, next_offsets
 
     def _reject(self, error: DataError, msg: Any) -> Rejection:

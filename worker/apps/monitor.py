@@ -23,6 +23,7 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,13 @@ from worker.core.accuracy import (
     WindowReport,
 )
 from worker.core.errors import BrokerError, DataError, ModelLoadError
-from worker.core.records import to_browsing_event, to_purchase, validate_key
+from worker.core.records import (
+    BrowsingEvent,
+    Purchase,
+    to_browsing_events,
+    to_purchases,
+    validate_key,
+)
 from worker.kafka.admin import DLQ_MAX_MESSAGE_BYTES, admin_client
 from worker.kafka.checkpoint import Checkpoint
 from worker.kafka.clients import assign_at, committed_offsets, make_consumer, make_producer
@@ -357,7 +364,8 @@ class Monitor:
         clock = now_ms()
         next_offsets: dict[tuple[str, int], int] = {}
         dead = []
-        for msg in messages:
+        outcomes = self._decode(messages, clock)
+        for msg, outcome in zip(messages, outcomes, strict=True):
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -371,12 +379,14 @@ class Monitor:
             self._at_end[tp] = False
             next_offsets[tp] = msg.offset() + 1
             try:
+                if isinstance(outcome, DataError):
+                    raise outcome
                 if msg.topic() == topics.suggestions:
-                    event_time = self._add_suggestion(msg)
+                    event_time = self._add_suggestion(msg, outcome)
                 elif msg.topic() == topics.events:
-                    event_time = self._add_event(msg, clock)
+                    event_time = self._add_event(msg, outcome)
                 else:
-                    event_time = self._add_purchase(msg, clock)
+                    event_time = self._add_purchase(msg, outcome)
                 self._replay.setdefault(tp, deque()).append((event_time, msg.offset()))
             except DataError as exc:
                 if msg.topic() == topics.events:
@@ -394,8 +404,40 @@ class Monitor:
             )
         return next_offsets
 
-    def _add_suggestion(self, msg: Any) -> int:
-        record = self.suggestion_codec.decode(msg.value())
+    def _decode(self, messages: list[Any], clock: int) -> list[Any]:
+        """Each message's record, decoded a topic at a time (:meth:`AvroCodec.decode_batch`),
+        events and purchases validated too (:func:`to_browsing_events`,
+        :func:`to_purchases`): a suggestion dict, a :class:`BrowsingEvent`, a
+        :class:`Purchase`, or the :class:`DataError` decoding or validating it one by one
+        raises; None for a consumer error event. Only decoding moves ahead of the loop in
+        :meth:`_ingest`: the records still enter the tracker in consumption order."""
+        topics = self.settings.topics
+        rows: dict[str, list[int]] = {}
+        for i, msg in enumerate(messages):
+            if msg.error() is None:
+                rows.setdefault(msg.topic(), []).append(i)
+        outcomes: list[Any] = [None] * len(messages)
+        validate: Callable[..., list[Any]] | None
+        for topic, mine in rows.items():
+            if topic == topics.suggestions:
+                codec, validate = self.suggestion_codec, None
+            elif topic == topics.events:
+                codec, validate = self.event_codec, to_browsing_events
+            else:
+                codec, validate = self.purchase_codec, to_purchases
+            decoded: list[Any] = codec.decode_batch([messages[i].value() for i in mine])
+            if validate is not None:
+                good = [j for j, d in enumerate(decoded) if not isinstance(d, DataError)]
+                valid = validate(
+                    [decoded[j] for j in good], [messages[mine[j]].key() for j in good], clock
+                )
+                for j, outcome in zip(good, valid, strict=True):
+                    decoded[j] = outcome
+            for i, outcome in zip(mine, decoded, strict=True):
+                outcomes[i] = outcome
+        return outcomes
+
+    def _add_suggestion(self, msg: Any, record: dict[str, Any]) -> int:
         validate_key(msg.key(), record["user_id"])
         shown = ShownSuggestion(
             event_time_ms=record["event_time"],
@@ -414,8 +456,7 @@ class Monitor:
         self._marks[tp] = max(self._marks.get(tp, NEVER), shown.event_time_ms)
         return shown.event_time_ms
 
-    def _add_event(self, msg: Any, clock: int) -> int:
-        event = to_browsing_event(self.event_codec.decode(msg.value()), msg.key(), clock)
+    def _add_event(self, msg: Any, event: BrowsingEvent) -> int:
         self.metrics.events_in.inc()
         # The category the worker ranks with: the model's for a product it knows, else the
         # event's own.
@@ -429,8 +470,7 @@ class Monitor:
         self._marks[tp] = max(self._marks.get(tp, NEVER), event.event_time_ms)
         return event.event_time_ms
 
-    def _add_purchase(self, msg: Any, clock: int) -> int:
-        purchase = to_purchase(self.purchase_codec.decode(msg.value()), msg.key(), clock)
+    def _add_purchase(self, msg: Any, purchase: Purchase) -> int:
         self.metrics.purchases_in.inc()
         line = PurchaseLine(
             purchase.user_id, purchase.product_id, purchase.event_time_ms, msg.partition()

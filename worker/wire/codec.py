@@ -15,6 +15,11 @@ typed :class:`~worker.core.errors.DecodeError`. Writer schemas are resolved agai
 schema (Avro schema resolution), so records written with an older or newer compatible version
 decode.
 
+A micro-batch is read with :meth:`AvroCodec.decode_batch`: the same outcome as ``decode`` for
+each payload, but bodies written with the reader schema itself are read by a reader compiled for
+that schema (:mod:`worker.wire.batch_decoder`) rather than by one fastavro call each: about half
+the time for a ``BrowsingEvent``.
+
 Logical types are not applied: ``timestamp-millis`` fields read and write as plain ``int``
 epoch milliseconds. Logical types do not change the binary encoding nor the fingerprint (the
 parsing canonical form drops them), and plain ints keep the hot path free of datetime objects.
@@ -30,7 +35,7 @@ import io
 import json
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,11 +46,13 @@ import fastavro.schema
 from worker.core.errors import (
     ConfigError,
     CorruptPayloadError,
+    DataError,
     OversizedRecordError,
     SchemaMismatchError,
     UnknownFramingError,
     UnknownSchemaError,
 )
+from worker.wire.batch_decoder import compile_reader
 
 if TYPE_CHECKING:  # annotations only
     if sys.version_info >= (3, 11):
@@ -214,6 +221,9 @@ class AvroCodec:
             self._foreign_names[parsed.fingerprint] = parsed.name
         self._by_registry_id: dict[int, ParsedSchema] = {}
         self._writer_id: int | None = None
+        # decode_batch's fast path: the reader schema's own bodies, read without fastavro.
+        self._fast_reader = compile_reader(_strip_logical_types(reader_schema))
+        self._fast_header = SINGLE_OBJECT_MARKER + self.reader.fingerprint
 
     @property
     def name(self) -> str:
@@ -266,6 +276,63 @@ class AvroCodec:
                 f"payload of {len(payload)} bytes exceeds the limit of {self._max_record_bytes}"
             )
         writer, body_start = self._writer_for(payload)
+        return self._read_body(payload, writer, body_start)
+
+    def decode_batch(self, payloads: Sequence[bytes | None]) -> list[dict[str, Any] | DataError]:
+        """Deserialize a micro-batch: for each payload, in order, the record :meth:`decode`
+        returns or the :class:`~worker.core.errors.DataError` it raises (same type, same
+        message), so that one bad record costs its own dead letter only.
+
+        Payloads written with the reader schema itself (its single-object header, or a registry
+        id that resolves to it) are read by the reader compiled for that schema
+        (:mod:`worker.wire.batch_decoder`), without a fastavro call; a body it finds malformed,
+        and every other writer schema, goes through fastavro as in :meth:`decode`. Errors
+        other than data errors (a registry that cannot be reached) propagate, as from
+        :meth:`decode`.
+        """
+        fast = self._fast_reader
+        header = self._fast_header
+        limit = self._max_record_bytes
+        reader = self.reader
+        out: list[dict[str, Any] | DataError] = []
+        append = out.append
+        for payload in payloads:
+            if fast is not None and payload is not None and payload[:10] == header:
+                size = len(payload)
+                if size <= limit:
+                    try:
+                        record, end = fast(payload, 10)
+                    except Exception:  # malformed: fastavro says how, below
+                        pass
+                    else:
+                        if end == size:
+                            append(record)
+                            continue
+            try:
+                if payload is None or len(payload) == 0 or len(payload) > limit:
+                    append(self.decode(payload))  # raises
+                    continue
+                writer, body_start = self._writer_for(payload)
+                if fast is not None and writer is reader and body_start != 10:
+                    try:
+                        record, end = fast(payload, body_start)
+                    except Exception:
+                        pass
+                    else:
+                        if end == len(payload):
+                            append(record)
+                            continue
+                append(self._read_body(payload, writer, body_start))
+            except DataError as exc:
+                append(exc)
+        return out
+
+    def _read_body(self, payload: bytes, writer: ParsedSchema, body_start: int) -> dict[str, Any]:
+        """The record in ``payload[body_start:]`` written with ``writer``, through fastavro.
+
+        Raises:
+            CorruptPayloadError: the body does not parse or has trailing bytes.
+        """
         buf = io.BytesIO(payload)
         buf.seek(body_start)
         try:

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from worker.apps.batch import STEP_STAGES, BatchStep
+from worker.core.errors import DataError
 from worker.core.live_catalogue import LiveCatalogue
-from worker.core.pipeline import Recommender
-from worker.core.records import SourceRef
+from worker.core.pipeline import BatchEntry, Recommender
+from worker.core.records import SourceRef, to_browsing_event
 from worker.core.session import SessionStore
 from worker.kafka.changelog import CHECKPOINT_KEY
 from worker.model.scoring import BoosterScorer
@@ -411,3 +412,69 @@ def test_events_on_products_and_categories_the_model_does_not_know_are_all_answe
             live.product_id_of(i) for i in sessions.get(user).items
         ]
     assert {other.product_id_of(i) for i in range(60, other.n_products)} == seen_new
+
+
+def test_parsing_a_batch_gives_what_decoding_and_validating_each_record_gives():
+    """The step parses a batch at once (decode_batch, to_browsing_events); its entries,
+    rejections (error class, message, dead letter) and next offsets are those of the record by
+    record path (decode, to_browsing_event, BatchEntry) on good records mixed with one of each
+    kind of bad one, over two partitions."""
+    step = _step()
+    decode = codec_for("BrowsingEvent", topic=EVENTS, max_record_bytes=64 * 1024).decode
+    codec = codec_for("BrowsingEvent")
+    good = codec.encode(_event("u1", "p001", "VIEW", T0, 1))
+    other_codec = codec_for("PurchaseOutcome")
+    bad_values = [
+        None,
+        b"",
+        b"\x07junk",
+        good[:6],
+        good[:-1],
+        good + b"\x00",
+        good[:10] + b"\x01" + good[11:],  # a negative string length
+        b"\xc3\x01" + bytes(8) + good[10:],  # an unknown fingerprint
+        other_codec.encode(
+            {
+                "order_id": "o",
+                "user_id": "u1",
+                "session_id": None,
+                "product_id": "p",
+                "quantity": 1,
+                "price": None,
+                "event_time": T0,
+            }
+        ),
+        b"\x00\x00\x00\x00\x01" + good[10:],  # Confluent framing, no registry
+        b"x" * (64 * 1024 + 1),
+    ]
+    bad_events = [
+        {**_event("u1", "p001", "VIEW", T0, 2), "price": float("nan")},
+        {**_event("u1", "p001", "VIEW", T0, 3), "event_time": 5},
+        {**_event("u1", "p001", "VIEW", T0, 4), "event_id": " "},
+        {**_event("u1", "p001", "VIEW", T0, 5), "product_id": "p" * 300},
+    ]
+    messages = []
+    values = (
+        [(b"u1", good)] * 3
+        + [(b"u1", v) for v in bad_values]
+        + [(b"u1", codec.encode(e)) for e in bad_events]
+        + [(None, good), (b"u2", good), (b"", good), (b"u1", good)]
+    )
+    for n, (key, value) in enumerate(values):
+        messages.append(FakeMessage(EVENTS, n % 2, 1000 + n, key, value, [("h", b"1")], T0))
+
+    entries, rejections, next_offsets = step._parse(messages, CLOCK_MS)
+
+    want_entries, want_rejections = [], []
+    for msg in messages:
+        try:
+            event = to_browsing_event(decode(msg.value()), msg.key(), CLOCK_MS)
+        except DataError as exc:
+            want_rejections.append(step._reject(exc, msg))
+            continue
+        want_entries.append(BatchEntry(event, -1, msg.partition(), msg.offset(), msg.key()))
+    assert entries == want_entries
+    assert [type(e) for e in entries] == [BatchEntry] * len(want_entries)
+    assert rejections == want_rejections
+    assert len(rejections) == len(bad_values) + len(bad_events) + 3
+    assert next_offsets == {(EVENTS, 0): 1000 + len(values) - 1, (EVENTS, 1): 1000 + len(values)}
