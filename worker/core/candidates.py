@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from worker.core.catalogue import ProductTables
-from worker.core.scratch import scratch
+from worker.core.scratch import cells, scratch
 
 PAD = -1
 
@@ -92,24 +92,24 @@ def _first_occurrences(proposals: np.ndarray, n_products: int) -> np.ndarray:
 
     Each (row, product) cell of this thread's scratch (:mod:`worker.core.scratch`) keeps the
     smallest column the product appears in (``np.minimum.at``: one pass, no sort), and a
-    proposal is kept when its column is that one. Rows wider than 254 proposals, or a scratch
-    over its limit, take the per-row sort instead."""
+    proposal is kept when its column is that one (one byte per cell for rows of up to 254
+    proposals, two up to 65,534). A scratch over its limit takes the per-row sort instead."""
     n_rows, width = proposals.shape
-    if width >= 255:
+    dtype = np.uint8 if width < 0xFF else np.uint16
+    fill = np.iinfo(dtype).max
+    if width >= fill:
         return _first_occurrences_sorted(proposals)
-    first = scratch("first-proposal", n_rows, n_products + 1, np.uint8, 255)
-    if first is None:
+    buffer = scratch(f"first-proposal-{dtype.__name__}", n_rows, n_products, dtype, fill)
+    if buffer is None:
         return _first_occurrences_sorted(proposals)
-    rows = np.arange(n_rows)[:, None]
-    columns = np.broadcast_to(np.arange(width, dtype=np.uint8), (n_rows, width))
+    keys = cells(buffer, proposals, n_products).ravel()  # IndexError before any write
+    first = buffer.reshape(-1)
+    columns = np.broadcast_to(np.arange(width, dtype=dtype), (n_rows, width)).ravel()
     try:
-        np.minimum.at(first, (rows, proposals), columns)  # padding -1: the last column
-        keep: np.ndarray = first[rows, proposals] == columns
+        np.minimum.at(first, keys, columns)
+        keep: np.ndarray = (first[keys] == columns).reshape(n_rows, width)
     finally:
-        try:
-            first[rows, proposals] = 255
-        except IndexError:  # a proposal out of range: the scratch is reset whole
-            first[...] = 255
+        first[keys] = fill
     keep &= proposals != PAD
     return keep
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from worker.core.catalogue import ProductTables
 from worker.core.records import ADD_TO_CART, REMOVE_FROM_CART, VIEW
-from worker.core.scratch import scratch
+from worker.core.scratch import cells, scratch
 
 FEATURE_NAMES: list[str] = [
     "cand_log_pop",  # log1p(views of the candidate in the training window)
@@ -110,7 +110,7 @@ def build_features(
         valid[:, 1:], (batch.times_ms[:, :-1] - batch.times_ms[:, 1:]) / 1000.0, 0
     )
     earlier = batch.items[:, 1 : 1 + COVIS_SESSION_ITEMS]
-    positions = _candidate_positions(candidates, tables.n_products)
+    positions = _Positions.of(candidates, tables.n_products)
     if positions is None:
         views, net_carts, last_pos, dwell_sum = _history_by_comparison(batch, candidates, dwell)
         covis_current = _covis_scores(tables, cur[:, None], candidates)
@@ -123,7 +123,7 @@ def build_features(
             covis_current = _covis_scores_at(tables, cur[:, None], positions, n_cands)
             covis_session = _covis_scores_at(tables, earlier, positions, n_cands)
         finally:
-            _clear_positions(positions, candidates)
+            positions.clear()
     seen = last_pos < history
     out[..., 8] = views
     out[..., 9] = net_carts
@@ -185,24 +185,24 @@ def _history_by_comparison(
 
 
 def _history_by_position(
-    batch: SessionBatch, positions: np.ndarray, n_cands: int, dwell: np.ndarray
+    batch: SessionBatch, positions: _Positions, n_cands: int, dwell: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_history_by_comparison` through the candidates' positions: each history entry is
     looked up once (``(B, L)``), and the sums are counts over (event, candidate) cells."""
     n_events, history = batch.items.shape
-    cells = n_events * n_cands
-    rows = np.arange(n_events)[:, None]
-    at = positions[rows, batch.items]  # 1-based candidate column, 0: not a candidate
+    total = n_events * n_cands
+    at = positions.lookup(batch.items)  # 1-based candidate column, 0: not a candidate
     hit = at > 0
+    rows = np.arange(n_events)[:, None]
     flat = (rows * n_cands + at.astype(np.intp) - 1)[hit]
     types = batch.types[hit]
-    views = np.bincount(flat[types == VIEW], minlength=cells)
-    net_carts = np.bincount(flat[types == ADD_TO_CART], minlength=cells) - np.bincount(
-        flat[types == REMOVE_FROM_CART], minlength=cells
+    views = np.bincount(flat[types == VIEW], minlength=total)
+    net_carts = np.bincount(flat[types == ADD_TO_CART], minlength=total) - np.bincount(
+        flat[types == REMOVE_FROM_CART], minlength=total
     )
-    last_pos = np.full(cells, history, dtype=np.intp)
+    last_pos = np.full(total, history, dtype=np.intp)
     np.minimum.at(last_pos, flat, np.broadcast_to(np.arange(history), (n_events, history))[hit])
-    dwell_sum = np.bincount(flat, weights=dwell[hit], minlength=cells)
+    dwell_sum = np.bincount(flat, weights=dwell[hit], minlength=total)
     shape = (n_events, n_cands)
     return (
         views.reshape(shape),
@@ -212,45 +212,55 @@ def _history_by_position(
     )
 
 
-def _candidate_positions(candidates: np.ndarray, n_products: int) -> np.ndarray | None:
-    """uint8 ``(B, n_products + 1)``: for each row, 1 + the column of each of its candidates, 0
-    for every other product (and in the last column, which padding ``-1`` indexes). None when
-    the matrix would exceed the scratch limit (:mod:`worker.core.scratch`), a row has over 255
-    candidates, or a row repeats a candidate (:func:`generate_candidates` never does).
+class _Positions:
+    """For each row of a batch, 1 + the column of each of its candidates, 0 for every other
+    product: this thread's scratch (:mod:`worker.core.scratch`), written by :meth:`of` and
+    cleared by :meth:`clear`, which the caller must call whatever happens.
 
     It turns "which candidate is product p, if any" into one lookup per (row, product): the
     co-visitation and session sums then cost one gather per neighbour or history entry
-    instead of a comparison with every candidate. The matrix is this thread's scratch: the
-    caller must :func:`_clear_positions` it when done, whatever happens."""
-    n_events, n_cands = candidates.shape
-    if n_cands > 255:
-        return None
-    positions = scratch("candidate-positions", n_events, n_products + 1, np.uint8, 0)
-    if positions is None:
-        return None
-    rows = np.arange(n_events)[:, None]
-    columns = np.arange(1, n_cands + 1, dtype=np.uint8)[None, :]
-    try:
-        positions[rows, candidates] = columns
-    except IndexError:
-        positions[...] = 0  # a candidate out of range: whatever was written goes
-        raise
-    if not (positions[rows, candidates] == columns).all():
-        positions[rows, candidates] = 0
-        return None  # a row repeats a candidate: not one position each
-    return positions
+    instead of a comparison with every candidate."""
 
+    def __init__(self, buffer: np.ndarray, n_products: int, keys: np.ndarray) -> None:
+        self._flat = buffer.reshape(-1)
+        self._buffer = buffer
+        self._n_products = n_products
+        self._keys = keys
 
-def _clear_positions(positions: np.ndarray, candidates: np.ndarray) -> None:
-    positions[np.arange(candidates.shape[0])[:, None], candidates] = 0
+    @classmethod
+    def of(cls, candidates: np.ndarray, n_products: int) -> _Positions | None:
+        """None when the scratch would exceed its limit, a row has over 255 candidates, or a
+        row repeats a candidate (:func:`generate_candidates` never does)."""
+        n_events, n_cands = candidates.shape
+        if n_cands > 255:
+            return None
+        buffer = scratch("candidate-positions", n_events, n_products, np.uint8, 0)
+        if buffer is None:
+            return None
+        keys = cells(buffer, candidates, n_products)  # IndexError before any write
+        flat = buffer.reshape(-1)
+        columns = np.broadcast_to(np.arange(1, n_cands + 1, dtype=np.uint8), candidates.shape)
+        flat[keys] = columns
+        if not (flat[keys] == columns).all():
+            flat[keys] = 0
+            return None  # a row repeats a candidate: not one position each
+        return cls(buffer, n_products, keys)
+
+    def lookup(self, products: np.ndarray) -> np.ndarray:
+        """uint8, the shape of ``products`` (row ``i`` looked up in row ``i``; -1: padding)."""
+        at: np.ndarray = self._flat[cells(self._buffer, products, self._n_products)]
+        return at
+
+    def clear(self) -> None:
+        self._flat[self._keys] = 0
 
 
 def _covis_scores_at(
-    tables: ProductTables, sources: np.ndarray, positions: np.ndarray, n_cands: int
+    tables: ProductTables, sources: np.ndarray, positions: _Positions, n_cands: int
 ) -> np.ndarray:
-    """:func:`_covis_scores` through the candidates' positions (:func:`_candidate_positions`):
-    each neighbour of each source is looked up once and its score added to the candidate it
-    is, if any. Sums in float64 as :func:`_covis_scores` does (equal to rounding)."""
+    """:func:`_covis_scores` through the candidates' positions (:class:`_Positions`): each
+    neighbour of each source is looked up once and its score added to the candidate it is,
+    if any. Sums in float64 (the broadcast path sums in float32: equal to rounding)."""
     n_events = sources.shape[0]
     safe = np.maximum(sources, 0)
     neighbours = tables.covis_items[safe].reshape(n_events, -1)  # (B, S*M), -1 padded
@@ -258,9 +268,9 @@ def _covis_scores_at(
     if (sources < 0).any():
         scores = np.where((sources >= 0)[:, :, None], scores, 0.0)
     scores = scores.reshape(n_events, -1)
-    rows = np.arange(n_events)[:, None]
-    at = positions[rows, neighbours]  # 1-based candidate column, 0: not a candidate
+    at = positions.lookup(neighbours)  # 1-based candidate column, 0: not a candidate
     hit = at > 0
+    rows = np.arange(n_events)[:, None]
     flat = (rows * n_cands + at.astype(np.intp) - 1)[hit]
     summed = np.bincount(flat, weights=scores[hit], minlength=n_events * n_cands)
     return summed.reshape(n_events, n_cands)

@@ -571,22 +571,28 @@ def test_build_tables_ranks_by_views() -> None:
 def test_first_occurrences_by_scatter_equal_the_sorted_ones(
     n_products: int, data: st.DataObject
 ) -> None:
-    """Random proposal rows (repeats and -1 padding anywhere): the scatter path keeps exactly
-    the first occurrence of each product per row, as the per-row stable sort does."""
+    """Random proposal rows (repeats and -1 padding anywhere; up to 40 wide, and 250-300 wide
+    for the two-byte scratch): the scatter path keeps exactly the first occurrence of each
+    product per row, as the per-row stable sort does."""
     from worker.core import candidates as module
 
-    width = data.draw(st.integers(1, 40))
     rows = data.draw(st.integers(1, 6))
-    proposals = np.array(
-        data.draw(
-            st.lists(
-                st.lists(st.integers(-1, n_products - 1), min_size=width, max_size=width),
-                min_size=rows,
-                max_size=rows,
-            )
-        ),
-        dtype=np.int32,
-    )
+    if data.draw(st.booleans()):
+        width = data.draw(st.integers(1, 40))
+        proposals = np.array(
+            data.draw(
+                st.lists(
+                    st.lists(st.integers(-1, n_products - 1), min_size=width, max_size=width),
+                    min_size=rows,
+                    max_size=rows,
+                )
+            ),
+            dtype=np.int32,
+        )
+    else:
+        width = data.draw(st.integers(250, 300))
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+        proposals = rng.integers(-1, n_products, size=(rows, width), dtype=np.int32)
     fast = module._first_occurrences(proposals, n_products)
     assert (fast == module._first_occurrences_sorted(proposals)).all()
 
