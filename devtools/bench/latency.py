@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from devtools.bench.peers.workload import latency_summary
+
 #: Histogram bucket edges in ms: 0, then 1 ms to 100 s with 10 buckets per decade; the last
 #: bucket (from 100 s) is open.
 BUCKET_EDGES_MS: tuple[float, ...] = (0.0, *(round(float(x), 3) for x in np.logspace(0, 5, 51)))
@@ -136,20 +138,8 @@ def histogram_percentile(hist: dict[str, Any], q: float) -> float | None:
     return float(edges[index + 1]) if index + 1 < len(edges) else float("inf")
 
 
-def summary(values_ms: Sequence[float]) -> dict[str, Any]:
-    """Count, p50/p95/p99/max and mean (ms, 0.1 ms)."""
-    if len(values_ms) == 0:
-        return {"count": 0}
-    values = np.asarray(values_ms, dtype=np.float64)
-    p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return {
-        "count": int(values.size),
-        "p50_ms": round(float(p50), 1),
-        "p95_ms": round(float(p95), 1),
-        "p99_ms": round(float(p99), 1),
-        "max_ms": round(float(values.max()), 1),
-        "mean_ms": round(float(values.mean()), 1),
-    }
+#: Count, p50/p95/p99/max and mean of latencies in ms: the peers' drivers' summary, reused.
+summary = latency_summary
 
 
 def lag_summary(sent_ns: Sequence[int], intended_ns: Sequence[int]) -> dict[str, Any]:

@@ -23,6 +23,17 @@ class _Log:
         pass
 
 
+def _probe(settings: KafkaSettings, group: str, topic: str) -> GroupLagProbe:
+    """The monitor's probe of ``group`` on ``topic`` (its offsets consumer never subscribes)."""
+    return GroupLagProbe(
+        admin_client(settings),
+        make_consumer(settings, group, structlog.get_logger(), auto_commit=False),
+        group,
+        topic,
+        timeout_s=30,
+    )
+
+
 def test_lag_by_partition_counts_uncommitted_partitions_from_earliest() -> None:
     assert lag_by_partition({0: 4, 1: -1001}, {0: 10, 1: 7, 2: 5}, {0: 0, 1: 2, 2: 0}) == {
         0: 6,
@@ -41,13 +52,7 @@ def test_probe_reports_lag_members_and_ignores_open_transactions(kafka_bootstrap
     for i in range(30):
         producer.produce(topic, b"x", key=str(i).encode(), partition=i % 3)
     producer.flush(30)
-    probe = GroupLagProbe(
-        admin_client(settings),
-        make_consumer(settings, group, structlog.get_logger(), auto_commit=False),
-        group,
-        topic,
-        timeout_s=30,
-    )
+    probe = _probe(settings, group, topic)
     consumer = Consumer(
         {"bootstrap.servers": kafka_bootstrap, "group.id": group, "enable.auto.commit": False}
     )
@@ -105,13 +110,7 @@ def test_probe_of_a_group_the_broker_has_never_seen(kafka_bootstrap, topics) -> 
     producer.flush(30)
     for _ in range(5):
         group = f"never-{uuid.uuid4().hex[:8]}"
-        probe = GroupLagProbe(
-            admin_client(settings),
-            make_consumer(settings, group, structlog.get_logger(), auto_commit=False),
-            group,
-            topic,
-            timeout_s=30,
-        )
+        probe = _probe(settings, group, topic)
         lag = probe.probe()
         probe.close()
         assert lag.lag == {0: 6, 1: 6, 2: 0, 3: 0, 4: 0, 5: 0}

@@ -284,8 +284,8 @@ def wait_until(
 
 
 def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float | int]:
-    """Count, p50/p95/p99/max and mean of latencies in milliseconds."""
-    if not latencies_ms:
+    """Count, p50/p95/p99/max and mean of latencies in milliseconds (a list or an array)."""
+    if len(latencies_ms) == 0:
         return {"count": 0}
     values = np.asarray(latencies_ms, dtype=np.float64)
     p50, p95, p99 = np.percentile(values, [50, 95, 99])
