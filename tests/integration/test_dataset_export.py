@@ -101,9 +101,14 @@ def test_export_the_window_then_train_on_it(kafka_bootstrap, tmp_path, capsys):
     suffix = uuid.uuid4().hex[:8]
     events_topic, purchases_topic = f"export-ev-{suffix}", f"export-pu-{suffix}"
     _create(kafka_bootstrap, {events_topic: 3, purchases_topic: 2})
+    # The simulated shop's traffic follows the time of day (lowest at 08:00 UTC, highest at
+    # 20:00 UTC) and is anchored to the wall clock, so the window is the most recent 18:00-19:00
+    # UTC hour that ended at least two hours ago: the same traffic whenever the test runs.
     now = int(time.time() * 1000)
-    since = (now - 3 * 3_600_000) // MIN * MIN
+    day = 24 * 60 * MIN
+    since = (now - 2 * 60 * MIN - 60 * MIN - 18 * 60 * MIN) // day * day + 18 * 60 * MIN
     until = since + 60 * MIN
+    assert until <= now - 2 * 60 * MIN and now - since <= day + 3 * 60 * MIN
 
     # An hour of a small simulated shop, in the window.
     from worker.apps.simulate import SimulatorSettings
