@@ -211,6 +211,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="pinned (broker and load generator on one CPU, the worker on another, Linux "
         "sched_setaffinity) and/or unpinned",
     )
+    p.add_argument(
+        "--latency-broker-warmups",
+        type=int,
+        default=1,
+        help="unmeasured latency points run first at the first point's rate (1): a broker's "
+        "JIT compiler takes about a minute of CPU to compile its produce and fetch paths, which "
+        "the first measured point would otherwise pay for",
+    )
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--plot-out", type=Path, default=None, help="PNG of throughput and latency")
     p.add_argument("--keep-broker", action="store_true", help="leave the own broker running")
@@ -1013,6 +1021,12 @@ class Bench:
             f"{pinning.describe()}; generating {n_max:,} events"
         )
         events = stream_events(self.sim_settings(), max(n_max, 10))
+        warmups = max(self.args.latency_broker_warmups, 0)
+        out["broker_warmups"] = warmups
+        for k in range(warmups):
+            _, rate, _ = points[0]
+            self.say(f"latency: broker warm-up {k + 1}/{warmups} at {rate:,.0f}/s, not measured")
+            self.latency_point(f"lat-warm-{k}", rate, events, None)
         for mode in modes:
             if mode not in ("pinned", "unpinned"):
                 raise BenchError(f"unknown latency mode {mode!r} (pinned, unpinned)")
@@ -1757,7 +1771,8 @@ def format_latency_table(lat: dict[str, Any]) -> list[str]:
     """The latency table: one row per (mode, offered rate)."""
     lines = [
         f"latency (ms, event's scheduled send time -> suggestion acknowledged; "
-        f"{lat.get('warmup_s')} s warm-up + {lat.get('measured_s')} s measured per point; "
+        f"{lat.get('warmup_s')} s warm-up + {lat.get('measured_s')} s measured per point, "
+        f"after {lat.get('broker_warmups', 0)} unmeasured broker warm-up point(s); "
         f"100 % = {lat.get('max_rate_basis')})",
         f"  {lat.get('pinning')}",
     ]

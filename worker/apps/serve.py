@@ -48,6 +48,7 @@ from worker.core.session import SessionStore
 from worker.kafka.changelog import ChangelogRestorer, changelog_topic
 from worker.kafka.checkpoint import (
     Checkpoint,
+    DeliveryError,
     TransactionAbandonedError,
     TransactionalCheckpoint,
 )
@@ -242,6 +243,9 @@ class Worker:
         self._new_consumer = new_consumer
         self.consumer: Consumer = new_consumer()
         self.checkpoint = self._make_checkpoint(producer_factory, clock)
+        #: At-least-once overlaps a batch's acknowledgement wait with the next batch's work
+        #: (``Checkpoint.defer``); exactly-once completes each transaction before the next.
+        self._overlap = not settings.exactly_once
 
     # -- the served versions -------------------------------------------------------------------
 
@@ -511,6 +515,9 @@ class Worker:
                     last_input = time.monotonic()
                     self.process(messages)
                 else:
+                    # Nothing came: the last batch's acknowledgements are all there is to wait
+                    # for (as long as the broker is away, like any batch's).
+                    self._settle(0.0)
                     if self.rejoin_watch.watching:
                         self._check_rejoin()  # lost its partitions: rejoining, or wedged?
                     restoring = self.restorer is not None and self.restorer.restoring
@@ -558,6 +565,7 @@ class Worker:
         )
 
     def _close(self) -> None:
+        self._settle_last_batch(self._close_budget_s())
         self.checkpoint.producer.flush(10)
         self._close_consumer_within(self._close_budget_s())
         if self.restorer is not None:
@@ -569,6 +577,15 @@ class Worker:
             dead_lettered=self._dead,
             sessions=len(self.models),
         )
+
+    def _settle_last_batch(self, within_s: float) -> None:
+        """Store the offsets of the batch still waiting for its acknowledgements (overlapped) if
+        they come within ``within_s``; otherwise nothing of it is stored and its events are
+        redelivered to the partitions' next owner (at-least-once)."""
+        try:
+            self._settle(0.0, within_s=within_s)
+        except DeliveryError as exc:
+            self.log.warning("last_batch_not_acknowledged", reason=str(exc))
 
     def _close_budget_s(self) -> float:
         """What is left of the shutdown budget for closing the consumer."""
@@ -734,8 +751,10 @@ class Worker:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if consumer is not self.consumer:
             return
-        # Batches are processed synchronously, so nothing is in flight here: every stored offset
-        # belongs to an acknowledged batch. Commit them before the partitions move.
+        # The last batch may still wait for its acknowledgements (overlapped): settle it, so
+        # every stored offset belongs to an acknowledged batch, and commit them before the
+        # partitions move.
+        self._settle(0.0)
         self.checkpoint.commit_stored()
         self._forget(partitions, "partitions_revoked")
 
@@ -787,6 +806,8 @@ class Worker:
         for version, n in batch.answered_by.items():
             self.metrics.events_routed.labels(model_version=version).inc(n)
         self._count_rejections(batch)
+        if self._overlap:
+            return self._answer_overlapped(len(messages), batch)
         t0 = time.perf_counter()
         self.checkpoint.send_all(batch.outputs())
         t1 = time.perf_counter()
@@ -808,6 +829,39 @@ class Worker:
         stages = {**batch.stages_s, "produce": t1 - t0, "checkpoint": t2 - t1}
         self._record_batch(len(messages), batch, now_ms(), stages)
         return BatchOutcome(answered=len(batch.entries), dead_lettered=len(batch.rejections))
+
+    def _answer_overlapped(self, n_messages: int, batch: BatchResult) -> BatchOutcome:
+        """At-least-once: complete the previous batch (its outputs were acknowledged while
+        this one was computed, mostly), produce this one's and leave them to be acknowledged
+        while the next batch is consumed and computed (``Checkpoint.defer``). The ``checkpoint``
+        stage is the wait for the previous batch."""
+        t0 = time.perf_counter()
+        settled = self._settle(None)
+        t1 = time.perf_counter()
+        self.checkpoint.send_all(batch.outputs())
+        t2 = time.perf_counter()
+        self.checkpoint.defer(batch.next_offsets, (n_messages, batch, t2 - t1))
+        self._record_settled(settled, t1 - t0)
+        return BatchOutcome(answered=len(batch.entries), dead_lettered=len(batch.rejections))
+
+    def _settle(self, waited_s: float | None, *, within_s: float | None = None) -> list[Any]:
+        """``Checkpoint.settle``, counting producer replacements; the settled batch's metrics
+        are recorded here unless ``waited_s`` is None (the caller records them)."""
+        replaced_before = self.checkpoint.replaced
+        try:
+            settled = self.checkpoint.settle(within_s)
+        finally:
+            self.metrics.producer_replacements.inc(self.checkpoint.replaced - replaced_before)
+        self.health.backpressure = False
+        if waited_s is not None:
+            self._record_settled(settled, waited_s)
+        return settled
+
+    def _record_settled(self, tokens: list[Any], waited_s: float) -> None:
+        """Metrics of batches whose offsets were just stored (overlapped mode)."""
+        for n_messages, batch, produce_s in tokens:
+            stages = {**batch.stages_s, "produce": produce_s, "checkpoint": waited_s}
+            self._record_batch(n_messages, batch, now_ms(), stages)
 
     def _records(self, messages: Sequence[Any]) -> list[InputRecord]:
         """The records among ``messages``; consumer error events are handled on the way.

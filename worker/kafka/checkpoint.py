@@ -26,6 +26,15 @@ For every micro-batch, in this order:
 Only offsets of fully acknowledged batches are ever stored, so a crash at any point loses
 nothing: at worst the outputs of the last unstored batch are produced again.
 
+**Overlapped** (at-least-once, :meth:`Checkpoint.defer` and :meth:`Checkpoint.settle`): steps 2-4
+of a batch wait until the next batch has been consumed and answered, just before its outputs are
+produced. The broker acknowledges a batch while the worker computes the next one instead of
+the worker idling for the round trip; the order of the steps, and so the guarantee, is
+unchanged: at most one batch is unacknowledged, a batch's offsets are stored only once its
+outputs, and every earlier batch's, are acknowledged, and nothing of a batch is produced while
+an earlier one still waits (the flush of step 2 waits for exactly that batch's outputs, so the
+stuck-producer cure below applies unchanged).
+
 In exactly-once mode (:class:`TransactionalCheckpoint`) the batch is one Kafka transaction
 instead: begin, produce the outputs, send the input offsets to the transaction (with the
 consumer's group metadata, so a fenced zombie cannot commit), commit. A reader with
@@ -75,6 +84,11 @@ class DeliveryError(BrokerError):
     """Outputs of a batch were not acknowledged; its offsets were not stored."""
 
 
+class SettleTimeout(DeliveryError):
+    """The deferred batch's outputs were not acknowledged within the bound given to
+    :meth:`Checkpoint.settle`; its offsets were not stored (its events are redelivered)."""
+
+
 def _ignore(_: object) -> None:
     return None
 
@@ -119,6 +133,10 @@ class Checkpoint:
         self._on_stuck = on_stuck
         self._log = log
         self._clock = clock
+        #: Overlapped mode: the batch whose outputs are produced but whose steps 2-4 wait for
+        #: the next :meth:`settle` (its next offsets and the caller's token).
+        self._deferred: tuple[dict[tuple[str, int], int], Any] | None = None
+        self._settle_deadline: float | None = None
 
     def use_consumer(self, consumer: Consumer) -> None:
         """Store and commit offsets through ``consumer`` from now on (a replacement of a
@@ -181,6 +199,11 @@ class Checkpoint:
         while _flush_slice(outbox.producer) > 0:
             self._on_wait(self._clock() - started)
             self._give_up_if_hurried()
+            if self._settle_deadline is not None and self._clock() > self._settle_deadline:
+                raise SettleTimeout(
+                    f"{outbox.in_producer} outputs unacknowledged after "
+                    f"{self._clock() - started:.1f} s; offsets not stored"
+                )
             stuck = outbox.stuck()
             now = self._clock()
             watch = outbox.watch
@@ -271,6 +294,46 @@ class Checkpoint:
             # store none.)
             if self._log is not None:
                 self._log.warning("offsets_not_stored", error=str(exc))
+
+    # -- overlapped mode ---------------------------------------------------------------------------
+
+    def defer(self, next_offsets: dict[tuple[str, int], int], token: Any = None) -> None:
+        """Overlapped steps 2-4: the batch whose outputs were just produced is completed by the
+        next :meth:`settle`, which hands ``token`` back.
+
+        Raises:
+            RuntimeError: an earlier batch is still deferred (call :meth:`settle` first).
+        """
+        if self._deferred is not None:
+            raise RuntimeError("a batch is already waiting for its acknowledgements: settle first")
+        self._deferred = (next_offsets, token)
+
+    @property
+    def deferred(self) -> bool:
+        """A batch's outputs are produced and its offsets not stored yet."""
+        return self._deferred is not None
+
+    def settle(self, within_s: float | None = None) -> list[Any]:
+        """Steps 2-4 for the deferred batch, if any: wait until its outputs are acknowledged
+        (however long the broker is away, as :meth:`complete`, unless ``within_s`` bounds the
+        wait), then store its offsets. Call it before producing the next batch's outputs, on
+        revoke and before close. Returns the settled batch's token (``[]`` when none was
+        deferred). Either way the batch is no longer deferred afterwards.
+
+        Raises:
+            DeliveryError: an output failed; nothing was stored.
+            SettleTimeout: not acknowledged within ``within_s``; nothing was stored.
+        """
+        if self._deferred is None:
+            return []
+        next_offsets, token = self._deferred
+        self._deferred = None
+        self._settle_deadline = None if within_s is None else self._clock() + within_s
+        try:
+            self.complete(next_offsets)
+        finally:
+            self._settle_deadline = None
+        return [token]
 
     def _raise_failures(self) -> None:
         failures = self._outbox.take_failures()

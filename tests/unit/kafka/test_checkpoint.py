@@ -27,6 +27,7 @@ from worker.kafka.checkpoint import (
     WAIT_LOG_EVERY_S,
     Checkpoint,
     DeliveryError,
+    SettleTimeout,
     TransactionAbandonedError,
     TransactionalCheckpoint,
 )
@@ -236,6 +237,73 @@ def test_step4_partitions_lost_while_the_batch_waited_keep_their_offsets_unstore
     (warning,) = rig.log.fields("offsets_not_stored")
     assert "_STATE" in warning["error"]
     assert rig.consumer.stored == {}
+
+
+# -- overlapped: a batch's steps 2-4 wait until the next batch is computed -----------------------
+
+
+def test_overlapped_a_deferred_batch_is_stored_by_the_next_settle_once_acknowledged():
+    rig = Rig()
+    checkpoint = rig.checkpoint()
+    producer = rig.producers[0]
+    assert checkpoint.settle() == [] and not checkpoint.deferred  # nothing deferred: no wait
+    checkpoint.send_all(outputs(4))
+    checkpoint.defer({(IN, 0): 4}, token="first")
+    assert checkpoint.deferred
+    assert rig.consumer.stored == {} and len(producer.queued) == 4  # nothing waited for yet
+    with pytest.raises(RuntimeError, match="settle first"):
+        checkpoint.defer({(IN, 0): 5})
+    # The next batch is computed meanwhile; before its outputs go out, the first is settled.
+    producer.send_in_flight()
+    producer.settle_in_flight = False
+    every_flush(producer, lambda p: setattr(p, "settle_in_flight", rig.clock.now >= 1002))
+    assert checkpoint.settle() == ["first"]
+    assert written(rig.broker) == expected(4) and rig.consumer.stored == {(IN, 0): 4}
+    assert not checkpoint.deferred and rig.clock.now >= 1002
+
+
+def test_overlapped_a_failed_output_of_the_deferred_batch_stores_nothing():
+    rig = Rig()
+    checkpoint = rig.checkpoint()
+    rig.producers[0].fail_topics["dlq"] = KafkaError.MSG_SIZE_TOO_LARGE
+    checkpoint.send_all(outputs(2) + [Output("dlq", b"k", b"big")])
+    checkpoint.defer({(IN, 0): 3, (IN, 1): 1}, token="t")
+    with pytest.raises(DeliveryError, match="dlq: MSG_SIZE_TOO_LARGE"):
+        checkpoint.settle()
+    assert rig.consumer.stored == {} and not checkpoint.deferred
+
+
+def test_overlapped_a_bounded_settle_gives_the_batch_up_unstored_when_the_broker_stays_away():
+    rig = Rig()
+    checkpoint = rig.checkpoint()
+    checkpoint.send_all(outputs(3))
+    checkpoint.defer({(IN, 0): 3}, token="t")
+    rig.broker.answers = False
+    with pytest.raises(SettleTimeout, match="3 outputs unacknowledged"):
+        checkpoint.settle(within_s=5.0)
+    assert rig.consumer.stored == {} and not checkpoint.deferred
+    assert 1005.0 <= rig.clock.now <= 1007.0
+    # The bound was for that call only: the next batch waits the broker out.
+    checkpoint.send_all(outputs(1, "next"))
+    checkpoint.defer({(IN, 0): 4})
+
+    def thaw(producer: FakeProducer) -> None:
+        if rig.clock.now >= 1060:
+            rig.broker.answers = True
+
+    every_flush(rig.producers[0], thaw)
+    checkpoint.settle()
+    assert rig.consumer.stored == {(IN, 0): 4}
+
+
+def test_overlapped_a_stuck_producer_is_cured_while_settling_the_deferred_batch():
+    rig = Rig(stuck=1)
+    checkpoint = rig.checkpoint()
+    checkpoint.send_all(outputs(6))
+    checkpoint.defer({(IN, 0): 6}, token="t")
+    assert checkpoint.settle() == ["t"]
+    assert checkpoint.replaced == 1 and written(rig.broker) == expected(6)
+    assert rig.consumer.stored == {(IN, 0): 6}
 
 
 def test_commit_stored_tolerates_nothing_to_commit_and_commits_the_rest():
