@@ -46,7 +46,8 @@ class WorkerMetrics:
         )
         self.latency = Histogram(
             "worker_event_to_suggestion_seconds",
-            "Event time to suggestion acknowledged by the broker",
+            "Event time to suggestion acknowledged by the broker, as the worker learns it "
+            "(at-least-once: when the batch is settled, before the next batch is produced)",
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
