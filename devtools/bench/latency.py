@@ -43,8 +43,8 @@ MIN_SLEEP_S = 0.001
 #: Producer settings of the latency load generator, over ``make_load_producer``'s: 5 ms of
 #: linger, the Java client's default since Kafka 4.0 (KIP-1030), as a web shop's event pipeline
 #: would send. It adds at most 5 ms to an event (counted in the latency: the clock is the
-#: scheduled send time). 1 ms made about five times as many produce requests, which cost the
-#: broker, on the generator's core, more than those 4 ms (see docs/benchmark.md, latency).
+#: scheduled send time). 1 ms allows up to five times as many produce requests, which cost
+#: the broker, on the generator's core, more than those 4 ms (see docs/benchmark.md, latency).
 LOAD_PRODUCER_OVERRIDES: dict[str, Any] = {"linger.ms": 5}
 
 
