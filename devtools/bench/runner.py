@@ -1023,8 +1023,8 @@ class Bench:
         events = stream_events(self.sim_settings(), max(n_max, 10))
         warmups = max(self.args.latency_broker_warmups, 0)
         out["broker_warmups"] = warmups
+        _, rate, _ = points[0]
         for k in range(warmups):
-            _, rate, _ = points[0]
             self.say(f"latency: broker warm-up {k + 1}/{warmups} at {rate:,.0f}/s, not measured")
             self.latency_point(f"lat-warm-{k}", rate, events, None)
         for mode in modes:

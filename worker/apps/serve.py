@@ -517,7 +517,7 @@ class Worker:
                 else:
                     # Nothing came: the last batch's acknowledgements are all there is to wait
                     # for (as long as the broker is away, like any batch's).
-                    self._settle(0.0)
+                    self._settle()
                     if self.rejoin_watch.watching:
                         self._check_rejoin()  # lost its partitions: rejoining, or wedged?
                     restoring = self.restorer is not None and self.restorer.restoring
@@ -583,7 +583,7 @@ class Worker:
         they come within ``within_s``; otherwise nothing of it is stored and its events are
         redelivered to the partitions' next owner (at-least-once)."""
         try:
-            self._settle(0.0, within_s=within_s)
+            self._settle(within_s)
         except DeliveryError as exc:
             self.log.warning("last_batch_not_acknowledged", reason=str(exc))
 
@@ -754,7 +754,7 @@ class Worker:
         # The last batch may still wait for its acknowledgements (overlapped): settle it, so
         # every stored offset belongs to an acknowledged batch, and commit them before the
         # partitions move.
-        self._settle(0.0)
+        self._settle()
         self.checkpoint.commit_stored()
         self._forget(partitions, "partitions_revoked")
 
@@ -835,31 +835,24 @@ class Worker:
         this one was computed, mostly), produce this one's and leave them to be acknowledged
         while the next batch is consumed and computed (``Checkpoint.defer``). The ``checkpoint``
         stage is the wait for the previous batch."""
+        self._settle()
         t0 = time.perf_counter()
-        settled = self._settle(None)
-        t1 = time.perf_counter()
         self.checkpoint.send_all(batch.outputs())
-        t2 = time.perf_counter()
-        self.checkpoint.defer(batch.next_offsets, (n_messages, batch, t2 - t1))
-        self._record_settled(settled, t1 - t0)
+        self.checkpoint.defer(batch.next_offsets, (n_messages, batch, time.perf_counter() - t0))
         return BatchOutcome(answered=len(batch.entries), dead_lettered=len(batch.rejections))
 
-    def _settle(self, waited_s: float | None, *, within_s: float | None = None) -> list[Any]:
-        """``Checkpoint.settle``, counting producer replacements; the settled batch's metrics
-        are recorded here unless ``waited_s`` is None (the caller records them)."""
+    def _settle(self, within_s: float | None = None) -> None:
+        """``Checkpoint.settle``, counting producer replacements, then the settled batch's
+        metrics (its ``checkpoint`` stage: this wait)."""
+        started = time.perf_counter()
         replaced_before = self.checkpoint.replaced
         try:
             settled = self.checkpoint.settle(within_s)
         finally:
             self.metrics.producer_replacements.inc(self.checkpoint.replaced - replaced_before)
         self.health.backpressure = False
-        if waited_s is not None:
-            self._record_settled(settled, waited_s)
-        return settled
-
-    def _record_settled(self, tokens: list[Any], waited_s: float) -> None:
-        """Metrics of batches whose offsets were just stored (overlapped mode)."""
-        for n_messages, batch, produce_s in tokens:
+        waited_s = time.perf_counter() - started
+        for n_messages, batch, produce_s in settled:
             stages = {**batch.stages_s, "produce": produce_s, "checkpoint": waited_s}
             self._record_batch(n_messages, batch, now_ms(), stages)
 

@@ -101,7 +101,7 @@ def drive(w: Worker, h: Harness, after_batch=lambda n: None) -> int:
         restoring = w.restorer is not None and bool(w.restorer.restoring)
         w._step_restore()  # gained partitions stay paused until their sessions are restored
         if not messages:
-            w._settle(0.0)  # as the loop does when nothing comes: the last batch's acks
+            w._settle()  # as the loop does when nothing comes: the last batch's acks
             idle += 1
             if restoring and idle < 100:
                 continue
@@ -163,7 +163,7 @@ def test_a_promotion_swaps_between_batches_and_every_input_is_answered_once(tmp_
 
     def after_batch(n: int) -> None:
         if n == 2:
-            w._settle(0.0)  # the batch's answers acknowledged (overlapped)
+            w._settle()  # the batch's answers acknowledged (overlapped)
             before_swap.update(h.answered())
             registry.publish(r.dir, "v2", why="test")
             swap_now(w, h)
@@ -218,7 +218,7 @@ def test_a_challenger_answers_its_share_of_users_each_user_on_one_version(tmp_pa
 
     def after_batch(n: int) -> None:
         if n == 1:
-            w._settle(0.0)  # the batch's answers acknowledged (overlapped)
+            w._settle()  # the batch's answers acknowledged (overlapped)
             first.update(h.answered())
             registry.set_challenger(r.dir, "v2", 0.5, why="test")
             swap_now(w, h)
