@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from devtools import calibrate, memory, ready
+from devtools import calibrate, memory, ready, tradeoff
 from devtools.bench import runner
 from worker.cli import SettingsParser, run_command
 from worker.config import BOOTSTRAP_SERVERS, LOGGING_SETTINGS, MODELS_DIR, Setting, as_path
@@ -111,6 +111,13 @@ def build_parser() -> SettingsParser:
     calibrate.add_arguments(p)
 
     p = sub.add_parser(
+        "tradeoff",
+        help="one list for two targets: the model, a purchase-only booster, their blends and "
+        "the heuristics on a dataset's held-out slice, against the 10 %% bar",
+    )
+    tradeoff.add_arguments(p)
+
+    p = sub.add_parser(
         "schemas",
         help="check: each schema is backward and forward compatible with every released version "
         "(schemas/history/); prints each refused pair and why, exit 1 if any",
@@ -186,6 +193,10 @@ def cmd_calibrate(args: argparse.Namespace, log: Any) -> int:
     return calibrate.run(args, log)
 
 
+def cmd_tradeoff(args: argparse.Namespace, log: Any) -> int:
+    return tradeoff.run(args, log)
+
+
 def cmd_schemas(args: argparse.Namespace, log: Any) -> int:
     from devtools import schema_compat  # imports avro (the `dev` extra) only for this command
 
@@ -199,6 +210,7 @@ COMMANDS = {
     "ready": cmd_ready,
     "memory": cmd_memory,
     "calibrate": cmd_calibrate,
+    "tradeoff": cmd_tradeoff,
     "schemas": cmd_schemas,
 }
 

@@ -36,7 +36,7 @@ import hashlib
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -689,6 +689,42 @@ def _fit_window(
 ) -> _Model:
     """Steps 2 and 3: tables and booster from the events of ``window`` (a mask over the
     history); the features of the events after it with a target are kept for the evaluation."""
+    tables, examples = window_examples(data, window, settings, label, started, log)
+    n_queries, n_cands, n_features = examples.x_train.shape
+    if log:
+        log.info(
+            "training",
+            model=label,
+            queries=n_queries,
+            rows=n_queries * n_cands,
+            features=n_features,
+            seconds=round(time.perf_counter() - started, 1),
+        )
+    booster, params = _fit(examples.x_train, examples.y_train, settings)
+    return _Model(
+        tables,
+        booster,
+        params,
+        n_queries,
+        n_queries * n_cands,
+        time.perf_counter() - started,
+        examples.eval_batches,
+    )
+
+
+def window_examples(
+    data: _Dataset,
+    window: np.ndarray,
+    settings: TrainSettings,
+    label: str = "evaluation",
+    started: float | None = None,
+    log: Any = None,
+) -> tuple[CatalogueTables, _Examples]:
+    """The tables of ``window`` and the examples a booster is fit on (sampled, labelled
+    training queries: honest folds unless ``settings.honest_folds`` is 0), with the evaluation
+    batches of the events after the window (``worker-dev tradeoff`` fits other boosters on
+    the same examples)."""
+    started = time.perf_counter() if started is None else started
     history = data.history
     tables = _training_tables(data, window, settings)
     if log:
@@ -734,26 +770,7 @@ def _fit_window(
             pick = np.sort(rng.choice(x_train.shape[0], settings.max_train_queries, replace=False))
             x_train, y_train = x_train[pick], y_train[pick]
         examples.x_train, examples.y_train = x_train, y_train
-    n_queries, n_cands, n_features = examples.x_train.shape
-    if log:
-        log.info(
-            "training",
-            model=label,
-            queries=n_queries,
-            rows=n_queries * n_cands,
-            features=n_features,
-            seconds=round(time.perf_counter() - started, 1),
-        )
-    booster, params = _fit(examples.x_train, examples.y_train, settings)
-    return _Model(
-        tables,
-        booster,
-        params,
-        n_queries,
-        n_queries * n_cands,
-        time.perf_counter() - started,
-        examples.eval_batches,
-    )
+    return tables, examples
 
 
 def _by_session(history: _History, window: np.ndarray) -> np.ndarray:
@@ -1136,11 +1153,23 @@ def _evaluate(
     settings: TrainSettings,
 ) -> Evaluation:
     """The model and every heuristic ranker on the same evaluation events, both targets."""
+    scorer = BoosterScorer(booster, num_threads=settings.num_threads)
+    return evaluate_scores(scorer.score, eval_batches, rankers, tables, settings)
+
+
+def evaluate_scores(
+    score: Callable[[np.ndarray], np.ndarray],
+    eval_batches: Iterable[_EvalBatch],
+    rankers: Sequence[Ranker],
+    tables: CatalogueTables,
+    settings: TrainSettings,
+) -> Evaluation:
+    """:func:`_evaluate` with any scorer of the model's feature rows (``score(x)``: one score
+    per row) as "model"."""
     k, n = settings.top_k, min(settings.n_candidates, tables.n_products)
     evaluation = Evaluation(k=k, n=n, rankers=("model", *(r.name for r in rankers)))
-    scorer = BoosterScorer(booster, num_threads=settings.num_threads)
     for batch in eval_batches:
-        scores = scorer.score(batch.x).reshape(batch.cands.shape)
+        scores = score(batch.x).reshape(batch.cands.shape)
         ranked = np.take_along_axis(batch.cands, top_k(scores, k), axis=1).tolist()
         cands = batch.cands.tolist()
         targets = batch.targets_next.tolist()
