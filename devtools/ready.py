@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from worker.config import BOOTSTRAP_SERVERS, Setting
+from worker.config import BOOTSTRAP_SERVERS, TRAIN_LEAVES, TRAIN_TREES, Setting
 
 MODES = ("lightgbm", "precompiled", "fresh")
 MODE_LABELS = {
@@ -116,9 +116,17 @@ def add_arguments(p: Any) -> None:
         "--days", type=float, default=0.5, help="simulated history length (default 0.5 days)"
     )
     p.add_argument("--users", type=int, default=5000, help="simulated users (default 5000)")
-    p.add_argument("--trees", type=int, default=200, help="trees (default 200, the project's)")
     p.add_argument(
-        "--leaves", type=int, default=63, help="leaves per tree (default 63, the project's)"
+        "--trees",
+        type=int,
+        default=TRAIN_TREES.default,
+        help=f"trees (default {TRAIN_TREES.default}, worker train's)",
+    )
+    p.add_argument(
+        "--leaves",
+        type=int,
+        default=TRAIN_LEAVES.default,
+        help=f"leaves per tree (default {TRAIN_LEAVES.default}, worker train's)",
     )
     p.add_argument(
         "--max-queries",

@@ -12,6 +12,7 @@ import pytest
 from devtools import cli as dev
 from devtools import ready
 from devtools.ready import SizeResult, Start
+from worker.config import TRAIN_LEAVES, TRAIN_TREES
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +42,8 @@ def test_worker_dev_ready_arguments() -> None:
     assert args.command == "ready" and dev.COMMANDS["ready"] is dev.cmd_ready
     assert args.products == [5000, 50_000, 200_000]
     assert args.modes == ["lightgbm", "precompiled", "fresh"]
-    assert (args.trees, args.leaves) == (200, 63)  # the project's model, so the compile is real
+    # worker train's model, so the compile costs what a served model's does
+    assert (args.trees, args.leaves) == (TRAIN_TREES.default, TRAIN_LEAVES.default)
     assert args.bootstrap_servers is None  # a broker of its own
     assert args.work_dir == Path("var/ready")
     args = dev.build_parser().parse_args(
