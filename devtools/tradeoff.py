@@ -52,6 +52,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weights of the purchase-only booster's standardised scores (comma separated)",
     )
     parser.add_argument("--threads", type=int, default=2, help="LightGBM threads")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also fit single boosters of other settings, sampling and labels (SWEEP) on every "
+        "training query and print their HR@K (a few minutes more on the default history)",
+    )
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A single booster fit another way: ``settings`` replaced in TrainSettings, ``queries``
+    sampled from every training query (None: all), ``purchase_weight`` on the queries with a
+    purchase, ``keep_purchases``: every such query kept when sampling, ``purchase_positive``:
+    in those queries only the purchases positive."""
+
+    name: str
+    settings: tuple[tuple[str, Any], ...] = ()
+    queries: int | None = 40_000
+    purchase_weight: float = 1.0
+    keep_purchases: bool = False
+    purchase_positive: bool = False
+
+
+#: What ``--sweep`` tries; the first samples as many queries as ``worker train``, from all of them.
+SWEEP: tuple[Variant, ...] = (
+    Variant("40,000 queries (resampled)"),
+    Variant("purchase gain 20", settings=(("purchase_gain", 20.0),)),
+    Variant("31 leaves", settings=(("num_leaves", 31),)),
+    Variant("400 trees", settings=(("num_trees", 400),)),
+    Variant("100,000 queries", queries=100_000),
+    Variant("every query", queries=None),
+    Variant("purchase queries x2", purchase_weight=2.0),
+    Variant("purchase queries x4", purchase_weight=4.0),
+    Variant("every query, purchase x3", queries=None, purchase_weight=3.0),
+    Variant("every purchase query kept", keep_purchases=True),
+    Variant("purchases only positive", purchase_positive=True),
+)
+
+
+def variant_sample(
+    y: np.ndarray, variant: Variant, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The queries of ``y`` (labels 0/1/2) a variant is fit on, their labels and their
+    weights (one per query)."""
+    n = y.shape[0]
+    bought = (y == 2).any(axis=1)
+    if variant.queries is None or variant.queries >= n:
+        rows = np.arange(n)
+    elif variant.keep_purchases:
+        rest = np.flatnonzero(~bought)
+        extra = rng.choice(
+            rest, max(0, min(rest.size, variant.queries - int(bought.sum()))), replace=False
+        )
+        rows = np.sort(np.concatenate([np.flatnonzero(bought), extra]))
+    else:
+        rows = np.sort(rng.choice(n, variant.queries, replace=False))
+    labels = y[rows]
+    if variant.purchase_positive:
+        labels = np.where(bought[rows][:, None], np.where(labels == 2, 2, 0), labels)
+    weights = np.where(bought[rows], variant.purchase_weight, 1.0)
+    return rows, labels.astype(np.int8), weights
 
 
 @dataclass(frozen=True)
@@ -208,6 +269,35 @@ def measure(
     )
 
 
+def sweep(
+    dataset: Path, settings: Any, variants: Sequence[Variant], log: Any = None
+) -> tuple[list[Row], float]:
+    """Each variant's HR@K per column on the held-out slice (rows not heuristic), from every
+    training query ``worker train`` would sample from; and the share of those with a purchase."""
+    from dataclasses import replace
+
+    from worker.apps import train
+    from worker.model.scoring import BoosterScorer
+
+    settings = replace(settings, max_train_queries=1 << 62)
+    data = train._read_dataset(dataset, settings)
+    tables, examples = train.window_examples(data, data.history.is_train, settings, log=log)
+    x, y = examples.x_train, examples.y_train
+    rows = []
+    for variant in variants:
+        fit_settings = replace(settings, **dict(variant.settings))
+        picked, labels, weights = variant_sample(y, variant, np.random.default_rng(settings.seed))
+        booster, _ = train._fit(x[picked], labels, fit_settings, weights)
+        score = BoosterScorer(booster, num_threads=settings.num_threads).score
+        alone = train.evaluate_scores(score, examples.eval_batches, [], tables, settings)
+        rows.append(_row(variant.name, alone, "model", False))
+        if log:
+            log.info(
+                "variant", name=variant.name, hit_rates=[round(h, 4) for h in rows[-1].hit_rates]
+            )
+    return rows, float((y == 2).any(axis=1).mean())
+
+
 def run(args: argparse.Namespace, log: Any) -> int:
     from worker.apps.train import TrainSettings
 
@@ -218,5 +308,11 @@ def run(args: argparse.Namespace, log: Any) -> int:
         print(f"{args.dataset}: no training event is followed by a purchase of a candidate")
         return 2
     print(result.table())
+    if args.sweep:
+        heuristics = [row for row in result.rows if row.heuristic]
+        rows, share = sweep(args.dataset, TrainSettings(num_threads=args.threads), SWEEP, log)
+        print()
+        print(format_table(rows + heuristics, result.k, result.counts, result.ceiling))
+        print(f"training queries with a purchase: {share:.1%}")
     log.info("tradeoff_done", seconds=round(time.perf_counter() - started, 1))
     return 0

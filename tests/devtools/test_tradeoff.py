@@ -116,3 +116,33 @@ def test_the_model_row_is_what_worker_train_reports(history: Path, tmp_path: Pat
         metrics["purchase_within_attribution_window"]["model"]["recall"]
     )
     assert "bar (x1.10)" in result.table()
+
+
+def test_variant_samples() -> None:
+    y = np.array([[0, 1], [2, 1], [0, 1], [1, 2], [0, 1], [1, 0]], dtype=np.int8)
+    rng = np.random.default_rng(0)
+    rows, labels, weights = tradeoff.variant_sample(y, tradeoff.Variant("all", queries=None), rng)
+    assert rows.tolist() == list(range(6)) and np.array_equal(labels, y)
+    assert weights.tolist() == [1.0] * 6
+    kept = tradeoff.Variant("kept", queries=3, keep_purchases=True, purchase_weight=3.0)
+    rows, labels, weights = tradeoff.variant_sample(y, kept, rng)
+    assert len(rows) == 3 and {1, 3} <= set(rows.tolist())
+    assert weights.tolist() == [3.0 if r in (1, 3) else 1.0 for r in rows.tolist()]
+    positive = tradeoff.Variant("positive", queries=None, purchase_positive=True)
+    _, labels, _ = tradeoff.variant_sample(y, positive, rng)
+    assert labels.tolist() == [[0, 1], [2, 0], [0, 1], [0, 2], [0, 1], [1, 0]]
+    rows, _, _ = tradeoff.variant_sample(y, tradeoff.Variant("few", queries=4), rng)
+    assert len(rows) == 4 and len(set(rows.tolist())) == 4
+
+
+def test_the_sweep_fits_each_variant_on_the_same_slice(history: Path) -> None:
+    variants = (
+        tradeoff.Variant("every query", queries=None),
+        tradeoff.Variant("every query, weights 1", queries=None, purchase_weight=1.0),
+        tradeoff.Variant("purchases x50", queries=None, purchase_weight=50.0),
+    )
+    rows, share = tradeoff.sweep(history, TINY, variants)
+    assert [row.name for row in rows] == [v.name for v in variants]
+    assert 0 < share < 1
+    assert rows[0].hit_rates == rows[1].hit_rates  # deterministic fit
+    assert rows[2].hit_rates != rows[0].hit_rates  # the weights reach the booster

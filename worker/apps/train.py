@@ -942,9 +942,13 @@ def _labels(cands: np.ndarray, next_items: np.ndarray, bought: list[set[int]]) -
 
 
 def _fit(
-    x_train: np.ndarray, y_train: np.ndarray, settings: TrainSettings
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    settings: TrainSettings,
+    query_weights: np.ndarray | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """The LambdaRank booster (one query per event, its candidates as documents)."""
+    """The LambdaRank booster (one query per event, its candidates as documents); each query
+    weighted by ``query_weights`` when given (``worker-dev tradeoff --sweep``; local only)."""
     import lightgbm
 
     from worker.model.lightgbm_log import route_lightgbm_log
@@ -970,10 +974,13 @@ def _fit(
         "verbosity": -1,
     }
     if settings.engine == "dask":
+        if query_weights is not None:
+            raise ValueError("query weights are for the local engine only")
         return _fit_dask(x_train, y_train, settings, params)
     train_set = lightgbm.Dataset(
         x_train.reshape(-1, n_features),
         label=y_train.reshape(-1),
+        weight=None if query_weights is None else np.repeat(query_weights, n_cands),
         group=np.full(n_queries, n_cands),
         feature_name=FEATURE_NAMES,
         free_raw_data=True,
