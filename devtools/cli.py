@@ -3,8 +3,10 @@
 Subcommands: ``kafka`` (local Apache Kafka without Docker), ``chaos`` (fault-injection harness),
 ``bench`` (benchmark with peers), ``demo`` (the whole system on the local broker for a minute),
 ``ready`` (a worker's seconds from start to ready and its memory, by catalogue size), ``calibrate``
-(the simulator's baselines side by side with the DIGINETICA sample's), ``schemas check`` (the
-schema compatibility gate: each schema against every released version, backward and forward).
+(the simulator's baselines side by side with the DIGINETICA sample's), ``tradeoff`` (one
+suggestion list for two targets: the model, a purchase-only booster and their blends against the
+heuristics), ``schemas check`` (the schema compatibility gate: each schema against every
+released version, backward and forward).
 Installed from ``devtools/`` (``pip install -e devtools``); the production image has none of it.
 """
 
