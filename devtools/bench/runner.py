@@ -90,6 +90,28 @@ STAGES = (
 )
 PLOT_REQUIREMENTS = ("matplotlib==3.10.7",)
 
+
+def quix_mode_scorer(spec: str) -> tuple[str, str]:
+    """``MODE[:SCORER]`` of ``--quix-modes`` as (mode, scorer); the scorer defaults to
+    ``booster`` (``Booster.predict``).
+
+    Raises:
+        ValueError: an unknown scorer.
+    """
+    mode, _, scorer = spec.partition(":")
+    scorer = scorer or "booster"
+    if scorer not in ("booster", "lleaves"):
+        raise ValueError(f"--quix-modes {spec!r}: the scorer is booster or lleaves")
+    return mode, scorer
+
+
+def quix_title(spec: str, entry: dict[str, Any]) -> str:
+    """A Quix mode's name with its scorer, for tables and plots."""
+    mode, _ = quix_mode_scorer(spec)
+    scorer = entry.get("scorer", "booster")
+    return f"{mode} ({'lleaves' if scorer == 'lleaves' else 'Booster.predict'})"
+
+
 #: A figure shown beside a target's: {target figure: (figure, label)}.
 TARGET_ASIDES = {"latency_pinned_p99_ms": ("latency_unpinned_p99_ms", "unpinned")}
 #: Targets of the issue: (figure key, comparison, bound, text).
@@ -97,6 +119,12 @@ TARGETS = (
     ("ratio_e2e_to_ceiling", ">=", 0.6, "e2e throughput >= 0.6 x scoring ceiling"),
     ("ratio_throughput_vs_mlserver", ">=", 10.0, "throughput >= 10 x MLServer"),
     ("ratio_throughput_vs_quix", ">=", 2.0, "throughput >= 2 x Quix"),
+    (
+        "ratio_throughput_vs_quix_same_scorer",
+        ">=",
+        2.0,
+        "throughput >= 2 x Quix with the same compiled scorer",
+    ),
     ("latency_pinned_p99_ms", "<=", 50.0, "p99 at half load <= 50 ms (pinned)"),
     ("scaling_factor", ">=", 1.8, "two processes >= 1.8 x one"),
     ("rss_1m_users_mib", "<=", 1024.0, "<= 1 GiB RSS with the active users"),
@@ -161,7 +189,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-peers", action="store_true")
     p.add_argument("--env-root", type=Path, default=None, help="peer venvs (<work-dir>/envs)")
     p.add_argument("--quix-events", type=int, default=None, help="backlog events per Quix mode")
-    p.add_argument("--quix-modes", default="per-message,batch-sink")
+    p.add_argument(
+        "--quix-modes",
+        default="per-message,batch-sink,batch-sink:lleaves",
+        help="MODE[:SCORER],...: Quix app modes, each scored with Booster.predict or, with "
+        ":lleaves, with the compiled model the worker serves",
+    )
     p.add_argument(
         "--quix-latency-modes",
         default="per-message",
@@ -902,18 +935,20 @@ class Bench:
         return out
 
     def _quix_mode(
-        self, mode: str, n: int, python: Path, work: Path, with_latency: bool
+        self, spec: str, n: int, python: Path, work: Path, with_latency: bool
     ) -> dict[str, Any]:
         from devtools.bench.peers.run_quix import run_quix_peer
 
         s = self.sizes
+        mode, scorer = quix_mode_scorer(spec)
         res = run_quix_peer(
             self.bootstrap, self.models_dir, self.events_topic, n, work,
-            mode=mode, candidates=self.args.candidates, top_k=self.args.top_k,
+            mode=mode, scorer=scorer, candidates=self.args.candidates, top_k=self.args.top_k,
             python=python, simulator=self.sim_settings(),
         )  # fmt: skip
         fig = res["figures"]
         entry: dict[str, Any] = {
+            "scorer": scorer,
             "events": n,
             "answered": fig["answered"],
             "throughput_per_s": fig["throughput"].get("per_s"),
@@ -930,8 +965,9 @@ class Bench:
                 try:
                     res = run_quix_peer(
                         self.bootstrap, self.models_dir,
-                        f"{self.prefix}-quix-{mode}-rate-{attempt}", count, work, rate=rate,
-                        mode=mode, candidates=self.args.candidates, top_k=self.args.top_k,
+                        f"{self.prefix}-quix-{mode}-{scorer}-rate-{attempt}", count, work,
+                        rate=rate, mode=mode, scorer=scorer, candidates=self.args.candidates,
+                        top_k=self.args.top_k,
                         python=python, simulator=self.sim_settings(),
                     )  # fmt: skip
                     break
@@ -1523,6 +1559,19 @@ def derive_figures(results: dict[str, Any]) -> dict[str, Any]:
         if f.get("latency_p99_ms"):
             f["ratio_p99_vs_mlserver"] = round(f["latency_p99_ms"] / p99, 2)
     quix = peers.get("quix", {})
+    same = [
+        q
+        for q in quix.values()
+        if isinstance(q, dict) and q.get("scorer") == "lleaves" and q.get("throughput_per_s")
+    ]
+    # Equal scorers only when the worker served the compiled model too.
+    if same and results.get("throughput_1p", {}).get("scoring_backend") == ["lleaves"]:
+        best_same = max(q["throughput_per_s"] for q in same)
+        f["quix_same_scorer_per_s"] = best_same
+        if f.get("throughput_1p_per_s"):
+            f["ratio_throughput_vs_quix_same_scorer"] = round(
+                f["throughput_1p_per_s"] / best_same, 2
+            )
     q_best = max(
         (q for q in quix.values() if isinstance(q, dict) and q.get("throughput_per_s")),
         key=lambda q: q["throughput_per_s"],
@@ -1715,7 +1764,10 @@ def format_report(results: dict[str, Any]) -> str:
         if not isinstance(q, dict):
             continue
         h = q.get("latency_at_half", {})
-        add((f"Quix {mode}: backlog throughput", _fmt(q.get("throughput_per_s"), "events/s")))
+        add((
+            f"Quix {quix_title(mode, q)}: backlog throughput",
+            _fmt(q.get("throughput_per_s"), "events/s"),
+        ))  # fmt: skip
         if h:
             add(
                 (
@@ -1726,6 +1778,11 @@ def format_report(results: dict[str, Any]) -> str:
     if "ratio_throughput_vs_mlserver" in f:
         add(("ours / MLServer (best), throughput", _fmt(f["ratio_throughput_vs_mlserver"], "x")))
         add(("ours / MLServer (best), p99 latency", _fmt(f.get("ratio_p99_vs_mlserver"), "x")))
+    if "ratio_throughput_vs_quix_same_scorer" in f:
+        add((
+            "ours / Quix (same compiled scorer), throughput",
+            _fmt(f["ratio_throughput_vs_quix_same_scorer"], "x"),
+        ))  # fmt: skip
     if "ratio_throughput_vs_quix" in f:
         add(("ours / Quix (best), throughput", _fmt(f["ratio_throughput_vs_quix"], "x")))
         add(("ours / Quix (best), p99 latency", _fmt(f.get("ratio_p99_vs_quix"), "x")))
@@ -1818,8 +1875,9 @@ PLOT_SCRIPT = textwrap.dedent(
     r = json.load(open(sys.argv[1]))
     f = r["figures"]
     peers = r.get("peers", {})
-    tp = [("worker, 1 process", f.get("throughput_1p_per_s"), "C0"),
-          ("worker, 2 processes", f.get("throughput_2p_per_s"), "C0")]
+    served = "/".join(r.get("throughput_1p", {}).get("scoring_backend") or ["?"])
+    tp = [(f"worker, 1 process ({served})", f.get("throughput_1p_per_s"), "C0"),
+          (f"worker, 2 processes ({served})", f.get("throughput_2p_per_s"), "C0")]
     for name in ("lightgbm", "lleaves"):
         if f.get(f"ceiling_{name}_per_s"):
             tp.append((f"scoring ceiling ({name})", f[f"ceiling_{name}_per_s"], "C7"))
@@ -1829,13 +1887,15 @@ PLOT_SCRIPT = textwrap.dedent(
             "C0" if mode == "pinned" else "C9") for mode, p in sorted(halves.items())]
     for mode, m in peers.get("quix", {}).items():
         if isinstance(m, dict):
-            tp.append((f"Quix {mode}", m.get("throughput_per_s"), "C2"))
+            name = "Quix " + mode.partition(":")[0] + (
+                " (lleaves)" if m.get("scorer") == "lleaves" else " (Booster.predict)")
+            tp.append((name, m.get("throughput_per_s"), "C2"))
             if m.get("latency_at_half"):
                 h = m["latency_at_half"]
-                lat.append((f"Quix {mode}", h.get("offered_per_s"), h, "C2"))
+                lat.append((name, h.get("offered_per_s"), h, "C2"))
     for mode, m in peers.get("mlserver", {}).items():
         if isinstance(m, dict) and "steps" in m:
-            tp.append((f"MLServer {mode}", m.get("max_sustained_per_s"), "C3"))
+            tp.append((f"MLServer {mode} (Booster.predict)", m.get("max_sustained_per_s"), "C3"))
             if m.get("latency_at_half"):
                 h = m["latency_at_half"]
                 lat.append((f"MLServer {mode}", h.get("offered_per_s"), h, "C3"))

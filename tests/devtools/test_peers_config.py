@@ -136,7 +136,16 @@ def test_requirements_are_exact_pins(name: str):
     pinned = {line.split("==")[0].lower() for line in lines}
     wanted = {
         "mlserver": {"mlserver", "mlserver-lightgbm", "aiokafka", "lightgbm"},
-        "quix": {"quixstreams", "lightgbm", "numpy", "fastavro", "structlog"},
+        # lleaves and llvmlite: --scorer lleaves, the worker's compiled model
+        "quix": {
+            "quixstreams",
+            "lightgbm",
+            "numpy",
+            "fastavro",
+            "structlog",
+            "lleaves",
+            "llvmlite",
+        },
     }[name]
     assert wanted <= pinned
 
@@ -161,3 +170,16 @@ def test_throughput_and_latency_figures():
     assert summary["count"] == 100
     assert summary["p50_ms"] == pytest.approx(50.5)
     assert latency_summary([]) == {"count": 0}
+
+
+def test_quix_scores_with_the_workers_lleaves_and_llvmlite():
+    """The Quix venv's lleaves and llvmlite are the project's pins, so the app loads the
+    artifact's compiled object (the cache is keyed by their versions) instead of compiling."""
+    quix = {
+        line.split("==")[0].lower(): line.split("==")[1]
+        for line in requirements_file("quix").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    dev = (Path(__file__).resolve().parents[2] / "requirements" / "dev.txt").read_text()
+    for name in ("lleaves", "llvmlite", "lightgbm"):
+        assert f"{name}=={quix[name]} " in dev, name

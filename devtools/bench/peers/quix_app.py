@@ -23,6 +23,11 @@ sessions in memory too), builds candidates and features with the worker's code a
 produces the suggestions with its own producer, flushed before the checkpoint commits.
 StreamingDataFrame itself has no batched apply; count windows are per message key.
 
+``--scorer booster`` (the default) scores with ``Booster.predict``, as a Quix user would write it;
+``--scorer lleaves`` with the compiled model the worker serves (``worker.model.scoring.
+make_scorer``, the object from the artifact's cache), so that the two systems can be compared
+with the same scorer. The app refuses to start when lleaves cannot score (no silent fallback).
+
 Records that fail decoding or validation are counted and skipped (no dead-letter topic here).
 On SIGTERM Quix stops and commits; the app then prints one JSON line of counters to stdout.
 """
@@ -49,7 +54,7 @@ from worker.core.pipeline import BatchEntry, Recommender
 from worker.core.records import SourceRef, to_browsing_event
 from worker.core.session import SessionStore
 from worker.model.artifact import load_artifact
-from worker.model.scoring import BoosterScorer
+from worker.model.scoring import BoosterScorer, LleavesScorer, make_scorer
 from worker.testing import Suggestion
 from worker.wire.codec import codec_for
 
@@ -135,9 +140,14 @@ class RecommendSink(BatchingSink):
 def build_app(args: argparse.Namespace) -> Application:
     artifact = load_artifact(args.models_dir, expected_features=FEATURE_NAMES)
     tables = artifact.tables
+    scorer: Any = BoosterScorer(artifact.booster, num_threads=1)
+    if args.scorer == "lleaves":
+        scorer = make_scorer(artifact.path, artifact.booster, backend="lleaves", num_threads=1)
+        if not isinstance(scorer, LleavesScorer):
+            raise SystemExit("--scorer lleaves: lleaves could not score this model (see the log)")
     recommender = Recommender(
         tables,
-        BoosterScorer(artifact.booster, num_threads=1),
+        scorer,
         n_candidates=args.candidates,
         top_k=args.top_k,
     )
@@ -204,6 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--group", required=True)
     p.add_argument("--offset-reset", choices=("earliest", "latest"), default="earliest")
     p.add_argument("--mode", choices=("per-message", "batch-sink"), default="per-message")
+    p.add_argument("--scorer", choices=("booster", "lleaves"), default="booster")
     p.add_argument("--commit-interval", type=float, default=5.0, help="Quix default: 5 s")
     p.add_argument("--commit-every", type=int, default=0, help="Quix default: 0 (off)")
     p.add_argument("--candidates", type=int, default=50)

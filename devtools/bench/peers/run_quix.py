@@ -49,7 +49,18 @@ from worker.apps.simulate import SimulatorSettings
 from worker.wire.codec import codec_for
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-PEER_PACKAGES = ("quixstreams", "confluent-kafka", "lightgbm", "numpy", "fastavro", "structlog")
+PEER_PACKAGES = (
+    "quixstreams",
+    "confluent-kafka",
+    "lightgbm",
+    "lleaves",
+    "llvmlite",
+    "numpy",
+    "fastavro",
+    "structlog",
+)
+#: How the app scores: the booster (``Booster.predict``) or the compiled model the worker serves.
+SCORERS = ("booster", "lleaves")
 WARMUP_PREFIX = "warmup-"
 QUIX_DEFAULTS = {
     # What Quix Streams 3.28 sets itself (kafka/consumer.py, kafka/producer.py); everything else
@@ -74,6 +85,7 @@ def run_quix_peer(
     *,
     rate: float | None = None,
     mode: str = "per-message",
+    scorer: str = "booster",
     candidates: int = 50,
     top_k: int = 10,
     commit_interval_s: float | None = None,
@@ -96,6 +108,8 @@ def run_quix_peer(
         rate: ``None`` for backlog mode, else events per second produced by the driver.
         mode: ``per-message`` (one predict per event) or ``batch-sink`` (one predict per
             checkpoint batch, see :mod:`devtools.bench.peers.quix_app`).
+        scorer: ``booster`` (``Booster.predict``, as Quix users would write it) or ``lleaves``
+            (the compiled model the worker serves, from the artifact's cache).
         commit_interval_s, commit_every: Quix checkpointing; defaults: Quix's own (5 s, off) for
             ``per-message``; 0.1 s and 1000 records for ``batch-sink`` (its batch boundary).
         consumer_config, producer_config: librdkafka pass-through, default none (Quix defaults).
@@ -147,6 +161,8 @@ def run_quix_peer(
         "latest" if rate else "earliest",
         "--mode",
         mode,
+        "--scorer",
+        scorer,
         "--commit-interval",
         str(commit_interval_s),
         "--commit-every",
@@ -305,6 +321,7 @@ def run_quix_peer(
         "config": {
             "versions": peer_versions(python, PEER_PACKAGES),
             "mode": mode,
+            "scorer": scorer,
             "commit_interval_s": commit_interval_s,
             "commit_every": commit_every,
             "consumer_config": {**QUIX_DEFAULTS["consumer"], **(consumer_config or {})},
@@ -340,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=10000)
     parser.add_argument("--rate", type=float, default=None)
     parser.add_argument("--mode", choices=("per-message", "batch-sink"), default="per-message")
+    parser.add_argument("--scorer", choices=SCORERS, default="booster")
     parser.add_argument("--candidates", type=int, default=50)
     parser.add_argument("--work-dir", type=Path, default=Path("var/bench-peers"))
     parser.add_argument("--env-root", type=Path, default=None)
@@ -360,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         args.work_dir,
         rate=args.rate,
         mode=args.mode,
+        scorer=args.scorer,
         candidates=args.candidates,
         env_root=args.env_root,
     )
