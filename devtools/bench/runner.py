@@ -187,6 +187,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--categories", type=int, default=60)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--skip-peers", action="store_true")
+    p.add_argument(
+        "--peers",
+        default="mlserver,quix",
+        help="which peers the peers phase runs (comma separated; default both)",
+    )
     p.add_argument("--env-root", type=Path, default=None, help="peer venvs (<work-dir>/envs)")
     p.add_argument("--quix-events", type=int, default=None, help="backlog events per Quix mode")
     p.add_argument(
@@ -2026,7 +2031,10 @@ def run(args: argparse.Namespace, log: Any) -> int:
                 ("mlserver", bench.run_mlserver, mlserver_driver),
                 ("quix", bench.run_quix, quix_driver),
             )
+            wanted = {name for name in args.peers.split(",") if name}
             for name, fn, driver in drivers:
+                if name not in wanted:
+                    continue
                 try:
                     with topics_visible_on_create(driver):
                         r["peers"][name] = fn(env_root)
