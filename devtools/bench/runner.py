@@ -106,7 +106,7 @@ def quix_mode_scorer(spec: str) -> tuple[str, str]:
 
 
 def quix_title(spec: str, entry: dict[str, Any]) -> str:
-    """A Quix mode's name with its scorer, for tables and plots."""
+    """A peer's mode (Quix or MLServer) with its scorer, for tables and plots."""
     mode, _ = quix_mode_scorer(spec)
     scorer = entry.get("scorer", "booster")
     return f"{mode} ({'lleaves' if scorer == 'lleaves' else 'Booster.predict'})"
@@ -119,6 +119,12 @@ TARGETS = (
     ("ratio_e2e_to_ceiling", ">=", 0.6, "e2e throughput >= 0.6 x scoring ceiling"),
     ("ratio_throughput_vs_mlserver", ">=", 10.0, "throughput >= 10 x MLServer"),
     ("ratio_throughput_vs_quix", ">=", 2.0, "throughput >= 2 x Quix"),
+    (
+        "ratio_throughput_vs_mlserver_same_scorer",
+        ">=",
+        2.0,
+        "throughput >= 2 x MLServer with the same compiled scorer",
+    ),
     (
         "ratio_throughput_vs_quix_same_scorer",
         ">=",
@@ -194,6 +200,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--env-root", type=Path, default=None, help="peer venvs (<work-dir>/envs)")
     p.add_argument("--quix-events", type=int, default=None, help="backlog events per Quix mode")
+    p.add_argument(
+        "--mlserver-modes",
+        default="plain,adaptive-batching,adaptive-batching:lleaves",
+        help="MODE[:SCORER],...: MLServer modes (plain, adaptive-batching), each served by its "
+        "LightGBM runtime or, with :lleaves, by a custom runtime with the compiled model",
+    )
     p.add_argument(
         "--quix-modes",
         default="per-message,batch-sink,batch-sink:lleaves",
@@ -851,10 +863,19 @@ class Bench:
         s = self.sizes
         work = self.work_dir / "peers"
         out: dict[str, Any] = {}
-        modes = {
+        batchings = {
             "plain": {"max_batch_size": 0, "max_batch_time_s": 0.0},
             "adaptive-batching": {"max_batch_size": 32, "max_batch_time_s": 0.005},
         }
+        modes: dict[str, dict[str, Any]] = {}
+        scorers: dict[str, str] = {}
+        for spec in [m for m in self.args.mlserver_modes.split(",") if m]:
+            base, scorer = quix_mode_scorer(spec)  # the same MODE[:SCORER] syntax
+            if base not in batchings:
+                raise BenchError(f"--mlserver-modes {spec!r}: plain or adaptive-batching")
+            compiled = self.compiled_object() if scorer == "lleaves" else None
+            modes[spec] = {**batchings[base], "compiled": compiled}
+            scorers[spec] = scorer
         start = s.mlserver_start_rate
         for mode, batching in modes.items():
             steps: list[dict[str, Any]] = []
@@ -894,7 +915,7 @@ class Bench:
                     break
                 best = steps[-1]
                 rate = round(rate * 1.5)
-            entry: dict[str, Any] = {"steps": steps}
+            entry: dict[str, Any] = {"scorer": scorers[mode], "steps": steps}
             if best is not None:
                 entry["max_sustained_per_s"] = best["throughput_per_s"]
                 entry["max_offered_kept_up_per_s"] = best["offered_per_s"]
@@ -919,6 +940,22 @@ class Bench:
             if best is not None and mode == "plain":
                 start = max(start, best["offered_per_s"])
         return out
+
+    def compiled_object(self) -> Path:
+        """The lleaves object of the served model for this host, as the worker loads it (from
+        the artifact's cache; compiled into it when missing).
+
+        Raises:
+            BenchError: lleaves cannot score the model here.
+        """
+        from worker.model.artifact import load_artifact
+        from worker.model.scoring import LleavesScorer, make_scorer
+
+        artifact = load_artifact(self.artifact_dir)
+        scorer = make_scorer(artifact.path, artifact.booster, backend="lleaves")
+        if not isinstance(scorer, LleavesScorer) or scorer.cache_file is None:
+            raise BenchError("lleaves cannot score the model here: no compiled object")
+        return scorer.cache_file
 
     def run_quix(self, env_root: Path) -> dict[str, Any]:
         from devtools.bench.peers.envs import ensure_env
@@ -1563,6 +1600,18 @@ def derive_figures(results: dict[str, Any]) -> dict[str, Any]:
         f["mlserver_best_p99_ms"] = p99
         if f.get("latency_p99_ms"):
             f["ratio_p99_vs_mlserver"] = round(f["latency_p99_ms"] / p99, 2)
+    same_mls = [
+        m
+        for m in mls.values()
+        if isinstance(m, dict) and m.get("scorer") == "lleaves" and m.get("max_sustained_per_s")
+    ]
+    if same_mls and results.get("throughput_1p", {}).get("scoring_backend") == ["lleaves"]:
+        best_same = max(m["max_sustained_per_s"] for m in same_mls)
+        f["mlserver_same_scorer_per_s"] = best_same
+        if f.get("throughput_1p_per_s"):
+            f["ratio_throughput_vs_mlserver_same_scorer"] = round(
+                f["throughput_1p_per_s"] / best_same, 2
+            )
     quix = peers.get("quix", {})
     same = [
         q
@@ -1756,7 +1805,10 @@ def format_report(results: dict[str, Any]) -> str:
             continue
         h = m.get("latency_at_half", {})
         add(
-            (f"MLServer {mode}: max sustained (sweep)", _fmt(m.get("max_sustained_per_s"), "req/s"))
+            (
+                f"MLServer {quix_title(mode, m)}: max sustained (sweep)",
+                _fmt(m.get("max_sustained_per_s"), "req/s"),
+            )
         )
         if h:
             add(
@@ -1783,6 +1835,11 @@ def format_report(results: dict[str, Any]) -> str:
     if "ratio_throughput_vs_mlserver" in f:
         add(("ours / MLServer (best), throughput", _fmt(f["ratio_throughput_vs_mlserver"], "x")))
         add(("ours / MLServer (best), p99 latency", _fmt(f.get("ratio_p99_vs_mlserver"), "x")))
+    if "ratio_throughput_vs_mlserver_same_scorer" in f:
+        add((
+            "ours / MLServer (same compiled scorer), throughput",
+            _fmt(f["ratio_throughput_vs_mlserver_same_scorer"], "x"),
+        ))  # fmt: skip
     if "ratio_throughput_vs_quix_same_scorer" in f:
         add((
             "ours / Quix (same compiled scorer), throughput",
@@ -1900,10 +1957,12 @@ PLOT_SCRIPT = textwrap.dedent(
                 lat.append((name, h.get("offered_per_s"), h, "C2"))
     for mode, m in peers.get("mlserver", {}).items():
         if isinstance(m, dict) and "steps" in m:
-            tp.append((f"MLServer {mode} (Booster.predict)", m.get("max_sustained_per_s"), "C3"))
+            name = "MLServer " + mode.partition(":")[0] + (
+                " (lleaves)" if m.get("scorer") == "lleaves" else " (Booster.predict)")
+            tp.append((name, m.get("max_sustained_per_s"), "C3"))
             if m.get("latency_at_half"):
                 h = m["latency_at_half"]
-                lat.append((f"MLServer {mode}", h.get("offered_per_s"), h, "C3"))
+                lat.append((name, h.get("offered_per_s"), h, "C3"))
     tp = [t for t in tp if t[1]]
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(20, 5.5))
     ys = range(len(tp))

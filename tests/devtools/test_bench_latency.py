@@ -214,9 +214,18 @@ def test_quix_modes_with_their_scorers_and_the_same_scorer_ratio():
     results = {
         "figures": {},
         "throughput_1p": {"throughput_per_s": 6000.0, "scoring_backend": ["lleaves"]},
-        "peers": {"quix": quix},
+        "peers": {
+            "quix": quix,
+            "mlserver": {
+                "plain": {"scorer": "booster", "max_sustained_per_s": 500.0},
+                "adaptive-batching:lleaves": {"scorer": "lleaves", "max_sustained_per_s": 1500.0},
+            },
+        },
     }
     f = runner.derive_figures(results)
+    assert f["mlserver_best_per_s"] == 500.0  # as configured by its docs: its LightGBM runtime
+    assert f["mlserver_same_scorer_per_s"] == 1500.0
+    assert f["ratio_throughput_vs_mlserver_same_scorer"] == 4.0
     assert f["quix_best_per_s"] == 2500.0
     assert f["quix_same_scorer_per_s"] == 2500.0
     assert f["ratio_throughput_vs_quix_same_scorer"] == pytest.approx(6000 / 2500, abs=0.01)
@@ -226,4 +235,6 @@ def test_quix_modes_with_their_scorers_and_the_same_scorer_ratio():
     assert runner.quix_title("per-message", quix["per-message"]) == "per-message (Booster.predict)"
     # a worker that served with LightGBM has no equal-scorer ratio against the compiled peer
     results["throughput_1p"]["scoring_backend"] = ["lightgbm"]
-    assert "ratio_throughput_vs_quix_same_scorer" not in runner.derive_figures(results)
+    lightgbm = runner.derive_figures(results)
+    assert "ratio_throughput_vs_quix_same_scorer" not in lightgbm
+    assert "ratio_throughput_vs_mlserver_same_scorer" not in lightgbm

@@ -83,6 +83,37 @@ def test_model_repository_layout(tmp_path: Path):
     assert (model_dir / "model.txt").read_text() == "tree\n"
 
 
+def test_the_lleaves_runtime_gets_its_module_the_object_and_the_compile_options(tmp_path: Path):
+    model_txt = tmp_path / "model.txt"
+    model_txt.write_text("tree\n")
+    compiled = tmp_path / "abc-123.o"
+    compiled.write_bytes(b"\x7fELF object")
+    options = {"raw_score": False, "fblocksize": 34}
+    model_settings = mlserver_kafka.render_model_settings(
+        max_batch_size=32, max_batch_time_s=0.005, compile_options=options
+    )
+    assert model_settings["implementation"] == "lleaves_runtime.LleavesModel"
+    assert model_settings["parameters"]["extra"] == {
+        "compiled": "model.o",
+        "compile_options": options,
+    }
+    assert model_settings["max_batch_size"] == 32
+    settings = mlserver_kafka.render_settings(
+        kafka_servers="b:9092", topic_input="i", topic_output="o", http_port=1, grpc_port=2
+    )
+    repo = mlserver_kafka.write_model_repository(
+        tmp_path / "repo", model_txt, settings, model_settings, compiled
+    )
+    model_dir = repo / "recommender"
+    assert (model_dir / "model.o").read_bytes() == b"\x7fELF object"
+    runtime = (model_dir / "lleaves_runtime.py").read_text()
+    assert "class LleavesModel(MLModel)" in runtime and "import worker" not in runtime
+    with pytest.raises(ValueError, match="compiled object"):
+        mlserver_kafka.write_model_repository(
+            tmp_path / "repo2", model_txt, settings, model_settings
+        )
+
+
 def test_v2_request_round_trips_float32_features_exactly():
     rng = np.random.default_rng(7)
     features = rng.normal(size=(50, N_FEATURES)).astype(np.float32)
@@ -135,7 +166,14 @@ def test_requirements_are_exact_pins(name: str):
     assert all(PIN.match(line) for line in lines), [x for x in lines if not PIN.match(x)]
     pinned = {line.split("==")[0].lower() for line in lines}
     wanted = {
-        "mlserver": {"mlserver", "mlserver-lightgbm", "aiokafka", "lightgbm"},
+        "mlserver": {
+            "mlserver",
+            "mlserver-lightgbm",
+            "aiokafka",
+            "lightgbm",
+            "lleaves",
+            "llvmlite",
+        },
         # lleaves and llvmlite: --scorer lleaves, the worker's compiled model
         "quix": {
             "quixstreams",
@@ -172,14 +210,16 @@ def test_throughput_and_latency_figures():
     assert latency_summary([]) == {"count": 0}
 
 
-def test_quix_scores_with_the_workers_lleaves_and_llvmlite():
-    """The Quix venv's lleaves and llvmlite are the project's pins, so the app loads the
-    artifact's compiled object (the cache is keyed by their versions) instead of compiling."""
-    quix = {
+@pytest.mark.parametrize("name", PEER_NAMES)
+def test_peers_score_with_the_workers_lleaves_and_llvmlite(name: str):
+    """The peer venvs' lleaves and llvmlite are the project's pins, so the Quix app and the
+    MLServer lleaves runtime load the artifact's compiled object (the cache is keyed by their
+    versions) instead of compiling."""
+    pins = {
         line.split("==")[0].lower(): line.split("==")[1]
-        for line in requirements_file("quix").read_text().splitlines()
+        for line in requirements_file(name).read_text().splitlines()
         if "==" in line and not line.startswith("#")
     }
     dev = (Path(__file__).resolve().parents[2] / "requirements" / "dev.txt").read_text()
-    for name in ("lleaves", "llvmlite", "lightgbm"):
-        assert f"{name}=={quix[name]} " in dev, name
+    for package in ("lleaves", "llvmlite", "lightgbm"):
+        assert f"{package}=={pins[package]} " in dev, package

@@ -55,8 +55,18 @@ from devtools.bench.peers.workload import (
     unique_name,
     wait_until,
 )
+from worker.model.scoring import COMPILE_OPTIONS
 
-PEER_PACKAGES = ("mlserver", "mlserver-lightgbm", "aiokafka", "lightgbm", "numpy", "pydantic")
+PEER_PACKAGES = (
+    "mlserver",
+    "mlserver-lightgbm",
+    "aiokafka",
+    "lightgbm",
+    "lleaves",
+    "llvmlite",
+    "numpy",
+    "pydantic",
+)
 CHECKED_RESPONSES = 20
 
 
@@ -113,6 +123,7 @@ def run_mlserver_peer(
     max_batch_time_s: float = 0.0,
     log_level: str = "WARNING",
     omp_threads: int | None = 1,
+    compiled: Path | None = None,
     ready_timeout_s: float = 120.0,
     stall_timeout_s: float = 60.0,
     keep_topics: bool = False,
@@ -137,6 +148,9 @@ def run_mlserver_peer(
             ``predict`` without ``num_threads``, so LightGBM uses every core through OpenMP;
             1 matches the worker and the Quix app (``num_threads=1``). ``None`` leaves it unset.
         stall_timeout_s: give up when no response arrives for this long.
+        compiled: the lleaves object of ``model_txt`` for this host (``worker.model.scoring``'s
+            cache): serve through the lleaves runtime
+            (:mod:`devtools.bench.peers.mlserver_kafka.lleaves_runtime`) instead of LightGBM's.
 
     Returns:
         ``{"peer", "figures": {...}, "config": {...}}``; figures hold throughput, latency (with
@@ -182,9 +196,10 @@ def run_mlserver_peer(
         version=model_version,
         max_batch_size=max_batch_size,
         max_batch_time_s=max_batch_time_s,
+        compile_options=None if compiled is None else COMPILE_OPTIONS,
     )
     repo = mlserver_kafka.write_model_repository(
-        work_dir / f"{run_id}-repo", model_txt, settings, model_settings
+        work_dir / f"{run_id}-repo", model_txt, settings, model_settings, compiled
     )
     log_path = work_dir / f"{run_id}.log"
     server_env = dict(os.environ)
@@ -373,10 +388,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel-workers", type=int, default=0)
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--omp-threads", type=int, default=1, help="0: leave OMP_NUM_THREADS unset")
+    parser.add_argument(
+        "--scorer",
+        choices=("booster", "lleaves"),
+        default="booster",
+        help="LightGBM's runtime, or the lleaves runtime with the worker's compiled model",
+    )
     args = parser.parse_args(argv)
-    from worker.model.artifact import resolve_artifact_dir
+    from worker.model.artifact import load_artifact, resolve_artifact_dir
+    from worker.model.scoring import LleavesScorer, make_scorer
 
-    model_txt = resolve_artifact_dir(args.models_dir) / "model.txt"
+    artifact_dir = resolve_artifact_dir(args.models_dir)
+    model_txt = artifact_dir / "model.txt"
+    compiled = None
+    if args.scorer == "lleaves":
+        artifact = load_artifact(artifact_dir)
+        scorer = make_scorer(artifact.path, artifact.booster, backend="lleaves")
+        if not isinstance(scorer, LleavesScorer) or scorer.cache_file is None:
+            raise SystemExit("--scorer lleaves: lleaves cannot score this model here")
+        compiled = scorer.cache_file
     result = run_mlserver_peer(
         args.bootstrap,
         model_txt,
@@ -390,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         parallel_workers=args.parallel_workers,
         log_level=args.log_level,
         omp_threads=args.omp_threads or None,
+        compiled=compiled,
     )
     print(json.dumps(result, indent=2))
     return 0

@@ -95,6 +95,13 @@ def render_settings(
     return settings
 
 
+#: The custom runtime that scores with the compiled model (``lleaves_runtime.py`` beside this
+#: file, copied into the model directory), and the object's name there.
+LLEAVES_IMPLEMENTATION = "lleaves_runtime.LleavesModel"
+LLEAVES_RUNTIME_FILE = TEMPLATE_DIR / "lleaves_runtime.py"
+COMPILED_NAME = "model.o"
+
+
 def render_model_settings(
     *,
     model_uri: str = "./model.txt",
@@ -102,8 +109,10 @@ def render_model_settings(
     version: str = "v1",
     max_batch_size: int = 0,
     max_batch_time_s: float = 0.0,
+    compile_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``model-settings.json`` for the LightGBM runtime.
+    """``model-settings.json`` for the LightGBM runtime, or with ``compile_options`` (lleaves'
+    options of the compiled object) for the lleaves runtime (:data:`LLEAVES_IMPLEMENTATION`).
 
     ``max_batch_size`` > 1 turns on MLServer's adaptive batching: requests arriving within
     ``max_batch_time_s`` are concatenated along the first axis into one ``predict`` call.
@@ -111,6 +120,12 @@ def render_model_settings(
     model = _template("model-settings.json")
     model["name"] = name
     model["parameters"] = {**model.get("parameters", {}), "uri": model_uri, "version": version}
+    if compile_options is not None:
+        model["implementation"] = LLEAVES_IMPLEMENTATION
+        model["parameters"]["extra"] = {
+            "compiled": COMPILED_NAME,
+            "compile_options": dict(compile_options),
+        }
     if max_batch_size > 1:
         model["max_batch_size"] = max_batch_size
         model["max_batch_time"] = max_batch_time_s
@@ -118,17 +133,30 @@ def render_model_settings(
 
 
 def write_model_repository(
-    repo_dir: Path, model_txt: Path, settings: Mapping[str, Any], model_settings: Mapping[str, Any]
+    repo_dir: Path,
+    model_txt: Path,
+    settings: Mapping[str, Any],
+    model_settings: Mapping[str, Any],
+    compiled: Path | None = None,
 ) -> Path:
     """Lay out ``repo_dir/settings.json`` and ``repo_dir/<name>/{model-settings.json,model.txt}``
-    (the model file is copied, so the run does not depend on the artifact dir staying put).
+    (the model file is copied, so the run does not depend on the artifact dir staying put); for
+    the lleaves runtime also its module and the ``compiled`` object.
 
     Returns the directory to pass to ``mlserver start``.
+
+    Raises:
+        ValueError: the lleaves runtime without a compiled object.
     """
     model_dir = repo_dir / str(model_settings["name"])
     model_dir.mkdir(parents=True, exist_ok=True)
     target = model_dir / Path(str(model_settings["parameters"]["uri"])).name
     target.write_bytes(model_txt.read_bytes())
+    if model_settings.get("implementation") == LLEAVES_IMPLEMENTATION:
+        if compiled is None:
+            raise ValueError("the lleaves runtime needs the compiled object")
+        (model_dir / COMPILED_NAME).write_bytes(compiled.read_bytes())
+        (model_dir / LLEAVES_RUNTIME_FILE.name).write_bytes(LLEAVES_RUNTIME_FILE.read_bytes())
     (repo_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     (model_dir / "model-settings.json").write_text(json.dumps(model_settings, indent=2) + "\n")
     return repo_dir
