@@ -120,12 +120,6 @@ TARGETS = (
     ("ratio_throughput_vs_mlserver", ">=", 10.0, "throughput >= 10 x MLServer"),
     ("ratio_throughput_vs_quix", ">=", 2.0, "throughput >= 2 x Quix"),
     (
-        "ratio_throughput_vs_mlserver_backlog",
-        ">=",
-        20.0,
-        "backlog throughput >= 20 x MLServer as its docs configure it",
-    ),
-    (
         "ratio_throughput_vs_mlserver_same_scorer",
         ">=",
         2.0,
@@ -231,13 +225,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlserver-start-rate", type=float, default=None)
     p.add_argument("--mlserver-max-steps", type=int, default=None)
     p.add_argument(
-        "--mlserver-backlog",
-        type=int,
-        default=None,
-        help="requests of each MLServer mode's backlog run, the rule every system's maximum is "
-        "compared by (20,000; --small 300)",
-    )
-    p.add_argument(
         "--phases",
         default="throughput,ceiling,latency,state,peers",
         help="comma-separated subset to run (a partial run; the reference run runs all)",
@@ -299,15 +286,14 @@ class Sizes:
     mlserver_step_s: float
     mlserver_start_rate: float
     mlserver_max_steps: int
-    mlserver_backlog: int
 
 
 def sizes_of(args: argparse.Namespace) -> Sizes:
     small = bool(args.small)
     base = (
-        Sizes(20_000, 50_000, 5.0, 2.0, 5_000, 600, 4.0, 2.0, 100.0, 1, 300)
+        Sizes(20_000, 50_000, 5.0, 2.0, 5_000, 600, 4.0, 2.0, 100.0, 1)
         if small
-        else Sizes(1_000_000, 1_000_000, 30.0, 5.0, 20_000, 60_000, 20.0, 8.0, 150.0, 8, 20_000)
+        else Sizes(1_000_000, 1_000_000, 30.0, 5.0, 20_000, 60_000, 20.0, 8.0, 150.0, 8)
     )
 
     def pick(name: str, default: Any) -> Any:
@@ -325,7 +311,6 @@ def sizes_of(args: argparse.Namespace) -> Sizes:
         mlserver_step_s=pick("mlserver_step_s", base.mlserver_step_s),
         mlserver_start_rate=pick("mlserver_start_rate", base.mlserver_start_rate),
         mlserver_max_steps=pick("mlserver_max_steps", base.mlserver_max_steps),
-        mlserver_backlog=pick("mlserver_backlog", base.mlserver_backlog),
     )
 
 
@@ -951,24 +936,6 @@ class Bench:
             else:
                 entry["max_sustained_per_s"] = steps[0]["throughput_per_s"] if steps else None
                 entry["note"] = "did not keep up at the first rate of the sweep"
-            # The rule every system's maximum is compared by: a backlog drained as fast as the
-            # system goes (requests produced at once, after a probe is answered), no latency
-            # bound, as the worker's and Quix's throughput are measured.
-            count = s.mlserver_backlog
-            self.say(f"MLServer {mode}: backlog of {count:,} requests")
-            res = run_mlserver_peer(
-                self.bootstrap, model_txt, count, self.args.candidates, work,
-                rate=None, features=self.peer_features(count), python=python,
-                stall_timeout_s=20.0, **batching,
-            )  # fmt: skip
-            fig = res["figures"]
-            entry["backlog"] = {
-                "requests": count,
-                "answered": fig["answered"],
-                "throughput_per_s": fig["throughput"].get("per_s"),
-                "cpu_ms_per_event": fig["cpu_ms_per_event"],
-                "peak_rss_mib": fig["peak_hwm_mb"],
-            }
             out[mode] = entry
             if best is not None and mode == "plain":
                 start = max(start, best["offered_per_s"])
@@ -1633,23 +1600,13 @@ def derive_figures(results: dict[str, Any]) -> dict[str, Any]:
         f["mlserver_best_p99_ms"] = p99
         if f.get("latency_p99_ms"):
             f["ratio_p99_vs_mlserver"] = round(f["latency_p99_ms"] / p99, 2)
-    # One rule for every system's maximum: the backlog drain rate (MLServer's sweep, which
-    # stops at the first rate answered with p99 > 1 s, stays reported beside it).
-    backlog = {
-        mode: m["backlog"]["throughput_per_s"]
-        for mode, m in mls.items()
-        if isinstance(m, dict) and (m.get("backlog") or {}).get("throughput_per_s")
-    }
-    as_documented = [v for mode, v in backlog.items() if mls[mode].get("scorer") != "lleaves"]
-    if as_documented:
-        f["mlserver_backlog_best_per_s"] = max(as_documented)
-        if f.get("throughput_1p_per_s"):
-            f["ratio_throughput_vs_mlserver_backlog"] = round(
-                f["throughput_1p_per_s"] / max(as_documented), 2
-            )
-    same_mls = [v for mode, v in backlog.items() if mls[mode].get("scorer") == "lleaves"]
+    same_mls = [
+        m
+        for m in mls.values()
+        if isinstance(m, dict) and m.get("scorer") == "lleaves" and m.get("max_sustained_per_s")
+    ]
     if same_mls and results.get("throughput_1p", {}).get("scoring_backend") == ["lleaves"]:
-        best_same = max(same_mls)
+        best_same = max(m["max_sustained_per_s"] for m in same_mls)
         f["mlserver_same_scorer_per_s"] = best_same
         if f.get("throughput_1p_per_s"):
             f["ratio_throughput_vs_mlserver_same_scorer"] = round(
@@ -1853,13 +1810,6 @@ def format_report(results: dict[str, Any]) -> str:
                 _fmt(m.get("max_sustained_per_s"), "req/s"),
             )
         )
-        if m.get("backlog"):
-            add(
-                (
-                    f"MLServer {quix_title(mode, m)}: backlog throughput",
-                    _fmt(m["backlog"].get("throughput_per_s"), "req/s"),
-                )
-            )
         if h:
             add(
                 (
@@ -1885,11 +1835,6 @@ def format_report(results: dict[str, Any]) -> str:
     if "ratio_throughput_vs_mlserver" in f:
         add(("ours / MLServer (best), throughput", _fmt(f["ratio_throughput_vs_mlserver"], "x")))
         add(("ours / MLServer (best), p99 latency", _fmt(f.get("ratio_p99_vs_mlserver"), "x")))
-    if "ratio_throughput_vs_mlserver_backlog" in f:
-        add((
-            "ours / MLServer (best as documented), both backlogs",
-            _fmt(f["ratio_throughput_vs_mlserver_backlog"], "x"),
-        ))  # fmt: skip
     if "ratio_throughput_vs_mlserver_same_scorer" in f:
         add((
             "ours / MLServer (same compiled scorer), throughput",
@@ -2014,9 +1959,7 @@ PLOT_SCRIPT = textwrap.dedent(
         if isinstance(m, dict) and "steps" in m:
             name = "MLServer " + mode.partition(":")[0] + (
                 " (lleaves)" if m.get("scorer") == "lleaves" else " (Booster.predict)")
-            # the backlog drain rate: the rule every bar follows
-            tp.append((name, (m.get("backlog") or {}).get("throughput_per_s")
-                       or m.get("max_sustained_per_s"), "C3"))
+            tp.append((name, m.get("max_sustained_per_s"), "C3"))
             if m.get("latency_at_half"):
                 h = m["latency_at_half"]
                 lat.append((name, h.get("offered_per_s"), h, "C3"))
@@ -2026,8 +1969,10 @@ PLOT_SCRIPT = textwrap.dedent(
     a.barh(list(ys), [t[1] for t in tp], color=[t[2] for t in tp])
     a.set_yticks(list(ys), [t[0] for t in tp])
     a.invert_yaxis()
-    a.set_xlabel("events/s (linear: bar lengths are the ratios)")
-    a.set_title("Throughput, each draining a backlog (scorer in brackets)")
+    if tp:  # a partial run (--phases) may have none
+        a.set_xscale("log")
+    a.set_xlabel("events/s (log scale)")
+    a.set_title("Sustained throughput")
     for y, t in zip(ys, tp):
         a.text(t[1], y, f" {t[1]:,.0f}", va="center")
     labels = [f"{n}\\n@ {rate:,.0f}/s" for n, rate, _, _ in lat]

@@ -217,24 +217,13 @@ def test_quix_modes_with_their_scorers_and_the_same_scorer_ratio():
         "peers": {
             "quix": quix,
             "mlserver": {
-                "plain": {
-                    "scorer": "booster",
-                    "max_sustained_per_s": 500.0,
-                    "backlog": {"throughput_per_s": 300.0},
-                },
-                "adaptive-batching:lleaves": {
-                    "scorer": "lleaves",
-                    "max_sustained_per_s": 900.0,
-                    "backlog": {"throughput_per_s": 1500.0},
-                },
+                "plain": {"scorer": "booster", "max_sustained_per_s": 500.0},
+                "adaptive-batching:lleaves": {"scorer": "lleaves", "max_sustained_per_s": 1500.0},
             },
         },
     }
     f = runner.derive_figures(results)
     assert f["mlserver_best_per_s"] == 500.0  # as configured by its docs: its LightGBM runtime
-    # one rule for every system: the backlog drain rate
-    assert f["mlserver_backlog_best_per_s"] == 300.0
-    assert f["ratio_throughput_vs_mlserver_backlog"] == 20.0
     assert f["mlserver_same_scorer_per_s"] == 1500.0
     assert f["ratio_throughput_vs_mlserver_same_scorer"] == 4.0
     assert f["quix_best_per_s"] == 2500.0
