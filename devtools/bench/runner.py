@@ -1969,10 +1969,8 @@ PLOT_SCRIPT = textwrap.dedent(
     a.barh(list(ys), [t[1] for t in tp], color=[t[2] for t in tp])
     a.set_yticks(list(ys), [t[0] for t in tp])
     a.invert_yaxis()
-    if tp:  # a partial run (--phases) may have none
-        a.set_xscale("log")
-    a.set_xlabel("events/s (log scale)")
-    a.set_title("Sustained throughput")
+    a.set_xlabel("events/s (linear: bar lengths are the ratios)")
+    a.set_title("Sustained throughput (scorer in brackets)")
     for y, t in zip(ys, tp):
         a.text(t[1], y, f" {t[1]:,.0f}", va="center")
     labels = [f"{n}\\n@ {rate:,.0f}/s" for n, rate, _, _ in lat]

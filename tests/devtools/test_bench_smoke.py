@@ -62,6 +62,12 @@ def test_bench_small_variant(kafka_bootstrap, tmp_path, simulator_settings, trai
         "0",  # the session's broker has served every earlier test
         "--env-root",
         str(env_root),
+        # Each peer once with its own scorer and once with the worker's compiled model, as many
+        # peer runs as before the lleaves modes (the smoke test's time).
+        "--mlserver-modes",
+        "plain,adaptive-batching:lleaves",
+        "--quix-modes",
+        "per-message,batch-sink:lleaves",
         "--json-out",
         str(json_out),
     ]
@@ -152,7 +158,16 @@ def test_bench_small_variant(kafka_bootstrap, tmp_path, simulator_settings, trai
             "quix_best_per_s",
             "ratio_throughput_vs_quix",
             "ratio_p99_vs_quix",
+            "mlserver_same_scorer_per_s",
+            "ratio_throughput_vs_mlserver_same_scorer",
+            "quix_same_scorer_per_s",
+            "ratio_throughput_vs_quix_same_scorer",
         ):
             assert _positive(f.get(key)), (key, f.get(key))
         assert all(s != "not measured" for s in statuses.values())
         assert results["peers"]["mlserver"]["plain"]["steps"][0]["answered"] > 0
+        compiled = results["peers"]["mlserver"]["adaptive-batching:lleaves"]
+        assert compiled["scorer"] == "lleaves" and compiled["steps"][0]["answered"] > 0
+        config = results["peers"]["mlserver"]["config"]["adaptive-batching:lleaves"]
+        assert config["model_settings"]["implementation"] == "lleaves_runtime.LleavesModel"
+        assert results["peers"]["quix"]["batch-sink:lleaves"]["config"]["scorer"] == "lleaves"
