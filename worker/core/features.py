@@ -97,7 +97,11 @@ def build_features(
     out[..., 3] = cand_price
     out[..., 4] = tables.cart_rate[candidates]
     cur_price = tables.log_price[cur][:, None]
-    out[..., 5] = np.expm1(cand_price) / np.maximum(np.expm1(cur_price), 1e-3)
+    # In float64: numpy's float32 expm1 has AVX-512 kernels whose last bit differs from the
+    # other CPUs' (the float64 one has none), and a feature must not depend on the CPU.
+    cand_amount = np.expm1(cand_price.astype(np.float64))
+    cur_amount = np.expm1(cur_price.astype(np.float64))
+    out[..., 5] = cand_amount / np.maximum(cur_amount, 1e-3)
     cand_cat = tables.category[candidates]
     out[..., 6] = cand_cat == tables.category[cur][:, None]
     out[..., 7] = candidates == cur[:, None]
