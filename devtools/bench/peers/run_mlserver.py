@@ -128,13 +128,13 @@ def run_mlserver_peer(
     stall_timeout_s: float = 60.0,
     keep_topics: bool = False,
 ) -> dict[str, Any]:
-    """Measure MLServer's Kafka mode on ``n_events`` requests of ``candidates`` x 20 features.
+    """Measure MLServer's Kafka mode on ``n_events`` requests of ``candidates`` x 25 features.
 
     Args:
         bootstrap: the broker (the same one the worker is measured on).
         model_txt: the LightGBM model file (``models/<version>/model.txt``); the artifact dir
             next to it provides the catalogue tables when ``features`` is not given.
-        features: pre-built float32 ``(n_events, candidates, 20)``; default: built from the
+        features: pre-built float32 ``(n_events, candidates, 25)``; default: built from the
             simulator's live stream with the worker's code.
         rate: produce at this many requests per second and report latency; ``None``: produce
             as fast as possible and report the sustained throughput of the backlog.
