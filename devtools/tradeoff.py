@@ -15,7 +15,9 @@ window_examples`) and the same evaluation (:func:`worker.apps.train.evaluate_sco
 * ``blend l``: per event, the two boosters' scores standardised over its candidates and added,
   the purchase-only one weighted by ``l``: what serving both boosters would buy on the way;
 * every heuristic of the evaluation, and per column the bar of the issue's target (10 % above the
-  strongest heuristic's HR@K), each figure marked where it clears it.
+  strongest heuristic's HR@K), each figure marked where it clears it;
+* with ``--sweep``, single boosters fit other ways (:data:`SWEEP`: settings, query counts,
+  purchase query weights, sampling, labels) on every training query ``worker train`` samples from.
 
 A model change that claims to lift the purchase target without costing the next product can be
 checked against this frontier. Minutes on the default simulated history (the heuristics'
