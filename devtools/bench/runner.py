@@ -91,9 +91,9 @@ STAGES = (
 PLOT_REQUIREMENTS = ("matplotlib==3.10.7",)
 
 
-def quix_mode_scorer(spec: str) -> tuple[str, str]:
-    """``MODE[:SCORER]`` of ``--quix-modes`` as (mode, scorer); the scorer defaults to
-    ``booster`` (``Booster.predict``).
+def mode_scorer(spec: str) -> tuple[str, str]:
+    """A peer mode ``MODE[:SCORER]`` of ``--quix-modes`` or ``--mlserver-modes`` as (mode,
+    scorer); the scorer defaults to ``booster`` (``Booster.predict``).
 
     Raises:
         ValueError: an unknown scorer.
@@ -101,13 +101,13 @@ def quix_mode_scorer(spec: str) -> tuple[str, str]:
     mode, _, scorer = spec.partition(":")
     scorer = scorer or "booster"
     if scorer not in ("booster", "lleaves"):
-        raise ValueError(f"--quix-modes {spec!r}: the scorer is booster or lleaves")
+        raise ValueError(f"peer mode {spec!r}: the scorer is booster or lleaves")
     return mode, scorer
 
 
-def quix_title(spec: str, entry: dict[str, Any]) -> str:
+def peer_title(spec: str, entry: dict[str, Any]) -> str:
     """A peer's mode (Quix or MLServer) with its scorer, for tables and plots."""
-    mode, _ = quix_mode_scorer(spec)
+    mode, _ = mode_scorer(spec)
     scorer = entry.get("scorer", "booster")
     return f"{mode} ({'lleaves' if scorer == 'lleaves' else 'Booster.predict'})"
 
@@ -870,7 +870,7 @@ class Bench:
         modes: dict[str, dict[str, Any]] = {}
         scorers: dict[str, str] = {}
         for spec in [m for m in self.args.mlserver_modes.split(",") if m]:
-            base, scorer = quix_mode_scorer(spec)  # the same MODE[:SCORER] syntax
+            base, scorer = mode_scorer(spec)
             if base not in batchings:
                 raise BenchError(f"--mlserver-modes {spec!r}: plain or adaptive-batching")
             compiled = self.compiled_object() if scorer == "lleaves" else None
@@ -948,14 +948,12 @@ class Bench:
         Raises:
             BenchError: lleaves cannot score the model here.
         """
-        from worker.model.artifact import load_artifact
-        from worker.model.scoring import LleavesScorer, make_scorer
+        from devtools.bench.peers.run_mlserver import compiled_object
 
-        artifact = load_artifact(self.artifact_dir)
-        scorer = make_scorer(artifact.path, artifact.booster, backend="lleaves")
-        if not isinstance(scorer, LleavesScorer) or scorer.cache_file is None:
+        compiled = compiled_object(self.artifact_dir)
+        if compiled is None:
             raise BenchError("lleaves cannot score the model here: no compiled object")
-        return scorer.cache_file
+        return compiled
 
     def run_quix(self, env_root: Path) -> dict[str, Any]:
         from devtools.bench.peers.envs import ensure_env
@@ -982,7 +980,7 @@ class Bench:
         from devtools.bench.peers.run_quix import run_quix_peer
 
         s = self.sizes
-        mode, scorer = quix_mode_scorer(spec)
+        mode, scorer = mode_scorer(spec)
         res = run_quix_peer(
             self.bootstrap, self.models_dir, self.events_topic, n, work,
             mode=mode, scorer=scorer, candidates=self.args.candidates, top_k=self.args.top_k,
@@ -1521,6 +1519,29 @@ STATE_PROBE = textwrap.dedent(
 # -- report -----------------------------------------------------------------------------------
 
 
+def _same_scorer_figures(
+    f: dict[str, Any],
+    results: dict[str, Any],
+    peer: str,
+    modes: dict[str, Any],
+    rate_key: str,
+) -> None:
+    """``<peer>_same_scorer_per_s`` (the best ``rate_key`` of the peer's lleaves modes) and the
+    worker's ratio to it, into ``f``; only when the worker served the compiled model too."""
+    rates = [
+        m[rate_key]
+        for m in modes.values()
+        if isinstance(m, dict) and m.get("scorer") == "lleaves" and m.get(rate_key)
+    ]
+    if not rates or results.get("throughput_1p", {}).get("scoring_backend") != ["lleaves"]:
+        return
+    f[f"{peer}_same_scorer_per_s"] = max(rates)
+    if f.get("throughput_1p_per_s"):
+        f[f"ratio_throughput_vs_{peer}_same_scorer"] = round(
+            f["throughput_1p_per_s"] / max(rates), 2
+        )
+
+
 def derive_figures(results: dict[str, Any]) -> dict[str, Any]:
     """The headline figures and ratios from the raw results."""
     f: dict[str, Any] = {}
@@ -1600,32 +1621,9 @@ def derive_figures(results: dict[str, Any]) -> dict[str, Any]:
         f["mlserver_best_p99_ms"] = p99
         if f.get("latency_p99_ms"):
             f["ratio_p99_vs_mlserver"] = round(f["latency_p99_ms"] / p99, 2)
-    same_mls = [
-        m
-        for m in mls.values()
-        if isinstance(m, dict) and m.get("scorer") == "lleaves" and m.get("max_sustained_per_s")
-    ]
-    if same_mls and results.get("throughput_1p", {}).get("scoring_backend") == ["lleaves"]:
-        best_same = max(m["max_sustained_per_s"] for m in same_mls)
-        f["mlserver_same_scorer_per_s"] = best_same
-        if f.get("throughput_1p_per_s"):
-            f["ratio_throughput_vs_mlserver_same_scorer"] = round(
-                f["throughput_1p_per_s"] / best_same, 2
-            )
+    _same_scorer_figures(f, results, "mlserver", mls, "max_sustained_per_s")
     quix = peers.get("quix", {})
-    same = [
-        q
-        for q in quix.values()
-        if isinstance(q, dict) and q.get("scorer") == "lleaves" and q.get("throughput_per_s")
-    ]
-    # Equal scorers only when the worker served the compiled model too.
-    if same and results.get("throughput_1p", {}).get("scoring_backend") == ["lleaves"]:
-        best_same = max(q["throughput_per_s"] for q in same)
-        f["quix_same_scorer_per_s"] = best_same
-        if f.get("throughput_1p_per_s"):
-            f["ratio_throughput_vs_quix_same_scorer"] = round(
-                f["throughput_1p_per_s"] / best_same, 2
-            )
+    _same_scorer_figures(f, results, "quix", quix, "throughput_per_s")
     q_best = max(
         (q for q in quix.values() if isinstance(q, dict) and q.get("throughput_per_s")),
         key=lambda q: q["throughput_per_s"],
@@ -1806,7 +1804,7 @@ def format_report(results: dict[str, Any]) -> str:
         h = m.get("latency_at_half", {})
         add(
             (
-                f"MLServer {quix_title(mode, m)}: max sustained (sweep)",
+                f"MLServer {peer_title(mode, m)}: max sustained (sweep)",
                 _fmt(m.get("max_sustained_per_s"), "req/s"),
             )
         )
@@ -1822,7 +1820,7 @@ def format_report(results: dict[str, Any]) -> str:
             continue
         h = q.get("latency_at_half", {})
         add((
-            f"Quix {quix_title(mode, q)}: backlog throughput",
+            f"Quix {peer_title(mode, q)}: backlog throughput",
             _fmt(q.get("throughput_per_s"), "events/s"),
         ))  # fmt: skip
         if h:

@@ -202,10 +202,10 @@ def test_figures_targets_and_table_of_the_latency_points():
 
 
 def test_quix_modes_with_their_scorers_and_the_same_scorer_ratio():
-    assert runner.quix_mode_scorer("batch-sink") == ("batch-sink", "booster")
-    assert runner.quix_mode_scorer("batch-sink:lleaves") == ("batch-sink", "lleaves")
+    assert runner.mode_scorer("batch-sink") == ("batch-sink", "booster")
+    assert runner.mode_scorer("batch-sink:lleaves") == ("batch-sink", "lleaves")
     with pytest.raises(ValueError, match="booster or lleaves"):
-        runner.quix_mode_scorer("batch-sink:onnx")
+        runner.mode_scorer("batch-sink:onnx")
     quix = {
         "per-message": {"scorer": "booster", "throughput_per_s": 300.0},
         "batch-sink": {"scorer": "booster", "throughput_per_s": 1000.0},
@@ -229,10 +229,10 @@ def test_quix_modes_with_their_scorers_and_the_same_scorer_ratio():
     assert f["quix_best_per_s"] == 2500.0
     assert f["quix_same_scorer_per_s"] == 2500.0
     assert f["ratio_throughput_vs_quix_same_scorer"] == pytest.approx(6000 / 2500, abs=0.01)
-    assert runner.quix_title("batch-sink:lleaves", quix["batch-sink:lleaves"]) == (
+    assert runner.peer_title("batch-sink:lleaves", quix["batch-sink:lleaves"]) == (
         "batch-sink (lleaves)"
     )
-    assert runner.quix_title("per-message", quix["per-message"]) == "per-message (Booster.predict)"
+    assert runner.peer_title("per-message", quix["per-message"]) == "per-message (Booster.predict)"
     # a worker that served with LightGBM has no equal-scorer ratio against the compiled peer
     results["throughput_1p"]["scoring_backend"] = ["lightgbm"]
     lightgbm = runner.derive_figures(results)

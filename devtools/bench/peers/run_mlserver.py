@@ -106,6 +106,19 @@ def stop_process_group(proc: subprocess.Popen, timeout_s: float = 20.0) -> int |
     return proc.returncode
 
 
+def compiled_object(artifact_dir: Path) -> Path | None:
+    """The lleaves object of an artifact's model for this host, as the worker loads it (from the
+    artifact's cache; compiled into it when missing); None when lleaves cannot score it here."""
+    from worker.model.artifact import load_artifact
+    from worker.model.scoring import LleavesScorer, make_scorer
+
+    artifact = load_artifact(artifact_dir)
+    scorer = make_scorer(artifact.path, artifact.booster, backend="lleaves")
+    if not isinstance(scorer, LleavesScorer):
+        return None
+    return scorer.cache_file
+
+
 def run_mlserver_peer(
     bootstrap: str,
     model_txt: Path,
@@ -395,18 +408,15 @@ def main(argv: list[str] | None = None) -> int:
         help="LightGBM's runtime, or the lleaves runtime with the worker's compiled model",
     )
     args = parser.parse_args(argv)
-    from worker.model.artifact import load_artifact, resolve_artifact_dir
-    from worker.model.scoring import LleavesScorer, make_scorer
+    from worker.model.artifact import resolve_artifact_dir
 
     artifact_dir = resolve_artifact_dir(args.models_dir)
     model_txt = artifact_dir / "model.txt"
     compiled = None
     if args.scorer == "lleaves":
-        artifact = load_artifact(artifact_dir)
-        scorer = make_scorer(artifact.path, artifact.booster, backend="lleaves")
-        if not isinstance(scorer, LleavesScorer) or scorer.cache_file is None:
+        compiled = compiled_object(artifact_dir)
+        if compiled is None:
             raise SystemExit("--scorer lleaves: lleaves cannot score this model here")
-        compiled = scorer.cache_file
     result = run_mlserver_peer(
         args.bootstrap,
         model_txt,
