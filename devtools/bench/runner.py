@@ -1280,7 +1280,8 @@ class Bench:
                     except BufferError:
                         producer.poll(0.01)
 
-            sent_ns = L.send_scheduled(produce, lambda: producer.poll(0), messages, schedule)
+            with L.frozen_heap():  # no full collection walks the pre-encoded load meanwhile
+                sent_ns = L.send_scheduled(produce, lambda: producer.poll(0), messages, schedule)
             del messages
             remaining = producer.flush(60)
             if remaining:

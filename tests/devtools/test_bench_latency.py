@@ -238,3 +238,14 @@ def test_quix_modes_with_their_scorers_and_the_same_scorer_ratio():
     lightgbm = runner.derive_figures(results)
     assert "ratio_throughput_vs_quix_same_scorer" not in lightgbm
     assert "ratio_throughput_vs_mlserver_same_scorer" not in lightgbm
+
+
+def test_the_generators_heap_is_frozen_only_while_it_sends():
+    import gc
+
+    load = [{"i": i} for i in range(5000)]
+    with L.frozen_heap():
+        assert gc.get_freeze_count() >= len(load)
+        walked = {id(o) for o in gc.get_objects()}
+        assert id(load[0]) not in walked
+    assert gc.get_freeze_count() == 0

@@ -65,6 +65,7 @@ from worker.model.artifact import LATEST_FILE, ModelArtifact, load_artifact
 from worker.model.registry import ServingState
 from worker.model.scoring import make_scorer
 from worker.ops.health import Health, rss_mib, serve_http
+from worker.ops.heap import Heap
 from worker.ops.metrics import WorkerMetrics
 from worker.wire.codec import codec_for
 from worker.wire.suggestion_writer import SuggestionWriter
@@ -194,6 +195,8 @@ class Worker:
         self._new_products_counted: dict[int, int] = {}  # by id() of a lane's catalogue
         self._migrated_counted = 0
         self.metrics = WorkerMetrics()
+        pauses = [self.metrics.gc_pause.labels(generation=str(g)) for g in range(3)]
+        self.heap = Heap(lambda generation, seconds: pauses[generation].observe(seconds))
         self._model_info: set[tuple[str, str]] = set()
         self._show_models()
         self._clock = clock
@@ -386,6 +389,7 @@ class Worker:
                 self.watcher.retry()
             return
         after = self.models.state
+        self.heap.freeze()  # the new version's objects: out of the full collections' walk
         champion = self.models.champion
         if champion.drift is not self.drift:
             for item in self.models.loaded.values():
@@ -478,6 +482,7 @@ class Worker:
         server = serve_http(self.settings.metrics_port, self.metrics.registry, self.health)
         topics = self.settings.topics
         self._subscribe()
+        self.heap.start()
         self.log.info(
             "worker_started",
             topic=topics.events,
@@ -492,6 +497,7 @@ class Worker:
             serving=self.models.state.as_dict(),
             model_pinned=self.settings.model_version,
             model_poll_s=self.settings.model_poll_s if self.watcher is not None else 0,
+            gc_frozen_objects=self.heap.frozen(),
         )
         if self.settings.model_version is not None:
             self.log.info(
@@ -570,6 +576,7 @@ class Worker:
         self._close_consumer_within(self._close_budget_s())
         if self.restorer is not None:
             self.restorer.close()
+        self.heap.stop()
         self.log.info(
             "worker_stopped",
             consumed=self._consumed,
@@ -681,11 +688,20 @@ class Worker:
             )
         self._drift_psi = current
 
-    def _housekeeping(self) -> None:
-        expired = self.models.expire_idle()
+    def _drop_drained(self) -> None:
+        """Drop the versions no routing names and no session holds any more."""
         dropped = self.models.prune()
         if dropped:
-            self.log.info("model_drained", versions=dropped)
+            # A retired version's reference cycles sit in the frozen generation: one full
+            # collection returns them (a pause of tens of ms, once per retired version).
+            reclaim_s = self.heap.reclaim()
+            self.log.info(
+                "model_drained", versions=dropped, gc_reclaim_ms=round(reclaim_s * 1e3, 1)
+            )
+
+    def _housekeeping(self) -> None:
+        expired = self.models.expire_idle()
+        self._drop_drained()
         self.metrics.sessions.set(len(self.models))
         self.metrics.trending_products.set(self.live.trending.active_products())
         self.log.info(
@@ -932,9 +948,7 @@ class Worker:
         m.sessions_migrated.inc(migrated - self._migrated_counted)
         self._migrated_counted = migrated
         if len(self.models.lanes()) > len(self.models.routing.versions):
-            dropped = self.models.prune()  # a drained version is dropped once its last user left
-            if dropped:
-                self.log.info("model_drained", versions=dropped)
+            self._drop_drained()  # a drained version is dropped once its last user left
         m.cold_start_events.inc(batch.cold_start_events)
         # New products per lane's serving catalogue, each counted from its own total: a swap
         # changes which catalogue is the champion's, and a new lane starts from zero.

@@ -51,6 +51,14 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "worker_gc_pause_seconds",
+            "Seconds per run of Python's cyclic garbage collector, by generation (2: a full "
+            "collection; see worker.ops.heap)",
+            ["generation"],
+            buckets=STAGE_BUCKETS_S,
+            registry=r,
+        )
         self.sessions = Gauge("worker_active_sessions", "Users held in session state", registry=r)
         self.lag = Gauge(
             "worker_consumer_lag_messages",
