@@ -240,6 +240,52 @@ def test_quix_modes_with_their_scorers_and_the_same_scorer_ratio():
     assert "ratio_throughput_vs_mlserver_same_scorer" not in lightgbm
 
 
+def test_every_maximum_by_the_one_rule_and_the_ratios_with_equal_scorers():
+    def swept(scorer, rate):
+        return {"scorer": scorer, "max_offered_per_s": rate, "throughput_per_s": 10 * rate}
+
+    results = {
+        "throughput_1p": {"throughput_per_s": 99999.0, "scoring_backend": ["lleaves"]},
+        "sweep": {
+            "unpinned": {
+                "max_offered_per_s": 6000.0,
+                "steps": [{"scoring_backend": "lleaves", "kept_up": True}],
+            },
+            "pinned": {"max_offered_per_s": 4000.0, "steps": []},
+        },
+        "peers": {
+            "quix": {
+                "per-message": swept("booster", 1000.0),
+                "batch-sink:lleaves": swept("lleaves", 2400.0),
+                "batch-sink": {"scorer": "booster", "throughput_per_s": 90000.0},  # not swept
+            },
+            "mlserver": {
+                "plain": swept("booster", 200.0),
+                "adaptive-batching": swept("booster", 300.0),
+                "adaptive-batching:lleaves": swept("lleaves", 1200.0),
+                "config": {},
+            },
+        },
+    }
+    f = runner.derive_figures(results)
+    assert (f["max_unpinned_per_s"], f["max_pinned_per_s"]) == (6000.0, 4000.0)
+    assert f["quix_max_per_s"] == 2400.0 and f["quix_max_same_scorer_per_s"] == 2400.0
+    assert f["mlserver_max_per_s"] == 300.0  # its own runtime, as its docs configure it
+    assert f["mlserver_max_same_scorer_per_s"] == 1200.0
+    assert f["ratio_max_vs_quix_same_scorer"] == 2.5 and f["ratio_max_vs_quix"] == 2.5
+    assert f["ratio_max_vs_mlserver"] == 20.0 and f["ratio_max_vs_mlserver_same_scorer"] == 5.0
+    targets = {t["figure"]: t["status"] for t in runner.evaluate_targets(f)}
+    assert targets["ratio_max_vs_mlserver"] == "met"
+    assert targets["ratio_max_vs_quix_same_scorer"] == "met"
+    sweeps = "\n".join(runner.format_sweeps({**results, "figures": f}))
+    assert "worker, unpinned: " in sweeps and "-> max 6,000/s" in sweeps
+    # A worker whose sweep served LightGBM gets no equal-scorer ratio.
+    results["sweep"]["unpinned"]["steps"] = [{"scoring_backend": "lightgbm"}]
+    lightgbm = runner.derive_figures(results)
+    assert "ratio_max_vs_quix_same_scorer" not in lightgbm
+    assert lightgbm["ratio_max_vs_quix"] == 2.5
+
+
 def test_the_generators_heap_is_frozen_only_while_it_sends():
     import gc
 

@@ -102,6 +102,13 @@ def test_bench_small_variant(kafka_bootstrap, tmp_path, simulator_settings, trai
     assert f["users_after_expiry"] < f["state_users"]  # idle sessions expire
     latency = results["latency"]
     modes = ["unpinned"] if latency.get("pinned") == "not possible" else ["pinned", "unpinned"]
+    # The worker's maximum by the peers' rule, in each mode, is the latency phase's 100 %.
+    for mode in modes:
+        sweep = results["sweep"][mode]
+        assert sweep["best"]["kept_up"] and _positive(f.get(f"max_{mode}_per_s")), sweep
+        assert sweep["best"]["scoring_backend"] in ("lleaves", "lightgbm")
+        half = next(p for p in latency["points"] if p["mode"] == mode and p["fraction"] == 0.5)
+        assert half["offered_per_s"] == pytest.approx(sweep["max_offered_per_s"] / 2, abs=0.1)
     for mode in modes:
         points = [p for p in latency["points"] if p["mode"] == mode]
         assert [p["fraction"] for p in points[:3]] == [0.25, 0.5, 0.75], mode
@@ -145,6 +152,11 @@ def test_bench_small_variant(kafka_bootstrap, tmp_path, simulator_settings, trai
         assert _positive(one["stages_us_per_event"][stage]), stage
     assert all(_positive(r) for r in one["peak_rss_mib"])
     assert len(results["throughput_2p"]["peak_rss_mib"]) == 2
+    if len(os.sched_getaffinity(0)) >= 2:  # wall-clock scaling with a core per worker
+        assert (
+            results["throughput_2p_pinned"]["pinned_to_cpus"] == sorted(os.sched_getaffinity(0))[:2]
+        )
+        assert _positive(f.get("scaling_factor_pinned"))
 
     statuses = {t["figure"]: t["status"] for t in results["targets"]}
     if "pinned" not in modes:  # a 1-CPU machine: the pinned latency target cannot be measured
@@ -165,9 +177,24 @@ def test_bench_small_variant(kafka_bootstrap, tmp_path, simulator_settings, trai
         ):
             assert _positive(f.get(key)), (key, f.get(key))
         assert all(s != "not measured" for s in statuses.values())
-        assert results["peers"]["mlserver"]["plain"]["steps"][0]["answered"] > 0
+        for key in (
+            "mlserver_max_per_s",
+            "mlserver_max_same_scorer_per_s",
+            "quix_max_per_s",
+            "quix_max_same_scorer_per_s",
+            "ratio_max_vs_mlserver",
+            "ratio_max_vs_mlserver_same_scorer",
+            "ratio_max_vs_quix",
+            "ratio_max_vs_quix_same_scorer",
+        ):
+            assert _positive(f.get(key)), (key, f.get(key))
+        assert results["peers"]["mlserver"]["plain"]["sweep"]["steps"][0]["answered"] > 0
         compiled = results["peers"]["mlserver"]["adaptive-batching:lleaves"]
-        assert compiled["scorer"] == "lleaves" and compiled["steps"][0]["answered"] > 0
+        assert compiled["scorer"] == "lleaves" and compiled["sweep"]["steps"][0]["answered"] > 0
+        for mode in ("per-message", "batch-sink:lleaves"):  # both swept, latency at half max
+            quix = results["peers"]["quix"][mode]
+            assert quix["sweep"]["best"]["kept_up"], quix["sweep"]
+            assert _positive(quix["latency_at_half"]["p99_ms"]), mode
         config = results["peers"]["mlserver"]["config"]["adaptive-batching:lleaves"]
         assert config["model_settings"]["implementation"] == "lleaves_runtime.LleavesModel"
         assert results["peers"]["quix"]["batch-sink:lleaves"]["config"]["scorer"] == "lleaves"

@@ -11,8 +11,9 @@ Two modes (see :func:`run_quix_peer`):
   ``n_events``-th (broker append times).
 * **rate**: the app starts at the end of the topic (``latest``); the driver sends warm-up events
   to every partition until each is answered, then produces ``n_events`` simulated events at
-  ``rate`` per second with ``event_time`` = now, and measures latency from each event's produce
-  time to its suggestion's append time (matched by ``event_id``).
+  ``rate`` per second with ``event_time`` = now, then :data:`TAIL_S` more unmeasured, and
+  measures latency from each event's produce time to its suggestion's append time (matched by
+  ``event_id``).
 
 From a shell:
 ``python -m devtools.bench.peers.run_quix --bootstrap ... --models-dir ... --events-topic ...``.
@@ -62,6 +63,12 @@ PEER_PACKAGES = (
 #: How the app scores: the booster (``Booster.predict``) or the compiled model the worker serves.
 SCORERS = ("booster", "lleaves")
 WARMUP_PREFIX = "warmup-"
+#: Rate mode keeps sending for this long after the measured events, unmeasured: the app polls
+#: with Quix's default 1 s timeout and checkpoints (batch-sink: scores and flushes) after a poll
+#: returns, so once the stream stops, its last events wait up to a second for the poll, which a
+#: steady stream never does. Without the tail, that end-of-step wait was the p99 of a short
+#: step.
+TAIL_S = 2.0
 QUIX_DEFAULTS = {
     # What Quix Streams 3.28 sets itself (kafka/consumer.py, kafka/producer.py); everything else
     # is librdkafka's default (acks=all, linger.ms=5, no compression).
@@ -222,20 +229,25 @@ def run_quix_peer(
         load_started = time.monotonic()
         produce_s = 0.0
         if rate:
-            events = simulated_events(n_events + 1000, simulator)
+            tail = int(rate * TAIL_S)
+            events = simulated_events(n_events + tail + 1000, simulator)
             warm, events = events[:1000], events[1000:]
             producer = make_load_producer(bootstrap)
             event_codec = codec_for("BrowsingEvent")
             deadline = time.monotonic() + ready_timeout_s
-            while True:  # one warm-up event per partition per round, until a round is answered
+            # One warm-up event per partition per round, until every partition has answered one
+            # (the group joined and each partition assigned and served once). Not "until the
+            # latest round is answered": in batch-sink mode a round was answered only once the
+            # next one arrived (the sink flushes at a checkpoint, which came with a record), so
+            # that never held and the warm-up timed out.
+            while True:
                 check_alive()
                 if time.monotonic() > deadline:
                     raise PeerFailedError(f"no full warm-up round answered on {events_topic}")
-                ids = []
                 for p in range(partitions):
                     rec = warm[(warmup_rounds * partitions + p) % len(warm)]
-                    ids.append(f"{WARMUP_PREFIX}{warmup_rounds}-{p}")
-                    record = {**rec, "event_id": ids[-1], "event_time": int(time.time() * 1000)}
+                    event_id = f"{WARMUP_PREFIX}{warmup_rounds}-{p}"
+                    record = {**rec, "event_id": event_id, "event_time": int(time.time() * 1000)}
                     producer.produce(
                         events_topic,
                         key=rec["user_id"].encode(),
@@ -246,12 +258,15 @@ def run_quix_peer(
                 warmup_rounds += 1
                 time.sleep(1.0)
                 with lock:
-                    if all(i in arrivals for i in ids):
-                        break
+                    served = {e.rpartition("-")[2] for e in arrivals if e.startswith(WARMUP_PREFIX)}
+                if len(served) >= partitions:
+                    break
             warmup_s = time.monotonic() - started
 
             def make_value(index: int, sent_ms: int) -> tuple[bytes, bytes]:
                 record = {**events[index], "event_time": sent_ms}
+                if index >= n_events:  # the unmeasured tail
+                    record["event_id"] = f"{WARMUP_PREFIX}tail-{index}"
                 send_ms[record["event_id"]] = sent_ms
                 return record["user_id"].encode("utf-8"), event_codec.encode(record)
 
@@ -259,7 +274,7 @@ def run_quix_peer(
             load_started = time.monotonic()
             produce_s = produce_paced(
                 producer,
-                ((events_topic, None, b"", None) for _ in range(n_events)),
+                ((events_topic, None, b"", None) for _ in range(n_events + tail)),
                 rate=rate,
                 make_value=make_value,
             )
