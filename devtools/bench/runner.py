@@ -1106,7 +1106,7 @@ class Bench:
         elif a.latency_rate:
             max_rate, basis = 2 * a.latency_rate, "twice --latency-rate"
         elif swept:
-            max_rate, basis = swept, f"the swept maximum, {mode} (p99 <= 1 s, every answer)"
+            max_rate, basis = swept, "the swept maximum (p99 <= 1 s, every answer)"
         elif self.results.get("throughput_1p", {}).get("throughput_per_s"):
             max_rate = self.results["throughput_1p"]["throughput_per_s"]
             basis = "the measured 1-process maximum"
@@ -1156,10 +1156,11 @@ class Bench:
         return self._load_events
 
     def warm_broker(self, rate: float) -> int:
-        """``--latency-broker-warmups`` unmeasured points at ``rate``, once per run."""
+        """``--latency-broker-warmups`` unmeasured points at ``rate``, once per run (the sweep's
+        or the latency phase's, whichever comes first); returns how many ran in this run."""
         warmups = max(self.args.latency_broker_warmups, 0)
         if self._broker_warmed:
-            return 0
+            return warmups
         self._broker_warmed = True
         events = self.load_events(int(rate * (self.sizes.warmup_s + self.sizes.latency_s)))
         for k in range(warmups):
@@ -2142,13 +2143,20 @@ def format_sweeps(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _basis(basis: Any) -> str:
+    """The latency phase's 100 %: one text, or one per mode."""
+    if isinstance(basis, dict):
+        return "; ".join(f"{mode}: {text}" for mode, text in basis.items())
+    return str(basis)
+
+
 def format_latency_table(lat: dict[str, Any]) -> list[str]:
     """The latency table: one row per (mode, offered rate)."""
     lines = [
         f"latency (ms, event's scheduled send time -> suggestion acknowledged; "
         f"{lat.get('warmup_s')} s warm-up + {lat.get('measured_s')} s measured per point, "
-        f"after {lat.get('broker_warmups', 0)} unmeasured broker warm-up point(s); "
-        f"100 % = {lat.get('max_rate_basis')})",
+        f"after {lat.get('broker_warmups', 0)} unmeasured broker warm-up point(s) in this run; "
+        f"100 % = {_basis(lat.get('max_rate_basis'))})",
         f"  {lat.get('pinning')}",
     ]
     head = (
@@ -2251,7 +2259,7 @@ PLOT_SCRIPT = textwrap.dedent(
     for x, v in zip(xs, same_rate):
         d.text(x - 0.2, v[1] or 0, f"{v[1] or 0:.0f}", ha="center", va="bottom", fontsize=8)
         d.text(x + 0.2, v[2] or 0, f"{v[2] or 0:.0f}", ha="center", va="bottom", fontsize=8)
-    d.set_xticks(list(xs), [v[0] for v in same_rate], fontsize=8)
+    d.set_xticks(list(xs), [v[0] for v in same_rate], fontsize=7, rotation=30, ha="right")
     d.set_ylabel("p99 ms")
     d.set_title("p99 at the same offered rate (each peer's half-load rate)")
     d.legend()
@@ -2278,7 +2286,7 @@ PLOT_SCRIPT = textwrap.dedent(
         b.bar(xs, vals, width, label=p, color=[c for *_, c in lat], alpha=alpha)
         for x, v in zip(xs, vals):
             b.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
-    b.set_xticks(range(len(lat)), labels, fontsize=8)
+    b.set_xticks(range(len(lat)), labels, fontsize=7, rotation=30, ha="right")
     b.axhline(50, color="k", ls="--", lw=0.8)
     b.text(len(lat) - 0.5, 50, "target p99 50 ms", va="bottom", ha="right", fontsize=8)
     b.set_yscale("log")
