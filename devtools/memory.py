@@ -36,7 +36,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devtools.ready import _worker_cmd, proc_memory_mib, warm_up_group
+from devtools.ready import proc_memory_mib, warm_up_group
+from devtools.worker_env import add_argument as add_worker_env_argument
+from devtools.worker_env import resolve_worker_env
 
 POLL_S = 0.5
 
@@ -69,6 +71,7 @@ def add_arguments(p: Any) -> None:
         help="models directory (uses its LATEST) or one artifact directory",
     )
     p.add_argument("--work-dir", type=Path, default=Path("var/memory"))
+    add_worker_env_argument(p)
     p.add_argument(
         "--bootstrap-servers",
         default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", ""),
@@ -210,6 +213,7 @@ def run(args: argparse.Namespace, log: Any) -> int:
 
     work_dir: Path = args.work_dir.resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
+    worker = resolve_worker_env(args.worker_env, args.env_root.resolve(), say=say)
     artifact = load_artifact(args.models_dir)
     product_ids = [str(p) for p in artifact.tables.product_ids.tolist()]
     result = MemoryResult(args.users, artifact.version)
@@ -268,9 +272,10 @@ def run(args: argparse.Namespace, log: Any) -> int:
             port = localkafka.free_ports(1)[0]
             log_path = work_dir / f"{name}-{run_id}.log"
             proc = subprocess.Popen(
-                _worker_cmd(*common, "--metrics-port", str(port)),
+                worker.command(*common, "--metrics-port", str(port)),
                 stdout=open(log_path, "wb"),  # noqa: SIM115 - the child holds it
                 stderr=subprocess.STDOUT,
+                env=worker.environ(),
                 start_new_session=True,
             )
             procs.append(proc)
@@ -326,10 +331,17 @@ def run(args: argparse.Namespace, log: Any) -> int:
     stamp = time.strftime("%Y-%m-%d %H:%M")
     command = "worker-dev " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     say("")
-    say(f"{command}  ({stamp}, {os.cpu_count()} CPUs, model {result.model})")
+    say(
+        f"{command}  ({stamp}, {os.cpu_count()} CPUs, model {result.model}, "
+        f"worker env {worker.name})"
+    )
     say(format_table(result))
     (work_dir / f"memory-{run_id}.json").write_text(
-        json.dumps({"date": stamp, "command": command, **asdict(result)}, indent=2) + "\n"
+        json.dumps(
+            {"date": stamp, "command": command, "worker_env": worker.name, **asdict(result)},
+            indent=2,
+        )
+        + "\n"
     )
     failed = any(p.error or p.sessions < users for p in result.phases)
     return 1 if failed else 0

@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from devtools.worker_env import WorkerEnv, resolve_worker_env
+from devtools.worker_env import add_argument as add_worker_env_argument
 from worker.config import BOOTSTRAP_SERVERS, TRAIN_LEAVES, TRAIN_TREES, Setting
 
 MODES = ("lightgbm", "precompiled", "fresh")
@@ -147,6 +149,7 @@ def add_arguments(p: Any) -> None:
         default=Path("var/ready"),
         help="datasets, models, logs and the figures as JSON (default var/ready)",
     )
+    add_worker_env_argument(p)
     p.add_settings(READY_BOOTSTRAP_SERVERS)
 
 
@@ -263,10 +266,6 @@ def _ready(port: int) -> bool:
         return False
 
 
-def _worker_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "worker.cli", *args]
-
-
 def _run_step(args: list[str], log_path: Path) -> float:
     """Run a ``worker`` command to completion (its output to ``log_path``); wall seconds.
 
@@ -276,7 +275,10 @@ def _run_step(args: list[str], log_path: Path) -> float:
     started = time.monotonic()
     with open(log_path, "ab") as out:
         code = subprocess.run(
-            _worker_cmd(*args), stdout=out, stderr=subprocess.STDOUT, check=False
+            WorkerEnv("current", sys.executable).command(*args),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
         ).returncode
     if code != 0:
         raise RuntimeError(f"`worker {args[0]}` exited {code} (see {log_path})")
@@ -310,16 +312,23 @@ def warm_up_group(kafka: Any, topic: str, group: str, log: Any, timeout_s: float
 
 
 def measure_start(
-    run_args: list[str], port: int, home: Path, log_path: Path, mode: str, timeout_s: float
+    run_args: list[str],
+    port: int,
+    home: Path,
+    log_path: Path,
+    mode: str,
+    timeout_s: float,
+    worker: WorkerEnv,
 ) -> Start:
-    """Spawn ``worker run``, poll ``/readyz`` until 200; memory at that moment; stop it."""
+    """Spawn ``worker run`` (with ``worker``'s Python), poll ``/readyz`` until 200; memory at
+    that moment; stop it."""
     home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HOME": str(home), "WORKER_LOG_FORMAT": "json"}
+    env = worker.environ({**os.environ, "HOME": str(home), "WORKER_LOG_FORMAT": "json"})
     start = Start(mode=mode)
     with open(log_path, "wb") as out:
         started = time.monotonic()
         proc = subprocess.Popen(
-            _worker_cmd(*run_args, "--metrics-port", str(port)),
+            worker.command(*run_args, "--metrics-port", str(port)),
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -357,6 +366,7 @@ def measure_size(
     args: argparse.Namespace,
     common_run_args: list[str],
     say: Callable[[str], None],
+    worker: WorkerEnv,
 ) -> SizeResult:
     """Simulate, train, then start the worker in each mode; never raises for one size."""
     from devtools.localkafka import free_ports
@@ -419,6 +429,7 @@ def measure_size(
                 logs / f"worker-{mode}.log",
                 mode,
                 args.timeout_s,
+                worker,
             )
             result.starts[mode] = start
             say(
@@ -456,6 +467,7 @@ def run(args: argparse.Namespace, log: Any) -> int:
     work_dir: Path = args.work_dir.resolve()
     args.work_dir = work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
+    worker = resolve_worker_env(args.worker_env, args.env_root.resolve(), say=say)
     broker_cfg = None
     bootstrap = args.bootstrap_servers
     if not bootstrap:
@@ -503,7 +515,7 @@ def run(args: argparse.Namespace, log: Any) -> int:
         results = []
         for products in args.products:
             say(f"{products:,} products")
-            results.append(measure_size(products, args, common, say))
+            results.append(measure_size(products, args, common, say, worker))
     finally:
         if broker_cfg is not None:
             try:
@@ -514,11 +526,17 @@ def run(args: argparse.Namespace, log: Any) -> int:
     stamp = time.strftime("%Y-%m-%d %H:%M")
     command = "worker-dev " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     say("")
-    say(f"{command}  ({stamp}, {os.cpu_count()} CPUs)")
+    say(f"{command}  ({stamp}, {os.cpu_count()} CPUs, worker env {worker.name})")
     say(table)
     (work_dir / f"ready-{run_id}.json").write_text(
         json.dumps(
-            {"date": stamp, "command": command, "results": [asdict(r) for r in results]}, indent=2
+            {
+                "date": stamp,
+                "command": command,
+                "worker_env": worker.name,
+                "results": [asdict(r) for r in results],
+            },
+            indent=2,
         )
         + "\n"
     )

@@ -68,6 +68,17 @@ def trained_models_dir(tmp_path_factory, simulator_settings) -> Path:
     return root / "models"
 
 
+@pytest.fixture(scope="session")
+def bench_env_root(tmp_path_factory) -> Path:
+    """Where devtools build their venvs (the peers', the worker's runtime one): one per test
+    session, or ``WORKER_BENCH_ENV_ROOT`` to reuse venvs built before (they are rebuilt when
+    their requirements change)."""
+    import os
+
+    root = os.environ.get("WORKER_BENCH_ENV_ROOT")
+    return Path(root) if root else tmp_path_factory.mktemp("envs")
+
+
 @pytest.fixture
 def topics(request) -> TopicSettings:
     """Topic names unique to this test (the broker is shared by the session)."""

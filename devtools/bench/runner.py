@@ -71,6 +71,8 @@ from typing import Any
 import numpy as np
 
 from devtools.bench.sweep import REFINE_STEPS, find_max
+from devtools.worker_env import WorkerEnv, resolve_worker_env
+from devtools.worker_env import add_argument as add_worker_env_argument
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -198,7 +200,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="mlserver,quix",
         help="which peers the peers phase runs (comma separated; default both)",
     )
-    p.add_argument("--env-root", type=Path, default=None, help="peer venvs (<work-dir>/envs)")
+    p.add_argument(
+        "--env-root",
+        type=Path,
+        default=None,
+        help="peer venvs and the worker's runtime venv (<work-dir>/envs)",
+    )
+    add_worker_env_argument(p, env_root=False)
     p.add_argument("--quix-events", type=int, default=None, help="backlog events per Quix mode")
     p.add_argument(
         "--mlserver-modes",
@@ -511,6 +519,8 @@ class Bench:
     _load_events: list[dict[str, Any]] = field(default_factory=list)
     _broker_warmed: bool = False
     _procs: list[WorkerProc] = field(default_factory=list)
+    #: The Python the worker runs with (devtools.worker_env; set by ``run``).
+    worker_env: WorkerEnv = field(default_factory=lambda: WorkerEnv("current", sys.executable))
 
     def say(self, text: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -665,7 +675,7 @@ class Bench:
         log_path = self.work_dir / f"{self.prefix}-{name}.log"
         a = self.args
         cmd = [
-            sys.executable, "-m", "worker.cli", "run",
+            *self.worker_env.command("run"),
             "--bootstrap-servers", self.bootstrap,
             "--events-topic", events_topic,
             "--suggestions-topic", suggestions_topic,
@@ -681,7 +691,9 @@ class Bench:
             "--top-k", str(a.top_k),
             *a.worker_arg,
         ]  # fmt: skip
-        env = {**os.environ, "WORKER_LOG_FORMAT": "json", "WORKER_LOG_LEVEL": "info"}
+        env = self.worker_env.environ(
+            {**os.environ, "WORKER_LOG_FORMAT": "json", "WORKER_LOG_LEVEL": "info"}
+        )
         with log_path.open("wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         worker = WorkerProc(name, proc, port, log_path)
@@ -2113,6 +2125,8 @@ def format_report(results: dict[str, Any]) -> str:
         f"machine: {m.get('cpus')} CPUs ({m.get('cpu_model')}), {m.get('memory_gib')} GiB; "
         f"{m.get('shared')}; {r.get('date')}"
     )
+    if r.get("worker_env"):
+        lines.append(f"the worker's Python: {r['worker_env']} (devtools.worker_env)")
     return "\n".join(lines)
 
 
@@ -2370,6 +2384,10 @@ def run(args: argparse.Namespace, log: Any) -> int:
     started = time.monotonic()
     failures: list[str] = []
     try:
+        bench.worker_env = resolve_worker_env(
+            args.worker_env, (args.env_root or work_dir / "envs").resolve(), say=bench.say
+        )
+        r["worker_env"] = bench.worker_env.name
         bench.start_broker()
         bench.ensure_model()
         phases = set(args.phases.split(","))

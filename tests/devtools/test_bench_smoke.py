@@ -25,12 +25,14 @@ def _positive(value) -> bool:
     return isinstance(value, (int, float)) and value > 0
 
 
-def test_bench_small_variant(kafka_bootstrap, tmp_path, simulator_settings, trained_models_dir):
+def test_bench_small_variant(
+    kafka_bootstrap, tmp_path, simulator_settings, trained_models_dir, bench_env_root
+):
     from devtools.bench import runner as bench
     from worker.ops.logging import configure_logging
 
     json_out = tmp_path / "bench.json"
-    env_root = Path(os.environ.get("WORKER_BENCH_ENV_ROOT", tmp_path / "envs"))
+    env_root = bench_env_root
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     argv = [
@@ -80,6 +82,7 @@ def test_bench_small_variant(kafka_bootstrap, tmp_path, simulator_settings, trai
     results = json.loads(json_out.read_text())
     assert results["failures"] == [], results["failures"]
     assert code == 0
+    assert results["worker_env"] == "runtime"  # the worker as the image installs it
     f = results["figures"]
     for key in (
         "throughput_1p_per_s",

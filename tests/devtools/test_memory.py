@@ -15,7 +15,7 @@ pytestmark = pytest.mark.kafka
 
 
 def test_memory_probe_holds_and_restores_every_user(
-    kafka_bootstrap: str, trained_models_dir: Path, tmp_path: Path, capsys
+    kafka_bootstrap: str, trained_models_dir: Path, tmp_path: Path, bench_env_root: Path, capsys
 ) -> None:
     args = dev.build_parser().parse_args(
         [
@@ -30,6 +30,8 @@ def test_memory_probe_holds_and_restores_every_user(
             kafka_bootstrap,
             "--timeout-s",
             "180",
+            "--env-root",
+            str(bench_env_root),
         ]
     )
     assert memory.run(args, dev_log()) == 0, capsys.readouterr().out
@@ -43,6 +45,7 @@ def test_memory_probe_holds_and_restores_every_user(
         rss, peak = float(cells[3]), float(cells[4])
         assert 50 < rss <= peak
     assert list(tmp_path.glob("memory-*.json")) and list(tmp_path.glob("restore-*.log"))
+    assert "worker env runtime" in out  # measured as the image runs it, by default
 
 
 def dev_log():

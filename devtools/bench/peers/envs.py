@@ -49,13 +49,23 @@ def venv_python(env_dir: Path) -> Path:
     return env_dir / "bin" / "python"
 
 
-def ensure_env(name: str, root: Path, *, log_file: Path | None = None) -> Path:
+def ensure_env(
+    name: str,
+    root: Path,
+    *,
+    log_file: Path | None = None,
+    requirements: Path | None = None,
+    require_hashes: bool = False,
+) -> Path:
     """Create (or reuse) the venv ``root/<name>`` with the peer's pinned requirements.
 
     Args:
-        name: ``mlserver`` or ``quix`` (``bench/peers/requirements-<name>.txt``).
+        name: ``mlserver`` or ``quix`` (``bench/peers/requirements-<name>.txt``), or any name
+            with ``requirements``.
         root: where the venvs live, e.g. ``var/bench-envs``.
         log_file: pip's output goes there (default ``root/<name>.install.log``).
+        requirements: the requirements file (default: the peer's).
+        require_hashes: install with ``--require-hashes`` (a hashed lock file).
 
     Returns:
         The venv's python.
@@ -63,7 +73,7 @@ def ensure_env(name: str, root: Path, *, log_file: Path | None = None) -> Path:
     Raises:
         PeerEnvError: venv creation or pip install failed (the log's tail is in the message).
     """
-    requirements = requirements_file(name)
+    requirements = requirements or requirements_file(name)
     env_dir = root / name
     python = venv_python(env_dir)
     stamp = requirements_stamp(requirements)
@@ -86,6 +96,7 @@ def ensure_env(name: str, root: Path, *, log_file: Path | None = None) -> Path:
                 "install",
                 "--no-input",
                 "--disable-pip-version-check",
+                *(["--require-hashes"] if require_hashes else []),
                 "-r",
                 str(requirements),
             ],

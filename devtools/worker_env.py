@@ -1,0 +1,98 @@
+"""Which Python runs the worker when a devtools command measures it.
+
+Production installs ``requirements/runtime.txt`` and the product, nothing else
+(``deploy/Dockerfile``). The development venv has far more: pandas, scikit-learn and dask are
+there for devtools and tests, and LightGBM imports whichever of them it finds. A worker started
+from the development venv therefore holds about 100 MiB more than the image's (measured: 215 vs
+113 MiB after the imports of ``worker run``), which a memory figure must not count.
+
+``--worker-env runtime`` (the default of ``worker-dev memory``, ``ready`` and ``bench``) runs the
+worker with a venv of ``requirements/runtime.txt`` alone, installed with ``--require-hashes`` into
+``<env-root>/worker-runtime`` once (reused while the lock file and the interpreter are the same),
+and this checkout's ``worker`` package on ``PYTHONPATH``: the image's module set, this checkout's
+code. ``--worker-env current`` runs it with the interpreter running devtools; any other value is
+the path of a Python to use as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUNTIME_REQUIREMENTS = REPO_ROOT / "requirements" / "runtime.txt"
+RUNTIME_ENV_NAME = "worker-runtime"
+CHOICES_HELP = (
+    "the worker's Python: runtime (a venv of requirements/runtime.txt alone, as the image "
+    "installs; built once under the env root), current (this interpreter, with the development "
+    "packages), or a path to a python"
+)
+
+
+@dataclass(frozen=True)
+class WorkerEnv:
+    """A Python to run ``worker`` with, and what it adds to the environment.
+
+    Attributes:
+        name: ``runtime``, ``current`` or the interpreter's path.
+        python: the interpreter.
+        pythonpath: prepended to ``PYTHONPATH`` (the checkout, for the runtime venv, which does
+            not install the product), or None.
+    """
+
+    name: str
+    python: str
+    pythonpath: str | None = None
+
+    def command(self, *args: str) -> list[str]:
+        """``python -m worker.cli ARGS``."""
+        return [self.python, "-m", "worker.cli", *args]
+
+    def environ(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """``base`` (default ``os.environ``) with ``pythonpath`` in front of ``PYTHONPATH``."""
+        env = dict(os.environ if base is None else base)
+        if self.pythonpath:
+            rest = env.get("PYTHONPATH")
+            env["PYTHONPATH"] = self.pythonpath + (os.pathsep + rest if rest else "")
+        return env
+
+
+def resolve_worker_env(choice: str, env_root: Path, *, say: Any = None) -> WorkerEnv:
+    """The :class:`WorkerEnv` for ``--worker-env CHOICE``; builds the runtime venv if needed.
+
+    Raises:
+        PeerEnvError: the runtime venv could not be built (pip's tail in the message).
+        FileNotFoundError: ``choice`` is a path that does not exist.
+    """
+    if choice == "current":
+        return WorkerEnv("current", sys.executable)
+    if choice == "runtime":
+        from devtools.bench.peers.envs import ensure_env
+
+        if say is not None:
+            say(f"the worker's runtime venv: {env_root / RUNTIME_ENV_NAME} (built on first use)")
+        python = ensure_env(
+            RUNTIME_ENV_NAME, env_root, requirements=RUNTIME_REQUIREMENTS, require_hashes=True
+        )
+        return WorkerEnv("runtime", str(python), str(REPO_ROOT))
+    path = Path(choice)
+    if not path.is_file():
+        raise FileNotFoundError(f"--worker-env {choice}: no such interpreter")
+    return WorkerEnv(str(path), str(path))
+
+
+def add_argument(p: Any, *, env_root: bool = True) -> None:
+    """``--worker-env``, and ``--env-root`` (where the runtime venv lives) unless the command
+    has one of its own."""
+    p.add_argument("--worker-env", default="runtime", help=CHOICES_HELP)
+    if env_root:
+        p.add_argument(
+            "--env-root",
+            type=Path,
+            default=Path("var/envs"),
+            help="where the runtime venv is built (default var/envs)",
+        )
