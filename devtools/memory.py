@@ -213,7 +213,9 @@ def run(args: argparse.Namespace, log: Any) -> int:
 
     work_dir: Path = args.work_dir.resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
-    worker = resolve_worker_env(args.worker_env, args.env_root.resolve(), say=say)
+    worker = resolve_worker_env(
+        args.worker_env, args.env_root.resolve(), say=say, checkout=args.worker_checkout
+    )
     artifact = load_artifact(args.models_dir)
     product_ids = [str(p) for p in artifact.tables.product_ids.tolist()]
     result = MemoryResult(args.users, artifact.version)

@@ -467,7 +467,9 @@ def run(args: argparse.Namespace, log: Any) -> int:
     work_dir: Path = args.work_dir.resolve()
     args.work_dir = work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
-    worker = resolve_worker_env(args.worker_env, args.env_root.resolve(), say=say)
+    worker = resolve_worker_env(
+        args.worker_env, args.env_root.resolve(), say=say, checkout=args.worker_checkout
+    )
     broker_cfg = None
     bootstrap = args.bootstrap_servers
     if not bootstrap:

@@ -11,7 +11,9 @@ worker with a venv of ``requirements/runtime.txt`` alone, installed with ``--req
 ``<env-root>/worker-runtime`` once (reused while the lock file and the interpreter are the same),
 and this checkout's ``worker`` package on ``PYTHONPATH``: the image's module set, this checkout's
 code. ``--worker-env current`` runs it with the interpreter running devtools; any other value is
-the path of a Python to use as it is.
+the path of a Python to use as it is. ``--worker-checkout DIR`` runs another checkout's
+``worker`` package instead of this one's (on ``PYTHONPATH``, in front of whatever the Python has
+installed): a before/after of the worker measured by the same devtools in one run.
 """
 
 from __future__ import annotations
@@ -61,13 +63,23 @@ class WorkerEnv:
         return env
 
 
-def resolve_worker_env(choice: str, env_root: Path, *, say: Any = None) -> WorkerEnv:
+def resolve_worker_env(
+    choice: str, env_root: Path, *, say: Any = None, checkout: Path | None = None
+) -> WorkerEnv:
     """The :class:`WorkerEnv` for ``--worker-env CHOICE``; builds the runtime venv if needed.
+    With ``checkout``, the worker's code comes from there.
 
     Raises:
         PeerEnvError: the runtime venv could not be built (pip's tail in the message).
-        FileNotFoundError: ``choice`` is a path that does not exist.
+        FileNotFoundError: ``choice`` is a path that does not exist, or ``checkout`` holds no
+            ``worker`` package.
     """
+    if checkout is not None:
+        checkout = checkout.resolve()
+        if not (checkout / "worker" / "cli.py").is_file():
+            raise FileNotFoundError(f"--worker-checkout {checkout}: no worker/cli.py there")
+        env = resolve_worker_env(choice, env_root, say=say)
+        return WorkerEnv(f"{env.name}, worker from {checkout}", env.python, str(checkout))
     if choice == "current":
         return WorkerEnv("current", sys.executable)
     if choice == "runtime":
@@ -89,6 +101,13 @@ def add_argument(p: Any, *, env_root: bool = True) -> None:
     """``--worker-env``, and ``--env-root`` (where the runtime venv lives) unless the command
     has one of its own."""
     p.add_argument("--worker-env", default="runtime", help=CHOICES_HELP)
+    p.add_argument(
+        "--worker-checkout",
+        type=Path,
+        default=None,
+        help="run the worker package of this checkout (e.g. a git worktree of an older commit), "
+        "for a before/after measured by the same devtools; default: this checkout",
+    )
     if env_root:
         p.add_argument(
             "--env-root",

@@ -884,8 +884,12 @@ class Bench:
         code = STATE_PROBE.replace("__MODELS__", repr(str(self.artifact_dir))).replace(
             "__USERS__", str(users)
         )
-        proc = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=1800
+        proc = subprocess.run(  # the worker's Python and code: its state, as it holds it
+            [self.worker_env.python, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            env=self.worker_env.environ(),
         )
         if proc.returncode != 0:
             raise BenchError(f"state probe failed:\n{proc.stderr[-3000:]}")
@@ -2385,7 +2389,10 @@ def run(args: argparse.Namespace, log: Any) -> int:
     failures: list[str] = []
     try:
         bench.worker_env = resolve_worker_env(
-            args.worker_env, (args.env_root or work_dir / "envs").resolve(), say=bench.say
+            args.worker_env,
+            (args.env_root or work_dir / "envs").resolve(),
+            say=bench.say,
+            checkout=args.worker_checkout,
         )
         r["worker_env"] = bench.worker_env.name
         bench.start_broker()

@@ -99,7 +99,17 @@ def test_the_runtime_venv_runs_the_worker_without_development_packages(
     )
     assert json.loads(out.stdout) == []
     # The check can fail: the development venv imports them along with LightGBM.
-    here = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    )
+    here = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert json.loads(here.stdout), "the development venv no longer has pandas & co."
+
+
+def test_another_checkouts_worker_goes_on_pythonpath(tmp_path: Path) -> None:
+    other = tmp_path / "before"
+    (other / "worker").mkdir(parents=True)
+    (other / "worker" / "cli.py").write_text("")
+    env = resolve_worker_env("current", tmp_path, checkout=other)
+    assert (env.python, env.pythonpath) == (sys.executable, str(other))
+    assert env.name == f"current, worker from {other}"
+    assert env.environ({})["PYTHONPATH"] == str(other)
+    with pytest.raises(FileNotFoundError, match="no worker/cli.py"):
+        resolve_worker_env("current", tmp_path, checkout=tmp_path / "empty")
