@@ -51,8 +51,9 @@ class WorkerEnv:
     pythonpath: str | None = None
 
     def command(self, *args: str) -> list[str]:
-        """``python -m worker.cli ARGS``."""
-        return [self.python, "-m", "worker.cli", *args]
+        """``python -P -m worker.cli ARGS``: ``-P`` (Python 3.11+) keeps the working directory
+        off ``sys.path``, where a checkout's own ``worker`` would shadow ``pythonpath``'s."""
+        return [self.python, "-P", "-m", "worker.cli", *args]
 
     def environ(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """``base`` (default ``os.environ``) with ``pythonpath`` in front of ``PYTHONPATH``."""

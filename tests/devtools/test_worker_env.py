@@ -29,6 +29,7 @@ def test_current_is_this_interpreter_and_adds_nothing(tmp_path: Path) -> None:
     assert env == WorkerEnv("current", sys.executable)
     assert env.command("run", "--top-k", "5") == [
         sys.executable,
+        "-P",
         "-m",
         "worker.cli",
         "run",
@@ -113,3 +114,20 @@ def test_another_checkouts_worker_goes_on_pythonpath(tmp_path: Path) -> None:
     assert env.environ({})["PYTHONPATH"] == str(other)
     with pytest.raises(FileNotFoundError, match="no worker/cli.py"):
         resolve_worker_env("current", tmp_path, checkout=tmp_path / "empty")
+
+
+def test_the_checkouts_worker_runs_even_from_another_checkouts_directory(tmp_path: Path) -> None:
+    other = tmp_path / "before"
+    (other / "worker").mkdir(parents=True)
+    (other / "worker" / "__init__.py").write_text("")
+    (other / "worker" / "cli.py").write_text("import worker; print(worker.__file__)\n")
+    env = resolve_worker_env("current", tmp_path, checkout=other)
+    out = subprocess.run(
+        env.command(),
+        env=env.environ(),
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=worker_env.REPO_ROOT,  # holds a worker package of its own
+    )
+    assert out.stdout.strip() == str(other / "worker" / "__init__.py")
